@@ -1,0 +1,12 @@
+//! elb's userspace daemon as a library, so integration tests can drive the
+//! same code the `elb` binary runs.
+
+pub mod bpffs;
+pub mod cli;
+pub mod dataplane;
+pub mod instance_lock;
+pub mod names;
+pub mod os_error;
+
+/// The XDP program built by `cargo xtask build-ebpf`, embedded at build time.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("ELB_EBPF_OBJECT_PATH"));

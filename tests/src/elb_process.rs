@@ -1,0 +1,149 @@
+//! Runs the real `elb` binary, optionally inside a network namespace, and
+//! stops it on drop.
+use std::{
+    fs::File,
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::NetNs;
+
+/// The `elb` binary: `ELB_BIN` (set by `cargo xtask test`), else the one
+/// next to this test binary's directory.
+pub fn elb_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("ELB_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    let candidate = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("elb"))
+        .context("test binary has no parent directory")?;
+    if !candidate.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build -p elb-userspace` or run `cargo xtask test`",
+            candidate.display()
+        );
+    }
+    Ok(candidate)
+}
+
+/// A running `elb`. Its stderr goes to a log file read on failure.
+pub struct ElbProcess {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl ElbProcess {
+    /// Starts `elb <args>` inside `netns` (or the test's own namespace).
+    pub fn spawn(args: &[&str], netns: Option<&NetNs>) -> Result<Self> {
+        let log = std::env::temp_dir().join(format!(
+            "elb-test-{}-{}.log",
+            std::process::id(),
+            crate::netns::unique_name("l")
+        ));
+        let log_file = File::create(&log)?;
+        let mut command = Command::new(elb_binary()?);
+        command
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file);
+        if let Some(ns) = netns {
+            let ns_file = File::open(ns.path())?;
+            // SAFETY: setns is async-signal-safe; the fd stays open in the
+            // closure, which runs in the child between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command.spawn().context("starting elb")?;
+        Ok(Self {
+            child: Some(child),
+            log,
+        })
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `ready()` holds, failing early (with the log) if elb exits.
+    pub fn wait_until(&mut self, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if ready() {
+                return Ok(());
+            }
+            if let Some(status) = self.child_mut()?.try_wait()? {
+                bail!("elb exited early ({status}):\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                bail!("elb not ready after {timeout:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(&mut self) -> Result<ExitStatus> {
+        let child = self.child_mut()?;
+        // SAFETY: plain signal to our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("elb did not stop within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for elb to exit by itself (for commands expected to fail).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child_mut()?.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("elb still running after {timeout:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn child_mut(&mut self) -> Result<&mut Child> {
+        self.child.as_mut().context("elb already exited")
+    }
+}
+
+impl Drop for ElbProcess {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

@@ -1,0 +1,20 @@
+//! Test harness for elb's integration tests: packet builders,
+//! `BPF_PROG_TEST_RUN` fixtures, network namespaces and the `elb` process.
+
+pub mod elb_process;
+pub mod netns;
+pub mod packet;
+pub mod privileges;
+pub mod xdp_fixture;
+
+/// Returns from the calling test, printing `SKIPPED: needs root and BPF`,
+/// unless the process is root and the kernel has BPF.
+#[macro_export]
+macro_rules! require_root_and_bpf {
+    () => {
+        if let Err(why) = $crate::privileges::root_and_bpf() {
+            $crate::privileges::print_skipped(&why);
+            return;
+        }
+    };
+}

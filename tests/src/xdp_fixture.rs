@@ -1,0 +1,101 @@
+//! `BPF_PROG_TEST_RUN` harness: loads the real XDP object (the one embedded
+//! in `elb`), runs it on a packet, and returns the action and output bytes.
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf,
+    maps::PerCpuArray,
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+use elb_common::{
+    counters::{PacketCounter, ProtoCounter},
+    maps,
+};
+use elb_userspace::dataplane::sum_proto_stats;
+
+/// XDP return codes (`enum xdp_action`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpAction {
+    Aborted,
+    Drop,
+    Pass,
+    Tx,
+    Redirect,
+}
+
+impl XdpAction {
+    fn from_raw(raw: u32) -> Result<Self> {
+        Ok(match raw {
+            0 => Self::Aborted,
+            1 => Self::Drop,
+            2 => Self::Pass,
+            3 => Self::Tx,
+            4 => Self::Redirect,
+            other => bail!("the program returned {other}, which is no XDP action"),
+        })
+    }
+}
+
+/// What one run produced.
+#[derive(Debug)]
+pub struct XdpRun {
+    pub action: XdpAction,
+    pub output: Vec<u8>,
+}
+
+/// One loaded instance of the XDP program with its own, fresh maps.
+pub struct XdpFixture {
+    ebpf: Ebpf,
+}
+
+impl XdpFixture {
+    pub fn load() -> Result<Self> {
+        let mut ebpf = Ebpf::load(elb_userspace::EBPF_OBJECT).context("loading the XDP object")?;
+        let program: &mut Xdp = ebpf
+            .program_mut(maps::XDP_PROGRAM)
+            .context("the object has no XDP program")?
+            .try_into()?;
+        program
+            .load()
+            .context("loading the XDP program (verifier)")?;
+        Ok(Self { ebpf })
+    }
+
+    /// Runs the program once on `frame`.
+    pub fn run(&mut self, frame: &[u8]) -> Result<XdpRun> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(maps::XDP_PROGRAM)
+            .context("the object has no XDP program")?
+            .try_into()?;
+        // Room for headers the program may push (encapsulation, VLAN).
+        let mut output = vec![0u8; frame.len() + 256];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut output),
+                ..TestRunOptions::default()
+            })
+            .with_context(|| format!("BPF_PROG_TEST_RUN on a {}-byte frame", frame.len()))?;
+        output.truncate(result.data_size_out as usize);
+        Ok(XdpRun {
+            action: XdpAction::from_raw(result.return_value)?,
+            output,
+        })
+    }
+
+    /// Per-protocol counters, summed over CPUs.
+    pub fn proto_stats(&self) -> Result<Vec<(ProtoCounter, PacketCounter)>> {
+        let map = self.ebpf.map(maps::PROTO_STATS).context("no counter map")?;
+        let stats = PerCpuArray::<_, PacketCounter>::try_from(map)?;
+        Ok(sum_proto_stats(&stats)?)
+    }
+
+    /// The counter of one slot.
+    pub fn counter(&self, slot: ProtoCounter) -> Result<PacketCounter> {
+        self.proto_stats()?
+            .into_iter()
+            .find(|(s, _)| *s == slot)
+            .map(|(_, c)| c)
+            .context("slot missing")
+    }
+}

@@ -1,0 +1,321 @@
+//! End to end: `elb run --xdp-iface` in a network namespace, real TCP and UDP
+//! from a client namespace, counters read through the pinned maps, bpftool
+//! inspection, clean detach. Plus the operator-facing start-up errors.
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use elb_common::counters::ProtoCounter;
+use elb_tests::{
+    elb_process::ElbProcess,
+    netns::{NetNs, run, unique_name, veth_pair},
+    require_root_and_bpf,
+};
+use elb_userspace::dataplane::{pin_dir, pinned_proto_stats};
+
+const TCP_CONNECTIONS: usize = 5;
+const UDP_V4_DATAGRAMS: u64 = 7;
+const UDP_V6_DATAGRAMS: u64 = 4;
+
+struct Topology {
+    lb: NetNs,
+    client: NetNs,
+    lb_iface: String,
+}
+
+fn topology() -> Topology {
+    let lb = NetNs::new("elblb").expect("lb namespace");
+    let client = NetNs::new("elbcl").expect("client namespace");
+    let veth = veth_pair(
+        &lb,
+        &["10.77.0.1/24", "fd77::1/64"],
+        &client,
+        &["10.77.0.2/24", "fd77::2/64"],
+    )
+    .expect("veth pair");
+    Topology {
+        lb,
+        client,
+        lb_iface: veth.a,
+    }
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique_name(tag));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn start_elb(t: &Topology, name: &str, run_dir: &Path) -> ElbProcess {
+    let run_dir = run_dir.to_str().expect("utf-8 path");
+    let mut elb = ElbProcess::spawn(
+        &[
+            "run",
+            "--name",
+            name,
+            "--xdp-iface",
+            &t.lb_iface,
+            "--xdp-mode",
+            "driver",
+            "--run-dir",
+            run_dir,
+        ],
+        Some(&t.lb),
+    )
+    .expect("spawn elb");
+    let stats = pin_dir(Path::new("/sys/fs/bpf"), name).join("elb_proto_stats");
+    elb.wait_until(Duration::from_secs(10), || stats.exists())
+        .expect("elb pins its maps");
+    elb
+}
+
+/// Opens listeners in the LB namespace, then drives real traffic from the
+/// client namespace through the veth the program is attached to.
+fn send_traffic(t: &Topology) {
+    let listeners =
+        t.lb.enter(|| {
+            let tcp = TcpListener::bind("10.77.0.1:7000").expect("tcp listen");
+            let udp4 = UdpSocket::bind("10.77.0.1:7001").expect("udp4 bind");
+            let udp6 = UdpSocket::bind("[fd77::1]:7001").expect("udp6 bind");
+            (tcp, udp4, udp6)
+        })
+        .expect("enter lb namespace");
+    let (tcp, udp4, udp6) = listeners;
+    let server = std::thread::spawn(move || {
+        for _ in 0..TCP_CONNECTIONS {
+            let (mut conn, _) = tcp.accept().expect("accept");
+            let mut buf = [0u8; 5];
+            conn.read_exact(&mut buf).expect("read");
+            conn.write_all(&buf).expect("echo");
+        }
+    });
+    t.client
+        .enter(|| {
+            for _ in 0..TCP_CONNECTIONS {
+                let addr: SocketAddr = "10.77.0.1:7000".parse().expect("addr");
+                let mut conn =
+                    TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+                conn.write_all(b"hello").expect("send");
+                let mut buf = [0u8; 5];
+                conn.read_exact(&mut buf).expect("echo back");
+                assert_eq!(&buf, b"hello");
+            }
+            let udp4 = UdpSocket::bind("10.77.0.2:0").expect("client udp4");
+            for _ in 0..UDP_V4_DATAGRAMS {
+                udp4.send_to(b"datagram", "10.77.0.1:7001")
+                    .expect("send udp4");
+            }
+            let udp6 = UdpSocket::bind("[fd77::2]:0").expect("client udp6");
+            for _ in 0..UDP_V6_DATAGRAMS {
+                udp6.send_to(b"datagram", "[fd77::1]:7001")
+                    .expect("send udp6");
+            }
+        })
+        .expect("enter client namespace");
+    server.join().expect("tcp server");
+    // Every datagram arrived, so each one crossed the XDP hook.
+    for (socket, count) in [(&udp4, UDP_V4_DATAGRAMS), (&udp6, UDP_V6_DATAGRAMS)] {
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        for _ in 0..count {
+            let mut buf = [0u8; 16];
+            socket.recv_from(&mut buf).expect("datagram delivered");
+        }
+    }
+}
+
+#[test]
+fn counts_real_traffic_and_is_inspectable_with_bpftool() {
+    require_root_and_bpf!();
+    let t = topology();
+    let run_dir = temp_dir("elbrun");
+    let name = unique_name("T");
+    let pins = pin_dir(Path::new("/sys/fs/bpf"), &name);
+    let mut elb = start_elb(&t, &name, &run_dir);
+
+    // bpftool net shows our program attached in driver mode.
+    let net =
+        t.lb.exec("bpftool", &["net", "show", "dev", &t.lb_iface])
+            .expect("bpftool net");
+    let net = String::from_utf8_lossy(&net.stdout);
+    let prog_id = net
+        .lines()
+        .find(|l| l.contains(&t.lb_iface) && l.contains("driver"))
+        .and_then(|l| l.split("id ").nth(1))
+        .map(|id| id.trim().to_owned())
+        .unwrap_or_else(|| panic!("no driver-mode XDP on {} in:\n{net}", t.lb_iface));
+    let prog = run("bpftool", &["prog", "show", "id", &prog_id]).expect("bpftool prog");
+    assert!(
+        String::from_utf8_lossy(&prog.stdout).contains("name elb_xdp"),
+        "attached program is not elb's"
+    );
+
+    send_traffic(&t);
+
+    let stats = pinned_proto_stats(&pins).expect("read pinned counters");
+    let packets = |slot| {
+        stats
+            .iter()
+            .find(|(s, _)| *s == slot)
+            .map(|(_, c)| c.packets)
+            .expect("slot present")
+    };
+    assert_eq!(packets(ProtoCounter::Ipv4Udp), UDP_V4_DATAGRAMS);
+    assert_eq!(packets(ProtoCounter::Ipv6Udp), UDP_V6_DATAGRAMS);
+    // SYN, the ACK, the data segment and at least one more per connection.
+    assert!(
+        packets(ProtoCounter::Ipv4Tcp) >= 4 * TCP_CONNECTIONS as u64,
+        "ipv4_tcp = {}",
+        packets(ProtoCounter::Ipv4Tcp)
+    );
+    assert_eq!(packets(ProtoCounter::Malformed), 0);
+
+    // bpftool prints the counter struct by field name (BTF).
+    let dump = run(
+        "bpftool",
+        &[
+            "map",
+            "dump",
+            "pinned",
+            pins.join("elb_proto_stats").to_str().expect("utf-8"),
+        ],
+    )
+    .expect("bpftool map dump");
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(
+        dump.contains("\"packets\": ") && dump.contains("\"bytes\": "),
+        "bpftool did not print named fields:\n{dump}"
+    );
+
+    // SIGTERM: clean exit, program detached, pins removed.
+    let status = elb.stop().expect("stop elb");
+    assert!(status.success(), "elb exited with {status}:\n{}", elb.log());
+    let net =
+        t.lb.exec("bpftool", &["net", "show", "dev", &t.lb_iface])
+            .expect("bpftool net");
+    assert!(
+        !String::from_utf8_lossy(&net.stdout).contains("driver id"),
+        "program still attached after SIGTERM"
+    );
+    assert!(!pins.exists(), "pins left behind at {}", pins.display());
+    let _ = std::fs::remove_dir_all(run_dir);
+}
+
+/// Runs elb expecting it to fail at start-up; returns its output.
+fn failed_start(args: &[&str], netns: Option<&NetNs>) -> String {
+    let mut elb = ElbProcess::spawn(args, netns).expect("spawn elb");
+    let status = elb.wait_exit(Duration::from_secs(10)).expect("elb exits");
+    let log = elb.log();
+    assert_eq!(status.code(), Some(1), "exit status {status}:\n{log}");
+    assert!(
+        !log.contains("panicked") && !log.contains("backtrace"),
+        "{log}"
+    );
+    log
+}
+
+#[test]
+fn unknown_interface_is_a_clear_error() {
+    require_root_and_bpf!();
+    let run_dir = temp_dir("elbrun");
+    let name = unique_name("T");
+    let log = failed_start(
+        &[
+            "run",
+            "--name",
+            &name,
+            "--xdp-iface",
+            "no-such-if0",
+            "--run-dir",
+            run_dir.to_str().expect("utf-8"),
+        ],
+        None,
+    );
+    assert!(
+        log.contains("network interface \"no-such-if0\" does not exist"),
+        "{log}"
+    );
+    let _ = std::fs::remove_dir_all(run_dir);
+}
+
+#[test]
+fn bad_name_is_rejected_before_anything_happens() {
+    require_root_and_bpf!();
+    let mut elb = ElbProcess::spawn(&["run", "--name", "../x", "--xdp-iface", "lo"], None)
+        .expect("spawn elb");
+    let status = elb.wait_exit(Duration::from_secs(10)).expect("elb exits");
+    assert_eq!(status.code(), Some(2), "clap usage error");
+    assert!(elb.log().contains("contains '/'"), "{}", elb.log());
+}
+
+#[test]
+fn unprivileged_user_gets_a_privilege_error() {
+    require_root_and_bpf!();
+    let t = topology();
+    let run_dir = temp_dir("elbrun");
+    // Let the unprivileged user take the instance lock, so the BPF load is
+    // what fails.
+    run("chmod", &["0777", run_dir.to_str().expect("utf-8")]).expect("chmod");
+    let name = unique_name("T");
+    let elb = elb_tests::elb_process::elb_binary().expect("elb binary");
+    let output =
+        t.lb.exec(
+            "setpriv",
+            &[
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                elb.to_str().expect("utf-8"),
+                "run",
+                "--name",
+                &name,
+                "--xdp-iface",
+                &t.lb_iface,
+                "--run-dir",
+                run_dir.to_str().expect("utf-8"),
+            ],
+        )
+        .expect_err("elb must fail without privileges");
+    let message = format!("{output:#}");
+    assert!(
+        message.contains("permission denied") && message.contains("CAP_BPF + CAP_NET_ADMIN"),
+        "{message}"
+    );
+    assert!(
+        !pin_dir(Path::new("/sys/fs/bpf"), &name)
+            .join("elb_proto_stats")
+            .exists()
+    );
+    let _ = std::fs::remove_dir_all(run_dir);
+}
+
+#[test]
+fn a_second_elb_with_the_same_name_is_refused() {
+    require_root_and_bpf!();
+    let t = topology();
+    let run_dir = temp_dir("elbrun");
+    let name = unique_name("T");
+    let _first = start_elb(&t, &name, &run_dir);
+    let log = failed_start(
+        &[
+            "run",
+            "--name",
+            &name,
+            "--xdp-iface",
+            &t.lb_iface,
+            "--run-dir",
+            run_dir.to_str().expect("utf-8"),
+        ],
+        Some(&t.lb),
+    );
+    assert!(
+        log.contains("another elb with this name is already running"),
+        "{log}"
+    );
+    let _ = std::fs::remove_dir_all(run_dir);
+}

@@ -1,0 +1,86 @@
+//! `cargo xtask <command>`: setup, eBPF build, run, test and benchmarks.
+mod cmd;
+mod ebpf;
+mod setup;
+mod test;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "elb's build, setup and test tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks: the eBPF nightly, bpf-linker and
+    /// Debian packages. Idempotent.
+    Setup,
+    /// Build the XDP program into target/ebpf/elb.bpf.o.
+    BuildEbpf {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up if needed, build everything in release mode and run `elb`.
+    Run {
+        /// Arguments for `elb`, e.g. `-- run --xdp-iface eth0`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up if needed, build, check formatting and lints, run every test.
+    Test {
+        /// Extra arguments for `cargo test`, e.g. `-- --nocapture`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    let result = match cli.command {
+        Task::Setup => setup::run(&root),
+        Task::BuildEbpf { release } => ebpf::build(&root, release).map(|_| ()),
+        Task::Run { args } => run_elb(&root, &args),
+        Task::Test { args } => test::run(&root, &args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or(manifest_dir)
+}
+
+fn run_elb(root: &std::path::Path, args: &[String]) -> Result<()> {
+    setup::ensure(root)?;
+    ebpf::build(root, true)?;
+    cmd::cargo(root)
+        .args([
+            "build",
+            "--release",
+            "--package",
+            "elb-userspace",
+            "--bin",
+            "elb",
+        ])
+        .run("building elb")?;
+    let binary = root.join("target/release/elb");
+    // Replace this process so signals (Ctrl-C, SIGTERM) reach elb directly.
+    let err = cmd::exec(&binary, args);
+    Err(anyhow::anyhow!("starting {}: {err}", binary.display()))
+}

@@ -1,0 +1,212 @@
+//! `cargo xtask setup`: installs what a fresh machine lacks, and nothing else.
+//!
+//! Every requirement is probed first; only missing ones are installed, so
+//! the command is idempotent and cheap to run before every build.
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cmd::Step;
+
+/// Debian packages elb builds, runs or tests with.
+pub const APT_PACKAGES: &[&str] = &[
+    "bpftool",
+    "etcd-server",
+    "etcd-client",
+    "iproute2",
+    "ethtool",
+    // etcd-client compiles its protobufs at build time.
+    "protobuf-compiler",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Components of the eBPF toolchain: `rust-src` for `-Z build-std`, the
+/// others to format and lint the eBPF crate.
+const EBPF_COMPONENTS: &[&str] = &["rust-src", "clippy", "rustfmt"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Requirement {
+    EbpfToolchain(String),
+    BpfLinker,
+    AptPackages(Vec<String>),
+}
+
+impl Requirement {
+    fn describe(&self) -> String {
+        match self {
+            Self::EbpfToolchain(channel) => {
+                format!("Rust {channel} with {}", EBPF_COMPONENTS.join(", "))
+            }
+            Self::BpfLinker => format!("bpf-linker {BPF_LINKER_VERSION}"),
+            Self::AptPackages(packages) => format!("Debian packages {}", packages.join(" ")),
+        }
+    }
+}
+
+/// Installs everything that is missing, reporting each step.
+pub fn run(root: &Path) -> Result<()> {
+    let channel = ebpf_toolchain(root)?;
+    report(&Requirement::EbpfToolchain(channel.clone()), || {
+        install_ebpf_toolchain(&channel)
+    })?;
+    // bpf-linker links against the nightly's LLVM, so it comes second.
+    report(&Requirement::BpfLinker, || install_bpf_linker(&channel))?;
+    let missing_packages = missing_apt_packages();
+    if missing_packages.is_empty() {
+        eprintln!(
+            "setup: Debian packages {}: already installed, skipped",
+            APT_PACKAGES.join(" ")
+        );
+    } else {
+        let requirement = Requirement::AptPackages(missing_packages.clone());
+        install_apt_packages(&missing_packages)
+            .with_context(|| format!("setup step failed: {}", requirement.describe()))?;
+        eprintln!("setup: {}: installed", requirement.describe());
+    }
+    eprintln!("setup: done");
+    Ok(())
+}
+
+/// Runs setup only if something is missing.
+pub fn ensure(root: &Path) -> Result<()> {
+    let channel = ebpf_toolchain(root)?;
+    let ready = is_satisfied(&Requirement::EbpfToolchain(channel))
+        && is_satisfied(&Requirement::BpfLinker)
+        && missing_apt_packages().is_empty();
+    if ready { Ok(()) } else { run(root) }
+}
+
+fn report(requirement: &Requirement, install: impl FnOnce() -> Result<()>) -> Result<()> {
+    if is_satisfied(requirement) {
+        eprintln!(
+            "setup: {}: already installed, skipped",
+            requirement.describe()
+        );
+        return Ok(());
+    }
+    install().with_context(|| format!("setup step failed: {}", requirement.describe()))?;
+    if !is_satisfied(requirement) {
+        bail!(
+            "setup step failed: {} is still missing after installing it",
+            requirement.describe()
+        );
+    }
+    eprintln!("setup: {}: installed", requirement.describe());
+    Ok(())
+}
+
+fn is_satisfied(requirement: &Requirement) -> bool {
+    match requirement {
+        Requirement::EbpfToolchain(channel) => Step::new("rustup")
+            .args(["component", "list", "--installed", "--toolchain", channel])
+            .probe()
+            .is_some_and(|out| {
+                EBPF_COMPONENTS
+                    .iter()
+                    .all(|c| out.lines().any(|l| l.starts_with(c)))
+            }),
+        // Running it also proves its libLLVM still resolves.
+        Requirement::BpfLinker => Step::new("bpf-linker")
+            .args(["--version"])
+            .probe()
+            .is_some_and(|out| out.contains(BPF_LINKER_VERSION)),
+        Requirement::AptPackages(packages) => packages.iter().all(|p| apt_installed(p)),
+    }
+}
+
+/// The eBPF toolchain channel, read from elb-ebpf/rust-toolchain.toml so it
+/// is written down in one place.
+pub fn ebpf_toolchain(root: &Path) -> Result<String> {
+    let path = root.join("elb-ebpf/rust-toolchain.toml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("channel"))
+        .filter_map(|rest| rest.trim().strip_prefix('='))
+        .map(|value| value.trim().trim_matches('"').to_owned())
+        .next()
+        .with_context(|| format!("{} has no `channel = \"...\"` line", path.display()))
+}
+
+fn install_ebpf_toolchain(channel: &str) -> Result<()> {
+    Step::new("rustup")
+        .args(["toolchain", "install", channel, "--profile", "minimal"])
+        .args(["--component", &EBPF_COMPONENTS.join(",")])
+        .run("installing the eBPF toolchain")
+}
+
+/// Builds bpf-linker against the eBPF nightly's own libLLVM (Debian has no
+/// LLVM of the matching version). The prefix must outlive this build: the
+/// binary's rpath points into it.
+fn install_bpf_linker(channel: &str) -> Result<()> {
+    let sysroot = Step::new("rustc")
+        .args([format!("+{channel}"), "--print".into(), "sysroot".into()])
+        .probe()
+        .context("cannot find the eBPF toolchain's sysroot")?;
+    let lib_dir = PathBuf::from(sysroot.trim()).join("lib");
+    let libllvm = std::fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {}", lib_dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .find(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so.") && n.contains("-rust-"))
+        })
+        .with_context(|| format!("no libLLVM.so.*-rust-* in {}", lib_dir.display()))?;
+
+    let prefix = llvm_prefix()?;
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("creating {}", prefix_lib.display()))?;
+    let soname = libllvm
+        .file_name()
+        .context("libLLVM path has no file name")?;
+    for link in [prefix_lib.join("libLLVM.so"), prefix_lib.join(soname)] {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&libllvm, &link)
+            .with_context(|| format!("linking {} to {}", link.display(), libllvm.display()))?;
+    }
+    Step::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args(["--locked", "--force"])
+        .env("LLVM_PREFIX", &prefix)
+        .run("building bpf-linker against the nightly's libLLVM")
+}
+
+/// A stable place outside the checkout and `target/`.
+fn llvm_prefix() -> Result<PathBuf> {
+    let data_home = match std::env::var_os("XDG_DATA_HOME") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".local/share")
+        }
+    };
+    Ok(data_home.join("elb/rust-llvm"))
+}
+
+fn apt_installed(package: &str) -> bool {
+    Step::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .probe()
+        .is_some_and(|status| status.trim() == "install ok installed")
+}
+
+fn missing_apt_packages() -> Vec<String> {
+    APT_PACKAGES
+        .iter()
+        .filter(|p| !apt_installed(p))
+        .map(|p| p.to_string())
+        .collect()
+}
+
+fn install_apt_packages(packages: &[String]) -> Result<()> {
+    Step::new("apt-get")
+        .args(["update", "-q"])
+        .run("refreshing the Debian package lists")?;
+    Step::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .run("installing Debian packages")
+}

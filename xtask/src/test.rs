@@ -1,0 +1,47 @@
+//! `cargo xtask test`: the whole suite CI runs.
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::{
+    cmd,
+    ebpf::{self, TARGET},
+    setup,
+};
+
+pub fn run(root: &Path, extra_args: &[String]) -> Result<()> {
+    setup::ensure(root)?;
+    ebpf::build(root, true)?;
+
+    cmd::cargo(root)
+        .args(["fmt", "--all", "--check"])
+        .run("checking formatting")?;
+    ebpf::ebpf_cargo(root)?
+        .args(["fmt", "--check"])
+        .run("checking formatting of the eBPF crate")?;
+
+    cmd::cargo(root)
+        .args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .run("linting")?;
+    ebpf::ebpf_cargo(root)?
+        .args(["clippy", "--target", TARGET, "-Z", "build-std=core"])
+        .args(["--", "-D", "warnings"])
+        .run("linting the eBPF crate")?;
+
+    // Integration tests start the real `elb` binary.
+    cmd::cargo(root)
+        .args(["build", "--package", "elb-userspace", "--bin", "elb"])
+        .run("building elb for the integration tests")?;
+    cmd::cargo(root)
+        .args(["test", "--workspace", "--all-targets"])
+        .args(extra_args)
+        .env("ELB_BIN", root.join("target/debug/elb"))
+        .run("running the tests")
+}
