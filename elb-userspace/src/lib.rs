@@ -1,12 +1,23 @@
 //! elb's userspace daemon as a library, so integration tests can drive the
 //! same code the `elb` binary runs.
 
+pub mod admin;
 pub mod bpffs;
+pub mod cidr;
 pub mod cli;
+pub mod config;
 pub mod dataplane;
+pub mod http_util;
 pub mod instance_lock;
 pub mod names;
 pub mod os_error;
+pub mod proxy;
+pub mod rules;
+pub mod server;
+pub mod statsd;
+pub mod store;
+pub mod sync;
+pub mod upstream;
 
 /// The XDP program built by `cargo xtask build-ebpf`, embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("ELB_EBPF_OBJECT_PATH"));

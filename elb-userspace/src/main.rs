@@ -1,9 +1,18 @@
+use std::sync::Arc;
+
 use anyhow::Context;
 use clap::Parser;
 use elb_userspace::{
+    admin::{AdminApi, access::AccessPolicy},
     cli::{Cli, Command, RunArgs},
+    config::{ConfigManager, ConfigService, KeyLayout},
     dataplane::{DataplaneConfig, XdpDataplane},
     instance_lock::InstanceLock,
+    proxy::{Proxy, ProxySettings},
+    server::{self, ServerSettings},
+    statsd::StatsdClient,
+    store::{EtcdStore, FileStore, Store, etcd::parse_endpoints},
+    sync,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -21,7 +30,7 @@ fn main() -> std::process::ExitCode {
         .and_then(|runtime| {
             runtime.block_on(async {
                 match cli.command {
-                    Command::Run(args) => run(args).await,
+                    Command::Run(args) => run(*args).await,
                 }
             })
         });
@@ -37,23 +46,89 @@ fn main() -> std::process::ExitCode {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _lock = InstanceLock::acquire(&args.run_dir, &args.name)?;
-    let config = DataplaneConfig {
-        name: args.name.clone(),
-        bpffs_root: args.bpffs.clone(),
-        interfaces: args.xdp_ifaces.clone(),
-        mode: args.xdp_mode,
+    let layout = KeyLayout::new(&args.name);
+    let state_file = args.state_file();
+
+    let config = match &args.etcd {
+        Some(endpoints) => {
+            let endpoints = parse_endpoints(endpoints).map_err(anyhow::Error::msg)?;
+            let etcd = EtcdStore::connect(&endpoints, layout.prefix()).await?;
+            let config = ConfigService::new(
+                ConfigManager::new(layout),
+                Store::Etcd(Box::new(etcd.clone())),
+                Some(state_file.clone()),
+            );
+            sync::start(Arc::clone(&config), etcd, &state_file).await?;
+            config
+        }
+        None => {
+            let (store, kv) = FileStore::open(state_file.clone())?;
+            let config = ConfigService::new(ConfigManager::new(layout), Store::File(store), None);
+            config.replace_from_store(kv, 0).await;
+            config
+        }
     };
-    let dataplane = XdpDataplane::start(&config)?;
-    tracing::info!(
-        name = args.name,
-        pins = %dataplane.pin_dir().display(),
-        "elb running; inspect with `bpftool map dump pinned {}/<map>`",
-        dataplane.pin_dir().display()
+    tracing::info!(store = config.store().describe(), "configuration store");
+
+    let statsd = match &args.statsd {
+        Some(target) => Some(StatsdClient::start(target, &args.name).await?),
+        None => None,
+    };
+
+    let dataplane = if args.xdp_ifaces.is_empty() {
+        None
+    } else {
+        Some(XdpDataplane::start(&DataplaneConfig {
+            name: args.name.clone(),
+            bpffs_root: args.bpffs.clone(),
+            interfaces: args.xdp_ifaces.clone(),
+            mode: args.xdp_mode,
+        })?)
+    };
+
+    let admin = AdminApi::new(
+        Arc::clone(&config),
+        AccessPolicy {
+            allow: args.admin_allow.clone(),
+            token: args.admin_token.clone(),
+        },
+        args.admin_max_body,
     );
+    let proxy = Arc::new(Proxy::new(
+        config.snapshot().clone(),
+        admin,
+        statsd,
+        ProxySettings {
+            connect_timeout: args.connect_timeout,
+            response_timeout: args.upstream_timeout,
+            max_idle_per_server: 256,
+            idle_timeout: std::time::Duration::from_secs(60),
+        },
+    ));
+    let server_settings = ServerSettings {
+        header_read_timeout: args.header_timeout,
+        max_header_bytes: args.max_header_bytes,
+        max_headers: args.max_headers,
+    };
+    let listeners = server::bind_all(&args.listen).await?;
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    for listener in listeners {
+        tracing::info!(addr = %listener.local_addr()?, "listening for HTTP");
+        tokio::spawn(server::serve(
+            listener,
+            Arc::clone(&proxy),
+            server_settings.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
+    tracing::info!(name = args.name, "elb running");
 
     wait_for_shutdown_signal().await?;
     tracing::info!("shutting down");
-    dataplane.shutdown()?;
+    let _ = shutdown_tx.send(true);
+    if let Some(dataplane) = dataplane {
+        dataplane.shutdown()?;
+    }
     Ok(())
 }
 

@@ -1,0 +1,98 @@
+//! Who may use `/__erulb__/`: loopback clients, plus `--admin-allow`
+//! networks; with `--admin-token`, only with `Authorization: Bearer <token>`.
+use std::net::IpAddr;
+
+use http::{HeaderMap, header};
+
+use crate::cidr::{Cidr, canonical};
+
+#[derive(Clone, Debug, Default)]
+pub struct AccessPolicy {
+    pub allow: Vec<Cidr>,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// 403: the client's address is not allowed.
+    Address(IpAddr),
+    /// 401: a token is required and was missing or wrong.
+    Token,
+}
+
+impl AccessPolicy {
+    pub fn check(&self, peer: IpAddr, headers: &HeaderMap) -> Result<(), Refusal> {
+        let peer = canonical(peer);
+        if !peer.is_loopback() && !self.allow.iter().any(|net| net.contains(peer)) {
+            return Err(Refusal::Address(peer));
+        }
+        if let Some(token) = &self.token {
+            let presented = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
+                return Err(Refusal::Token);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Compares without an early exit, so timing does not leak the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(auth: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(auth) = auth {
+            headers.insert(header::AUTHORIZATION, auth.parse().expect("header"));
+        }
+        headers
+    }
+
+    #[test]
+    fn loopback_only_by_default() {
+        let policy = AccessPolicy::default();
+        for ok in ["127.0.0.1", "127.9.9.9", "::1", "::ffff:127.0.0.1"] {
+            assert_eq!(
+                policy.check(ok.parse().expect("ip"), &headers(None)),
+                Ok(()),
+                "{ok}"
+            );
+        }
+        let outside: IpAddr = "10.1.2.3".parse().expect("ip");
+        assert_eq!(
+            policy.check(outside, &headers(None)),
+            Err(Refusal::Address(outside))
+        );
+    }
+
+    #[test]
+    fn allow_widens_and_token_narrows() {
+        let policy = AccessPolicy {
+            allow: vec!["10.0.0.0/8".parse().expect("cidr")],
+            token: Some("s3cret".into()),
+        };
+        let inside: IpAddr = "10.1.2.3".parse().expect("ip");
+        assert_eq!(policy.check(inside, &headers(None)), Err(Refusal::Token));
+        assert_eq!(
+            policy.check(inside, &headers(Some("Bearer wrong"))),
+            Err(Refusal::Token)
+        );
+        assert_eq!(
+            policy.check(inside, &headers(Some("Bearer s3cret"))),
+            Ok(())
+        );
+        assert_eq!(
+            policy.check("127.0.0.1".parse().expect("ip"), &headers(None)),
+            Err(Refusal::Token)
+        );
+    }
+}

@@ -1,0 +1,54 @@
+//! `/__erulb__/domain`: rule documents per domain.
+use serde_json::{Map, Value};
+
+use super::{AdminResult, expect_object, expect_string_list, ok, validate_key_segment};
+use crate::{config::ConfigService, http_util::json, rules, store::KvOp};
+
+pub async fn get(config: &ConfigService) -> AdminResult {
+    let body = config
+        .read(|manager| {
+            manager
+                .domains()
+                .iter()
+                .map(|(domain, entry)| (domain.clone(), entry.rules.document().clone()))
+                .collect::<Map<String, Value>>()
+        })
+        .await;
+    Ok(json(http::StatusCode::OK, &Value::Object(body)))
+}
+
+/// Adds or replaces every domain in the body, all or nothing.
+pub async fn put(config: &ConfigService, body: Value) -> AdminResult {
+    let domains = expect_object(&body, "domain: rule document")?;
+    let mut ops = Vec::with_capacity(domains.len());
+    config
+        .write(|manager| {
+            for (domain, doc) in domains {
+                validate_key_segment("domain", domain)?;
+                rules::compile(domain, doc).map_err(|e| e.to_string())?;
+                ops.push(KvOp::Put {
+                    key: manager.layout().rule_key(domain),
+                    value: doc.to_string(),
+                });
+            }
+            Ok((ops, ()))
+        })
+        .await?;
+    ok()
+}
+
+pub async fn delete(config: &ConfigService, body: Value) -> AdminResult {
+    let domains = expect_string_list(&body, "domain names")?;
+    config
+        .write(|manager| {
+            let ops = domains
+                .iter()
+                .map(|domain| manager.layout().rule_key(domain))
+                .filter(|key| manager.kv().contains_key(key))
+                .map(|key| KvOp::Delete { key })
+                .collect();
+            Ok((ops, ()))
+        })
+        .await?;
+    ok()
+}

@@ -1,0 +1,247 @@
+//! The admin API under `/__erulb__/`, compatible with ERU ELB's: endpoints,
+//! body shapes and status codes as in the compatibility contract. Writes go
+//! through [`ConfigService::write`]: validated, one store transaction, then
+//! applied.
+pub mod access;
+mod domain;
+mod dump;
+mod upstream;
+
+use std::{net::IpAddr, sync::Arc};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::Value;
+
+use self::access::{AccessPolicy, Refusal};
+use crate::{
+    config::{ConfigService, WriteError},
+    http_util::{Body, json, json_error},
+};
+
+/// Every admin path starts with this.
+pub const PREFIX: &str = "/__erulb__/";
+
+pub struct AdminApi {
+    config: Arc<ConfigService>,
+    access: AccessPolicy,
+    max_body: usize,
+}
+
+/// An admin request that failed, with its status.
+#[derive(Debug)]
+pub struct AdminError {
+    status: StatusCode,
+    message: String,
+    allow: Option<&'static str>,
+}
+
+impl AdminError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            allow: None,
+        }
+    }
+
+    fn method_not_allowed(method: &Method, path: &str, allow: &'static str) -> Self {
+        Self {
+            allow: Some(allow),
+            ..Self::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not supported on {path} (allowed: {allow})"),
+            )
+        }
+    }
+
+    fn into_response(self) -> Response<Body> {
+        let mut response = json_error(self.status, self.message);
+        if let Some(allow) = self.allow {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<WriteError> for AdminError {
+    fn from(err: WriteError) -> Self {
+        match err {
+            WriteError::Invalid(message) => Self::bad_request(message),
+            WriteError::Store(_) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+        }
+    }
+}
+
+type AdminResult = Result<Response<Body>, AdminError>;
+
+impl AdminApi {
+    pub fn new(config: Arc<ConfigService>, access: AccessPolicy, max_body: usize) -> Self {
+        Self {
+            config,
+            access,
+            max_body,
+        }
+    }
+
+    pub fn is_admin_path(path: &str) -> bool {
+        path.starts_with(PREFIX)
+    }
+
+    pub async fn handle(&self, request: Request<Incoming>, peer: IpAddr) -> Response<Body> {
+        if let Err(refusal) = self.access.check(peer, request.headers()) {
+            let error = match refusal {
+                Refusal::Address(addr) => AdminError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("the admin API is not open to {addr} (see --admin-allow)"),
+                ),
+                Refusal::Token => AdminError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "the admin API needs `Authorization: Bearer <token>` (see --admin-token)",
+                ),
+            };
+            tracing::warn!(%peer, path = request.uri().path(), "admin request refused");
+            return error.into_response();
+        }
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let result = self.route(request).await;
+        match result {
+            Ok(response) => {
+                tracing::info!(%peer, %method, path, status = response.status().as_u16(), "admin request");
+                response
+            }
+            Err(error) => {
+                tracing::warn!(%peer, %method, path, status = error.status.as_u16(), error = error.message, "admin request failed");
+                error.into_response()
+            }
+        }
+    }
+
+    async fn route(&self, request: Request<Incoming>) -> AdminResult {
+        let path = request.uri().path().to_owned();
+        let endpoint = path
+            .strip_prefix(PREFIX)
+            .unwrap_or_default()
+            .trim_end_matches('/');
+        let method = request.method().clone();
+        let config = &self.config;
+        match (endpoint, &method) {
+            ("domain", &Method::GET) => domain::get(config).await,
+            ("domain", &Method::PUT) => domain::put(config, self.json_body(request).await?).await,
+            ("domain", &Method::DELETE) => {
+                domain::delete(config, self.json_body(request).await?).await
+            }
+            ("domain", _) => Err(AdminError::method_not_allowed(
+                &method,
+                &path,
+                "GET, PUT, DELETE",
+            )),
+            ("upstream", &Method::GET) => upstream::get(config).await,
+            ("upstream", &Method::PUT) => {
+                upstream::put(config, self.json_body(request).await?).await
+            }
+            ("upstream", &Method::DELETE) => {
+                upstream::delete(config, self.json_body(request).await?).await
+            }
+            ("upstream", _) => Err(AdminError::method_not_allowed(
+                &method,
+                &path,
+                "GET, PUT, DELETE",
+            )),
+            ("dump", &Method::PUT) => {
+                // The body is ignored, but read so the connection stays usable.
+                self.body(request).await?;
+                dump::put(config).await
+            }
+            ("dump", _) => Err(AdminError::method_not_allowed(&method, &path, "PUT")),
+            _ => Err(AdminError::new(
+                StatusCode::NOT_FOUND,
+                format!("no admin endpoint {path}"),
+            )),
+        }
+    }
+
+    async fn body(&self, request: Request<Incoming>) -> Result<Bytes, AdminError> {
+        match Limited::new(request.into_body(), self.max_body)
+            .collect()
+            .await
+        {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(AdminError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body exceeds {} bytes", self.max_body),
+            )),
+            Err(err) => Err(AdminError::bad_request(format!(
+                "cannot read the request body: {err}"
+            ))),
+        }
+    }
+
+    async fn json_body(&self, request: Request<Incoming>) -> Result<Value, AdminError> {
+        let bytes = self.body(request).await?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            AdminError::bad_request(format!("the request body is not valid JSON: {e}"))
+        })
+    }
+}
+
+/// `{"msg": "OK"}`, ERU ELB's success body.
+fn ok() -> AdminResult {
+    Ok(json(StatusCode::OK, &serde_json::json!({ "msg": "OK" })))
+}
+
+/// The body as a JSON object, or a 400 naming what was expected.
+fn expect_object<'v>(
+    body: &'v Value,
+    what: &str,
+) -> Result<&'v serde_json::Map<String, Value>, AdminError> {
+    body.as_object()
+        .ok_or_else(|| AdminError::bad_request(format!("the body must be a JSON object of {what}")))
+}
+
+/// The body as a JSON array of strings, or a 400 naming the bad element.
+fn expect_string_list(body: &Value, what: &str) -> Result<Vec<String>, AdminError> {
+    let items = body.as_array().ok_or_else(|| {
+        AdminError::bad_request(format!("the body must be a JSON array of {what}"))
+    })?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            item.as_str().map(str::to_owned).ok_or_else(|| {
+                AdminError::bad_request(format!("element {i} of the body is not a string: {item}"))
+            })
+        })
+        .collect()
+}
+
+/// Names that become one etcd key segment.
+fn validate_key_segment(kind: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err(format!("{kind} name is empty"));
+    }
+    if name.len() > 253 {
+        return Err(format!("{kind} name {name:?} is longer than 253 bytes"));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| *c == '/' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("{kind} name {name:?} contains {bad:?}"));
+    }
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! `/__erulb__/upstream`: upstreams and their servers.
+use serde_json::{Map, Value};
+
+use super::{AdminResult, expect_object, expect_string_list, ok, validate_key_segment};
+use crate::{
+    config::ConfigService,
+    http_util::json,
+    store::KvOp,
+    upstream::{parse_params, validate_server_address},
+};
+
+pub async fn get(config: &ConfigService) -> AdminResult {
+    let body = config
+        .read(|manager| {
+            manager
+                .upstreams()
+                .iter()
+                .map(|(name, upstream)| {
+                    let servers = upstream
+                        .servers()
+                        .iter()
+                        .map(|server| server.params.to_json(&server.name))
+                        .collect();
+                    (name.clone(), Value::Array(servers))
+                })
+                .collect::<Map<String, Value>>()
+        })
+        .await;
+    Ok(json(http::StatusCode::OK, &Value::Object(body)))
+}
+
+/// Replaces each named upstream whole, all or nothing.
+pub async fn put(config: &ConfigService, body: Value) -> AdminResult {
+    let upstreams = expect_object(&body, "upstream: {\"host:port\": \"params\"}")?;
+    config
+        .write(|manager| {
+            let mut ops = Vec::new();
+            for (name, servers) in upstreams {
+                validate_key_segment("upstream", name)?;
+                let servers = servers.as_object().ok_or_else(|| {
+                    format!("upstream {name:?}: expected an object of \"host:port\": \"params\"")
+                })?;
+                if servers.is_empty() {
+                    return Err(format!(
+                        "upstream {name:?} has no servers (to remove it, DELETE it)"
+                    ));
+                }
+                ops.push(KvOp::DeletePrefix {
+                    prefix: manager.layout().upstream_prefix(name),
+                });
+                for (server, params) in servers {
+                    let error = |message: String| {
+                        format!("upstream {name:?}, server {server:?}: {message}")
+                    };
+                    validate_server_address(server).map_err(|e| error(e.to_string()))?;
+                    let params = params.as_str().ok_or_else(|| {
+                        error(format!("parameters must be a string, got {params}"))
+                    })?;
+                    parse_params(params).map_err(|e| error(e.to_string()))?;
+                    ops.push(KvOp::Put {
+                        key: manager.layout().server_key(name, server),
+                        value: params.trim().to_owned(),
+                    });
+                }
+            }
+            Ok((ops, ()))
+        })
+        .await?;
+    ok()
+}
+
+/// Deletes the named upstreams; replies `{name: existed}`.
+pub async fn delete(config: &ConfigService, body: Value) -> AdminResult {
+    let names = expect_string_list(&body, "upstream names")?;
+    let reply = config
+        .write(|manager| {
+            let mut ops = Vec::new();
+            let mut reply = Map::new();
+            for name in names {
+                let prefix = manager.layout().upstream_prefix(&name);
+                let exists = manager
+                    .kv()
+                    .range(prefix.clone()..)
+                    .next()
+                    .is_some_and(|(key, _)| key.starts_with(&prefix));
+                if exists {
+                    ops.push(KvOp::DeletePrefix { prefix });
+                }
+                reply.insert(name, Value::Bool(exists));
+            }
+            Ok((ops, reply))
+        })
+        .await?;
+    Ok(json(http::StatusCode::OK, &Value::Object(reply)))
+}

@@ -1,0 +1,120 @@
+//! The one path every configuration change takes: admin writes (validated,
+//! committed to the store in one transaction, then applied) and store
+//! events (applied). Serialised by one lock, so the in-memory state always
+//! equals "what was committed", and published as a new snapshot.
+use std::{path::PathBuf, sync::Arc};
+
+use tokio::sync::{Mutex, watch};
+
+use super::{ConfigManager, SnapshotHandle, manager::EntryError};
+use crate::store::{Kv, KvOp, Store, StoreError, file::write_state_file};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The request is invalid; nothing was written.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store refused or was unreachable; nothing changed in memory.
+    #[error("the configuration store failed, nothing was changed: {0}")]
+    Store(#[from] StoreError),
+}
+
+pub struct ConfigService {
+    manager: Mutex<ConfigManager>,
+    store: Store,
+    snapshot: SnapshotHandle,
+    persist: Option<watch::Sender<(i64, Arc<Kv>)>>,
+}
+
+impl ConfigService {
+    /// `snapshot_file`: where to keep a local copy of the store's state (for
+    /// etcd, to start when etcd is unreachable); written in the background.
+    pub fn new(manager: ConfigManager, store: Store, snapshot_file: Option<PathBuf>) -> Arc<Self> {
+        let snapshot = manager.snapshot_handle();
+        let persist = snapshot_file.map(spawn_snapshot_writer);
+        Arc::new(Self {
+            manager: Mutex::new(manager),
+            store,
+            snapshot,
+            persist,
+        })
+    }
+
+    pub fn snapshot(&self) -> &SnapshotHandle {
+        &self.snapshot
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Reads the current state.
+    pub async fn read<R>(&self, f: impl FnOnce(&ConfigManager) -> R) -> R {
+        f(&*self.manager.lock().await)
+    }
+
+    /// Plans a change against the current state, commits it in one store
+    /// transaction, then applies it. `plan` returns the operations and the
+    /// reply; an empty plan commits nothing.
+    pub async fn write<R>(
+        &self,
+        plan: impl FnOnce(&ConfigManager) -> Result<(Vec<KvOp>, R), String>,
+    ) -> Result<R, WriteError> {
+        let mut manager = self.manager.lock().await;
+        let (ops, reply) = plan(&manager).map_err(WriteError::Invalid)?;
+        if ops.is_empty() {
+            return Ok(reply);
+        }
+        let revision = self.store.commit(&ops).await?;
+        let skipped = manager.apply(&ops);
+        // Validation compiles exactly what apply compiles, so this is a bug.
+        for err in &skipped {
+            tracing::error!(error = %err, "a validated admin write did not apply");
+        }
+        self.persist(revision, &manager);
+        Ok(reply)
+    }
+
+    /// Applies events that came from the store (etcd watch).
+    pub async fn apply_from_store(&self, ops: &[KvOp], revision: i64) -> Vec<EntryError> {
+        let mut manager = self.manager.lock().await;
+        let skipped = manager.apply(ops);
+        self.persist(revision, &manager);
+        skipped
+    }
+
+    /// Replaces everything with a fresh listing of the store.
+    pub async fn replace_from_store(&self, kv: Kv, revision: i64) -> Vec<EntryError> {
+        let mut manager = self.manager.lock().await;
+        let skipped = manager.replace_all(kv);
+        self.persist(revision, &manager);
+        skipped
+    }
+
+    fn persist(&self, revision: i64, manager: &ConfigManager) {
+        if let Some(persist) = &self.persist {
+            persist.send_replace((revision, Arc::new(manager.kv().clone())));
+        }
+    }
+}
+
+/// Writes the latest state to `path` whenever it changes; bursts of changes
+/// collapse into one write.
+fn spawn_snapshot_writer(path: PathBuf) -> watch::Sender<(i64, Arc<Kv>)> {
+    let (sender, mut receiver) = watch::channel((0, Arc::new(Kv::new())));
+    receiver.mark_unchanged();
+    tokio::spawn(async move {
+        while receiver.changed().await.is_ok() {
+            let (revision, kv) = receiver.borrow_and_update().clone();
+            let path = path.clone();
+            let result =
+                tokio::task::spawn_blocking(move || write_state_file(&path, revision, &kv)).await;
+            match result {
+                Ok(Ok(())) => tracing::debug!(revision, "local snapshot written"),
+                Ok(Err(err)) => tracing::warn!(error = %err, "cannot write the local snapshot"),
+                Err(err) => tracing::warn!(error = %err, "snapshot writer failed"),
+            }
+        }
+    });
+    sender
+}

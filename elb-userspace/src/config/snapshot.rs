@@ -1,0 +1,117 @@
+//! The immutable configuration every request reads. A new one is built and
+//! swapped in whole on every change; in-flight requests keep the one they
+//! started with.
+use std::{collections::HashMap, sync::Arc};
+
+use arc_swap::ArcSwap;
+
+use crate::{
+    rules::CompiledRules,
+    upstream::{Balancer, Server},
+};
+
+/// One domain's compiled rules, under the name it was stored with.
+pub struct DomainEntry {
+    pub domain: String,
+    pub rules: CompiledRules,
+}
+
+/// One upstream: its servers and their balancing and health state. Kept
+/// (same `Arc`) across snapshots while its definition does not change, so
+/// round-robin position and failure counts survive unrelated updates.
+pub struct Upstream {
+    pub name: String,
+    pub balancer: Balancer,
+}
+
+impl Upstream {
+    pub fn new(name: String, servers: Vec<Server>) -> Self {
+        Self {
+            name,
+            balancer: Balancer::new(servers),
+        }
+    }
+
+    pub fn servers(&self) -> &[Server] {
+        self.balancer.servers()
+    }
+}
+
+#[derive(Default)]
+pub struct Snapshot {
+    /// Keyed by the lower-cased domain: Host matching is case-insensitive.
+    domains: HashMap<String, Arc<DomainEntry>>,
+    upstreams: HashMap<String, Arc<Upstream>>,
+}
+
+/// Where the current snapshot is published.
+pub type SnapshotHandle = Arc<ArcSwap<Snapshot>>;
+
+impl Snapshot {
+    pub fn new<'a>(
+        domains: impl IntoIterator<Item = &'a Arc<DomainEntry>>,
+        upstreams: impl IntoIterator<Item = &'a Arc<Upstream>>,
+    ) -> Self {
+        Self {
+            domains: domains
+                .into_iter()
+                .map(|entry| (entry.domain.to_ascii_lowercase(), Arc::clone(entry)))
+                .collect(),
+            upstreams: upstreams
+                .into_iter()
+                .map(|upstream| (upstream.name.clone(), Arc::clone(upstream)))
+                .collect(),
+        }
+    }
+
+    /// The domain for a Host header: the exact value first, then without
+    /// `:port`, both compared case-insensitively.
+    pub fn lookup_host(&self, host: &str) -> Option<&Arc<DomainEntry>> {
+        let host = host.to_ascii_lowercase();
+        if let Some(entry) = self.domains.get(&host) {
+            return Some(entry);
+        }
+        let without_port = strip_port(&host)?;
+        self.domains.get(without_port)
+    }
+
+    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.get(name)
+    }
+
+    pub fn domain_count(&self) -> usize {
+        self.domains.len()
+    }
+
+    pub fn upstream_count(&self) -> usize {
+        self.upstreams.len()
+    }
+}
+
+/// `host:port` → `host`, `[v6]:port` → `[v6]`; `None` when there is no port.
+fn strip_port(host: &str) -> Option<&str> {
+    let (name, port) = host.rsplit_once(':')?;
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // A bare IPv6 address has colons but no brackets: no port to strip.
+    if name.contains(':') && !(name.starts_with('[') && name.ends_with(']')) {
+        return None;
+    }
+    Some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_stripping() {
+        assert_eq!(strip_port("a.com:8080"), Some("a.com"));
+        assert_eq!(strip_port("[::1]:80"), Some("[::1]"));
+        assert_eq!(strip_port("a.com"), None);
+        assert_eq!(strip_port("::1"), None);
+        assert_eq!(strip_port("a.com:"), None);
+        assert_eq!(strip_port("a.com:x"), None);
+    }
+}

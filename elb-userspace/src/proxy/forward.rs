@@ -1,0 +1,299 @@
+//! Sending one request upstream: server choice, retries, passive health.
+//!
+//! A try fails on a connect error or timeout, a response timeout (504), a
+//! broken connection, or a 502/504 answer; it is then retried on another
+//! server, up to [`MAX_TRIES`]. Once a request with a body has been written
+//! upstream its body is gone, so only body-less idempotent requests are
+//! retried after that point; a request that never left (connect failed,
+//! stale pooled connection) is retried whatever its method.
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use http::{Method, Request, Response, StatusCode, Uri, request::Parts};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Incoming};
+
+use super::{
+    MAX_TRIES, Proxy,
+    headers::{add_forwarded, strip_hop_by_hop, upgrade_protocol},
+    pool::{ConnectError, PooledBody, Sender},
+    upgrade,
+};
+use crate::{
+    config::{Snapshot, Upstream},
+    http_util::{Body, empty, text},
+    rules::BackendChoice,
+};
+
+/// Where a backend rule sends requests.
+enum Target<'a> {
+    Upstream(&'a Arc<Upstream>),
+    /// `servername` that is no upstream but a literal `host:port`.
+    Literal(&'a str),
+}
+
+pub async fn forward(
+    proxy: &Proxy,
+    snapshot: &Snapshot,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    choice: &BackendChoice<'_>,
+) -> Response<Body> {
+    let target = match snapshot.upstream(choice.servername) {
+        Some(upstream) => Target::Upstream(upstream),
+        None if looks_like_host_port(choice.servername) => Target::Literal(choice.servername),
+        None => {
+            tracing::warn!(
+                upstream = choice.servername,
+                "backend rule names an upstream that does not exist"
+            );
+            return text(StatusCode::BAD_GATEWAY, "the upstream does not exist");
+        }
+    };
+
+    let (mut parts, body) = request.into_parts();
+    let protocol = upgrade_protocol(&parts.headers);
+    strip_hop_by_hop(&mut parts.headers, protocol.clone());
+    add_forwarded(&mut parts.headers, peer.ip(), "http");
+    for (name, value) in choice.headers {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    parts.uri = match upstream_uri(&parts.uri, choice.rewritten_path.as_deref()) {
+        Some(uri) => uri,
+        None => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "the request path cannot be forwarded",
+            );
+        }
+    };
+
+    if protocol.is_some() {
+        // Upgrade handshakes carry no body; the client's bytes follow the 101.
+        let request = Request::from_parts(parts, empty());
+        return upgrade::forward(proxy, &target_servers(&target), request).await;
+    }
+
+    let replayable = body.is_end_stream() && is_idempotent(&parts.method);
+    let mut body = Some(body.map_err(Into::into).boxed());
+    let mut tried = Vec::with_capacity(MAX_TRIES);
+    let mut last_failure = None;
+    while tried.len() < MAX_TRIES {
+        let Some((index, server)) = pick(&target, &tried) else {
+            break;
+        };
+        tried.push(index);
+        // The first try sends the real body; retries of replayable requests
+        // (which have none) send an empty one.
+        let attempt_body = body.take().unwrap_or_else(empty);
+        let request = Request::from_parts(clone_parts(&parts), attempt_body);
+        match try_server(proxy, server, request).await {
+            Attempt::Response(response) if !is_gateway_failure(response.status()) => {
+                report_success(&target, index);
+                return response;
+            }
+            Attempt::Response(response) => {
+                report_failure(&target, index);
+                tracing::warn!(
+                    server,
+                    status = response.status().as_u16(),
+                    "upstream answered with a gateway error"
+                );
+                if !replayable || tried.len() == MAX_TRIES {
+                    return response;
+                }
+                last_failure = Some(Failure::Status(response.status()));
+            }
+            Attempt::NotSent(error, unsent) => {
+                report_failure(&target, index);
+                tracing::warn!(server, error = %error, "upstream try failed before sending");
+                last_failure = Some(Failure::from_connect(&error));
+                body = Some(unsent.into_body());
+            }
+            Attempt::Failed(failure) => {
+                report_failure(&target, index);
+                tracing::warn!(server, failure = ?failure, "upstream try failed after sending");
+                last_failure = Some(failure);
+                if !replayable {
+                    break;
+                }
+            }
+        }
+    }
+    if tried.is_empty() {
+        return text(StatusCode::BAD_GATEWAY, "no live upstream server");
+    }
+    match last_failure {
+        Some(Failure::Timeout) => text(StatusCode::GATEWAY_TIMEOUT, "the upstream timed out"),
+        Some(Failure::Status(status)) => text(status, "the upstream failed"),
+        Some(Failure::Broken) | None => text(StatusCode::BAD_GATEWAY, "the upstream failed"),
+    }
+}
+
+#[derive(Debug)]
+enum Failure {
+    Timeout,
+    Broken,
+    Status(StatusCode),
+}
+
+impl Failure {
+    fn from_connect(error: &ConnectError) -> Self {
+        match error {
+            ConnectError::Timeout { .. } => Self::Timeout,
+            _ => Self::Broken,
+        }
+    }
+}
+
+enum Attempt {
+    Response(Response<Body>),
+    /// Nothing reached the server; the request comes back for the next try.
+    NotSent(ConnectError, Request<Body>),
+    Failed(Failure),
+}
+
+async fn try_server(proxy: &Proxy, server: &str, mut request: Request<Body>) -> Attempt {
+    // A pooled connection may have been closed by the server meanwhile; if
+    // the request was not written, it comes back and a fresh connection
+    // gets it (not counted as a try).
+    while let Some(sender) = proxy.pool.take_idle(server) {
+        match send(proxy, server, sender, request).await {
+            Sent::Done(attempt) => return attempt,
+            Sent::Unsent(returned) => request = returned,
+        }
+    }
+    let settings = &proxy.settings;
+    match proxy
+        .pool
+        .connect(server, settings.connect_timeout, false)
+        .await
+    {
+        Ok(sender) => match send(proxy, server, sender, request).await {
+            Sent::Done(attempt) => attempt,
+            Sent::Unsent(_) => Attempt::Failed(Failure::Broken),
+        },
+        Err(error) => Attempt::NotSent(error, request),
+    }
+}
+
+enum Sent {
+    Done(Attempt),
+    Unsent(Request<Body>),
+}
+
+async fn send(proxy: &Proxy, server: &str, mut sender: Sender, request: Request<Body>) -> Sent {
+    let timeout = proxy.settings.response_timeout;
+    match tokio::time::timeout(timeout, sender.try_send_request(request)).await {
+        Err(_) => Sent::Done(Attempt::Failed(Failure::Timeout)),
+        Ok(Ok(response)) => {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers, None);
+            let body = PooledBody::new(body, proxy.pool.clone(), server.to_owned(), sender);
+            Sent::Done(Attempt::Response(Response::from_parts(parts, body.boxed())))
+        }
+        Ok(Err(mut error)) => match error.take_message() {
+            Some(request) => Sent::Unsent(request),
+            None => {
+                tracing::debug!(server, error = %error.into_error(), "upstream connection broke");
+                Sent::Done(Attempt::Failed(Failure::Broken))
+            }
+        },
+    }
+}
+
+fn pick<'a>(target: &'a Target<'_>, tried: &[usize]) -> Option<(usize, &'a str)> {
+    match target {
+        Target::Upstream(upstream) => {
+            let index = upstream.balancer.pick(Instant::now(), tried)?;
+            let server = upstream.servers().get(index)?;
+            Some((index, server.name.as_str()))
+        }
+        Target::Literal(server) => tried.is_empty().then_some((0, *server)),
+    }
+}
+
+/// The servers an upgrade may go to, in balancing order.
+fn target_servers(target: &Target<'_>) -> Vec<String> {
+    let mut tried = Vec::new();
+    let mut servers = Vec::new();
+    while tried.len() < MAX_TRIES {
+        let Some((index, server)) = pick(target, &tried) else {
+            break;
+        };
+        tried.push(index);
+        servers.push(server.to_owned());
+    }
+    servers
+}
+
+fn report_success(target: &Target<'_>, index: usize) {
+    if let Target::Upstream(upstream) = target {
+        upstream.balancer.report_success(index);
+    }
+}
+
+fn report_failure(target: &Target<'_>, index: usize) {
+    if let Target::Upstream(upstream) = target {
+        upstream.balancer.report_failure(index, Instant::now());
+    }
+}
+
+fn is_gateway_failure(status: StatusCode) -> bool {
+    status == StatusCode::BAD_GATEWAY || status == StatusCode::GATEWAY_TIMEOUT
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn clone_parts(parts: &Parts) -> Parts {
+    let mut request = Request::new(());
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = http::Version::HTTP_11;
+    *request.headers_mut() = parts.headers.clone();
+    request.into_parts().0
+}
+
+/// Origin-form URI for the upstream: the (possibly rewritten) path and the
+/// original query.
+fn upstream_uri(original: &Uri, rewritten_path: Option<&str>) -> Option<Uri> {
+    let path = rewritten_path.unwrap_or_else(|| original.path());
+    let path_and_query = match original.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    path_and_query.parse().ok()
+}
+
+fn looks_like_host_port(servername: &str) -> bool {
+    crate::upstream::validate_server_address(servername).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_keeps_the_query_and_applies_the_rewrite() {
+        let original: Uri = "/blog/a/b?x=1".parse().expect("uri");
+        assert_eq!(upstream_uri(&original, None).expect("uri"), "/blog/a/b?x=1");
+        assert_eq!(
+            upstream_uri(&original, Some("/a/b")).expect("uri"),
+            "/a/b?x=1"
+        );
+        let absolute: Uri = "http://a.com/p".parse().expect("uri");
+        assert_eq!(upstream_uri(&absolute, None).expect("uri"), "/p");
+    }
+
+    #[test]
+    fn only_safe_methods_are_replayed() {
+        assert!(is_idempotent(&Method::GET));
+        assert!(is_idempotent(&Method::DELETE));
+        assert!(!is_idempotent(&Method::POST));
+        assert!(!is_idempotent(&Method::PATCH));
+    }
+}

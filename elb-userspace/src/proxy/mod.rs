@@ -1,0 +1,104 @@
+//! The L7 proxy: Host → rule document → backend decision → an upstream
+//! server chosen by weight and health → streamed request and response.
+mod forward;
+pub mod headers;
+pub mod pool;
+mod upgrade;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use http::{Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use self::pool::Pool;
+use crate::{
+    admin::AdminApi,
+    config::SnapshotHandle,
+    http_util::{Body, text},
+    rules::{self, Decision, RuleRequest},
+    statsd::StatsdClient,
+};
+
+/// Timeouts and limits of the proxy towards upstreams.
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    pub connect_timeout: Duration,
+    /// From the request being sent to the upstream's response headers.
+    pub response_timeout: Duration,
+    pub max_idle_per_server: usize,
+    pub idle_timeout: Duration,
+}
+
+/// Tries per request: the first server plus up to two others.
+pub const MAX_TRIES: usize = 3;
+
+pub struct Proxy {
+    snapshot: SnapshotHandle,
+    admin: AdminApi,
+    statsd: Option<StatsdClient>,
+    pool: Arc<Pool>,
+    settings: ProxySettings,
+}
+
+impl Proxy {
+    pub fn new(
+        snapshot: SnapshotHandle,
+        admin: AdminApi,
+        statsd: Option<StatsdClient>,
+        settings: ProxySettings,
+    ) -> Self {
+        Self {
+            snapshot,
+            admin,
+            statsd,
+            pool: Pool::new(settings.max_idle_per_server, settings.idle_timeout),
+            settings,
+        }
+    }
+
+    pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        if AdminApi::is_admin_path(request.uri().path()) {
+            return self.admin.handle(request, peer.ip()).await;
+        }
+        let started = std::time::Instant::now();
+        let Some(host) = request_host(&request) else {
+            return text(StatusCode::BAD_REQUEST, "the request has no Host");
+        };
+        // In-flight requests keep the snapshot they started with.
+        let snapshot = self.snapshot.load_full();
+        let Some(domain) = snapshot.lookup_host(&host) else {
+            return text(StatusCode::NOT_FOUND, "no rules for this domain");
+        };
+        let path = rules::decode_path(request.uri().path());
+        let rule_request = RuleRequest {
+            user_agent: request
+                .headers()
+                .get(header::USER_AGENT)
+                .map(|v| v.as_bytes()),
+            path: &path,
+        };
+        let choice = match domain.rules.evaluate(&rule_request) {
+            Decision::Backend(choice) => choice,
+            Decision::Forbidden { rule } => {
+                tracing::debug!(host, rule, "rule has no branch for this request");
+                return text(StatusCode::FORBIDDEN, "forbidden by the domain's rules");
+            }
+        };
+        let response = forward::forward(self, &snapshot, request, peer, &choice).await;
+        if let Some(statsd) = &self.statsd {
+            statsd.record_request(&host, response.status().as_u16(), started.elapsed());
+        }
+        response
+    }
+}
+
+/// The Host header, or the authority of an absolute-form request URI.
+fn request_host(request: &Request<Incoming>) -> Option<String> {
+    request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()))
+        .filter(|h| !h.is_empty())
+}

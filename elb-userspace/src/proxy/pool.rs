@@ -1,0 +1,186 @@
+//! Keep-alive connections to upstream servers, one idle list per server.
+//!
+//! A connection is handed out exclusively; it comes back when the response
+//! body has been read to the end ([`PooledBody`]), and only once hyper says
+//! it is ready for the next request.
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use hyper::{
+    body::{Body as HttpBody, Frame, Incoming, SizeHint},
+    client::conn::http1::{self, SendRequest},
+};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::http_util::{Body, BoxError};
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connecting to {server} timed out after {timeout:?}")]
+    Timeout { server: String, timeout: Duration },
+    #[error("cannot connect to {server}: {source}")]
+    Io {
+        server: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP handshake with {server} failed: {source}")]
+    Handshake {
+        server: String,
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+pub type Sender = SendRequest<Body>;
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+pub struct Pool {
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    max_idle_per_server: usize,
+    idle_timeout: Duration,
+}
+
+impl Pool {
+    pub fn new(max_idle_per_server: usize, idle_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            idle: Mutex::new(HashMap::new()),
+            max_idle_per_server,
+            idle_timeout,
+        })
+    }
+
+    /// An idle connection that is still open, if there is one.
+    pub fn take_idle(&self, server: &str) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(server)?;
+        while let Some(conn) = list.pop() {
+            if conn.sender.is_ready() && conn.since.elapsed() < self.idle_timeout {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    /// Opens a new connection and spawns its driver task.
+    pub async fn connect(
+        &self,
+        server: &str,
+        timeout: Duration,
+        upgrades: bool,
+    ) -> Result<Sender, ConnectError> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(server))
+            .await
+            .map_err(|_| ConnectError::Timeout {
+                server: server.to_owned(),
+                timeout,
+            })?
+            .map_err(|source| ConnectError::Io {
+                server: server.to_owned(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| ConnectError::Handshake {
+                server: server.to_owned(),
+                source,
+            })?;
+        let server = server.to_owned();
+        tokio::spawn(async move {
+            let result = if upgrades {
+                connection.with_upgrades().await
+            } else {
+                connection.await
+            };
+            if let Err(err) = result {
+                tracing::debug!(server, error = %err, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Returns a connection once its previous response is fully read.
+    fn give_back(self: &Arc<Self>, server: String, mut sender: Sender) {
+        let pool = Arc::clone(self);
+        tokio::spawn(async move {
+            if sender.ready().await.is_err() {
+                return;
+            }
+            let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let list = idle.entry(server).or_default();
+            if list.len() < pool.max_idle_per_server {
+                list.push(Idle {
+                    sender,
+                    since: Instant::now(),
+                });
+            }
+        });
+    }
+}
+
+/// An upstream response body that returns its connection to the pool when
+/// it ends. Dropped early (client went away), the connection is dropped.
+pub struct PooledBody {
+    inner: Incoming,
+    checkin: Option<(Arc<Pool>, String, Sender)>,
+}
+
+impl PooledBody {
+    pub fn new(inner: Incoming, pool: Arc<Pool>, server: String, sender: Sender) -> Self {
+        let mut body = Self {
+            inner,
+            checkin: Some((pool, server, sender)),
+        };
+        if body.inner.is_end_stream() {
+            body.release();
+        }
+        body
+    }
+
+    fn release(&mut self) {
+        if let Some((pool, server, sender)) = self.checkin.take() {
+            pool.give_back(server, sender);
+        }
+    }
+}
+
+impl HttpBody for PooledBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
+            Poll::Ready(Some(Err(_))) => self.checkin = None,
+            _ => {}
+        }
+        polled.map(|frame| frame.map(|r| r.map_err(BoxError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

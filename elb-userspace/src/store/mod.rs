@@ -1,0 +1,104 @@
+//! Where the configuration lives: etcd (shared by a fleet) or the embedded
+//! state file (a single node). Both expose the same key/value view and apply
+//! a batch of operations atomically.
+pub mod etcd;
+pub mod file;
+
+use std::collections::BTreeMap;
+
+use thiserror::Error;
+
+pub use etcd::EtcdStore;
+pub use file::FileStore;
+
+/// Keys and values under the ELB prefix.
+pub type Kv = BTreeMap<String, String>;
+
+/// One operation of an atomic batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvOp {
+    Put { key: String, value: String },
+    Delete { key: String },
+    DeletePrefix { prefix: String },
+}
+
+impl KvOp {
+    /// Applies the operation to an in-memory copy of the store.
+    pub fn apply_to(&self, kv: &mut Kv) {
+        match self {
+            Self::Put { key, value } => {
+                kv.insert(key.clone(), value.clone());
+            }
+            Self::Delete { key } => {
+                kv.remove(key);
+            }
+            Self::DeletePrefix { prefix } => kv.retain(|key, _| !key.starts_with(prefix.as_str())),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("etcd at {endpoints}: {message}")]
+    Etcd { endpoints: String, message: String },
+    #[error("state file {path}: {message}")]
+    File { path: String, message: String },
+}
+
+/// The configuration store in use.
+pub enum Store {
+    Etcd(Box<EtcdStore>),
+    File(FileStore),
+}
+
+impl Store {
+    /// Applies `ops` all together or not at all; returns the store revision
+    /// after the commit (0 for the file store).
+    pub async fn commit(&self, ops: &[KvOp]) -> Result<i64, StoreError> {
+        match self {
+            Self::Etcd(store) => store.commit(ops).await,
+            Self::File(store) => store.commit(ops).await,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Etcd(store) => format!("etcd {}", store.endpoints()),
+            Self::File(store) => format!("state file {}", store.path().display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ops_apply_in_order() {
+        let mut kv = Kv::new();
+        for op in [
+            KvOp::Put {
+                key: "/E/upstreams/a/1:1".into(),
+                value: "".into(),
+            },
+            KvOp::Put {
+                key: "/E/upstreams/ab/1:1".into(),
+                value: "".into(),
+            },
+            KvOp::DeletePrefix {
+                prefix: "/E/upstreams/a/".into(),
+            },
+            KvOp::Put {
+                key: "/E/rules/x".into(),
+                value: "{}".into(),
+            },
+            KvOp::Delete {
+                key: "/E/rules/missing".into(),
+            },
+        ] {
+            op.apply_to(&mut kv);
+        }
+        let keys: Vec<_> = kv.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["/E/rules/x", "/E/upstreams/ab/1:1"]);
+    }
+}

@@ -1,0 +1,170 @@
+//! Picks the server for each request attempt: nginx's smooth weighted round
+//! robin over the servers that are not `down` and not out by passive health
+//! (see `peer.rs`), backups only when no primary is left.
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use crate::upstream::ServerParams;
+
+mod peer;
+
+use peer::PeerState;
+
+/// One upstream server: `host:port` and its parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub name: String,
+    pub params: ServerParams,
+}
+
+impl Server {
+    pub fn new(name: impl Into<String>, params: ServerParams) -> Self {
+        Self {
+            name: name.into(),
+            params,
+        }
+    }
+}
+
+/// The servers of one upstream with their balancing state. Server indices
+/// are positions in the `servers` given to [`Balancer::new`].
+#[derive(Debug)]
+pub struct Balancer {
+    servers: Vec<Server>,
+    /// One entry per server, same order; one lock so a pick sees and updates
+    /// every peer consistently, as nginx's per-upstream lock does.
+    peers: Mutex<Vec<PeerState>>,
+}
+
+impl Balancer {
+    pub fn new(servers: Vec<Server>) -> Self {
+        let peers = servers
+            .iter()
+            .map(|server| PeerState::new(&server.params))
+            .collect();
+        Self {
+            servers,
+            peers: Mutex::new(peers),
+        }
+    }
+
+    pub fn servers(&self) -> &[Server] {
+        &self.servers
+    }
+
+    /// Next server by smooth weighted round robin among live primaries not in
+    /// `tried`; backups only when no primary is live (and not tried); None
+    /// when nothing is left (the proxy answers 502).
+    pub fn pick(&self, now: Instant, tried: &[usize]) -> Option<usize> {
+        let mut peers = self.lock_peers();
+        self.pick_in_tier(&mut peers, now, tried, false)
+            .or_else(|| self.pick_in_tier(&mut peers, now, tried, true))
+    }
+
+    /// `ngx_http_upstream_get_peer` over the primaries or over the backups.
+    fn pick_in_tier(
+        &self,
+        peers: &mut [PeerState],
+        now: Instant,
+        tried: &[usize],
+        backup: bool,
+    ) -> Option<usize> {
+        let mut best: Option<(usize, i64)> = None;
+        let mut total: i64 = 0;
+        for (index, (server, peer)) in self.servers.iter().zip(peers.iter_mut()).enumerate() {
+            let params = &server.params;
+            if params.backup != backup
+                || params.down
+                || tried.contains(&index)
+                || !peer.is_available(params, now)
+            {
+                continue;
+            }
+            let (current, added) = peer.accumulate(params);
+            total = total.saturating_add(added);
+            // Strictly greater: on a tie the earlier server wins, as in nginx.
+            if best.is_none_or(|(_, best_current)| current > best_current) {
+                best = Some((index, current));
+            }
+        }
+        let (index, _) = best?;
+        let params = &self.servers.get(index)?.params;
+        peers.get_mut(index)?.take_pick(total, params, now);
+        Some(index)
+    }
+
+    /// The attempt on `index` failed (connect error, timeout, 502/504).
+    /// Out-of-range indices are ignored.
+    pub fn report_failure(&self, index: usize, now: Instant) {
+        let Some(server) = self.servers.get(index) else {
+            return;
+        };
+        let (taken_out, fails) = {
+            let mut peers = self.lock_peers();
+            let Some(peer) = peers.get_mut(index) else {
+                return;
+            };
+            (peer.record_failure(&server.params, now), peer.fails())
+        };
+        if taken_out {
+            tracing::warn!(
+                server = %server.name,
+                fails,
+                fail_timeout = ?server.params.fail_timeout,
+                "upstream server temporarily disabled"
+            );
+        }
+    }
+
+    /// The attempt on `index` succeeded. Out-of-range indices are ignored.
+    pub fn report_success(&self, index: usize) {
+        if let Some(peer) = self.lock_peers().get_mut(index) {
+            peer.record_success();
+        }
+    }
+
+    /// Whether `pick` could choose `index` now, ignoring `tried` and the
+    /// primary/backup tiers: not `down` and not out by passive health.
+    pub fn is_live(&self, index: usize, now: Instant) -> bool {
+        let Some(server) = self.servers.get(index) else {
+            return false;
+        };
+        !server.params.down
+            && self
+                .lock_peers()
+                .get(index)
+                .is_some_and(|peer| peer.is_available(&server.params, now))
+    }
+
+    /// The state is only counters and timestamps, each update leaves it
+    /// consistent, so a panic elsewhere while holding the lock is no reason
+    /// to stop balancing.
+    fn lock_peers(&self) -> MutexGuard<'_, Vec<PeerState>> {
+        self.peers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod poison_tests {
+    use super::*;
+
+    #[test]
+    fn a_poisoned_lock_keeps_balancing() {
+        let balancer = Balancer::new(vec![Server::new("a:1", ServerParams::default())]);
+        let result = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let _guard = balancer.peers.lock();
+                    panic!("poison the balancer lock");
+                })
+                .join()
+        });
+        assert!(result.is_err());
+        assert!(balancer.peers.is_poisoned());
+        let now = Instant::now();
+        assert_eq!(balancer.pick(now, &[]), Some(0));
+        balancer.report_failure(0, now);
+        assert!(!balancer.is_live(0, now));
+        balancer.report_success(0);
+    }
+}
