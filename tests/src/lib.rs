@@ -1,9 +1,14 @@
 //! Test harness for elb's integration tests: packet builders,
 //! `BPF_PROG_TEST_RUN` fixtures, network namespaces and the `elb` process.
 
+pub mod backend;
 pub mod elb_process;
+pub mod etcd;
+pub mod http;
+pub mod l7;
 pub mod netns;
 pub mod packet;
+pub mod ports;
 pub mod privileges;
 pub mod xdp_fixture;
 

@@ -1,0 +1,133 @@
+//! A real etcd server (Debian's `etcd` binary) on random loopback ports with
+//! a temporary data directory; killed and removed on drop.
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::ports::free_port;
+
+pub struct Etcd {
+    child: Option<Child>,
+    data_dir: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+}
+
+impl Etcd {
+    pub fn start() -> Result<Self> {
+        let mut etcd = Self {
+            child: None,
+            data_dir: tempfile::tempdir()?,
+            client_port: free_port(),
+            peer_port: free_port(),
+        };
+        etcd.spawn()?;
+        Ok(etcd)
+    }
+
+    /// `127.0.0.1:PORT`, the form ERU ELB's `ETCD` takes.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::File::create(self.log_path())?;
+        let child = Command::new("etcd")
+            .args(["--name", "default", "--data-dir"])
+            .arg(self.data_dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting etcd (installed by `cargo xtask setup`)")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.ctl(&["endpoint", "health"]).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("etcd did not become healthy:\n{}", self.log())
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.data_dir.path().join("etcd.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Kills the server; the data directory stays for [`Etcd::restart`].
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    /// `etcdctl` (v3 API) against this server.
+    pub fn ctl(&self, args: &[&str]) -> Result<Output> {
+        let output = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoint()))
+            .args(args)
+            .output()
+            .context("starting etcdctl")?;
+        if !output.status.success() {
+            bail!(
+                "etcdctl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(output)
+    }
+
+    pub fn put(&self, key: &str, value: &str) -> Result<()> {
+        self.ctl(&["put", key, value]).map(|_| ())
+    }
+
+    /// `key → value` for every key under `prefix`.
+    pub fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        let output = self.ctl(&["get", "--prefix", prefix])?;
+        let text = String::from_utf8(output.stdout)?;
+        let lines: Vec<&str> = text.lines().collect();
+        Ok(lines
+            .chunks(2)
+            .filter(|pair| pair.len() == 2)
+            .map(|pair| (pair[0].to_owned(), pair[1].to_owned()))
+            .collect())
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

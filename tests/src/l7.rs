@@ -1,0 +1,147 @@
+//! Starting a real L7 `elb` for a test: free port, temp state, unique name.
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Result;
+
+use crate::{elb_process::ElbProcess, http, netns::unique_name, ports::free_port};
+
+/// How to start elb; [`L7Builder::start`] waits until the admin API answers.
+pub struct L7Builder {
+    name: String,
+    port: u16,
+    state_dir: PathBuf,
+    etcd: Option<String>,
+    extra: Vec<String>,
+}
+
+pub struct L7Elb {
+    pub process: ElbProcess,
+    pub addr: SocketAddr,
+    pub name: String,
+    pub state_dir: PathBuf,
+}
+
+impl L7Builder {
+    pub fn new() -> Self {
+        let name = unique_name("L");
+        let state_dir = std::env::temp_dir().join(format!("elb-{name}"));
+        Self {
+            name,
+            port: free_port(),
+            state_dir,
+            etcd: None,
+            extra: Vec::new(),
+        }
+    }
+
+    /// Reuses the name, port and state of a previous run (restart tests).
+    pub fn same_as(previous: &L7Elb) -> Self {
+        Self {
+            name: previous.name.clone(),
+            port: previous.addr.port(),
+            state_dir: previous.state_dir.clone(),
+            etcd: None,
+            extra: Vec::new(),
+        }
+    }
+
+    pub fn etcd(mut self, endpoint: &str) -> Self {
+        self.etcd = Some(endpoint.to_owned());
+        self
+    }
+
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.extra.push(arg.to_owned());
+        self
+    }
+
+    pub fn start(self) -> Result<L7Elb> {
+        std::fs::create_dir_all(&self.state_dir)?;
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse()?;
+        let listen = addr.to_string();
+        let state_file = self.state_dir.join("state.json");
+        let state_file = state_file.to_string_lossy().into_owned();
+        let run_dir = self.state_dir.to_string_lossy().into_owned();
+        let mut args = vec![
+            "run",
+            "--name",
+            &self.name,
+            "--listen",
+            &listen,
+            "--state-file",
+            &state_file,
+            "--run-dir",
+            &run_dir,
+        ];
+        if let Some(etcd) = &self.etcd {
+            args.extend(["--etcd", etcd]);
+        }
+        args.extend(self.extra.iter().map(String::as_str));
+        let mut process = ElbProcess::spawn(&args, None)?;
+        process.wait_until(Duration::from_secs(20), || {
+            http::get(addr, "/__erulb__/upstream", &[]).is_ok_and(|r| r.status == 200)
+        })?;
+        Ok(L7Elb {
+            process,
+            addr,
+            name: self.name,
+            state_dir: self.state_dir,
+        })
+    }
+}
+
+impl Default for L7Builder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl L7Elb {
+    /// An admin call that must succeed; returns the JSON reply.
+    pub fn admin_ok(
+        &self,
+        method: &str,
+        endpoint: &str,
+        body: Option<serde_json::Value>,
+    ) -> serde_json::Value {
+        let response = http::admin(self.addr, method, endpoint, body.as_ref())
+            .unwrap_or_else(|e| panic!("{method} {endpoint}: {e:#}"));
+        assert_eq!(
+            response.status,
+            200,
+            "{method} {endpoint}: {}",
+            response.text()
+        );
+        assert_eq!(response.header("content-type"), Some("application/json"));
+        response.json().expect("JSON reply")
+    }
+
+    /// GET with a Host header (and optional User-Agent).
+    pub fn get(&self, host: &str, path: &str, user_agent: Option<&str>) -> http::HttpResponse {
+        let mut headers = vec![("Host", host)];
+        if let Some(ua) = user_agent {
+            headers.push(("User-Agent", ua));
+        }
+        http::get(self.addr, path, &headers).unwrap_or_else(|e| panic!("GET {host}{path}: {e:#}"))
+    }
+
+    /// Stops elb; the state directory is kept for a restart.
+    pub fn stop(&mut self) {
+        let _ = self.process.stop();
+    }
+}
+
+impl Drop for L7Elb {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Removes a test's state directory when dropped.
+pub struct Cleanup(pub PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
