@@ -45,6 +45,12 @@ impl L7Builder {
         }
     }
 
+    /// Starts under this ELB name (etcd key prefix) instead of a unique one.
+    pub fn start_named(mut self, name: &str) -> Result<L7Elb> {
+        self.name = name.to_owned();
+        self.start()
+    }
+
     pub fn etcd(mut self, endpoint: &str) -> Self {
         self.etcd = Some(endpoint.to_owned());
         self
@@ -79,7 +85,7 @@ impl L7Builder {
         args.extend(self.extra.iter().map(String::as_str));
         let mut process = ElbProcess::spawn(&args, None)?;
         process.wait_until(Duration::from_secs(20), || {
-            http::get(addr, "/__erulb__/upstream", &[]).is_ok_and(|r| r.status == 200)
+            http::get(addr, "/__erulb__/upstream", &[]).is_ok()
         })?;
         Ok(L7Elb {
             process,

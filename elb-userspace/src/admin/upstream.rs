@@ -45,9 +45,7 @@ pub async fn put(config: &ConfigService, body: Value) -> AdminResult {
                         "upstream {name:?} has no servers (to remove it, DELETE it)"
                     ));
                 }
-                ops.push(KvOp::DeletePrefix {
-                    prefix: manager.layout().upstream_prefix(name),
-                });
+                let mut entries = Vec::with_capacity(servers.len());
                 for (server, params) in servers {
                     let error = |message: String| {
                         format!("upstream {name:?}, server {server:?}: {message}")
@@ -57,11 +55,14 @@ pub async fn put(config: &ConfigService, body: Value) -> AdminResult {
                         error(format!("parameters must be a string, got {params}"))
                     })?;
                     parse_params(params).map_err(|e| error(e.to_string()))?;
-                    ops.push(KvOp::Put {
-                        key: manager.layout().server_key(name, server),
-                        value: params.trim().to_owned(),
-                    });
+                    entries.push((
+                        manager.layout().server_key(name, server),
+                        params.trim().to_owned(),
+                    ));
                 }
+                ops.extend(
+                    manager.replace_prefix_ops(&manager.layout().upstream_prefix(name), entries),
+                );
             }
             Ok((ops, ()))
         })

@@ -80,6 +80,26 @@ impl ConfigManager {
         &self.upstreams
     }
 
+    /// Operations that make `prefix` hold exactly `entries`: deletes for keys
+    /// that go away, puts for the rest. etcd refuses a transaction in which a
+    /// prefix delete overlaps a put, so "replace whole" is spelled out.
+    pub fn replace_prefix_ops(&self, prefix: &str, entries: Vec<(String, String)>) -> Vec<KvOp> {
+        let keep: BTreeSet<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+        let mut ops: Vec<KvOp> = self
+            .kv
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(k, _)| !keep.contains(k.as_str()))
+            .map(|(k, _)| KvOp::Delete { key: k.clone() })
+            .collect();
+        ops.extend(
+            entries
+                .into_iter()
+                .map(|(key, value)| KvOp::Put { key, value }),
+        );
+        ops
+    }
+
     /// Replaces the whole mirror (initial load, re-list). Returns the
     /// entries that were skipped.
     pub fn replace_all(&mut self, kv: Kv) -> Vec<EntryError> {

@@ -46,7 +46,15 @@ pub fn parse_endpoints(text: &str) -> Result<Vec<String>, String> {
 pub struct EtcdStore {
     client: Client,
     endpoints: String,
+    endpoint_count: usize,
     prefix: String,
+}
+
+/// The client balances requests over the endpoints; one that is down fails
+/// the request routed to it at connect time, before anything reached etcd,
+/// so it is safe to send that request again (to the next endpoint).
+fn never_reached_etcd(err: &etcd_client::Error) -> bool {
+    err.to_string().contains("connect error")
 }
 
 impl EtcdStore {
@@ -66,12 +74,31 @@ impl EtcdStore {
         Ok(Self {
             client,
             endpoints: joined,
+            endpoint_count: endpoints.len(),
             prefix: prefix.to_owned(),
         })
     }
 
     pub fn endpoints(&self) -> &str {
         &self.endpoints
+    }
+
+    /// Runs `call`, again on connect failures, once per endpoint.
+    async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, StoreError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match call(self.client.clone()).await {
+                Err(err) if never_reached_etcd(&err) && attempts < self.endpoint_count => {
+                    tracing::debug!(error = %err, "etcd endpoint unreachable, trying the next");
+                }
+                result => return result.map_err(|e| self.error(e)),
+            }
+        }
     }
 
     fn error(&self, message: impl std::fmt::Display) -> StoreError {
@@ -83,11 +110,14 @@ impl EtcdStore {
 
     /// Everything under the prefix, and the revision it was read at.
     pub async fn load(&self) -> Result<(Kv, i64), StoreError> {
-        let mut client = self.client.clone();
-        let response = client
-            .get(self.prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| self.error(e))?;
+        let prefix = self.prefix.as_str();
+        let response = self
+            .call(|mut client| async move {
+                client
+                    .get(prefix, Some(GetOptions::new().with_prefix()))
+                    .await
+            })
+            .await?;
         let revision = response.header().map_or(0, |h| h.revision());
         let mut kv = Kv::new();
         for item in response.kvs() {
@@ -115,39 +145,41 @@ impl EtcdStore {
                 }
             })
             .collect();
-        let mut client = self.client.clone();
-        let response = client
-            .txn(Txn::new().and_then(txn_ops))
+        let response = self
+            .call(|mut client| {
+                let txn = Txn::new().and_then(txn_ops.clone());
+                async move { client.txn(txn).await }
+            })
             .await
-            .map_err(|e| {
-                let message = e.to_string();
-                if message.contains("too many operations") {
-                    self.error(format!(
-                        "{message} ({} operations; raise etcd's --max-txn-ops)",
-                        ops.len()
-                    ))
-                } else {
-                    self.error(message)
+            .map_err(|e| match e {
+                StoreError::Etcd { endpoints, message }
+                    if message.contains("too many operations") =>
+                {
+                    StoreError::Etcd {
+                        endpoints,
+                        message: format!(
+                            "{message} ({} operations; raise etcd's --max-txn-ops)",
+                            ops.len()
+                        ),
+                    }
                 }
+                other => other,
             })?;
         Ok(response.header().map_or(0, |h| h.revision()))
     }
 
     /// Watches the prefix from `start_revision` (inclusive).
     pub async fn watch(&self, start_revision: i64) -> Result<WatchStream, StoreError> {
-        let mut client = self.client.clone();
-        client
-            .watch(
-                self.prefix.as_str(),
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(start_revision)
-                        .with_progress_notify(),
-                ),
-            )
-            .await
-            .map_err(|e| self.error(e))
+        let prefix = self.prefix.as_str();
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(start_revision)
+            .with_progress_notify();
+        self.call(|mut client| {
+            let options = options.clone();
+            async move { client.watch(prefix, Some(options)).await }
+        })
+        .await
     }
 }
 
