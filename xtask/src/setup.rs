@@ -17,6 +17,11 @@ pub const APT_PACKAGES: &[&str] = &[
     "ethtool",
     // etcd-client compiles its protobufs at build time.
     "protobuf-compiler",
+    // Test and benchmark peers.
+    "nginx",
+    "wrk",
+    "curl",
+    "python3-requests",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

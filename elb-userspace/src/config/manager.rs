@@ -18,7 +18,7 @@ use super::{
     snapshot::{DomainEntry, Snapshot, SnapshotHandle, Upstream},
 };
 use crate::{
-    rules::{self, RuleError},
+    rules::{self, RegexCache, RuleError},
     store::{Kv, KvOp},
     upstream::{self, Server},
 };
@@ -31,6 +31,7 @@ pub struct ConfigManager {
     domains: BTreeMap<String, Arc<DomainEntry>>,
     upstreams: BTreeMap<String, Arc<Upstream>>,
     published: SnapshotHandle,
+    regexes: RegexCache,
 }
 
 /// Why a stored entry could not be used.
@@ -56,6 +57,7 @@ impl ConfigManager {
             domains: BTreeMap::new(),
             upstreams: BTreeMap::new(),
             published: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
+            regexes: RegexCache::default(),
         }
     }
 
@@ -162,7 +164,7 @@ impl ConfigManager {
                 None => {
                     self.domains.remove(&domain);
                 }
-                Some(value) => match compile_domain(&key, &domain, value) {
+                Some(value) => match compile_domain(&key, &domain, value, &self.regexes) {
                     Ok(entry) => {
                         self.domains.insert(domain, Arc::new(entry));
                     }
@@ -215,14 +217,19 @@ impl ConfigManager {
 }
 
 /// Compiles one stored rule document.
-pub fn compile_domain(key: &str, domain: &str, value: &str) -> Result<DomainEntry, EntryError> {
+pub fn compile_domain(
+    key: &str,
+    domain: &str,
+    value: &str,
+    regexes: &RegexCache,
+) -> Result<DomainEntry, EntryError> {
     let doc: serde_json::Value = serde_json::from_str(value).map_err(|e| EntryError::NotJson {
         key: key.to_owned(),
         message: e.to_string(),
     })?;
     Ok(DomainEntry {
         domain: domain.to_owned(),
-        rules: rules::compile(domain, &doc)?,
+        rules: rules::compile_cached(domain, &doc, regexes)?,
     })
 }
 

@@ -3,6 +3,8 @@ use std::collections::HashMap;
 
 use http::{HeaderName, HeaderValue};
 use regex::bytes::{Regex, RegexBuilder};
+
+use super::regex_cache::RegexCache;
 use serde_json::{Map, Value};
 
 use super::error::RuleError;
@@ -31,6 +33,15 @@ fn is_proxy_owned(name: &HeaderName) -> bool {
 
 /// Compiles `domain`'s rule document, or says what is wrong with it.
 pub fn compile(domain: &str, doc: &Value) -> Result<CompiledRules, RuleError> {
+    compile_cached(domain, doc, &RegexCache::default())
+}
+
+/// [`compile`], reusing regexes already compiled for other documents.
+pub fn compile_cached(
+    domain: &str,
+    doc: &Value,
+    regexes: &RegexCache,
+) -> Result<CompiledRules, RuleError> {
     let document_error = |problem: String| RuleError::document(domain, problem);
     let Value::Object(top) = doc else {
         return Err(document_error(format!(
@@ -72,7 +83,7 @@ pub fn compile(domain: &str, doc: &Value) -> Result<CompiledRules, RuleError> {
     };
     let nodes = rules
         .iter()
-        .map(|(name, rule)| compile_rule(domain, &index_of, name, rule))
+        .map(|(name, rule)| compile_rule(domain, &index_of, regexes, name, rule))
         .collect::<Result<Box<[Node]>, _>>()?;
     if let Some(cycle) = find_cycle(&nodes) {
         let names: Vec<String> = cycle
@@ -108,6 +119,7 @@ enum RuleType {
 fn compile_rule(
     domain: &str,
     index_of: &HashMap<&str, NodeIndex>,
+    regexes: &RegexCache,
     name: &str,
     rule: &Value,
 ) -> Result<Node, RuleError> {
@@ -147,6 +159,7 @@ fn compile_rule(
         domain,
         rule: name,
         index_of,
+        regexes,
         args,
     };
     let kind = match rule_type {
@@ -171,6 +184,7 @@ struct Args<'a> {
     domain: &'a str,
     rule: &'a str,
     index_of: &'a HashMap<&'a str, NodeIndex>,
+    regexes: &'a RegexCache,
     args: &'a Map<String, Value>,
 }
 
@@ -204,6 +218,11 @@ impl Args<'_> {
 
     /// Byte-oriented like the old ELB's PCRE; see the module docs.
     fn regex(&self, pattern: &str) -> Result<Regex, RuleError> {
+        self.regexes
+            .get_or_build(pattern, || self.build_regex(pattern))
+    }
+
+    fn build_regex(&self, pattern: &str) -> Result<Regex, RuleError> {
         RegexBuilder::new(pattern)
             .unicode(false)
             .size_limit(REGEX_SIZE_LIMIT)

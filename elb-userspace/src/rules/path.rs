@@ -23,12 +23,49 @@ const NOT_PATH_SAFE: &AsciiSet = &CONTROLS
     .add(b'|')
     .add(b'}');
 
-/// Percent-decodes a request path (without its query string) for matching.
-/// Borrows when there is nothing to decode. Malformed escapes (`%zz`, a
-/// trailing `%`) stay as they are; `+` stays `+`. No dot-segment or slash
-/// normalisation is done.
+/// The path rules match, as nginx's `$uri`: percent-decoded, then with `.`
+/// and `..` segments resolved and repeated slashes merged, so that
+/// `/public/../admin` cannot slip past a `/public` prefix rule. Borrows when
+/// there is nothing to change. Malformed escapes (`%zz`, a trailing `%`)
+/// stay as they are; `+` stays `+`. `..` never climbs above the root.
 pub fn decode_path(raw: &str) -> Cow<'_, [u8]> {
-    percent_decode_str(raw).into()
+    let decoded: Cow<'_, [u8]> = percent_decode_str(raw).into();
+    if needs_normalising(&decoded) {
+        Cow::Owned(normalise(&decoded))
+    } else {
+        decoded
+    }
+}
+
+fn needs_normalising(path: &[u8]) -> bool {
+    path.windows(2).any(|w| w == b"//")
+        || path.windows(3).any(|w| w == b"/./")
+        || path.windows(4).any(|w| w == b"/../")
+        || path.ends_with(b"/.")
+        || path.ends_with(b"/..")
+}
+
+fn normalise(path: &[u8]) -> Vec<u8> {
+    let mut segments: Vec<&[u8]> = Vec::new();
+    let ends_in_directory = path.ends_with(b"/") || path.ends_with(b"/.") || path.ends_with(b"/..");
+    for segment in path.split(|&b| b == b'/') {
+        match segment {
+            b"" | b"." => {}
+            b".." => {
+                segments.pop();
+            }
+            other => segments.push(other),
+        }
+    }
+    let mut out = Vec::with_capacity(path.len());
+    for segment in &segments {
+        out.push(b'/');
+        out.extend_from_slice(segment);
+    }
+    if out.is_empty() || ends_in_directory {
+        out.push(b'/');
+    }
+    out
 }
 
 /// The upstream path for a rewrite: the captured (decoded) bytes with a

@@ -379,3 +379,40 @@ fn compiled_rules_can_be_shared_between_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<CompiledRules>();
 }
+
+#[test]
+fn decode_path_resolves_dot_segments_and_merges_slashes_like_nginx() {
+    for (raw, want) in [
+        ("/public/../admin", "/admin"),
+        ("/public/%2e%2e/admin", "/admin"),
+        ("//a///b", "/a/b"),
+        ("/a/./b", "/a/b"),
+        ("/../../x", "/x"),
+        ("/a/b/..", "/a/"),
+        ("/a/b/.", "/a/b/"),
+        ("/a//", "/a/"),
+        ("/..", "/"),
+        ("/a/.hidden/..b", "/a/.hidden/..b"),
+    ] {
+        assert_eq!(decode_path(raw), want.as_bytes(), "{raw}");
+    }
+    assert!(matches!(decode_path("/plain/.file"), Cow::Borrowed(_)));
+}
+
+#[test]
+fn a_prefix_rule_cannot_be_sidestepped_with_dot_segments() {
+    let rules = crate::rules::compile(
+        "example.com",
+        &serde_json::json!({"init": "p", "rules": {
+            "p": {"type": "path", "args": {"pattern": "/admin", "succ": "deny", "fail": "ok"}},
+            "deny": {"type": "backend", "args": {"servername": "deny"}},
+            "ok": {"type": "backend", "args": {"servername": "ok"}}}}),
+    )
+    .expect("valid");
+    let path = decode_path("/public/../admin/users");
+    let decision = rules.evaluate(&RuleRequest {
+        user_agent: None,
+        path: &path,
+    });
+    assert!(matches!(decision, Decision::Backend(choice) if choice.servername == "deny"));
+}

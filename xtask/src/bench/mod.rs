@@ -1,0 +1,29 @@
+//! `cargo xtask bench <name>`: comparisons that run in one go and print
+//! ratios. The machines are noisy, so every figure is the median of several
+//! alternating rounds.
+mod l7;
+mod procs;
+mod wrk;
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+
+pub fn run(root: &Path, name: &str, rounds: usize) -> Result<()> {
+    crate::setup::ensure(root)?;
+    match name {
+        "l7" => l7::run(root, rounds),
+        other => bail!("unknown benchmark {other:?}; available: l7"),
+    }
+}
+
+/// Median of a non-empty list.
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
