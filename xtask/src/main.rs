@@ -1,4 +1,5 @@
 //! `cargo xtask <command>`: setup, eBPF build, run, test and benchmarks.
+mod bench;
 mod cmd;
 mod ebpf;
 mod setup;
@@ -32,6 +33,13 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Run a benchmark comparison and print a Markdown table (l7).
+    Bench {
+        name: String,
+        /// Alternating timed rounds per contender; figures are medians.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Set up if needed, build, check formatting and lints, run every test.
     Test {
         /// Extra arguments for `cargo test`, e.g. `-- --nocapture`.
@@ -48,6 +56,7 @@ fn main() -> std::process::ExitCode {
         Task::BuildEbpf { release } => ebpf::build(&root, release).map(|_| ()),
         Task::Run { args } => run_elb(&root, &args),
         Task::Test { args } => test::run(&root, &args),
+        Task::Bench { name, rounds } => bench::run(&root, &name, rounds),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -156,7 +156,7 @@ async fn try_server(proxy: &Proxy, server: &str, mut request: Request<Body>) -> 
     // A pooled connection may have been closed by the server meanwhile; if
     // the request was not written, it comes back and a fresh connection
     // gets it (not counted as a try).
-    while let Some(sender) = proxy.pool.take_idle(server) {
+    while let Some(sender) = proxy.pool.take_idle(server).await {
         match send(proxy, server, sender, request).await {
             Sent::Done(attempt) => return attempt,
             Sent::Unsent(returned) => request = returned,

@@ -1,8 +1,9 @@
 //! Keep-alive connections to upstream servers, one idle list per server.
 //!
 //! A connection is handed out exclusively; it comes back when the response
-//! body has been read to the end ([`PooledBody`]), and only once hyper says
-//! it is ready for the next request.
+//! body has been read to the end ([`PooledBody`]). hyper may need a moment
+//! after that to be ready for the next request, so whoever takes it next
+//! waits for readiness (it owns the connection by then).
 use std::{
     collections::HashMap,
     pin::Pin,
@@ -63,15 +64,20 @@ impl Pool {
     }
 
     /// An idle connection that is still open, if there is one.
-    pub fn take_idle(&self, server: &str) -> Option<Sender> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.get_mut(server)?;
-        while let Some(conn) = list.pop() {
-            if conn.sender.is_ready() && conn.since.elapsed() < self.idle_timeout {
-                return Some(conn.sender);
+    pub async fn take_idle(&self, server: &str) -> Option<Sender> {
+        loop {
+            let conn = {
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                idle.get_mut(server)?.pop()?
+            };
+            if conn.since.elapsed() >= self.idle_timeout || conn.sender.is_closed() {
+                continue;
+            }
+            let mut sender = conn.sender;
+            if sender.ready().await.is_ok() {
+                return Some(sender);
             }
         }
-        None
     }
 
     /// Opens a new connection and spawns its driver task.
@@ -113,22 +119,19 @@ impl Pool {
         Ok(sender)
     }
 
-    /// Returns a connection once its previous response is fully read.
-    fn give_back(self: &Arc<Self>, server: String, mut sender: Sender) {
-        let pool = Arc::clone(self);
-        tokio::spawn(async move {
-            if sender.ready().await.is_err() {
-                return;
-            }
-            let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
-            let list = idle.entry(server).or_default();
-            if list.len() < pool.max_idle_per_server {
-                list.push(Idle {
-                    sender,
-                    since: Instant::now(),
-                });
-            }
-        });
+    /// Returns a connection whose previous response is fully read.
+    fn give_back(&self, server: String, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(server).or_default();
+        if list.len() < self.max_idle_per_server {
+            list.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
     }
 }
 

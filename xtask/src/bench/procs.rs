@@ -43,7 +43,11 @@ impl Background {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("{} is not listening on {port}: {}", self.name, self.log_text())
+        bail!(
+            "{} is not listening on {port}: {}",
+            self.name,
+            self.log_text()
+        )
     }
 
     fn log_text(&self) -> String {
@@ -55,7 +59,7 @@ impl Drop for Background {
     fn drop(&mut self) {
         // SIGTERM first so servers clean up (elb unpins, nginx removes its pid).
         // SAFETY: signalling our own child.
-        unsafe { libc_kill(self.child.id() as i32, 15) };
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
@@ -68,14 +72,11 @@ impl Drop for Background {
     }
 }
 
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, signal: i32) -> i32;
-}
-
 /// A free loopback port.
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// `curl` with a body; fails unless the reply is 2xx.
@@ -91,7 +92,10 @@ pub fn curl(method: &str, url: &str, body: Option<&str>, headers: &[&str]) -> Re
     let output = command.output().context("running curl")?;
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     if !output.status.success() {
-        bail!("{method} {url} failed: {text}{}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "{method} {url} failed: {text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Ok(text)
 }

@@ -35,17 +35,26 @@ impl WrkRun<'_> {
         let output = command.arg(self.url).output().context("running wrk")?;
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
         if !output.status.success() {
-            bail!("wrk failed: {text}{}", String::from_utf8_lossy(&output.stderr));
+            bail!(
+                "wrk failed: {text}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
         parse(&text)
     }
 }
 
 fn parse(text: &str) -> Result<WrkResult> {
-    if let Some(line) = text.lines().find(|l| l.contains("Non-2xx or 3xx responses")) {
+    if let Some(line) = text
+        .lines()
+        .find(|l| l.contains("Non-2xx or 3xx responses"))
+    {
         bail!("wrk saw failed responses ({}):\n{text}", line.trim());
     }
-    if let Some(line) = text.lines().find(|l| l.trim_start().starts_with("Socket errors")) {
+    if let Some(line) = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("Socket errors"))
+    {
         // Timeouts and read errors under load are failures; "connect 0" etc. are fine.
         let failed = line
             .split(',')
@@ -88,7 +97,10 @@ fn to_ms(value: &str) -> Result<f64> {
     } else {
         bail!("latency {value:?} has no unit")
     };
-    Ok(number.parse::<f64>().with_context(|| format!("latency {value:?}"))? * factor)
+    Ok(number
+        .parse::<f64>()
+        .with_context(|| format!("latency {value:?}"))?
+        * factor)
 }
 
 #[cfg(test)]

@@ -1,0 +1,386 @@
+//! `cargo xtask bench l7`: elb against nginx with the same routing (UA
+//! regex, then path regex, then two weighted upstreams) in front of the
+//! same nginx backends; then the delay from an etcd write to requests
+//! seeing it.
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use super::{
+    median,
+    procs::{Background, curl, free_port},
+    wrk::{WrkResult, WrkRun},
+};
+use crate::{cmd, ebpf};
+
+const HOST: &str = "bench.example";
+const UA: &str = "Bench-Client/1.0";
+const PATH: &str = "/api/items/42";
+
+pub fn run(root: &Path, rounds: usize) -> Result<()> {
+    ebpf::build(root, true)?;
+    cmd::cargo(root)
+        .args([
+            "build",
+            "--release",
+            "--package",
+            "elb-userspace",
+            "--bin",
+            "elb",
+        ])
+        .run("building elb")?;
+    let elb_bin = root.join("target/release/elb");
+    let dir = TempDir::new("elb-bench-l7")?;
+
+    let (b1, b2) = (free_port()?, free_port()?);
+    let mut backends = nginx(&dir.0, "backends", &backend_conf(&dir.0, b1, b2))?;
+    backends.wait_port(b1)?;
+    backends.wait_port(b2)?;
+
+    let nginx_port = free_port()?;
+    let mut nginx_lb = nginx(
+        &dir.0,
+        "nginx-lb",
+        &nginx_lb_conf(&dir.0, nginx_port, b1, b2),
+    )?;
+    nginx_lb.wait_port(nginx_port)?;
+
+    let elb_port = free_port()?;
+    let mut elb = start_elb(&elb_bin, &dir.0, "BENCH", elb_port, &[])?;
+    elb.wait_port(elb_port)?;
+    configure_elb(elb_port, b1, b2)?;
+
+    for (name, port) in [("elb", elb_port), ("nginx", nginx_port)] {
+        check_routing(name, port)?;
+    }
+
+    let url = |port: u16| format!("http://127.0.0.1:{port}{PATH}");
+    let headers = [format!("Host: {HOST}"), format!("User-Agent: {UA}")];
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    let wrk = |port: u16, seconds: u32| -> Result<WrkResult> {
+        WrkRun {
+            url: &url(port),
+            headers: &headers,
+            threads: 2,
+            connections: 64,
+            seconds,
+        }
+        .run()
+    };
+    eprintln!("bench l7: warming up");
+    wrk(elb_port, 2)?;
+    wrk(nginx_port, 2)?;
+    let mut elb_runs = Vec::new();
+    let mut nginx_runs = Vec::new();
+    for round in 1..=rounds {
+        eprintln!("bench l7: round {round}/{rounds}");
+        elb_runs.push(wrk(elb_port, 8)?);
+        nginx_runs.push(wrk(nginx_port, 8)?);
+    }
+    let elb_median = summarise(&elb_runs);
+    let nginx_median = summarise(&nginx_runs);
+    drop(elb);
+
+    let propagation = etcd_propagation(&elb_bin, &dir.0, b1)?;
+
+    println!(
+        "\n### L7: elb vs nginx (`cargo xtask bench l7`, {rounds} alternating rounds of 8 s, medians)\n"
+    );
+    println!(
+        "wrk -t2 -c64, `Host: {HOST}`, `User-Agent: {UA}`, `GET {PATH}`: UA regex, then path regex, then upstreams weighted 1:2; both balancers keep upstream connections alive; same nginx backends.\n"
+    );
+    println!("| balancer | requests/s | p50 ms | p90 ms | p99 ms |");
+    println!("|---|---|---|---|---|");
+    for (name, r) in [("elb", elb_median), ("nginx", nginx_median)] {
+        println!(
+            "| {name} | {:.0} | {:.3} | {:.3} | {:.3} |",
+            r.requests_per_sec, r.p50_ms, r.p90_ms, r.p99_ms
+        );
+    }
+    let ratio = elb_median.requests_per_sec / nginx_median.requests_per_sec;
+    let p99_ratio = elb_median.p99_ms / nginx_median.p99_ms;
+    println!(
+        "\nelb/nginx requests/s: **{ratio:.2}×** (target ≥ 1.10×); elb/nginx p99: **{p99_ratio:.2}×** (target ≤ 1.00×)"
+    );
+    println!(
+        "\netcd write → visible in requests, {} writes: p50 {:.1} ms, p99 {:.1} ms (target p99 ≤ 100 ms); measured from starting `etcdctl put`, so it includes that process's start-up",
+        propagation.len(),
+        percentile(&propagation, 0.50),
+        percentile(&propagation, 0.99)
+    );
+    Ok(())
+}
+
+fn summarise(runs: &[WrkResult]) -> WrkResult {
+    let pick = |f: fn(&WrkResult) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
+    WrkResult {
+        requests_per_sec: pick(|r| r.requests_per_sec),
+        p50_ms: pick(|r| r.p50_ms),
+        p90_ms: pick(|r| r.p90_ms),
+        p99_ms: pick(|r| r.p99_ms),
+    }
+}
+
+fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
+    let index = ((sorted_ms.len() as f64 - 1.0) * p).round() as usize;
+    sorted_ms[index.min(sorted_ms.len() - 1)]
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(prefix: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn nginx(dir: &Path, name: &str, conf: &str) -> Result<Background> {
+    let path = dir.join(format!("{name}.conf"));
+    std::fs::write(&path, conf)?;
+    Background::spawn(
+        name,
+        Command::new("nginx")
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(&path)
+            .args(["-g", "daemon off;"]),
+        dir,
+    )
+}
+
+fn common_conf(dir: &Path, name: &str, workers: u32) -> String {
+    let d = dir.display();
+    format!(
+        "worker_processes {workers};\npid {d}/{name}.pid;\nerror_log {d}/{name}-error.log warn;\n\
+         events {{ worker_connections 4096; }}\n"
+    )
+}
+
+fn temp_paths(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; \
+         uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n"
+    )
+}
+
+fn backend_conf(dir: &Path, b1: u16, b2: u16) -> String {
+    format!(
+        "{}http {{\n access_log off; {}\n keepalive_requests 100000;\n\
+         server {{ listen 127.0.0.1:{b1}; location / {{ return 200 \"b1 $http_x_version\\n\"; }} }}\n\
+         server {{ listen 127.0.0.1:{b2}; location / {{ return 200 \"b2 $http_x_version\\n\"; }} }}\n}}\n",
+        common_conf(dir, "backends", 1),
+        temp_paths(dir)
+    )
+}
+
+/// The rule document below, written as nginx configuration.
+fn nginx_lb_conf(dir: &Path, port: u16, b1: u16, b2: u16) -> String {
+    format!(
+        "{}http {{\n access_log off; {}\n keepalive_requests 100000;\n\
+         map $http_user_agent $ua_match {{ \"~*bench-client\" 1; default 0; }}\n\
+         map \"$ua_match:$uri\" $target {{ \"~^1:/api/(\\S+)$\" weighted; default fallback; }}\n\
+         upstream weighted {{ server 127.0.0.1:{b1} weight=1; server 127.0.0.1:{b2} weight=2; keepalive 128; }}\n\
+         upstream fallback {{ server 127.0.0.1:{b1}; keepalive 32; }}\n\
+         server {{ listen 127.0.0.1:{port}; location / {{\n\
+           proxy_pass http://$target; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
+           proxy_set_header Host $host; proxy_set_header X-Real-IP $remote_addr;\n\
+           proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme;\n\
+         }} }}\n}}\n",
+        common_conf(dir, "nginx-lb", 2),
+        temp_paths(dir)
+    )
+}
+
+fn start_elb(bin: &Path, dir: &Path, name: &str, port: u16, extra: &[&str]) -> Result<Background> {
+    let mut command = Command::new(bin);
+    command
+        .args([
+            "run",
+            "--name",
+            name,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--state-file")
+        .arg(dir.join(format!("{name}.json")))
+        .arg("--run-dir")
+        .arg(dir)
+        .args(extra)
+        .env("RUST_LOG", "warn");
+    Background::spawn(&format!("elb-{name}"), &mut command, dir)
+}
+
+fn admin(port: u16, endpoint: &str, body: &str) -> Result<String> {
+    curl(
+        "PUT",
+        &format!("http://127.0.0.1:{port}/__erulb__/{endpoint}"),
+        Some(body),
+        &[],
+    )
+}
+
+fn rule_document(weighted: &str, fallback: &str, version: &str) -> String {
+    format!(
+        r#"{{"init": "r1", "rules": {{
+        "r1": {{"type": "ua", "args": {{"pattern": "bench-client", "succ": "r2", "fail": "r4"}}}},
+        "r2": {{"type": "path", "args": {{"regex": true, "pattern": "^/api/(\\S+)$", "succ": "r3", "fail": "r4"}}}},
+        "r3": {{"type": "backend", "args": {{"servername": "{weighted}", "x-version": "{version}"}}}},
+        "r4": {{"type": "backend", "args": {{"servername": "{fallback}"}}}}}}}}"#
+    )
+}
+
+fn configure_elb(port: u16, b1: u16, b2: u16) -> Result<()> {
+    admin(
+        port,
+        "upstream",
+        &format!(
+            r#"{{"weighted": {{"127.0.0.1:{b1}": "weight=1", "127.0.0.1:{b2}": "weight=2"}}, "fallback": {{"127.0.0.1:{b1}": ""}}}}"#
+        ),
+    )?;
+    admin(
+        port,
+        "domain",
+        &format!(
+            r#"{{"{HOST}": {}}}"#,
+            rule_document("weighted", "fallback", "")
+        ),
+    )?;
+    Ok(())
+}
+
+/// Both balancers must route the same way before they are timed.
+fn check_routing(name: &str, port: u16) -> Result<()> {
+    let mut seen = [0u32; 2];
+    for _ in 0..30 {
+        let (status, body) = http_get(port, PATH, UA)?;
+        if status != 200 {
+            bail!("{name}: GET {PATH} answered {status}: {body}");
+        }
+        match body.split_whitespace().next() {
+            Some("b1") => seen[0] += 1,
+            Some("b2") => seen[1] += 1,
+            _ => bail!("{name}: unexpected body {body:?}"),
+        }
+    }
+    if seen != [10, 20] {
+        bail!("{name}: weighted split over 30 requests was {seen:?}, expected [10, 20]");
+    }
+    for (path, ua) in [("/other", UA), (PATH, "curl/8")] {
+        let (status, body) = http_get(port, path, ua)?;
+        if status != 200 || !body.starts_with("b1") {
+            bail!("{name}: fallback for {path} with {ua} answered {status} {body:?}");
+        }
+    }
+    Ok(())
+}
+
+/// One GET on a fresh connection: (status, body).
+fn http_get(port: u16, path: &str, ua: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: {ua}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status")?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    Ok((status, body))
+}
+
+/// Delay from `etcdctl put` of a new rule version to elb serving it.
+fn etcd_propagation(elb_bin: &Path, dir: &Path, backend: u16) -> Result<Vec<f64>> {
+    let (client, peer) = (free_port()?, free_port()?);
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let mut etcd = Background::spawn(
+        "etcd",
+        Command::new("etcd")
+            .args(["--name", "bench", "--data-dir"])
+            .arg(dir.join("etcd-data"))
+            .args([
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("bench={peer_url}")]),
+        dir,
+    )?;
+    etcd.wait_port(client)?;
+    let endpoint = format!("127.0.0.1:{client}");
+    let etcdctl = |key: &str, value: &str| -> Result<()> {
+        let output = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoint}"))
+            .args(["put", key, value])
+            .output()?;
+        if !output.status.success() {
+            bail!(
+                "etcdctl put failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while etcdctl("/PROP/probe", "").is_err() {
+        if Instant::now() > deadline {
+            bail!("etcd did not come up");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    etcdctl(&format!("/PROP/upstreams/up/127.0.0.1:{backend}"), "")?;
+    let port = free_port()?;
+    let mut elb = start_elb(elb_bin, dir, "PROP", port, &["--etcd", &endpoint])?;
+    elb.wait_port(port)?;
+
+    let mut delays = Vec::with_capacity(100);
+    for version in 1..=100 {
+        let started = Instant::now();
+        etcdctl(
+            "/PROP/rules/bench.example",
+            &rule_document("up", "up", &version.to_string()),
+        )?;
+        let want = format!("b1 {version}");
+        loop {
+            let (status, body) = http_get(port, PATH, UA)?;
+            if status == 200 && body.trim() == want {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(5) {
+                bail!("version {version} not visible after 5 s (last answer {status} {body:?})");
+            }
+        }
+        delays.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    delays.sort_by(f64::total_cmp);
+    Ok(delays)
+}
