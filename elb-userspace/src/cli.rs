@@ -86,6 +86,11 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 100)]
     pub max_headers: usize,
 
+    /// HTTP worker threads, each with its own event loop (default: one per
+    /// CPU).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<std::num::NonZeroUsize>,
+
     /// Attach the XDP program to this interface (repeatable).
     #[arg(long = "xdp-iface", value_name = "IFACE")]
     pub xdp_ifaces: Vec<String>,

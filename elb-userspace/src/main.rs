@@ -91,46 +91,57 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         })?)
     };
 
-    let admin = AdminApi::new(
+    let admin = Arc::new(AdminApi::new(
         Arc::clone(&config),
         AccessPolicy {
             allow: args.admin_allow.clone(),
             token: args.admin_token.clone(),
         },
         args.admin_max_body,
-    );
-    let proxy = Arc::new(Proxy::new(
-        config.snapshot().clone(),
-        admin,
-        statsd,
-        ProxySettings {
-            connect_timeout: args.connect_timeout,
-            response_timeout: args.upstream_timeout,
-            max_idle_per_server: 256,
-            idle_timeout: std::time::Duration::from_secs(60),
-        },
     ));
+    let proxy_settings = ProxySettings {
+        connect_timeout: args.connect_timeout,
+        response_timeout: args.upstream_timeout,
+        max_idle_per_server: 256,
+        idle_timeout: std::time::Duration::from_secs(60),
+    };
     let server_settings = ServerSettings {
         header_read_timeout: args.header_timeout,
         max_header_bytes: args.max_header_bytes,
         max_headers: args.max_headers,
     };
-    let listeners = server::bind_all(&args.listen).await?;
-    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    for listener in listeners {
+    let listeners = server::bind_all(&args.listen)?;
+    for listener in &listeners {
         tracing::info!(addr = %listener.local_addr()?, "listening for HTTP");
-        tokio::spawn(server::serve(
-            listener,
-            Arc::clone(&proxy),
-            server_settings.clone(),
-            shutdown_rx.clone(),
-        ));
     }
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let workers = args
+        .workers
+        .or_else(|| std::thread::available_parallelism().ok())
+        .map_or(1, std::num::NonZeroUsize::get);
+    let snapshot = config.snapshot().clone();
+    let worker_threads = server::spawn_workers(
+        workers,
+        &listeners,
+        || {
+            Proxy::new(
+                snapshot.clone(),
+                Arc::clone(&admin),
+                statsd.clone(),
+                proxy_settings.clone(),
+            )
+        },
+        &server_settings,
+        &shutdown_rx,
+    )?;
     tracing::info!(name = args.name, "elb running");
 
     wait_for_shutdown_signal().await?;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
+    for worker in worker_threads {
+        let _ = worker.join();
+    }
     if let Some(dataplane) = dataplane {
         dataplane.shutdown()?;
     }

@@ -18,15 +18,67 @@ pub struct ServerSettings {
 }
 
 /// Binds every address, failing with the address that could not be bound.
-pub async fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
-    let mut listeners = Vec::with_capacity(addrs.len());
-    for addr in addrs {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-        listeners.push(listener);
+pub fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    addrs
+        .iter()
+        .map(|addr| {
+            let listener = std::net::TcpListener::bind(addr)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+            listener.set_nonblocking(true)?;
+            Ok(listener)
+        })
+        .collect()
+}
+
+/// Runs the data plane: `workers` threads, each with a single-threaded
+/// runtime and its own [`Proxy`] (so its own upstream connections), all
+/// accepting on duplicates of the same listening sockets. A request then
+/// never hops between threads, as in nginx's one event loop per worker.
+pub fn spawn_workers(
+    workers: usize,
+    listeners: &[std::net::TcpListener],
+    make_proxy: impl Fn() -> Proxy,
+    settings: &ServerSettings,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
+    let mut handles = Vec::with_capacity(workers);
+    for worker in 0..workers {
+        let listeners = listeners
+            .iter()
+            .map(std::net::TcpListener::try_clone)
+            .collect::<Result<Vec<_>, _>>()?;
+        let proxy = Arc::new(make_proxy());
+        let settings = settings.clone();
+        let shutdown = shutdown.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = std::thread::Builder::new()
+            .name(format!("elb-worker-{worker}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let mut tasks = Vec::new();
+                    for listener in listeners {
+                        match TcpListener::from_std(listener) {
+                            Ok(listener) => tasks.push(tokio::spawn(serve(
+                                listener,
+                                Arc::clone(&proxy),
+                                settings.clone(),
+                                shutdown.clone(),
+                            ))),
+                            Err(err) => {
+                                tracing::error!(worker, error = %err, "cannot serve a listener")
+                            }
+                        }
+                    }
+                    for task in tasks {
+                        let _ = task.await;
+                    }
+                });
+            })?;
+        handles.push(handle);
     }
-    Ok(listeners)
+    Ok(handles)
 }
 
 /// Serves connections until `shutdown` turns true.

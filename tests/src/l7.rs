@@ -151,3 +151,9 @@ impl Drop for Cleanup {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A rule document that sends everything to `servername`.
+pub fn backend_doc(servername: &str) -> serde_json::Value {
+    serde_json::json!({"init": "b", "rules": {"b": {"type": "backend", "args": {"servername": servername}}}})
+}
+

@@ -6,7 +6,7 @@ use std::process::Command;
 use elb_tests::{
     backend::Backend,
     http,
-    l7::{Cleanup, L7Builder, L7Elb},
+    l7::{Cleanup, L7Builder, L7Elb, backend_doc},
 };
 use serde_json::{Value, json};
 
@@ -14,10 +14,6 @@ fn start() -> (L7Elb, Cleanup) {
     let elb = L7Builder::new().start().expect("start elb");
     let cleanup = Cleanup(elb.state_dir.clone());
     (elb, cleanup)
-}
-
-fn backend_doc(servername: &str) -> Value {
-    json!({"init": "b", "rules": {"b": {"type": "backend", "args": {"servername": servername}}}})
 }
 
 /// GET of both lists, as raw bytes.

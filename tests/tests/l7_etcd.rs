@@ -7,13 +7,9 @@ use elb_tests::{
     backend::Backend,
     etcd::Etcd,
     http,
-    l7::{Cleanup, L7Builder, L7Elb},
+    l7::{Cleanup, L7Builder, L7Elb, backend_doc},
 };
 use serde_json::{Value, json};
-
-fn backend_doc(servername: &str) -> Value {
-    json!({"init": "b", "rules": {"b": {"type": "backend", "args": {"servername": servername}}}})
-}
 
 fn start_elb(etcd: &Etcd) -> (L7Elb, Cleanup) {
     let elb = L7Builder::new()

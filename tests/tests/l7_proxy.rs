@@ -5,7 +5,7 @@ use std::{collections::HashMap, time::Duration};
 use elb_tests::{
     backend::Backend,
     http,
-    l7::{Cleanup, L7Builder, L7Elb},
+    l7::{Cleanup, L7Builder, L7Elb, backend_doc},
 };
 use serde_json::{Value, json};
 
@@ -91,8 +91,7 @@ fn host_is_case_insensitive_and_may_carry_a_port() {
     let s = start(&[]);
     let b1 = Backend::start("b1").expect("b1");
     upstream(&s.elb, "up", &[(&b1, "")]);
-    let backend_only =
-        json!({"init": "b", "rules": {"b": {"type": "backend", "args": {"servername": "up"}}}});
+    let backend_only = backend_doc("up");
     s.elb.admin_ok(
         "PUT",
         "domain",
@@ -172,8 +171,7 @@ fn forwarding_headers_and_hop_by_hop() {
     let s = start(&[]);
     let b1 = Backend::start("b1").expect("b1");
     upstream(&s.elb, "up", &[(&b1, "")]);
-    let doc =
-        json!({"init": "b", "rules": {"b": {"type": "backend", "args": {"servername": "up"}}}});
+    let doc = backend_doc("up");
     s.elb
         .admin_ok("PUT", "domain", Some(json!({"h.example": doc})));
     let response = http::get(
@@ -226,8 +224,7 @@ fn weights_1_to_10_split_within_5_percent() {
         Backend::start("heavy").expect("b"),
     );
     upstream(&s.elb, "up", &[(&light, "weight=1"), (&heavy, "weight=10")]);
-    let doc =
-        json!({"init": "b", "rules": {"b": {"type": "backend", "args": {"servername": "up"}}}});
+    let doc = backend_doc("up");
     s.elb
         .admin_ok("PUT", "domain", Some(json!({"w.example": doc})));
     let mut counts: HashMap<String, u32> = HashMap::new();
@@ -255,8 +252,7 @@ fn a_stopped_server_is_marked_down_and_gets_requests_retried() {
         "up",
         &[(&gone, "max_fails=2 fail_timeout=30s"), (&alive, "")],
     );
-    let doc =
-        json!({"init": "b", "rules": {"b": {"type": "backend", "args": {"servername": "up"}}}});
+    let doc = backend_doc("up");
     s.elb
         .admin_ok("PUT", "domain", Some(json!({"f.example": doc})));
     gone.stop();
@@ -290,7 +286,7 @@ fn no_live_server_is_502_and_a_slow_one_is_504() {
     upstream(&s.elb, "slow", &[(&slow, "")]);
     dead.stop();
     slow.set_delay(Duration::from_secs(2));
-    let doc = |up: &str| json!({"init": "b", "rules": {"b": {"type": "backend", "args": {"servername": up}}}});
+    let doc = backend_doc;
     s.elb.admin_ok(
         "PUT",
         "domain",
@@ -316,8 +312,7 @@ fn backup_servers_take_over_only_when_primaries_are_down() {
         Backend::start("backup").expect("b"),
     );
     upstream(&s.elb, "up", &[(&primary, ""), (&backup, "backup")]);
-    let doc =
-        json!({"init": "b", "rules": {"b": {"type": "backend", "args": {"servername": "up"}}}});
+    let doc = backend_doc("up");
     s.elb
         .admin_ok("PUT", "domain", Some(json!({"bk.example": doc})));
     for _ in 0..5 {
@@ -337,8 +332,7 @@ fn post_bodies_stream_through() {
     let s = start(&[]);
     let b1 = Backend::start("b1").expect("b1");
     upstream(&s.elb, "up", &[(&b1, "")]);
-    let doc =
-        json!({"init": "b", "rules": {"b": {"type": "backend", "args": {"servername": "up"}}}});
+    let doc = backend_doc("up");
     s.elb
         .admin_ok("PUT", "domain", Some(json!({"p.example": doc})));
     let body = vec![b'x'; 3 << 20];
@@ -361,8 +355,7 @@ fn upgrade_requests_are_tunnelled() {
     let s = start(&[]);
     let b1 = Backend::start("b1").expect("b1");
     upstream(&s.elb, "up", &[(&b1, "")]);
-    let doc =
-        json!({"init": "b", "rules": {"b": {"type": "backend", "args": {"servername": "up"}}}});
+    let doc = backend_doc("up");
     s.elb
         .admin_ok("PUT", "domain", Some(json!({"ws.example": doc})));
     let mut stream = std::net::TcpStream::connect(s.elb.addr).expect("connect");

@@ -67,16 +67,8 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn workspace_root() -> PathBuf {
-    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or(manifest_dir)
-}
-
-fn run_elb(root: &std::path::Path, args: &[String]) -> Result<()> {
-    setup::ensure(root)?;
+/// Builds the eBPF object and the release `elb` that embeds it.
+fn build_release_elb(root: &std::path::Path) -> Result<PathBuf> {
     ebpf::build(root, true)?;
     cmd::cargo(root)
         .args([
@@ -88,7 +80,20 @@ fn run_elb(root: &std::path::Path, args: &[String]) -> Result<()> {
             "elb",
         ])
         .run("building elb")?;
-    let binary = root.join("target/release/elb");
+    Ok(root.join("target/release/elb"))
+}
+
+fn workspace_root() -> PathBuf {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or(manifest_dir)
+}
+
+fn run_elb(root: &std::path::Path, args: &[String]) -> Result<()> {
+    setup::ensure(root)?;
+    let binary = build_release_elb(root)?;
     // Replace this process so signals (Ctrl-C, SIGTERM) reach elb directly.
     let err = cmd::exec(&binary, args);
     Err(anyhow::anyhow!("starting {}: {err}", binary.display()))

@@ -34,7 +34,7 @@ pub const MAX_TRIES: usize = 3;
 
 pub struct Proxy {
     snapshot: SnapshotHandle,
-    admin: AdminApi,
+    admin: Arc<AdminApi>,
     statsd: Option<StatsdClient>,
     pool: Arc<Pool>,
     settings: ProxySettings,
@@ -43,7 +43,7 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(
         snapshot: SnapshotHandle,
-        admin: AdminApi,
+        admin: Arc<AdminApi>,
         statsd: Option<StatsdClient>,
         settings: ProxySettings,
     ) -> Self {

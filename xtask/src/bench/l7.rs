@@ -17,25 +17,13 @@ use super::{
     procs::{Background, curl, free_port},
     wrk::{WrkResult, WrkRun},
 };
-use crate::{cmd, ebpf};
 
 const HOST: &str = "bench.example";
 const UA: &str = "Bench-Client/1.0";
 const PATH: &str = "/api/items/42";
 
 pub fn run(root: &Path, rounds: usize) -> Result<()> {
-    ebpf::build(root, true)?;
-    cmd::cargo(root)
-        .args([
-            "build",
-            "--release",
-            "--package",
-            "elb-userspace",
-            "--bin",
-            "elb",
-        ])
-        .run("building elb")?;
-    let elb_bin = root.join("target/release/elb");
+    let elb_bin = crate::build_release_elb(root)?;
     let dir = TempDir::new("elb-bench-l7")?;
 
     let (b1, b2) = (free_port()?, free_port()?);
