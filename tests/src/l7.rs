@@ -156,4 +156,3 @@ impl Drop for Cleanup {
 pub fn backend_doc(servername: &str) -> serde_json::Value {
     serde_json::json!({"init": "b", "rules": {"b": {"type": "backend", "args": {"servername": servername}}}})
 }
-
