@@ -62,6 +62,10 @@ fn start_elb(t: &Topology, name: &str, run_dir: &Path) -> ElbProcess {
             "driver",
             "--run-dir",
             run_dir,
+            "--state-file",
+            &format!("{run_dir}/state.json"),
+            "--listen",
+            "127.0.0.1:0",
         ],
         Some(&t.lb),
     )
@@ -232,6 +236,10 @@ fn unknown_interface_is_a_clear_error() {
             "no-such-if0",
             "--run-dir",
             run_dir.to_str().expect("utf-8"),
+            "--state-file",
+            &format!("{}/state.json", run_dir.display()),
+            "--listen",
+            "127.0.0.1:0",
         ],
         None,
     );
@@ -278,6 +286,10 @@ fn unprivileged_user_gets_a_privilege_error() {
                 &t.lb_iface,
                 "--run-dir",
                 run_dir.to_str().expect("utf-8"),
+                "--state-file",
+                &format!("{}/state.json", run_dir.display()),
+                "--listen",
+                "127.0.0.1:0",
             ],
         )
         .expect_err("elb must fail without privileges");
@@ -310,6 +322,10 @@ fn a_second_elb_with_the_same_name_is_refused() {
             &t.lb_iface,
             "--run-dir",
             run_dir.to_str().expect("utf-8"),
+            "--state-file",
+            &format!("{}/state.json", run_dir.display()),
+            "--listen",
+            "127.0.0.1:0",
         ],
         Some(&t.lb),
     );
