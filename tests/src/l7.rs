@@ -83,10 +83,20 @@ impl L7Builder {
             args.extend(["--etcd", etcd]);
         }
         args.extend(self.extra.iter().map(String::as_str));
-        let mut process = ElbProcess::spawn(&args, None)?;
-        process.wait_until(Duration::from_secs(20), || {
-            http::get(addr, "/__erulb__/upstream", &[]).is_ok()
-        })?;
+        let started = ElbProcess::spawn(&args, None).and_then(|mut process| {
+            process.wait_until(Duration::from_secs(20), || {
+                http::get(addr, "/__erulb__/upstream", &[]).is_ok()
+            })?;
+            Ok(process)
+        });
+        let process = match started {
+            Ok(process) => process,
+            Err(err) => {
+                // The test never got the directory to clean up.
+                let _ = std::fs::remove_dir_all(&self.state_dir);
+                return Err(err);
+            }
+        };
         Ok(L7Elb {
             process,
             addr,

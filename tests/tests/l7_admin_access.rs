@@ -11,9 +11,10 @@ use elb_tests::{
 
 const ELB: &str = "10.78.0.1:8080";
 
-fn start_elb(lb: &NetNs, extra: &[&str]) -> (ElbProcess, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(unique_name("elbacc"));
-    std::fs::create_dir_all(&dir).expect("dir");
+/// elb in `lb`; the returned directory (state, lock) is removed on drop.
+fn start_elb(lb: &NetNs, extra: &[&str]) -> (ElbProcess, tempfile::TempDir) {
+    let temp = tempfile::tempdir().expect("dir");
+    let dir = temp.path();
     let state = dir.join("state.json");
     let name = unique_name("A");
     let mut args = vec![
@@ -34,7 +35,7 @@ fn start_elb(lb: &NetNs, extra: &[&str]) -> (ElbProcess, std::path::PathBuf) {
             .unwrap_or(false)
     })
     .expect("elb listens");
-    (elb, dir)
+    (elb, temp)
 }
 
 fn admin_get_from(
@@ -68,7 +69,7 @@ fn non_loopback_clients_are_refused_unless_allowed() {
         .expect("request");
     assert_eq!(proxied.status, 404);
     elb.stop().expect("stop");
-    let _ = std::fs::remove_dir_all(dir);
+    drop(dir);
 
     let (_elb, dir) = start_elb(
         &lb,
@@ -77,5 +78,5 @@ fn non_loopback_clients_are_refused_unless_allowed() {
     assert_eq!(admin_get_from(&client, &[]).status, 401);
     let allowed = admin_get_from(&client, &[("Authorization", "Bearer t0k")]);
     assert_eq!(allowed.status, 200, "{}", allowed.text());
-    let _ = std::fs::remove_dir_all(dir);
+    drop(dir);
 }

@@ -4,7 +4,7 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    path::{Path, PathBuf},
+    path::Path,
     time::Duration,
 };
 
@@ -43,10 +43,9 @@ fn topology() -> Topology {
     }
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(unique_name(tag));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+/// Removed on drop, also when the test fails.
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
 }
 
 fn start_elb(t: &Topology, name: &str, run_dir: &Path) -> ElbProcess {
@@ -136,10 +135,11 @@ fn send_traffic(t: &Topology) {
 fn counts_real_traffic_and_is_inspectable_with_bpftool() {
     require_root_and_bpf!();
     let t = topology();
-    let run_dir = temp_dir("elbrun");
+    let run_dir = temp_dir();
+    let run_dir = run_dir.path();
     let name = unique_name("T");
     let pins = pin_dir(Path::new("/sys/fs/bpf"), &name);
-    let mut elb = start_elb(&t, &name, &run_dir);
+    let mut elb = start_elb(&t, &name, run_dir);
 
     // bpftool net shows our program attached in driver mode.
     let net =
@@ -206,7 +206,6 @@ fn counts_real_traffic_and_is_inspectable_with_bpftool() {
         "program still attached after SIGTERM"
     );
     assert!(!pins.exists(), "pins left behind at {}", pins.display());
-    let _ = std::fs::remove_dir_all(run_dir);
 }
 
 /// Runs elb expecting it to fail at start-up; returns its output.
@@ -225,7 +224,8 @@ fn failed_start(args: &[&str], netns: Option<&NetNs>) -> String {
 #[test]
 fn unknown_interface_is_a_clear_error() {
     require_root_and_bpf!();
-    let run_dir = temp_dir("elbrun");
+    let run_dir = temp_dir();
+    let run_dir = run_dir.path();
     let name = unique_name("T");
     let log = failed_start(
         &[
@@ -247,7 +247,6 @@ fn unknown_interface_is_a_clear_error() {
         log.contains("network interface \"no-such-if0\" does not exist"),
         "{log}"
     );
-    let _ = std::fs::remove_dir_all(run_dir);
 }
 
 #[test]
@@ -264,7 +263,8 @@ fn bad_name_is_rejected_before_anything_happens() {
 fn unprivileged_user_gets_a_privilege_error() {
     require_root_and_bpf!();
     let t = topology();
-    let run_dir = temp_dir("elbrun");
+    let run_dir = temp_dir();
+    let run_dir = run_dir.path();
     // Let the unprivileged user take the instance lock, so the BPF load is
     // what fails.
     run("chmod", &["0777", run_dir.to_str().expect("utf-8")]).expect("chmod");
@@ -303,16 +303,16 @@ fn unprivileged_user_gets_a_privilege_error() {
             .join("elb_proto_stats")
             .exists()
     );
-    let _ = std::fs::remove_dir_all(run_dir);
 }
 
 #[test]
 fn a_second_elb_with_the_same_name_is_refused() {
     require_root_and_bpf!();
     let t = topology();
-    let run_dir = temp_dir("elbrun");
+    let run_dir = temp_dir();
+    let run_dir = run_dir.path();
     let name = unique_name("T");
-    let _first = start_elb(&t, &name, &run_dir);
+    let _first = start_elb(&t, &name, run_dir);
     let log = failed_start(
         &[
             "run",
@@ -333,5 +333,4 @@ fn a_second_elb_with_the_same_name_is_refused() {
         log.contains("another elb with this name is already running"),
         "{log}"
     );
-    let _ = std::fs::remove_dir_all(run_dir);
 }

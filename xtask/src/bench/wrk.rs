@@ -112,10 +112,11 @@ mod tests {
     #[test]
     fn parses_rates_and_percentiles() {
         let result = parse(SAMPLE).expect("parse");
-        assert_eq!(result.requests_per_sec, 12345.67);
-        assert!((result.p50_ms - 0.812).abs() < 1e-9);
-        assert_eq!(result.p90_ms, 1.2);
-        assert_eq!(result.p99_ms, 2010.0);
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(close(result.requests_per_sec, 12345.67));
+        assert!(close(result.p50_ms, 0.812), "{}", result.p50_ms);
+        assert!(close(result.p90_ms, 1.2), "{}", result.p90_ms);
+        assert!(close(result.p99_ms, 2010.0), "{}", result.p99_ms);
     }
 
     #[test]
