@@ -212,29 +212,8 @@ impl XdpDataplane {
         }
     }
 
-    /// The interfaces the program is attached to, with their modes.
-    pub fn attachments(&self) -> impl Iterator<Item = (&str, AttachedMode)> {
-        self.attachments
-            .iter()
-            .map(|a| (a.interface.as_str(), a.mode))
-    }
-
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
-    }
-
-    /// Per-protocol counters summed over CPUs.
-    pub fn proto_stats(&self) -> Result<Vec<(ProtoCounter, PacketCounter)>, DataplaneError> {
-        let map = self
-            .ebpf
-            .map(maps::PROTO_STATS)
-            .ok_or_else(|| DataplaneError::Bpf {
-                action: format!("finding map {}", maps::PROTO_STATS),
-                source: "the embedded object does not declare it".into(),
-            })?;
-        let stats = PerCpuArray::<_, PacketCounter>::try_from(map)
-            .map_err(|e| DataplaneError::bpf("opening the protocol counters", e))?;
-        sum_proto_stats(&stats)
     }
 
     /// Detaches from every interface and removes the pinned maps.

@@ -30,7 +30,6 @@ pub enum LockError {
 #[derive(Debug)]
 pub struct InstanceLock {
     _file: File,
-    path: PathBuf,
 }
 
 impl InstanceLock {
@@ -64,11 +63,7 @@ impl InstanceLock {
         file.set_len(0).map_err(open_err)?;
         file.rewind().map_err(open_err)?;
         write!(file, "{}", std::process::id()).map_err(open_err)?;
-        Ok(Self { _file: file, path })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Self { _file: file })
     }
 }
 

@@ -82,10 +82,6 @@ impl Snapshot {
     pub fn domain_count(&self) -> usize {
         self.domains.len()
     }
-
-    pub fn upstream_count(&self) -> usize {
-        self.upstreams.len()
-    }
 }
 
 /// `host:port` → `host`, `[v6]:port` → `[v6]`; `None` when there is no port.
