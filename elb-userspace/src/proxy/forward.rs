@@ -73,19 +73,24 @@ pub async fn forward(
         return upgrade::forward(proxy, &target_servers(&target), request).await;
     }
 
+    // Upstream connections are HTTP/1.1 keep-alive, whatever the client spoke.
+    parts.version = http::Version::HTTP_11;
     let replayable = body.is_end_stream() && is_idempotent(&parts.method);
-    let mut body = Some(body.map_err(Into::into).boxed());
+    // Only a replayable request can need its head again once it was sent.
+    let spare_head = replayable.then(|| clone_parts(&parts));
+    let mut unsent = Some(Request::from_parts(parts, body.map_err(Into::into).boxed()));
     let mut tried = Vec::with_capacity(MAX_TRIES);
     let mut last_failure = None;
     while tried.len() < MAX_TRIES {
+        let request = match (unsent.take(), &spare_head) {
+            (Some(request), _) => request,
+            (None, Some(head)) => Request::from_parts(clone_parts(head), empty()),
+            (None, None) => break,
+        };
         let Some((index, server)) = pick(&target, &tried) else {
             break;
         };
         tried.push(index);
-        // The first try sends the real body; retries of replayable requests
-        // (which have none) send an empty one.
-        let attempt_body = body.take().unwrap_or_else(empty);
-        let request = Request::from_parts(clone_parts(&parts), attempt_body);
         match try_server(proxy, server, request).await {
             Attempt::Response(response) if !is_gateway_failure(response.status()) => {
                 report_success(&target, index);
@@ -103,19 +108,16 @@ pub async fn forward(
                 }
                 last_failure = Some(Failure::Status(response.status()));
             }
-            Attempt::NotSent(error, unsent) => {
+            Attempt::NotSent(error, request) => {
                 report_failure(&target, index);
                 tracing::warn!(server, error = %error, "upstream try failed before sending");
                 last_failure = Some(Failure::from_connect(&error));
-                body = Some(unsent.into_body());
+                unsent = Some(request);
             }
             Attempt::Failed(failure) => {
                 report_failure(&target, index);
                 tracing::warn!(server, failure = ?failure, "upstream try failed after sending");
                 last_failure = Some(failure);
-                if !replayable {
-                    break;
-                }
             }
         }
     }
