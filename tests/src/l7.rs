@@ -166,3 +166,28 @@ impl Drop for Cleanup {
 pub fn backend_doc(servername: &str) -> serde_json::Value {
     serde_json::json!({"init": "b", "rules": {"b": {"type": "backend", "args": {"servername": servername}}}})
 }
+
+impl L7Elb {
+    /// Replaces upstream `name` with `servers` (`(address, nginx parameters)`).
+    pub fn put_upstream(&self, name: &str, servers: &[(std::net::SocketAddr, &str)]) {
+        let servers: serde_json::Map<String, serde_json::Value> = servers
+            .iter()
+            .map(|(addr, params)| (addr.to_string(), serde_json::Value::from(*params)))
+            .collect();
+        self.admin_ok(
+            "PUT",
+            "upstream",
+            Some(serde_json::json!({ name: servers })),
+        );
+    }
+
+    /// [`L7Elb::put_upstream`], then points `host` at it with [`backend_doc`].
+    pub fn route(&self, host: &str, name: &str, servers: &[(std::net::SocketAddr, &str)]) {
+        self.put_upstream(name, servers);
+        self.admin_ok(
+            "PUT",
+            "domain",
+            Some(serde_json::json!({ host: backend_doc(name) })),
+        );
+    }
+}

@@ -359,16 +359,7 @@ fn the_token_is_required_when_configured() {
 fn configuration_survives_a_restart_on_the_embedded_store() {
     let (mut elb, _c) = start();
     let b1 = Backend::start("b1").expect("backend");
-    elb.admin_ok(
-        "PUT",
-        "upstream",
-        Some(json!({"up": {b1.addr().to_string(): "weight=4"}})),
-    );
-    elb.admin_ok(
-        "PUT",
-        "domain",
-        Some(json!({"keep.example": backend_doc("up")})),
-    );
+    elb.route("keep.example", "up", &[(b1.addr(), "weight=4")]);
     let before = state(&elb);
     elb.stop();
     let elb = L7Builder::same_as(&elb).start().expect("restart");

@@ -160,16 +160,7 @@ fn an_etcd_outage_keeps_traffic_flowing_and_changes_resume_after() {
         Backend::start("b1").expect("b1"),
         Backend::start("b2").expect("b2"),
     );
-    elb.admin_ok(
-        "PUT",
-        "upstream",
-        Some(json!({"up": {b1.addr().to_string(): ""}})),
-    );
-    elb.admin_ok(
-        "PUT",
-        "domain",
-        Some(json!({"o.example": backend_doc("up")})),
-    );
+    elb.route("o.example", "up", &[(b1.addr(), "")]);
 
     etcd.kill();
     let before = http::admin(elb.addr, "GET", "domain", None)
@@ -219,16 +210,7 @@ fn starts_from_the_local_snapshot_when_etcd_is_down() {
     let mut etcd = Etcd::start().expect("etcd");
     let (mut elb, _c) = start_elb(&etcd);
     let b1 = Backend::start("b1").expect("b1");
-    elb.admin_ok(
-        "PUT",
-        "upstream",
-        Some(json!({"up": {b1.addr().to_string(): ""}})),
-    );
-    elb.admin_ok(
-        "PUT",
-        "domain",
-        Some(json!({"snap.example": backend_doc("up")})),
-    );
+    elb.route("snap.example", "up", &[(b1.addr(), "")]);
     // The snapshot is written in the background right after a change.
     let snapshot = elb.state_dir.join("state.json");
     let started = Instant::now();

@@ -36,14 +36,6 @@ fn start(extra: &[&str]) -> Setup {
     }
 }
 
-fn upstream(elb: &L7Elb, name: &str, servers: &[(&Backend, &str)]) {
-    let servers: serde_json::Map<String, Value> = servers
-        .iter()
-        .map(|(b, params)| (b.addr().to_string(), Value::from(*params)))
-        .collect();
-    elb.admin_ok("PUT", "upstream", Some(json!({ name: servers })));
-}
-
 fn served_by(response: &http::HttpResponse) -> String {
     assert_eq!(response.status, 200, "{}", response.text());
     response.json().expect("json")["server"]
@@ -59,8 +51,8 @@ fn seed_document_routes_by_user_agent_then_path() {
         Backend::start("b1").expect("b1"),
         Backend::start("b2").expect("b2"),
     );
-    upstream(&s.elb, "upstream1", &[(&b1, "")]);
-    upstream(&s.elb, "upstream2", &[(&b2, "")]);
+    s.elb.put_upstream("upstream1", &[(b1.addr(), "")]);
+    s.elb.put_upstream("upstream2", &[(b2.addr(), "")]);
     s.elb.admin_ok(
         "PUT",
         "domain",
@@ -90,7 +82,7 @@ fn seed_document_routes_by_user_agent_then_path() {
 fn host_is_case_insensitive_and_may_carry_a_port() {
     let s = start(&[]);
     let b1 = Backend::start("b1").expect("b1");
-    upstream(&s.elb, "up", &[(&b1, "")]);
+    s.elb.put_upstream("up", &[(b1.addr(), "")]);
     let backend_only = backend_doc("up");
     s.elb.admin_ok(
         "PUT",
@@ -112,8 +104,8 @@ fn path_prefix_regex_rewrite_and_backend_headers() {
         Backend::start("b1").expect("b1"),
         Backend::start("b2").expect("b2"),
     );
-    upstream(&s.elb, "one", &[(&b1, "")]);
-    upstream(&s.elb, "two", &[(&b2, "")]);
+    s.elb.put_upstream("one", &[(b1.addr(), "")]);
+    s.elb.put_upstream("two", &[(b2.addr(), "")]);
     let doc = json!({"init": "prefix", "rules": {
         "prefix": {"type": "path", "args": {"pattern": "/api", "succ": "rewrite", "fail": "two"}},
         "rewrite": {"type": "path", "args": {"regex": true, "rewrite": true,
@@ -152,7 +144,7 @@ fn path_prefix_regex_rewrite_and_backend_headers() {
 fn a_missing_branch_is_403() {
     let s = start(&[]);
     let b1 = Backend::start("b1").expect("b1");
-    upstream(&s.elb, "up", &[(&b1, "")]);
+    s.elb.put_upstream("up", &[(b1.addr(), "")]);
     let doc = json!({"init": "ua", "rules": {
         "ua": {"type": "ua", "args": {"pattern": "^mobile", "succ": "b"}},
         "b": {"type": "backend", "args": {"servername": "up"}}}});
@@ -170,10 +162,7 @@ fn a_missing_branch_is_403() {
 fn forwarding_headers_and_hop_by_hop() {
     let s = start(&[]);
     let b1 = Backend::start("b1").expect("b1");
-    upstream(&s.elb, "up", &[(&b1, "")]);
-    let doc = backend_doc("up");
-    s.elb
-        .admin_ok("PUT", "domain", Some(json!({"h.example": doc})));
+    s.elb.route("h.example", "up", &[(b1.addr(), "")]);
     let response = http::get(
         s.elb.addr,
         "/",
@@ -223,7 +212,10 @@ fn weights_1_to_10_split_within_5_percent() {
         Backend::start("light").expect("b"),
         Backend::start("heavy").expect("b"),
     );
-    upstream(&s.elb, "up", &[(&light, "weight=1"), (&heavy, "weight=10")]);
+    s.elb.put_upstream(
+        "up",
+        &[(light.addr(), "weight=1"), (heavy.addr(), "weight=10")],
+    );
     let doc = backend_doc("up");
     s.elb
         .admin_ok("PUT", "domain", Some(json!({"w.example": doc})));
@@ -247,10 +239,12 @@ fn a_stopped_server_is_marked_down_and_gets_requests_retried() {
         Backend::start("gone").expect("b"),
         Backend::start("alive").expect("b"),
     );
-    upstream(
-        &s.elb,
+    s.elb.put_upstream(
         "up",
-        &[(&gone, "max_fails=2 fail_timeout=30s"), (&alive, "")],
+        &[
+            (gone.addr(), "max_fails=2 fail_timeout=30s"),
+            (alive.addr(), ""),
+        ],
     );
     let doc = backend_doc("up");
     s.elb
@@ -282,8 +276,8 @@ fn no_live_server_is_502_and_a_slow_one_is_504() {
         Backend::start("dead").expect("b"),
         Backend::start("slow").expect("b"),
     );
-    upstream(&s.elb, "dead", &[(&dead, "")]);
-    upstream(&s.elb, "slow", &[(&slow, "")]);
+    s.elb.put_upstream("dead", &[(dead.addr(), "")]);
+    s.elb.put_upstream("slow", &[(slow.addr(), "")]);
     dead.stop();
     slow.set_delay(Duration::from_secs(2));
     let doc = backend_doc;
@@ -311,7 +305,8 @@ fn backup_servers_take_over_only_when_primaries_are_down() {
         Backend::start("primary").expect("b"),
         Backend::start("backup").expect("b"),
     );
-    upstream(&s.elb, "up", &[(&primary, ""), (&backup, "backup")]);
+    s.elb
+        .put_upstream("up", &[(primary.addr(), ""), (backup.addr(), "backup")]);
     let doc = backend_doc("up");
     s.elb
         .admin_ok("PUT", "domain", Some(json!({"bk.example": doc})));
@@ -323,7 +318,7 @@ fn backup_servers_take_over_only_when_primaries_are_down() {
         assert_eq!(served_by(&s.elb.get("bk.example", "/", None)), "backup");
     }
     // A server marked `down` is never used.
-    upstream(&s.elb, "up", &[(&backup, "down")]);
+    s.elb.put_upstream("up", &[(backup.addr(), "down")]);
     assert_eq!(s.elb.get("bk.example", "/", None).status, 502);
 }
 
@@ -331,10 +326,7 @@ fn backup_servers_take_over_only_when_primaries_are_down() {
 fn post_bodies_stream_through() {
     let s = start(&[]);
     let b1 = Backend::start("b1").expect("b1");
-    upstream(&s.elb, "up", &[(&b1, "")]);
-    let doc = backend_doc("up");
-    s.elb
-        .admin_ok("PUT", "domain", Some(json!({"p.example": doc})));
+    s.elb.route("p.example", "up", &[(b1.addr(), "")]);
     let body = vec![b'x'; 3 << 20];
     let response = http::request(
         s.elb.addr,
@@ -354,10 +346,7 @@ fn upgrade_requests_are_tunnelled() {
     use std::io::{Read, Write};
     let s = start(&[]);
     let b1 = Backend::start("b1").expect("b1");
-    upstream(&s.elb, "up", &[(&b1, "")]);
-    let doc = backend_doc("up");
-    s.elb
-        .admin_ok("PUT", "domain", Some(json!({"ws.example": doc})));
+    s.elb.route("ws.example", "up", &[(b1.addr(), "")]);
     let mut stream = std::net::TcpStream::connect(s.elb.addr).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
