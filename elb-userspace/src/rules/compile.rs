@@ -2,17 +2,13 @@
 use std::collections::HashMap;
 
 use http::{HeaderName, HeaderValue};
-use regex::bytes::{Regex, RegexBuilder};
 
+use super::pattern::Pattern;
 use super::regex_cache::RegexCache;
 use serde_json::{Map, Value};
 
 use super::error::RuleError;
 use super::graph::{Backend, Branches, CompiledRules, Node, NodeIndex, NodeKind, PathTest};
-
-/// Most memory one compiled pattern may take (the regex crate's
-/// `size_limit`); a bigger pattern is a compile error, not an OOM.
-pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 /// Headers a backend rule may not set: they govern message framing or the
 /// connection, which the proxy owns; a wrong value would desynchronise the
@@ -216,26 +212,10 @@ impl Args<'_> {
         }
     }
 
-    /// Byte-oriented like the old ELB's PCRE; see the module docs.
-    fn regex(&self, pattern: &str) -> Result<Regex, RuleError> {
-        self.regexes
-            .get_or_build(pattern, || self.build_regex(pattern))
-    }
-
-    fn build_regex(&self, pattern: &str) -> Result<Regex, RuleError> {
-        RegexBuilder::new(pattern)
-            .unicode(false)
-            .size_limit(REGEX_SIZE_LIMIT)
-            .build()
-            .map_err(|error| match error {
-                regex::Error::CompiledTooBig(limit) => self.error(format!(
-                    r#""pattern" is too large: compiled, it would exceed {limit} bytes"#
-                )),
-                regex::Error::Syntax(message) => {
-                    self.error(format!(r#""pattern" is not a valid regex: {message}"#))
-                }
-                other => self.error(format!(r#""pattern" is not a valid regex: {other}"#)),
-            })
+    fn regex(&self, pattern: &str) -> Result<Pattern, RuleError> {
+        self.regexes.get_or_build(pattern, || {
+            Pattern::new(pattern).map_err(|error| self.error(format!(r#""pattern" {error}"#)))
+        })
     }
 
     fn path_test(&self) -> Result<PathTest, RuleError> {

@@ -97,9 +97,8 @@ fn test_path(test: &PathTest, path: &[u8], rewritten_path: &mut Option<String>) 
     match test {
         PathTest::Prefix(prefix) => path.starts_with(prefix),
         PathTest::Regex(regex) => regex.is_match(path),
-        PathTest::RegexRewrite(regex) => match regex.captures(path) {
-            Some(captures) => {
-                let group = captures.get(1).map_or(&[][..], |group| group.as_bytes());
+        PathTest::RegexRewrite(regex) => match regex.first_group(path) {
+            Some(group) => {
                 *rewritten_path = Some(rewrite_target(group));
                 true
             }

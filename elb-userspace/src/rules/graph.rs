@@ -1,7 +1,7 @@
 //! The compiled form of a rule document: nodes addressed by index, with every
 //! regex and header built ahead of time so evaluation only reads.
+use super::pattern::Pattern;
 use http::{HeaderName, HeaderValue};
-use regex::bytes::Regex;
 
 /// Position of a node in [`CompiledRules::nodes`].
 pub(super) type NodeIndex = usize;
@@ -49,7 +49,10 @@ pub(super) struct Node {
 #[derive(Debug, Clone)]
 pub(super) enum NodeKind {
     /// Searches the lower-cased User-Agent with `pattern`.
-    UserAgent { pattern: Regex, branches: Branches },
+    UserAgent {
+        pattern: Pattern,
+        branches: Branches,
+    },
     /// Tests the decoded request path.
     Path { test: PathTest, branches: Branches },
     /// The end of a walk.
@@ -59,9 +62,9 @@ pub(super) enum NodeKind {
 #[derive(Debug, Clone)]
 pub(super) enum PathTest {
     Prefix(Box<[u8]>),
-    Regex(Regex),
+    Regex(Pattern),
     /// A regex whose first capture group becomes the upstream path.
-    RegexRewrite(Regex),
+    RegexRewrite(Pattern),
 }
 
 /// Where to go next; `None` means the step answers 403.

@@ -37,14 +37,16 @@ mod eval;
 mod graph;
 mod lowercase;
 mod path;
+mod pattern;
 mod regex_cache;
 
 #[cfg(test)]
 mod tests;
 
-pub use compile::{REGEX_SIZE_LIMIT, compile, compile_cached};
+pub use compile::{compile, compile_cached};
 pub use error::RuleError;
 pub use eval::{BackendChoice, Decision, RuleRequest};
 pub use graph::CompiledRules;
 pub use path::decode_path;
+pub use pattern::REGEX_SIZE_LIMIT;
 pub use regex_cache::RegexCache;

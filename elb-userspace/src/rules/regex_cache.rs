@@ -1,10 +1,10 @@
 //! Compiled regexes shared between rule documents. Large configurations
 //! repeat the same few patterns across thousands of domains, and compiling
-//! a regex costs far more than looking it up (`Regex` clones share one
+//! a regex costs far more than looking it up (`Pattern` clones share one
 //! compiled program).
 use std::{cell::RefCell, collections::HashMap};
 
-use regex::bytes::Regex;
+use super::pattern::Pattern;
 
 /// Past this many patterns the cache starts over, so patterns that left the
 /// configuration cannot pile up forever.
@@ -12,7 +12,7 @@ const MAX_PATTERNS: usize = 16_384;
 
 #[derive(Default)]
 pub struct RegexCache {
-    compiled: RefCell<HashMap<String, Regex>>,
+    compiled: RefCell<HashMap<String, Pattern>>,
 }
 
 impl RegexCache {
@@ -20,8 +20,8 @@ impl RegexCache {
     pub(super) fn get_or_build<E>(
         &self,
         pattern: &str,
-        build: impl FnOnce() -> Result<Regex, E>,
-    ) -> Result<Regex, E> {
+        build: impl FnOnce() -> Result<Pattern, E>,
+    ) -> Result<Pattern, E> {
         if let Some(regex) = self.compiled.borrow().get(pattern) {
             return Ok(regex.clone());
         }
@@ -46,9 +46,10 @@ impl RegexCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::pattern::PatternError;
 
-    fn build(pattern: &str) -> Result<Regex, regex::Error> {
-        Regex::new(pattern)
+    fn build(pattern: &str) -> Result<Pattern, PatternError> {
+        Pattern::new(pattern)
     }
 
     #[test]
