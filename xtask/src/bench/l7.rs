@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 
 use super::{
     median,
-    procs::{Background, curl, free_port},
+    procs::{Background, cpu_seconds, curl, free_port},
     wrk::{WrkResult, WrkRun},
 };
 
@@ -51,25 +51,34 @@ pub fn run(root: &Path, rounds: usize) -> Result<()> {
     let url = |port: u16| format!("http://127.0.0.1:{port}{PATH}");
     let headers = [format!("Host: {HOST}"), format!("User-Agent: {UA}")];
     let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
-    let wrk = |port: u16, seconds: u32| -> Result<WrkResult> {
-        WrkRun {
+    // Each run also reports the balancer's CPU time per request, which
+    // says more than requests/s alone on a machine wrk and the backends share.
+    let wrk = |port: u16, pid: u32, seconds: u32| -> Result<Measured> {
+        let cpu_before = cpu_seconds(pid)?;
+        let result = WrkRun {
             url: &url(port),
             headers: &headers,
             threads: 2,
             connections: 64,
             seconds,
         }
-        .run()
+        .run()?;
+        let cpu = cpu_seconds(pid)? - cpu_before;
+        let requests = result.requests_per_sec * f64::from(seconds);
+        Ok(Measured {
+            cpu_us_per_request: cpu * 1e6 / requests.max(1.0),
+            wrk: result,
+        })
     };
     eprintln!("bench l7: warming up");
-    wrk(elb_port, 2)?;
-    wrk(nginx_port, 2)?;
+    wrk(elb_port, elb.pid(), 2)?;
+    wrk(nginx_port, nginx_lb.pid(), 2)?;
     let mut elb_runs = Vec::new();
     let mut nginx_runs = Vec::new();
     for round in 1..=rounds {
         eprintln!("bench l7: round {round}/{rounds}");
-        elb_runs.push(wrk(elb_port, 8)?);
-        nginx_runs.push(wrk(nginx_port, 8)?);
+        elb_runs.push(wrk(elb_port, elb.pid(), 8)?);
+        nginx_runs.push(wrk(nginx_port, nginx_lb.pid(), 8)?);
     }
     let elb_median = summarise(&elb_runs);
     let nginx_median = summarise(&nginx_runs);
@@ -83,16 +92,17 @@ pub fn run(root: &Path, rounds: usize) -> Result<()> {
     println!(
         "wrk -t2 -c64, `Host: {HOST}`, `User-Agent: {UA}`, `GET {PATH}`: UA regex, then path regex, then upstreams weighted 1:2; both balancers keep upstream connections alive; same nginx backends.\n"
     );
-    println!("| balancer | requests/s | p50 ms | p90 ms | p99 ms |");
-    println!("|---|---|---|---|---|");
-    for (name, r) in [("elb", elb_median), ("nginx", nginx_median)] {
+    println!("| balancer | requests/s | p50 ms | p90 ms | p99 ms | balancer CPU µs/request |");
+    println!("|---|---|---|---|---|---|");
+    for (name, m) in [("elb", &elb_median), ("nginx", &nginx_median)] {
+        let r = &m.wrk;
         println!(
-            "| {name} | {:.0} | {:.3} | {:.3} | {:.3} |",
-            r.requests_per_sec, r.p50_ms, r.p90_ms, r.p99_ms
+            "| {name} | {:.0} | {:.3} | {:.3} | {:.3} | {:.1} |",
+            r.requests_per_sec, r.p50_ms, r.p90_ms, r.p99_ms, m.cpu_us_per_request
         );
     }
-    let ratio = elb_median.requests_per_sec / nginx_median.requests_per_sec;
-    let p99_ratio = elb_median.p99_ms / nginx_median.p99_ms;
+    let ratio = elb_median.wrk.requests_per_sec / nginx_median.wrk.requests_per_sec;
+    let p99_ratio = elb_median.wrk.p99_ms / nginx_median.wrk.p99_ms;
     println!(
         "\nelb/nginx requests/s: **{ratio:.2}×** (target ≥ 1.10×); elb/nginx p99: **{p99_ratio:.2}×** (target ≤ 1.00×)"
     );
@@ -105,13 +115,21 @@ pub fn run(root: &Path, rounds: usize) -> Result<()> {
     Ok(())
 }
 
-fn summarise(runs: &[WrkResult]) -> WrkResult {
-    let pick = |f: fn(&WrkResult) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
-    WrkResult {
-        requests_per_sec: pick(|r| r.requests_per_sec),
-        p50_ms: pick(|r| r.p50_ms),
-        p90_ms: pick(|r| r.p90_ms),
-        p99_ms: pick(|r| r.p99_ms),
+struct Measured {
+    wrk: WrkResult,
+    cpu_us_per_request: f64,
+}
+
+fn summarise(runs: &[Measured]) -> Measured {
+    let pick = |f: fn(&Measured) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
+    Measured {
+        wrk: WrkResult {
+            requests_per_sec: pick(|m| m.wrk.requests_per_sec),
+            p50_ms: pick(|m| m.wrk.p50_ms),
+            p90_ms: pick(|m| m.wrk.p90_ms),
+            p99_ms: pick(|m| m.wrk.p99_ms),
+        },
+        cpu_us_per_request: pick(|m| m.cpu_us_per_request),
     }
 }
 

@@ -31,6 +31,10 @@ impl Background {
         })
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits until `port` on loopback accepts connections.
     pub fn wait_port(&mut self, port: u16) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -98,4 +102,42 @@ pub fn curl(method: &str, url: &str, body: Option<&str>, headers: &[&str]) -> Re
         );
     }
     Ok(text)
+}
+
+/// CPU time (user + system) a process and its children have used so far,
+/// in seconds; nginx does its work in worker children of the master.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let mut ticks = process_ticks(pid)?;
+    let children = std::fs::read_dir(format!("/proc/{pid}/task"))?
+        .filter_map(|task| {
+            let task = task.ok()?.path();
+            std::fs::read_to_string(task.join("children")).ok()
+        })
+        .collect::<String>();
+    for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+        ticks += process_ticks(child).unwrap_or(0);
+    }
+    // SAFETY: sysconf has no memory effects.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(ticks as f64 / per_second)
+}
+
+/// utime + stime of a whole process (all threads), from /proc/PID/stat.
+fn process_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which may itself contain spaces.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("malformed /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat; 12 and 13 after ')'.
+    let field = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .context("short /proc stat")?
+            .parse()
+            .context("bad /proc stat")
+    };
+    Ok(field(11)? + field(12)?)
 }
