@@ -7,6 +7,10 @@
 #![cfg_attr(not(any(test, feature = "user")), no_std)]
 
 pub mod counters;
+pub mod csum;
+pub mod l4;
+#[cfg(any(test, feature = "user"))]
+pub mod maglev;
 pub mod maps;
 
 #[cfg(feature = "user")]

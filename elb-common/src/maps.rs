@@ -7,8 +7,45 @@
 /// [`crate::counters::ProtoCounter`].
 pub const PROTO_STATS: &str = "elb_proto_stats";
 
+/// Hash of [`crate::l4::VipKey`] → [`crate::l4::ServiceEntry`].
+pub const SERVICES: &str = "elb_services";
+/// Array of [`crate::l4::ServerEntry`], indexed by server id.
+pub const SERVERS: &str = "elb_servers";
+/// Array of maps, indexed by service id: each inner map is an array of
+/// server ids, the service's Maglev lookup table.
+pub const MAGLEV: &str = "elb_maglev";
+/// LRU hash of [`crate::l4::FlowKey`] → [`crate::l4::FlowEntry`].
+pub const FLOWS: &str = "elb_flows";
+/// Hash of ifindex → [`crate::l4::IfaceAddrs`].
+pub const IFACE_ADDRS: &str = "elb_iface_addrs";
+/// LPM tries of denied source prefixes (IPv4 and IPv6).
+pub const ACL_V4: &str = "elb_acl_v4";
+pub const ACL_V6: &str = "elb_acl_v6";
+/// Hash of TCP port (host order, as u32) → 1: the L7 listener ports the
+/// deny-list also guards.
+pub const L7_PORTS: &str = "elb_l7_ports";
+/// Per-CPU [`crate::l4::ServiceStats`] by service id.
+pub const SERVICE_STATS: &str = "elb_svc_stats";
+/// Per-CPU [`crate::counters::PacketCounter`] by server id.
+pub const SERVER_STATS: &str = "elb_srv_stats";
+/// Per-CPU [`crate::l4::GlobalStats`], one slot.
+pub const GLOBAL_STATS: &str = "elb_glob_stats";
+
 /// Every map the program declares, in the order userspace pins them.
-pub const ALL: &[&str] = &[PROTO_STATS];
+pub const ALL: &[&str] = &[
+    PROTO_STATS,
+    SERVICES,
+    SERVERS,
+    MAGLEV,
+    FLOWS,
+    IFACE_ADDRS,
+    ACL_V4,
+    ACL_V6,
+    L7_PORTS,
+    SERVICE_STATS,
+    SERVER_STATS,
+    GLOBAL_STATS,
+];
 
 /// The XDP program's function name in the object file.
 pub const XDP_PROGRAM: &str = "elb_xdp";

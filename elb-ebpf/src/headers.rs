@@ -76,3 +76,8 @@ pub struct UdpHdr {
     pub len: [u8; 2],
     pub check: [u8; 2],
 }
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;

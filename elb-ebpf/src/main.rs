@@ -1,35 +1,38 @@
-//! elb's XDP program.
-//!
-//! At this stage it classifies every frame (Ethernet, VLAN, IPv4, IPv6, TCP,
-//! UDP) and counts it per protocol, then hands it to the kernel unchanged.
+//! elb's XDP program: classifies and counts every frame, enforces the
+//! deny-list, and balances L4 services with full NAT. Everything else goes
+//! to the kernel untouched.
 #![no_std]
 #![no_main]
 
+mod fib;
 mod headers;
+mod lb;
+mod maps;
+mod nat;
 mod parse;
+mod stats;
 
-use aya_ebpf::{
-    bindings::xdp_action,
-    btf_maps::PerCpuArray,
-    macros::{btf_map, xdp},
-    programs::XdpContext,
-};
-use elb_common::counters::{PacketCounter, ProtoCounter};
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use elb_common::counters::ProtoCounter;
 
-use crate::parse::Parsed;
-
-/// Per-CPU packet and byte counts per [`ProtoCounter`] slot.
-#[btf_map(name = "elb_proto_stats")]
-static PROTO_STATS: PerCpuArray<PacketCounter, { ProtoCounter::COUNT }> = PerCpuArray::new();
+use crate::{maps::PROTO_STATS, parse::Parsed};
 
 #[xdp]
 pub fn elb_xdp(ctx: XdpContext) -> u32 {
-    let slot = match parse::parse(&ctx) {
-        Parsed::L4(packet) => ProtoCounter::for_l4(packet.ipv6, packet.ip_proto),
-        Parsed::Other(slot) => slot,
-    };
-    count(&ctx, slot);
-    xdp_action::XDP_PASS
+    match parse::parse(&ctx) {
+        Parsed::L4(packet) => {
+            count(&ctx, ProtoCounter::for_l4(packet.ipv6, packet.ip_proto));
+            lb::handle(&ctx, &packet)
+        }
+        Parsed::Fragment(fragment) => {
+            count(&ctx, ProtoCounter::IpFragment);
+            lb::handle_fragment(&ctx, &fragment)
+        }
+        Parsed::Other(slot) => {
+            count(&ctx, slot);
+            xdp_action::XDP_PASS
+        }
+    }
 }
 
 #[inline(always)]

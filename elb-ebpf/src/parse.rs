@@ -21,12 +21,25 @@ const MAX_VLAN_TAGS: usize = 2;
 pub struct L4Packet {
     pub ipv6: bool,
     pub ip_proto: u8,
+    /// Offsets of the IP header and of the TCP/UDP header from the start
+    /// of the frame (IPv4 options and VLAN tags make both variable).
+    pub l3_offset: usize,
+    pub l4_offset: usize,
+    /// TCP flags byte; 0 for UDP.
+    pub tcp_flags: u8,
+}
+
+/// An IP fragment: only its addresses are known.
+pub struct Fragment {
+    pub ipv6: bool,
+    pub l3_offset: usize,
 }
 
 /// What a frame turned out to be.
 pub enum Parsed {
     /// IP packet with a complete TCP or UDP header.
     L4(L4Packet),
+    Fragment(Fragment),
     /// Anything else, with the counter slot it belongs to.
     Other(ProtoCounter),
 }
@@ -89,9 +102,12 @@ fn parse_ipv4(ctx: &XdpContext, l3_offset: usize) -> Parsed {
         return Parsed::Other(ProtoCounter::Malformed);
     }
     if frag_off & Ipv4Hdr::FRAGMENT_MASK != 0 {
-        return Parsed::Other(ProtoCounter::IpFragment);
+        return Parsed::Fragment(Fragment {
+            ipv6: false,
+            l3_offset,
+        });
     }
-    l4(ctx, false, ip_proto, l3_offset + header_len)
+    l4(ctx, false, ip_proto, l3_offset, l3_offset + header_len)
 }
 
 #[inline(always)]
@@ -105,25 +121,40 @@ fn parse_ipv6(ctx: &XdpContext, l3_offset: usize) -> Parsed {
         return Parsed::Other(ProtoCounter::Malformed);
     }
     if next_header == IPPROTO_IPV6_FRAGMENT {
-        return Parsed::Other(ProtoCounter::IpFragment);
+        return Parsed::Fragment(Fragment {
+            ipv6: true,
+            l3_offset,
+        });
     }
-    l4(ctx, true, next_header, l3_offset + size_of::<Ipv6Hdr>())
+    l4(
+        ctx,
+        true,
+        next_header,
+        l3_offset,
+        l3_offset + size_of::<Ipv6Hdr>(),
+    )
 }
 
 /// Checks that the TCP or UDP header at `l4_offset` is complete.
 #[inline(always)]
-fn l4(ctx: &XdpContext, ipv6: bool, ip_proto: u8, l4_offset: usize) -> Parsed {
-    let complete = match ip_proto {
+fn l4(ctx: &XdpContext, ipv6: bool, ip_proto: u8, l3_offset: usize, l4_offset: usize) -> Parsed {
+    let tcp_flags = match ip_proto {
         IPPROTO_TCP => match header_at::<TcpHdr>(ctx, l4_offset) {
             // SAFETY: bounds checked by header_at.
-            Some(tcp) => (unsafe { (*tcp).data_offset } >> 4) >= 5,
-            None => false,
+            Some(tcp) if (unsafe { (*tcp).data_offset } >> 4) >= 5 => unsafe { (*tcp).flags },
+            _ => return Parsed::Other(ProtoCounter::Malformed),
         },
-        IPPROTO_UDP => header_at::<UdpHdr>(ctx, l4_offset).is_some(),
+        IPPROTO_UDP => match header_at::<UdpHdr>(ctx, l4_offset) {
+            Some(_) => 0,
+            None => return Parsed::Other(ProtoCounter::Malformed),
+        },
         _ => return Parsed::Other(ProtoCounter::for_l4(ipv6, ip_proto)),
     };
-    if !complete {
-        return Parsed::Other(ProtoCounter::Malformed);
-    }
-    Parsed::L4(L4Packet { ipv6, ip_proto })
+    Parsed::L4(L4Packet {
+        ipv6,
+        ip_proto,
+        l3_offset,
+        l4_offset,
+        tcp_flags,
+    })
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod dataplane;
 pub mod http_util;
 pub mod instance_lock;
+pub mod l4;
 pub mod names;
 pub mod os_error;
 pub mod proxy;

@@ -8,6 +8,7 @@ use aya::{
 };
 use elb_common::{
     counters::{PacketCounter, ProtoCounter},
+    l4::{FlowEntry, FlowKey},
     maps,
 };
 use elb_userspace::dataplane::sum_proto_stats;
@@ -88,6 +89,20 @@ impl XdpFixture {
         let map = self.ebpf.map(maps::PROTO_STATS).context("no counter map")?;
         let stats = PerCpuArray::<_, PacketCounter>::try_from(map)?;
         Ok(sum_proto_stats(&stats)?)
+    }
+
+    /// The L4 configuration maps (taken out of the object; the program
+    /// keeps using them).
+    pub fn l4_maps(&mut self) -> Result<elb_userspace::l4::maps::L4Maps> {
+        Ok(elb_userspace::l4::maps::L4Maps::take(&mut self.ebpf)?)
+    }
+
+    /// The connection table, for planting and inspecting entries.
+    pub fn flows(
+        &mut self,
+    ) -> Result<aya::maps::HashMap<&mut aya::maps::MapData, FlowKey, FlowEntry>> {
+        let map = self.ebpf.map_mut(maps::FLOWS).context("no flow map")?;
+        Ok(aya::maps::HashMap::try_from(map)?)
     }
 
     /// The counter of one slot.

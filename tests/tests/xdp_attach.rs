@@ -69,9 +69,15 @@ fn start_elb(t: &Topology, name: &str, run_dir: &Path) -> ElbProcess {
         Some(&t.lb),
     )
     .expect("spawn elb");
-    let stats = pin_dir(Path::new("/sys/fs/bpf"), name).join("elb_proto_stats");
-    elb.wait_until(Duration::from_secs(10), || stats.exists())
-        .expect("elb pins its maps");
+    // Attaching is the last step of the data plane's start.
+    let lb = &t.lb;
+    let iface = &t.lb_iface;
+    elb.wait_until(Duration::from_secs(10), || {
+        lb.exec("bpftool", &["net", "show", "dev", iface])
+            .map(|out| String::from_utf8_lossy(&out.stdout).contains("driver"))
+            .unwrap_or(false)
+    })
+    .expect("elb attaches its program");
     elb
 }
 

@@ -1,0 +1,308 @@
+//! Map types of the L4 data plane: services (VIPs), servers, Maglev tables,
+//! the connection table, the deny-list and statistics.
+//!
+//! Addresses are 16-byte arrays in network order: IPv6 as is, IPv4 in the
+//! first 4 bytes with the rest zero. Ports are network-order byte arrays, as
+//! in the packet, so the XDP program copies them without swapping.
+
+/// Address family tags used in keys.
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+
+/// Service ids index the per-service maps; `0..MAX_SERVICES`.
+pub const MAX_SERVICES: u32 = 256;
+/// Server ids index the server map; `0..MAX_SERVERS`.
+pub const MAX_SERVERS: u32 = 4096;
+/// Capacity of every per-service Maglev table (the inner maps); a service's
+/// `table_size` may be any prime up to this.
+pub const MAGLEV_CAPACITY: u32 = 131_071;
+/// Entries of the connection table; every NAT'd flow takes two (the
+/// client's direction and the reply direction).
+pub const MAX_FLOW_ENTRIES: u32 = 524_288;
+pub const MAX_ACL_ENTRIES: u32 = 65_536;
+pub const MAX_INTERFACES: u32 = 256;
+pub const MAX_L7_PORTS: u32 = 64;
+
+/// Source ports full NAT allocates from, inclusive. Below Linux's default
+/// ephemeral range (32768-60999) so that NAT'd flows never take a port the
+/// node's own connections could pick; userspace checks
+/// `ip_local_port_range` against it at start.
+pub const NAT_PORT_MIN: u16 = 20_000;
+pub const NAT_PORT_MAX: u16 = 32_767;
+/// Ports tried for a new flow before it is dropped as a port-allocation
+/// failure (bounded so the verifier can unroll the loop).
+pub const NAT_PORT_TRIES: u32 = 8;
+
+/// Idle lifetimes of connection-table entries, in nanoseconds.
+pub const TCP_IDLE_NS: u64 = 3_600 * 1_000_000_000;
+/// After a FIN or RST: long enough for the close handshake to finish.
+pub const TCP_CLOSING_NS: u64 = 10 * 1_000_000_000;
+pub const UDP_IDLE_NS: u64 = 30 * 1_000_000_000;
+/// A flow's cached next hop (egress interface, MACs) is looked up again in
+/// the FIB after this long, so route and neighbour changes are picked up.
+pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+/// `last_seen` is only rewritten when it is older than this, so the packets
+/// of a busy flow do not all write to the shared entry.
+pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
+
+/// `elb_services` key: a VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub addr: [u8; 16],
+    pub port: [u8; 2],
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// `elb_services` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceEntry {
+    /// Index into `elb_maglev` and `elb_svc_stats`.
+    pub id: u32,
+    /// Slots of the service's Maglev table in use (a prime).
+    pub table_size: u32,
+    /// `SERVICE_HAS_SNAT`.
+    pub flags: u32,
+    pub _pad: u32,
+    /// The SNAT address when `SERVICE_HAS_SNAT` is set; otherwise the
+    /// egress interface's address from `elb_iface_addrs`.
+    pub snat: [u8; 16],
+}
+
+pub const SERVICE_HAS_SNAT: u32 = 1;
+
+/// `elb_servers` value, indexed by server id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerEntry {
+    pub addr: [u8; 16],
+    pub port: [u8; 2],
+    pub family: u8,
+    pub _pad: u8,
+}
+
+/// `elb_flows` key: a packet's 5-tuple as it arrives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// `elb_flows` value: how to rewrite a packet of the flow, and where it goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEntry {
+    pub new_src: [u8; 16],
+    pub new_dst: [u8; 16],
+    pub new_src_port: [u8; 2],
+    pub new_dst_port: [u8; 2],
+    pub service_id: u16,
+    pub server_id: u16,
+    /// `FLOW_*` bits.
+    pub flags: u32,
+    /// Cached next hop: valid when `next_hop_at` is recent.
+    pub ifindex: u32,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub _pad: [u8; 4],
+    /// `bpf_ktime_get_coarse_ns` of the last packet (coarsened).
+    pub last_seen: u64,
+    /// When the next hop was last looked up; 0 = never.
+    pub next_hop_at: u64,
+}
+
+/// The entry translates replies (server → node) back to the client.
+pub const FLOW_REPLY: u32 = 1;
+/// A FIN or RST was seen: the entry expires after `TCP_CLOSING_NS`.
+pub const FLOW_CLOSING: u32 = 2;
+
+/// `elb_iface_addrs` value, keyed by ifindex: the source addresses full NAT
+/// uses for flows leaving by that interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceAddrs {
+    pub v6: [u8; 16],
+    pub v4: [u8; 4],
+    /// `IFACE_HAS_V4` | `IFACE_HAS_V6`.
+    pub flags: u32,
+}
+
+pub const IFACE_HAS_V4: u32 = 1;
+pub const IFACE_HAS_V6: u32 = 2;
+
+/// Per-service counters (`elb_svc_stats`, per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+/// Data-plane-wide counters (`elb_global_stats`, one slot per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GlobalStats {
+    /// Packets of a VIP or a reply that found their flow entry.
+    pub flow_hits: u64,
+    /// Packets to a VIP that found no (live) flow entry and picked a server.
+    pub flow_misses: u64,
+    /// Packets to a VIP whose service has no server (empty table).
+    pub no_server_drops: u64,
+    /// NAT'd packets handed to the kernel because the FIB could not give a
+    /// complete next hop (no neighbour entry yet, forwarding disabled, ...).
+    pub fib_fallbacks: u64,
+    /// New flows dropped because `NAT_PORT_TRIES` ports were all taken.
+    pub port_alloc_failures: u64,
+    /// Packets dropped by the deny-list.
+    pub acl_drops: u64,
+    /// New flows dropped because no SNAT address was known for the egress
+    /// interface.
+    pub no_snat_drops: u64,
+    /// Packets to a VIP that cannot be NAT'd (fragments, IPv6 extension
+    /// headers) and were passed to the kernel untouched.
+    pub unsupported_passes: u64,
+}
+
+impl GlobalStats {
+    /// Field names and values in declaration order, for stats output.
+    pub fn fields(&self) -> [(&'static str, u64); 8] {
+        [
+            ("flow_hits", self.flow_hits),
+            ("flow_misses", self.flow_misses),
+            ("no_server_drops", self.no_server_drops),
+            ("fib_fallbacks", self.fib_fallbacks),
+            ("port_alloc_failures", self.port_alloc_failures),
+            ("acl_drops", self.acl_drops),
+            ("no_snat_drops", self.no_snat_drops),
+            ("unsupported_passes", self.unsupported_passes),
+        ]
+    }
+}
+
+/// The hash that picks a flow's Maglev slot and its first NAT port. Both
+/// data planes (XDP and the userspace fallback) use it, so they choose the
+/// same server for the same flow. A murmur3-style mix of the tuple's 32-bit
+/// words: cheap in BPF, and good enough spreading for slot choice.
+#[inline(always)]
+pub fn flow_hash(
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    src_port: [u8; 2],
+    dst_port: [u8; 2],
+    proto: u8,
+) -> u32 {
+    let mut h: u32 = 0x9747_b28c ^ u32::from(proto);
+    let mut i = 0;
+    while i < 4 {
+        h = mix(h, word(src, i));
+        h = mix(h, word(dst, i));
+        i += 1;
+    }
+    h = mix(
+        h,
+        u32::from_be_bytes([src_port[0], src_port[1], dst_port[0], dst_port[1]]),
+    );
+    finalize(h)
+}
+
+#[inline(always)]
+fn word(bytes: &[u8; 16], i: usize) -> u32 {
+    u32::from_be_bytes([
+        bytes[i * 4],
+        bytes[i * 4 + 1],
+        bytes[i * 4 + 2],
+        bytes[i * 4 + 3],
+    ])
+}
+
+#[inline(always)]
+fn mix(h: u32, k: u32) -> u32 {
+    let k = k
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+fn finalize(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// The `attempt`-th NAT source port candidate for a flow with `hash`.
+#[inline(always)]
+pub fn nat_port_candidate(hash: u32, attempt: u32) -> u16 {
+    let range = u32::from(NAT_PORT_MAX - NAT_PORT_MIN) + 1;
+    // 7919 is prime and coprime to the range, so the tries are distinct.
+    let offset = hash.wrapping_add(attempt.wrapping_mul(7919)) % range;
+    NAT_PORT_MIN + offset as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    #[test]
+    fn layouts_have_no_padding() {
+        assert_eq!(size_of::<VipKey>(), 20);
+        assert_eq!(size_of::<ServiceEntry>(), 32);
+        assert_eq!(size_of::<ServerEntry>(), 20);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<FlowEntry>(), 80);
+        assert_eq!(align_of::<FlowEntry>(), 8);
+        assert_eq!(size_of::<IfaceAddrs>(), 24);
+        assert_eq!(size_of::<ServiceStats>(), 24);
+        assert_eq!(
+            size_of::<GlobalStats>(),
+            8 * GlobalStats::default().fields().len()
+        );
+    }
+
+    #[test]
+    fn flow_hash_is_stable_and_direction_sensitive() {
+        let a = [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let b = [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let h = flow_hash(&a, &b, [0x30, 0x39], [0, 80], 6);
+        const GOLDEN: u32 = 1_664_136_683;
+        // Golden value: both data planes and every elb node must agree, so
+        // a change here is a compatibility break.
+        assert_eq!(h, GOLDEN);
+        assert_ne!(h, flow_hash(&b, &a, [0, 80], [0x30, 0x39], 6));
+        assert_ne!(h, flow_hash(&a, &b, [0x30, 0x3a], [0, 80], 6));
+        assert_ne!(h, flow_hash(&a, &b, [0x30, 0x39], [0, 80], 17));
+    }
+
+    #[test]
+    fn nat_ports_stay_in_range_and_differ_per_attempt() {
+        for hash in [0, 1, 12_345, u32::MAX] {
+            let mut seen = [0u16; NAT_PORT_TRIES as usize];
+            for attempt in 0..NAT_PORT_TRIES {
+                let port = nat_port_candidate(hash, attempt);
+                assert!((NAT_PORT_MIN..=NAT_PORT_MAX).contains(&port));
+                seen[attempt as usize] = port;
+            }
+            for i in 0..seen.len() {
+                for j in i + 1..seen.len() {
+                    assert_ne!(seen[i], seen[j]);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! The L4 load balancer: deny-list, VIP lookup, connection table, Maglev
+//! choice of a server for new flows, full NAT and forwarding.
+use core::ptr::NonNull;
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST, xdp_action},
+    btf_maps::lpm_trie::Key,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_redirect},
+    programs::XdpContext,
+};
+use elb_common::{
+    counters::IPPROTO_TCP,
+    l4::{
+        FAMILY_IPV4, FAMILY_IPV6, FLOW_CLOSING, FLOW_REPLY, FlowEntry, FlowKey, IFACE_HAS_V4,
+        IFACE_HAS_V6, LAST_SEEN_GRANULARITY_NS, NAT_PORT_MAX, NAT_PORT_MIN, NAT_PORT_TRIES,
+        NEXT_HOP_TTL_NS, SERVICE_HAS_SNAT, ServiceEntry, TCP_CLOSING_NS, TCP_IDLE_NS, UDP_IDLE_NS,
+        VipKey, flow_hash, nat_port_candidate,
+    },
+};
+
+use crate::{
+    fib::{self, FibParams, Lookup},
+    headers::{EthHdr, Ipv4Hdr, Ipv6Hdr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    maps::{
+        ACL_V4, ACL_V6, FLOWS, IFACE_ADDRS, L7_PORTS, MAGLEV, SCRATCH, SERVERS, SERVICES, Scratch,
+    },
+    nat,
+    parse::{Fragment, L4Packet, header_at},
+    stats,
+};
+
+const PASS: u32 = xdp_action::XDP_PASS;
+const DROP: u32 = xdp_action::XDP_DROP;
+
+#[inline(always)]
+pub fn handle(ctx: &XdpContext, packet: &L4Packet) -> u32 {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return PASS;
+    };
+    // SAFETY: this CPU's own scratch slot; XDP runs are not reentrant per CPU.
+    let scratch = unsafe { &mut *scratch };
+    if !fill_flow_key(ctx, packet, &mut scratch.key) {
+        return PASS;
+    }
+    let key = &scratch.key;
+    let vip = VipKey {
+        addr: key.dst,
+        port: key.dst_port,
+        proto: key.proto,
+        family: key.family,
+    };
+    if let Some(service) = SERVICES.get_ptr(&vip) {
+        if denied(key.family, &key.src) {
+            stats::global(|s| s.acl_drops += 1);
+            return DROP;
+        }
+        // SAFETY: a hash map value; copied out before use.
+        let service = unsafe { *service };
+        return to_service(ctx, packet, scratch, &service);
+    }
+    let dst_port = u16::from_be_bytes(key.dst_port);
+    if key.proto == IPPROTO_TCP
+        && L7_PORTS.get_ptr(&u32::from(dst_port)).is_some()
+        && denied(key.family, &key.src)
+    {
+        stats::global(|s| s.acl_drops += 1);
+        return DROP;
+    }
+    // Replies come back to a NAT port; everything else is the node's own.
+    if (NAT_PORT_MIN..=NAT_PORT_MAX).contains(&dst_port)
+        && let Some(flow) = FLOWS.get_ptr_mut(key)
+    {
+        // SAFETY: the entry stays valid for this run (RCU); fields are
+        // plain integers, so a concurrent writer cannot make them invalid.
+        let live = unsafe { (*flow).flags & FLOW_REPLY != 0 && !expired(&*flow, key.proto, now()) };
+        if live {
+            stats::global(|s| s.flow_hits += 1);
+            return follow(ctx, packet, flow, &mut scratch.fib, false);
+        }
+    }
+    PASS
+}
+
+/// Fragments cannot be NAT'd (only the first carries ports); they go to the
+/// kernel, except from denied sources.
+#[inline(always)]
+pub fn handle_fragment(ctx: &XdpContext, fragment: &Fragment) -> u32 {
+    let (family, src) = if fragment.ipv6 {
+        let Some(ip) = header_at::<Ipv6Hdr>(ctx, fragment.l3_offset) else {
+            return PASS;
+        };
+        // SAFETY: bounds checked by header_at.
+        (FAMILY_IPV6, unsafe { (*ip).src })
+    } else {
+        let Some(ip) = header_at::<Ipv4Hdr>(ctx, fragment.l3_offset) else {
+            return PASS;
+        };
+        // SAFETY: bounds checked by header_at.
+        (FAMILY_IPV4, widen(unsafe { (*ip).src }))
+    };
+    if denied(family, &src) {
+        stats::global(|s| s.acl_drops += 1);
+        return DROP;
+    }
+    PASS
+}
+
+#[inline(always)]
+fn to_service(
+    ctx: &XdpContext,
+    packet: &L4Packet,
+    scratch: &mut Scratch,
+    service: &ServiceEntry,
+) -> u32 {
+    let now = now();
+    let key = &scratch.key;
+    if let Some(flow) = FLOWS.get_ptr_mut(key) {
+        let syn_only = packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        // SAFETY: see `handle`.
+        let (closing, expired) = unsafe {
+            (
+                (*flow).flags & FLOW_CLOSING != 0,
+                expired(&*flow, key.proto, now),
+            )
+        };
+        // A new SYN on a closing flow is a new connection reusing the port.
+        if !expired && !(syn_only && closing) {
+            stats::global(|s| s.flow_hits += 1);
+            return follow(ctx, packet, flow, &mut scratch.fib, false);
+        }
+    }
+    stats::global(|s| s.flow_misses += 1);
+    // Called one after the other, not nested, so their stack frames do not
+    // add up.
+    match new_flow(ctx, packet, scratch, service, now) {
+        Some(flow) => follow(ctx, packet, flow.as_ptr(), &mut scratch.fib, true),
+        None => DROP,
+    }
+}
+
+/// Rewrites and forwards a packet of a known flow. A BPF subprogram of its
+/// own (not inlined): its three call sites would otherwise each get their
+/// own stack copies and overflow the 512-byte stack.
+#[inline(never)]
+fn follow(
+    ctx: &XdpContext,
+    packet: &L4Packet,
+    flow: *mut FlowEntry,
+    fib_params: &mut FibParams,
+    new: bool,
+) -> u32 {
+    let now = now();
+    // SAFETY: see `handle`.
+    let entry = unsafe { &mut *flow };
+    if now.wrapping_sub(entry.last_seen) > LAST_SEEN_GRANULARITY_NS {
+        entry.last_seen = now;
+    }
+    if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 && entry.flags & FLOW_CLOSING == 0 {
+        entry.flags |= FLOW_CLOSING;
+    }
+    stats::flow_packet(entry.service_id, entry.server_id, frame_len(ctx), new);
+    if !nat::rewrite(ctx, packet, entry) {
+        return DROP;
+    }
+    if entry.next_hop_at == 0 || now.wrapping_sub(entry.next_hop_at) > NEXT_HOP_TTL_NS {
+        match fib::lookup(ctx, fib_params, packet.ipv6, &entry.new_src, &entry.new_dst) {
+            Lookup::Found => {
+                entry.ifindex = fib_params.ifindex;
+                entry.src_mac = fib_params.smac;
+                entry.dst_mac = fib_params.dmac;
+                entry.next_hop_at = now;
+            }
+            // The rewritten packet goes up; the kernel routes it and
+            // resolves the neighbour, so the next packet finds it.
+            Lookup::NoNeighbour | Lookup::Unroutable => {
+                stats::global(|s| s.fib_fallbacks += 1);
+                return PASS;
+            }
+        }
+    }
+    transmit(ctx, entry.ifindex, &entry.src_mac, &entry.dst_mac)
+}
+
+/// Picks a server and claims a NAT port for a new flow; returns its entry
+/// (None: dropped, and counted).
+#[inline(never)]
+fn new_flow(
+    ctx: &XdpContext,
+    packet: &L4Packet,
+    scratch: &mut Scratch,
+    service: &ServiceEntry,
+    now: u64,
+) -> Option<NonNull<FlowEntry>> {
+    let key = &scratch.key;
+    let hash = flow_hash(&key.src, &key.dst, key.src_port, key.dst_port, key.proto);
+    let server_id = match service.table_size {
+        0 => None,
+        size => MAGLEV.get_value(service.id, &(hash % size)).copied(),
+    };
+    let server = server_id.and_then(|id| SERVERS.get_ptr(id).map(|s| (id, s)));
+    let Some((server_id, server)) = server else {
+        stats::global(|s| s.no_server_drops += 1);
+        return None;
+    };
+    // SAFETY: array values stay valid for this run.
+    let server = unsafe { &*server };
+    if server.family != key.family {
+        stats::global(|s| s.no_server_drops += 1);
+        return None;
+    }
+
+    let egress = match fib::lookup(ctx, &mut scratch.fib, packet.ipv6, &key.dst, &server.addr) {
+        Lookup::Found => {
+            scratch.entry.ifindex = scratch.fib.ifindex;
+            scratch.entry.src_mac = scratch.fib.smac;
+            scratch.entry.dst_mac = scratch.fib.dmac;
+            scratch.entry.next_hop_at = now;
+            scratch.fib.ifindex
+        }
+        Lookup::NoNeighbour => {
+            scratch.entry.next_hop_at = 0;
+            scratch.fib.ifindex
+        }
+        Lookup::Unroutable => {
+            scratch.entry.next_hop_at = 0;
+            0
+        }
+    };
+    let Some(snat) = snat_address(service, egress, packet.ipv6) else {
+        stats::global(|s| s.no_snat_drops += 1);
+        return None;
+    };
+
+    // The reply direction first: it claims the NAT port.
+    let entry = &mut scratch.entry;
+    entry.new_src = key.dst;
+    entry.new_dst = key.src;
+    entry.new_src_port = key.dst_port;
+    entry.new_dst_port = key.src_port;
+    entry.service_id = service.id as u16;
+    entry.server_id = server_id as u16;
+    entry.flags = FLOW_REPLY;
+    entry.last_seen = now;
+    let hop_at = entry.next_hop_at;
+    // Replies need their own next hop (towards the client).
+    entry.next_hop_at = 0;
+    let reply_key = &mut scratch.reply_key;
+    reply_key.src = server.addr;
+    reply_key.dst = snat;
+    reply_key.src_port = server.port;
+    reply_key.proto = key.proto;
+    reply_key.family = key.family;
+    reply_key._pad = [0; 2];
+    let Some(nat_port) = allocate_port(reply_key, entry, hash, now) else {
+        stats::global(|s| s.port_alloc_failures += 1);
+        return None;
+    };
+
+    entry.new_src = snat;
+    entry.new_dst = server.addr;
+    entry.new_src_port = nat_port;
+    entry.new_dst_port = server.port;
+    entry.flags = 0;
+    entry.next_hop_at = hop_at;
+    if FLOWS.insert(key, entry, BPF_ANY as u64).is_err() {
+        return None;
+    }
+    // NonNull, so the Option is one register: a BPF function returns r0 only.
+    FLOWS.get_ptr_mut(key).and_then(NonNull::new)
+}
+
+/// Inserts the reply entry at the first free NAT port, claiming the reverse
+/// tuple with `BPF_NOEXIST` so two flows never share one. An expired entry
+/// in the way is taken over.
+#[inline(never)]
+fn allocate_port(
+    reply_key: &mut FlowKey,
+    reply: &FlowEntry,
+    hash: u32,
+    now: u64,
+) -> Option<[u8; 2]> {
+    for attempt in 0..NAT_PORT_TRIES {
+        let port = nat_port_candidate(hash, attempt).to_be_bytes();
+        reply_key.dst_port = port;
+        if FLOWS.insert(reply_key, reply, BPF_NOEXIST as u64).is_ok() {
+            return Some(port);
+        }
+        if let Some(existing) = FLOWS.get_ptr(reply_key) {
+            // SAFETY: see `handle`.
+            if unsafe { expired(&*existing, reply_key.proto, now) }
+                && FLOWS.insert(reply_key, reply, BPF_ANY as u64).is_ok()
+            {
+                return Some(port);
+            }
+        }
+    }
+    None
+}
+
+#[inline(always)]
+fn snat_address(service: &ServiceEntry, egress: u32, ipv6: bool) -> Option<[u8; 16]> {
+    if service.flags & SERVICE_HAS_SNAT != 0 {
+        return Some(service.snat);
+    }
+    let addrs = IFACE_ADDRS.get_ptr(&egress)?;
+    // SAFETY: hash map value; read once.
+    let addrs = unsafe { &*addrs };
+    if ipv6 {
+        (addrs.flags & IFACE_HAS_V6 != 0).then_some(addrs.v6)
+    } else {
+        (addrs.flags & IFACE_HAS_V4 != 0).then(|| widen(addrs.v4))
+    }
+}
+
+#[inline(always)]
+fn transmit(ctx: &XdpContext, ifindex: u32, src_mac: &[u8; 6], dst_mac: &[u8; 6]) -> u32 {
+    let Some(eth) = header_at::<EthHdr>(ctx, 0) else {
+        return DROP;
+    };
+    let eth = eth as *mut EthHdr;
+    // SAFETY: bounds checked by header_at.
+    unsafe {
+        (*eth).src = *src_mac;
+        (*eth).dst = *dst_mac;
+    }
+    // SAFETY: ctx.ctx is this invocation's xdp_md.
+    if ifindex == unsafe { (*ctx.ctx).ingress_ifindex } {
+        return xdp_action::XDP_TX;
+    }
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect(ifindex, 0) as u32 }
+}
+
+#[inline(always)]
+fn expired(flow: &FlowEntry, proto: u8, now: u64) -> bool {
+    let idle = if flow.flags & FLOW_CLOSING != 0 {
+        TCP_CLOSING_NS
+    } else if proto == IPPROTO_TCP {
+        TCP_IDLE_NS
+    } else {
+        UDP_IDLE_NS
+    };
+    now.wrapping_sub(flow.last_seen) > idle
+}
+
+#[inline(always)]
+fn denied(family: u8, src: &[u8; 16]) -> bool {
+    if family == FAMILY_IPV6 {
+        ACL_V6.get(&Key::new(128, *src)).is_some()
+    } else {
+        ACL_V4
+            .get(&Key::new(32, [src[0], src[1], src[2], src[3]]))
+            .is_some()
+    }
+}
+
+/// Fills `key` with the packet's 5-tuple; false if a header is cut short.
+#[inline(always)]
+fn fill_flow_key(ctx: &XdpContext, packet: &L4Packet, key: &mut FlowKey) -> bool {
+    if packet.ipv6 {
+        let Some(ip) = header_at::<Ipv6Hdr>(ctx, packet.l3_offset) else {
+            return false;
+        };
+        // SAFETY: bounds checked by header_at.
+        unsafe {
+            key.src = (*ip).src;
+            key.dst = (*ip).dst;
+        }
+        key.family = FAMILY_IPV6;
+    } else {
+        let Some(ip) = header_at::<Ipv4Hdr>(ctx, packet.l3_offset) else {
+            return false;
+        };
+        // SAFETY: bounds checked by header_at.
+        unsafe {
+            key.src = widen((*ip).src);
+            key.dst = widen((*ip).dst);
+        }
+        key.family = FAMILY_IPV4;
+    }
+    // Source and destination ports are the first 4 bytes of TCP and UDP.
+    let Some(ports) = header_at::<[u8; 4]>(ctx, packet.l4_offset) else {
+        return false;
+    };
+    // SAFETY: bounds checked by header_at.
+    let ports = unsafe { *ports };
+    key.src_port = [ports[0], ports[1]];
+    key.dst_port = [ports[2], ports[3]];
+    key.proto = packet.ip_proto;
+    key._pad = [0; 2];
+    true
+}
+
+#[inline(always)]
+fn widen(v4: [u8; 4]) -> [u8; 16] {
+    let mut addr = [0u8; 16];
+    addr[0] = v4[0];
+    addr[1] = v4[1];
+    addr[2] = v4[2];
+    addr[3] = v4[3];
+    addr
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: plain helper call. Coarse is enough for idle timeouts.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+#[inline(always)]
+fn frame_len(ctx: &XdpContext) -> u64 {
+    (ctx.data_end() - ctx.data()) as u64
+}

@@ -1,0 +1,252 @@
+//! Typed handles on the XDP program's L4 maps, for writing configuration
+//! and reading statistics.
+use aya::{
+    Ebpf,
+    maps::{
+        Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
+};
+use elb_common::{
+    counters::PacketCounter,
+    l4::{
+        GlobalStats, IfaceAddrs, MAGLEV_CAPACITY, ServerEntry, ServiceEntry, ServiceStats, VipKey,
+    },
+    maps,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum L4MapError {
+    #[error("the XDP object has no map {0}")]
+    Missing(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("a Maglev table has {slots} slots; the maps hold at most {MAGLEV_CAPACITY}")]
+    TableTooBig { slots: usize },
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> L4MapError {
+    move |source| L4MapError::Map { name, source }
+}
+
+pub struct L4Maps {
+    services: HashMap<MapData, VipKey, ServiceEntry>,
+    servers: Array<MapData, ServerEntry>,
+    maglev: ArrayOfMaps<MapData, Array<MapData, u32>>,
+    iface_addrs: HashMap<MapData, u32, IfaceAddrs>,
+    acl_v4: LpmTrie<MapData, [u8; 4], u32>,
+    acl_v6: LpmTrie<MapData, [u8; 16], u32>,
+    l7_ports: HashMap<MapData, u32, u32>,
+    service_stats: PerCpuArray<MapData, ServiceStats>,
+    server_stats: PerCpuArray<MapData, PacketCounter>,
+    global_stats: PerCpuArray<MapData, GlobalStats>,
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, L4MapError> {
+    ebpf.take_map(name).ok_or(L4MapError::Missing(name))
+}
+
+macro_rules! typed {
+    ($ebpf:expr, $name:expr) => {
+        take($ebpf, $name)?.try_into().map_err(map_err($name))?
+    };
+}
+
+impl L4Maps {
+    /// Takes the L4 maps out of a loaded object (the program keeps its own
+    /// references, so it goes on using them).
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, L4MapError> {
+        Ok(Self {
+            services: typed!(ebpf, maps::SERVICES),
+            servers: typed!(ebpf, maps::SERVERS),
+            maglev: typed!(ebpf, maps::MAGLEV),
+            iface_addrs: typed!(ebpf, maps::IFACE_ADDRS),
+            acl_v4: typed!(ebpf, maps::ACL_V4),
+            acl_v6: typed!(ebpf, maps::ACL_V6),
+            l7_ports: typed!(ebpf, maps::L7_PORTS),
+            service_stats: typed!(ebpf, maps::SERVICE_STATS),
+            server_stats: typed!(ebpf, maps::SERVER_STATS),
+            global_stats: typed!(ebpf, maps::GLOBAL_STATS),
+        })
+    }
+
+    pub fn set_service(&mut self, vip: &VipKey, entry: &ServiceEntry) -> Result<(), L4MapError> {
+        self.services
+            .insert(vip, entry, 0)
+            .map_err(map_err(maps::SERVICES))
+    }
+
+    pub fn remove_service(&mut self, vip: &VipKey) -> Result<(), L4MapError> {
+        match self.services.remove(vip) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(error) => Err(map_err(maps::SERVICES)(error)),
+        }
+    }
+
+    pub fn services(&self) -> Result<Vec<(VipKey, ServiceEntry)>, L4MapError> {
+        self.services
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(maps::SERVICES))
+    }
+
+    pub fn set_server(&mut self, id: u32, server: &ServerEntry) -> Result<(), L4MapError> {
+        self.servers
+            .set(id, server, 0)
+            .map_err(map_err(maps::SERVERS))
+    }
+
+    pub fn server(&self, id: u32) -> Result<ServerEntry, L4MapError> {
+        self.servers.get(&id, 0).map_err(map_err(maps::SERVERS))
+    }
+
+    /// Installs a service's table: a new inner map, filled, then swapped in
+    /// with one update, so a packet sees either the old table or the new
+    /// one, never a mix.
+    pub fn set_table(&mut self, service_id: u32, table: &[u32]) -> Result<(), L4MapError> {
+        if table.len() > MAGLEV_CAPACITY as usize {
+            return Err(L4MapError::TableTooBig { slots: table.len() });
+        }
+        let mut inner =
+            Array::<MapData, u32>::create(MAGLEV_CAPACITY, 0).map_err(map_err(maps::MAGLEV))?;
+        for (slot, server) in table.iter().enumerate() {
+            inner
+                .set(slot as u32, server, 0)
+                .map_err(map_err(maps::MAGLEV))?;
+        }
+        self.maglev
+            .set(service_id, &inner, 0)
+            .map_err(map_err(maps::MAGLEV))
+    }
+
+    pub fn set_iface_addrs(&mut self, ifindex: u32, addrs: &IfaceAddrs) -> Result<(), L4MapError> {
+        self.iface_addrs
+            .insert(&ifindex, addrs, 0)
+            .map_err(map_err(maps::IFACE_ADDRS))
+    }
+
+    pub fn clear_iface_addrs(&mut self) -> Result<(), L4MapError> {
+        let keys = self
+            .iface_addrs
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(maps::IFACE_ADDRS))?;
+        for key in keys {
+            let _ = self.iface_addrs.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// Replaces the deny-list with `entries` (prefix length, address).
+    pub fn set_acl(
+        &mut self,
+        v4: &[(u32, [u8; 4])],
+        v6: &[(u32, [u8; 16])],
+    ) -> Result<(), L4MapError> {
+        replace_trie(&mut self.acl_v4, v4, maps::ACL_V4)?;
+        replace_trie(&mut self.acl_v6, v6, maps::ACL_V6)
+    }
+
+    pub fn set_l7_ports(&mut self, ports: &[u16]) -> Result<(), L4MapError> {
+        let old = self
+            .l7_ports
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(maps::L7_PORTS))?;
+        for port in ports {
+            self.l7_ports
+                .insert(&u32::from(*port), &1, 0)
+                .map_err(map_err(maps::L7_PORTS))?;
+        }
+        for port in old {
+            if !ports.iter().any(|p| u32::from(*p) == port) {
+                let _ = self.l7_ports.remove(&port);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn service_stats(&self, id: u32) -> Result<ServiceStats, L4MapError> {
+        let per_cpu = self
+            .service_stats
+            .get(&id, 0)
+            .map_err(map_err(maps::SERVICE_STATS))?;
+        Ok(per_cpu
+            .iter()
+            .fold(ServiceStats::default(), |sum, s| ServiceStats {
+                packets: sum.packets.wrapping_add(s.packets),
+                bytes: sum.bytes.wrapping_add(s.bytes),
+                new_flows: sum.new_flows.wrapping_add(s.new_flows),
+            }))
+    }
+
+    pub fn server_stats(&self, id: u32) -> Result<PacketCounter, L4MapError> {
+        let per_cpu = self
+            .server_stats
+            .get(&id, 0)
+            .map_err(map_err(maps::SERVER_STATS))?;
+        Ok(per_cpu.iter().fold(PacketCounter::default(), |mut sum, s| {
+            sum.add(s.packets, s.bytes);
+            sum
+        }))
+    }
+
+    /// Zeroes a server's counters when its id is given to another server.
+    pub fn reset_server_stats(&mut self, id: u32) -> Result<(), L4MapError> {
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| map_err(maps::SERVER_STATS)(MapError::IoError(e)))?;
+        let zeros =
+            aya::maps::PerCpuValues::try_from(vec![PacketCounter::default(); cpus.get() as usize])
+                .map_err(|e| map_err(maps::SERVER_STATS)(MapError::IoError(e)))?;
+        self.server_stats
+            .set(id, zeros, 0)
+            .map_err(map_err(maps::SERVER_STATS))
+    }
+
+    pub fn global_stats(&self) -> Result<GlobalStats, L4MapError> {
+        let per_cpu = self
+            .global_stats
+            .get(&0, 0)
+            .map_err(map_err(maps::GLOBAL_STATS))?;
+        let mut sum = GlobalStats::default();
+        for s in per_cpu.iter() {
+            sum.flow_hits += s.flow_hits;
+            sum.flow_misses += s.flow_misses;
+            sum.no_server_drops += s.no_server_drops;
+            sum.fib_fallbacks += s.fib_fallbacks;
+            sum.port_alloc_failures += s.port_alloc_failures;
+            sum.acl_drops += s.acl_drops;
+            sum.no_snat_drops += s.no_snat_drops;
+            sum.unsupported_passes += s.unsupported_passes;
+        }
+        Ok(sum)
+    }
+}
+
+fn replace_trie<const N: usize>(
+    trie: &mut LpmTrie<MapData, [u8; N], u32>,
+    entries: &[(u32, [u8; N])],
+    name: &'static str,
+) -> Result<(), L4MapError> {
+    for (prefix_len, addr) in entries {
+        trie.insert(&Key::new(*prefix_len, *addr), &1, 0)
+            .map_err(map_err(name))?;
+    }
+    let old = trie
+        .keys()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(map_err(name))?;
+    for key in old {
+        let wanted = entries
+            .iter()
+            .any(|(len, addr)| *len == key.prefix_len() && *addr == key.data());
+        if !wanted {
+            let _ = trie.remove(&key);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,4 @@
+//! The L4 data plane's userspace side: planning services (shared with the
+//! userspace fallback) and writing them into the XDP program's maps.
+pub mod maps;
+pub mod plan;
