@@ -3,8 +3,9 @@
 //! ERU ELB kept admin changes in memory until a dump; elb writes through at
 //! once, so a dump only matters to replace whatever the store holds (bad or
 //! hand-edited entries) with what is serving. One transaction: keys that are
-//! not serving are deleted, the rest rewritten, server parameters in
-//! canonical `k=v` form.
+//! not serving are deleted, the rest rewritten: rules, upstreams (server
+//! parameters in canonical `k=v` form), L4 services and ACL entries (both
+//! in canonical form).
 use super::{AdminResult, ok};
 use crate::config::ConfigService;
 
@@ -31,8 +32,20 @@ pub async fn put(config: &ConfigService) -> AdminResult {
                     })
                 })
                 .collect();
+            let services = manager
+                .services()
+                .iter()
+                .map(|(name, service)| (layout.service_key(name), service.to_json().to_string()))
+                .collect();
+            let acl = manager
+                .acl()
+                .iter()
+                .map(|cidr| (layout.acl_key(cidr), String::new()))
+                .collect();
             let mut ops = manager.replace_prefix_ops(layout.rules_prefix(), rules);
             ops.extend(manager.replace_prefix_ops(layout.upstreams_prefix(), servers));
+            ops.extend(manager.replace_prefix_ops(layout.services_prefix(), services));
+            ops.extend(manager.replace_prefix_ops(layout.acl_prefix(), acl));
             Ok((ops, ()))
         })
         .await?;

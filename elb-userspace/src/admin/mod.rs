@@ -3,8 +3,10 @@
 //! through [`ConfigService::write`]: validated, one store transaction, then
 //! applied.
 pub mod access;
+mod acl;
 mod domain;
 mod dump;
+mod service;
 mod upstream;
 
 use std::{net::IpAddr, sync::Arc};
@@ -17,7 +19,7 @@ use serde_json::Value;
 
 use self::access::{AccessPolicy, Refusal};
 use crate::{
-    config::{ConfigService, WriteError},
+    config::{ConfigService, WriteError, keys::validate_key_segment},
     http_util::{Body, json, json_error},
 };
 
@@ -162,6 +164,24 @@ impl AdminApi {
                 &path,
                 "GET, PUT, DELETE",
             )),
+            ("service", &Method::GET) => service::get(config).await,
+            ("service", &Method::PUT) => service::put(config, self.json_body(request).await?).await,
+            ("service", &Method::DELETE) => {
+                service::delete(config, self.json_body(request).await?).await
+            }
+            ("service", _) => Err(AdminError::method_not_allowed(
+                &method,
+                &path,
+                "GET, PUT, DELETE",
+            )),
+            ("acl", &Method::GET) => acl::get(config).await,
+            ("acl", &Method::PUT) => acl::put(config, self.json_body(request).await?).await,
+            ("acl", &Method::DELETE) => acl::delete(config, self.json_body(request).await?).await,
+            ("acl", _) => Err(AdminError::method_not_allowed(
+                &method,
+                &path,
+                "GET, PUT, DELETE",
+            )),
             ("dump", &Method::PUT) => {
                 // The body is ignored, but read so the connection stays usable.
                 self.body(request).await?;
@@ -227,21 +247,4 @@ fn expect_string_list(body: &Value, what: &str) -> Result<Vec<String>, AdminErro
             })
         })
         .collect()
-}
-
-/// Names that become one etcd key segment.
-fn validate_key_segment(kind: &str, name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err(format!("{kind} name is empty"));
-    }
-    if name.len() > 253 {
-        return Err(format!("{kind} name {name:?} is longer than 253 bytes"));
-    }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| *c == '/' || c.is_whitespace() || c.is_control())
-    {
-        return Err(format!("{kind} name {name:?} contains {bad:?}"));
-    }
-    Ok(())
 }

@@ -29,7 +29,8 @@ pub async fn get(config: &ConfigService) -> AdminResult {
     Ok(json(http::StatusCode::OK, &Value::Object(body)))
 }
 
-/// Replaces each named upstream whole, all or nothing.
+/// Replaces each named upstream whole, all or nothing. An upstream that an
+/// L4 service uses must keep to `IP:port` servers of the service's family.
 pub async fn put(config: &ConfigService, body: Value) -> AdminResult {
     let upstreams = expect_object(&body, "upstream: {\"host:port\": \"params\"}")?;
     config
@@ -59,6 +60,14 @@ pub async fn put(config: &ConfigService, body: Value) -> AdminResult {
                         manager.layout().server_key(name, server),
                         params.trim().to_owned(),
                     ));
+                }
+                // L4 services forward to addresses: keep their upstreams usable.
+                for service in manager.services().values() {
+                    if service.upstream == *name {
+                        service
+                            .check_servers(servers.keys().map(String::as_str))
+                            .map_err(|e| e.to_string())?;
+                    }
                 }
                 ops.extend(
                     manager.replace_prefix_ops(&manager.layout().upstream_prefix(name), entries),

@@ -1,11 +1,26 @@
 //! The etcd key layout, shared by ERU ELB and elb:
-//! `/$ELBNAME/rules/$domain` and `/$ELBNAME/upstreams/$upstream/$server`.
+//! `/$ELBNAME/rules/$domain` and `/$ELBNAME/upstreams/$upstream/$server`;
+//! elb's own additions: `/$ELBNAME/services/$service` (an L4 service) and
+//! `/$ELBNAME/acl/$cidr` (a deny-list entry; the CIDR text has a '/').
+use crate::cidr::Cidr;
 
 /// What a key under the prefix stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreKey<'a> {
-    Rule { domain: &'a str },
-    Server { upstream: &'a str, server: &'a str },
+    Rule {
+        domain: &'a str,
+    },
+    Server {
+        upstream: &'a str,
+        server: &'a str,
+    },
+    Service {
+        name: &'a str,
+    },
+    /// The CIDR text as stored, not yet parsed (it may be invalid).
+    Acl {
+        cidr: &'a str,
+    },
 }
 
 /// Builds and parses keys for one ELB name.
@@ -14,6 +29,8 @@ pub struct KeyLayout {
     prefix: String,
     rules: String,
     upstreams: String,
+    services: String,
+    acl: String,
 }
 
 impl KeyLayout {
@@ -22,6 +39,8 @@ impl KeyLayout {
         Self {
             rules: format!("{prefix}rules/"),
             upstreams: format!("{prefix}upstreams/"),
+            services: format!("{prefix}services/"),
+            acl: format!("{prefix}acl/"),
             prefix,
         }
     }
@@ -39,6 +58,14 @@ impl KeyLayout {
         &self.upstreams
     }
 
+    pub fn services_prefix(&self) -> &str {
+        &self.services
+    }
+
+    pub fn acl_prefix(&self) -> &str {
+        &self.acl
+    }
+
     pub fn rule_key(&self, domain: &str) -> String {
         format!("{}{domain}", self.rules)
     }
@@ -52,6 +79,15 @@ impl KeyLayout {
         format!("{}{upstream}/{server}", self.upstreams)
     }
 
+    pub fn service_key(&self, name: &str) -> String {
+        format!("{}{name}", self.services)
+    }
+
+    /// `/$ELBNAME/acl/10.0.0.0/8`: the canonical CIDR text.
+    pub fn acl_key(&self, cidr: &Cidr) -> String {
+        format!("{}{cidr}", self.acl)
+    }
+
     /// Classifies a key; `None` for keys elb does not use (they are kept in
     /// the store untouched).
     pub fn parse<'k>(&self, key: &'k str) -> Option<StoreKey<'k>> {
@@ -59,11 +95,34 @@ impl KeyLayout {
             return (!domain.is_empty() && !domain.contains('/'))
                 .then_some(StoreKey::Rule { domain });
         }
+        if let Some(name) = key.strip_prefix(&self.services) {
+            return (!name.is_empty() && !name.contains('/')).then_some(StoreKey::Service { name });
+        }
+        if let Some(cidr) = key.strip_prefix(&self.acl) {
+            return (!cidr.is_empty()).then_some(StoreKey::Acl { cidr });
+        }
         let rest = key.strip_prefix(&self.upstreams)?;
         let (upstream, server) = rest.split_once('/')?;
         (!upstream.is_empty() && !server.is_empty() && !server.contains('/'))
             .then_some(StoreKey::Server { upstream, server })
     }
+}
+
+/// Names that become one key segment (domains, upstreams, services).
+pub fn validate_key_segment(kind: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err(format!("{kind} name is empty"));
+    }
+    if name.len() > 253 {
+        return Err(format!("{kind} name {name:?} is longer than 253 bytes"));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| *c == '/' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("{kind} name {name:?} contains {bad:?}"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -79,6 +138,9 @@ mod tests {
             "/ELB/upstreams/up1/127.0.0.1:8088"
         );
         assert_eq!(layout.upstream_prefix("up1"), "/ELB/upstreams/up1/");
+        assert_eq!(layout.service_key("web"), "/ELB/services/web");
+        let cidr: Cidr = "10.0.0.0/8".parse().expect("cidr");
+        assert_eq!(layout.acl_key(&cidr), "/ELB/acl/10.0.0.0/8");
     }
 
     #[test]
@@ -95,6 +157,16 @@ mod tests {
                 server: "[::1]:80"
             })
         );
+        assert_eq!(
+            layout.parse("/ELB/services/web"),
+            Some(StoreKey::Service { name: "web" })
+        );
+        assert_eq!(
+            layout.parse("/ELB/acl/2001:db8::/32"),
+            Some(StoreKey::Acl {
+                cidr: "2001:db8::/32"
+            })
+        );
         for foreign in [
             "/ELB/rules/",
             "/ELB/upstreams/up",
@@ -103,6 +175,9 @@ mod tests {
             "/ELB/other/x",
             "/ELB2/rules/a.com",
             "/ELB/rules/a/b",
+            "/ELB/services/",
+            "/ELB/services/a/b",
+            "/ELB/acl/",
         ] {
             assert_eq!(layout.parse(foreign), None, "{foreign}");
         }

@@ -5,23 +5,31 @@
 //! broken etcd watch), watch events, and admin writes after they committed.
 //! Admin writes are validated before they reach the store; a bad entry that
 //! arrives from the store is logged and skipped, and the previous version of
-//! its domain or upstream keeps serving.
+//! its domain, upstream or L4 service keeps serving. A bad ACL key is just
+//! not an entry.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap, hash_map},
     sync::Arc,
 };
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
 use super::{
+    acl::{self, AclError, MAX_ACL_ENTRIES},
     keys::{KeyLayout, StoreKey},
+    l4::{L4Service, L4ServiceError},
     snapshot::{DomainEntry, Snapshot, SnapshotHandle, Upstream},
 };
 use crate::{
+    cidr::Cidr,
     rules::{self, RegexCache, RuleError},
     store::{Kv, KvOp},
     upstream::{self, Server},
 };
+
+/// The L4 services by name, as the snapshot holds them.
+type Services = Arc<BTreeMap<String, Arc<L4Service>>>;
 
 pub struct ConfigManager {
     layout: KeyLayout,
@@ -30,7 +38,15 @@ pub struct ConfigManager {
     /// What is serving, keyed by domain as stored.
     domains: BTreeMap<String, Arc<DomainEntry>>,
     upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// Replaced (new `Arc`) only when a service changes.
+    services: Services,
+    /// Every usable ACL key and its entry; several keys written by hand
+    /// (`1.2.3.4`, `1.2.3.4/32`) may be the same entry.
+    acl_keys: BTreeMap<String, Cidr>,
+    acl: Arc<[Cidr]>,
     published: SnapshotHandle,
+    /// Bumped after every publish; see [`ConfigManager::subscribe`].
+    generation: watch::Sender<u64>,
     regexes: RegexCache,
 }
 
@@ -47,6 +63,10 @@ pub enum EntryError {
         server: String,
         message: String,
     },
+    #[error(transparent)]
+    Service(#[from] L4ServiceError),
+    #[error("{key}: {source}")]
+    Acl { key: String, source: AclError },
 }
 
 impl ConfigManager {
@@ -56,7 +76,11 @@ impl ConfigManager {
             kv: Kv::new(),
             domains: BTreeMap::new(),
             upstreams: BTreeMap::new(),
+            services: Services::default(),
+            acl_keys: BTreeMap::new(),
+            acl: Arc::default(),
             published: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
+            generation: watch::Sender::new(0),
             regexes: RegexCache::default(),
         }
     }
@@ -80,6 +104,30 @@ impl ConfigManager {
 
     pub fn upstreams(&self) -> &BTreeMap<String, Arc<Upstream>> {
         &self.upstreams
+    }
+
+    /// The serving L4 services.
+    pub fn services(&self) -> &BTreeMap<String, Arc<L4Service>> {
+        &self.services
+    }
+
+    /// The serving deny-list, sorted and deduplicated.
+    pub fn acl(&self) -> &[Cidr] {
+        &self.acl
+    }
+
+    /// The store keys of the serving ACL entries (for DELETE: a hand-written
+    /// key may not be in canonical form).
+    pub fn acl_keys(&self) -> &BTreeMap<String, Cidr> {
+        &self.acl_keys
+    }
+
+    /// A generation counter bumped after every published snapshot, for
+    /// consumers that act on changes (the XDP data plane) rather than read
+    /// the snapshot per request. The current value counts as seen: call
+    /// this, then load the snapshot, then await `changed()` for the next.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// Operations that make `prefix` hold exactly `entries`: deletes for keys
@@ -138,11 +186,15 @@ impl ConfigManager {
         self.rebuild(affected)
     }
 
-    /// Recompiles the domains and upstreams the changed keys belong to, then
-    /// publishes a new snapshot if anything changed.
+    /// Recompiles the domains, upstreams, services and ACL entries the
+    /// changed keys belong to, then publishes a new snapshot if anything
+    /// changed.
     fn rebuild(&mut self, changed_keys: BTreeSet<String>) -> Vec<EntryError> {
         let mut domains = BTreeSet::new();
         let mut upstreams = BTreeSet::new();
+        let mut services = BTreeSet::new();
+        let mut acl_changed = false;
+        let mut acl_errors = Vec::new();
         for key in &changed_keys {
             match self.layout.parse(key) {
                 Some(StoreKey::Rule { domain }) => {
@@ -151,13 +203,22 @@ impl ConfigManager {
                 Some(StoreKey::Server { upstream, .. }) => {
                     upstreams.insert(upstream.to_owned());
                 }
+                Some(StoreKey::Service { name }) => {
+                    services.insert(name.to_owned());
+                }
+                Some(StoreKey::Acl { cidr }) => {
+                    acl_changed = true;
+                    if let Err(err) = self.update_acl_key(key, cidr) {
+                        acl_errors.push(err);
+                    }
+                }
                 None => {}
             }
         }
-        if domains.is_empty() && upstreams.is_empty() {
+        if domains.is_empty() && upstreams.is_empty() && services.is_empty() && !acl_changed {
             return Vec::new();
         }
-        let mut errors = Vec::new();
+        let mut errors = acl_errors;
         for domain in domains {
             let key = self.layout.rule_key(&domain);
             match self.kv.get(&key) {
@@ -192,6 +253,12 @@ impl ConfigManager {
                 Err(err) => errors.push(err),
             }
         }
+        if !services.is_empty() {
+            errors.extend(self.rebuild_services(&services));
+        }
+        if acl_changed {
+            self.rebuild_acl();
+        }
         for err in &errors {
             tracing::error!(error = %err, "skipping a bad entry from the store; the previous version keeps serving");
         }
@@ -208,11 +275,130 @@ impl ConfigManager {
             .collect()
     }
 
+    /// Re-reads one ACL key into `acl_keys`.
+    fn update_acl_key(&mut self, key: &str, cidr: &str) -> Result<(), EntryError> {
+        if !self.kv.contains_key(key) {
+            self.acl_keys.remove(key);
+            return Ok(());
+        }
+        match acl::parse_entry(cidr) {
+            Ok(entry) => {
+                self.acl_keys.insert(key.to_owned(), entry);
+                Ok(())
+            }
+            Err(source) => {
+                self.acl_keys.remove(key);
+                Err(EntryError::Acl {
+                    key: key.to_owned(),
+                    source,
+                })
+            }
+        }
+    }
+
+    fn rebuild_acl(&mut self) {
+        let mut entries = acl::normalize(self.acl_keys.values().copied());
+        if entries.len() > MAX_ACL_ENTRIES {
+            // Only a hand-edited store gets here; the admin API refuses it.
+            tracing::error!(
+                entries = entries.len(),
+                max = MAX_ACL_ENTRIES,
+                "the stored ACL is too long; ignoring the entries after the limit"
+            );
+            entries.truncate(MAX_ACL_ENTRIES);
+        }
+        self.acl = entries.into();
+    }
+
+    /// Recomputes the services from the store (they are few). A bad
+    /// definition keeps its previous version; of two services on the same
+    /// (VIP, protocol), the one already serving there keeps it, else the
+    /// first by name. Reports errors only for the `changed` names, so an
+    /// entry that stays bad is not reported again on every change.
+    fn rebuild_services(&mut self, changed: &BTreeSet<String>) -> Vec<EntryError> {
+        let previous = Arc::clone(&self.services);
+        let prefix = self.layout.services_prefix();
+        let mut errors = Vec::new();
+        let mut candidates = Vec::new();
+        for (key, value) in self
+            .kv
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+        {
+            let Some(StoreKey::Service { name }) = self.layout.parse(key) else {
+                continue;
+            };
+            match L4Service::parse(name, value) {
+                Ok(service) => candidates.push(match previous.get(name) {
+                    Some(current) if **current == service => Arc::clone(current),
+                    _ => Arc::new(service),
+                }),
+                Err(err) => {
+                    if changed.contains(name) {
+                        errors.push(err.into());
+                    }
+                    candidates.extend(previous.get(name).cloned());
+                }
+            }
+        }
+        let unchanged = |service: &Arc<L4Service>| {
+            previous
+                .get(&service.name)
+                .is_some_and(|current| Arc::ptr_eq(current, service))
+        };
+        // Stable sort: within each group the order stays by name.
+        candidates.sort_by_key(|service| !unchanged(service));
+        let mut claimed: HashMap<_, String> = HashMap::new();
+        let mut services = BTreeMap::new();
+        for candidate in candidates {
+            let name = candidate.name.clone();
+            let previous_version = previous
+                .get(&name)
+                .filter(|current| !Arc::ptr_eq(current, &candidate))
+                .cloned();
+            // The stored version if its VIP is free, else the previous one
+            // if that VIP is.
+            for (attempt, version) in std::iter::once(candidate)
+                .chain(previous_version)
+                .enumerate()
+            {
+                match claimed.entry((version.vip, version.proto)) {
+                    hash_map::Entry::Vacant(slot) => {
+                        slot.insert(name.clone());
+                        services.insert(name.clone(), version);
+                        break;
+                    }
+                    hash_map::Entry::Occupied(slot) => {
+                        if attempt == 0 && changed.contains(&name) {
+                            errors.push(EntryError::Service(L4ServiceError::DuplicateVip {
+                                service: name.clone(),
+                                other: slot.get().clone(),
+                                proto: version.proto,
+                                vip: version.vip,
+                            }));
+                        }
+                    }
+                }
+            }
+        }
+        let unchanged_map = services.len() == previous.len()
+            && services
+                .iter()
+                .zip(previous.iter())
+                .all(|((a, x), (b, y))| a == b && Arc::ptr_eq(x, y));
+        if !unchanged_map {
+            self.services = Arc::new(services);
+        }
+        errors
+    }
+
     fn publish(&self) {
-        self.published.store(Arc::new(Snapshot::new(
-            self.domains.values(),
-            self.upstreams.values(),
-        )));
+        self.published.store(Arc::new(
+            Snapshot::new(self.domains.values(), self.upstreams.values())
+                .with_l4(Arc::clone(&self.services), Arc::clone(&self.acl)),
+        ));
+        // After the store: whoever sees the new generation sees the snapshot.
+        self.generation.send_modify(|generation| *generation += 1);
     }
 }
 
@@ -262,3 +448,6 @@ fn same_servers(a: &[Server], b: &[Server]) -> bool {
             .zip(b)
             .all(|(x, y)| x.name == y.name && x.params == y.params)
 }
+
+#[cfg(test)]
+mod tests;

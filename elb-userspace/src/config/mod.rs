@@ -1,13 +1,18 @@
 //! The configuration: the store's keys (`keys`), compiled into an immutable
 //! [`Snapshot`] that requests read through an `ArcSwap` (`snapshot`), by a
 //! single [`ConfigManager`] that applies loads, watch events and admin writes
-//! (`manager`).
+//! (`manager`). L4 services (`l4`) and the deny-list (`acl`) ride in the
+//! same snapshot for the XDP data plane, which learns of new snapshots
+//! through [`ConfigService::subscribe`].
+pub mod acl;
 pub mod keys;
+pub mod l4;
 pub mod manager;
 pub mod service;
 pub mod snapshot;
 
 pub use keys::{KeyLayout, StoreKey};
+pub use l4::{L4Proto, L4Service, L4ServiceError};
 pub use manager::ConfigManager;
 pub use service::{ConfigService, WriteError};
 pub use snapshot::{DomainEntry, Snapshot, SnapshotHandle, Upstream};

@@ -23,6 +23,9 @@ pub struct ConfigService {
     manager: Mutex<ConfigManager>,
     store: Store,
     snapshot: SnapshotHandle,
+    /// A receiver of the manager's generation counter, cloned per subscriber
+    /// so subscribing does not wait for the manager's lock.
+    generation: watch::Receiver<u64>,
     persist: Option<watch::Sender<(i64, Arc<Kv>)>>,
 }
 
@@ -31,17 +34,30 @@ impl ConfigService {
     /// etcd, to start when etcd is unreachable); written in the background.
     pub fn new(manager: ConfigManager, store: Store, snapshot_file: Option<PathBuf>) -> Arc<Self> {
         let snapshot = manager.snapshot_handle();
+        let generation = manager.subscribe();
         let persist = snapshot_file.map(spawn_snapshot_writer);
         Arc::new(Self {
             manager: Mutex::new(manager),
             store,
             snapshot,
+            generation,
             persist,
         })
     }
 
     pub fn snapshot(&self) -> &SnapshotHandle {
         &self.snapshot
+    }
+
+    /// Change notification: a counter bumped after every snapshot published
+    /// (admin write, store event, re-list), after the snapshot is visible.
+    /// The current value counts as seen, so: subscribe, load the snapshot,
+    /// then loop on `changed().await` and load again. Bursts may coalesce
+    /// into one notification; the latest snapshot is what counts.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        let mut receiver = self.generation.clone();
+        receiver.mark_unchanged();
+        receiver
     }
 
     pub fn store(&self) -> &Store {
@@ -117,4 +133,39 @@ fn spawn_snapshot_writer(path: PathBuf) -> watch::Sender<(i64, Arc<Kv>)> {
         }
     });
     sender
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::KeyLayout, store::FileStore};
+
+    #[tokio::test]
+    async fn subscribers_are_told_after_a_write_is_visible() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = FileStore::open(dir.path().join("state.json")).expect("open");
+        let config = ConfigService::new(
+            ConfigManager::new(KeyLayout::new("ELB")),
+            Store::File(store),
+            None,
+        );
+        // An earlier publish does not count for a later subscriber.
+        config.replace_from_store(Kv::new(), 0).await;
+        let mut changes = config.subscribe();
+        assert!(!changes.has_changed().expect("open"));
+        config
+            .write(|manager| {
+                Ok((
+                    vec![KvOp::Put {
+                        key: manager.layout().acl_prefix().to_owned() + "10.0.0.0/8",
+                        value: String::new(),
+                    }],
+                    (),
+                ))
+            })
+            .await
+            .expect("write");
+        changes.changed().await.expect("open");
+        assert_eq!(config.snapshot().load().acl().len(), 1);
+    }
 }

@@ -1,11 +1,16 @@
 //! The immutable configuration every request reads. A new one is built and
 //! swapped in whole on every change; in-flight requests keep the one they
 //! started with.
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use arc_swap::ArcSwap;
 
+use super::l4::L4Service;
 use crate::{
+    cidr::Cidr,
     rules::CompiledRules,
     upstream::{Balancer, Server},
 };
@@ -42,6 +47,10 @@ pub struct Snapshot {
     /// Keyed by the lower-cased domain: Host matching is case-insensitive.
     domains: HashMap<String, Arc<DomainEntry>>,
     upstreams: HashMap<String, Arc<Upstream>>,
+    /// Shared with the manager and between snapshots while unchanged, so
+    /// publishing an L7 change does not copy the (possibly large) L4 state.
+    services: Arc<BTreeMap<String, Arc<L4Service>>>,
+    acl: Arc<[Cidr]>,
 }
 
 /// Where the current snapshot is published.
@@ -61,7 +70,20 @@ impl Snapshot {
                 .into_iter()
                 .map(|upstream| (upstream.name.clone(), Arc::clone(upstream)))
                 .collect(),
+            services: Arc::default(),
+            acl: Arc::default(),
         }
+    }
+
+    /// Adds the L4 services and the deny-list (sorted, deduplicated).
+    pub fn with_l4(
+        mut self,
+        services: Arc<BTreeMap<String, Arc<L4Service>>>,
+        acl: Arc<[Cidr]>,
+    ) -> Self {
+        self.services = services;
+        self.acl = acl;
+        self
     }
 
     /// The domain for a Host header: the exact value first, then without
@@ -81,6 +103,19 @@ impl Snapshot {
 
     pub fn domain_count(&self) -> usize {
         self.domains.len()
+    }
+
+    /// The L4 services by name. The map is the same allocation in every
+    /// snapshot until a service changes, so `std::ptr::eq` on two
+    /// snapshots' maps is a cheap "nothing changed" test.
+    pub fn services(&self) -> &BTreeMap<String, Arc<L4Service>> {
+        &self.services
+    }
+
+    /// The deny-list, sorted and deduplicated; shared between snapshots
+    /// like [`Snapshot::services`].
+    pub fn acl(&self) -> &[Cidr] {
+        &self.acl
     }
 }
 

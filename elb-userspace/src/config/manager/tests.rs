@@ -1,0 +1,175 @@
+//! Store → snapshot for L4 services and the ACL: bad and conflicting
+//! entries from the store, sharing between snapshots, change notification.
+use super::*;
+
+const WEB: &str = "/ELB/services/web";
+const API: &str = "/ELB/services/api";
+
+fn manager() -> ConfigManager {
+    ConfigManager::new(KeyLayout::new("ELB"))
+}
+
+fn put(key: &str, value: &str) -> KvOp {
+    KvOp::Put {
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
+fn del(key: &str) -> KvOp {
+    KvOp::Delete { key: key.into() }
+}
+
+fn svc(vip: &str) -> String {
+    serde_json::json!({"vip": vip, "proto": "tcp", "upstream": "up"}).to_string()
+}
+
+fn vips(manager: &ConfigManager) -> Vec<(String, String)> {
+    let snapshot = manager.snapshot_handle().load_full();
+    snapshot
+        .services()
+        .iter()
+        .map(|(name, service)| (name.clone(), service.vip.to_string()))
+        .collect()
+}
+
+fn acl_text(manager: &ConfigManager) -> Vec<String> {
+    let snapshot = manager.snapshot_handle().load_full();
+    snapshot.acl().iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn services_from_the_store_are_published() {
+    let mut m = manager();
+    let skipped = m.apply(&[put(WEB, &svc("10.0.0.1:80")), put(API, &svc("[::1]:80"))]);
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(
+        vips(&m),
+        [
+            ("api".to_owned(), "[::1]:80".to_owned()),
+            ("web".to_owned(), "10.0.0.1:80".to_owned())
+        ]
+    );
+    m.apply(&[del(API)]);
+    assert_eq!(vips(&m), [("web".to_owned(), "10.0.0.1:80".to_owned())]);
+}
+
+#[test]
+fn a_bad_service_from_the_store_keeps_its_previous_version() {
+    let mut m = manager();
+    m.apply(&[put(WEB, &svc("10.0.0.1:80"))]);
+    let skipped = m.apply(&[put(
+        WEB,
+        r#"{"vip": "10.0.0.2:80", "proto": "sctp", "upstream": "up"}"#,
+    )]);
+    assert_eq!(skipped.len(), 1);
+    assert!(skipped[0].to_string().contains("sctp"), "{}", skipped[0]);
+    assert_eq!(vips(&m), [("web".to_owned(), "10.0.0.1:80".to_owned())]);
+    // A new bad service is simply absent; later changes do not report the
+    // same bad entry again.
+    let skipped = m.apply(&[put("/ELB/services/new", "{")]);
+    assert_eq!(skipped.len(), 1);
+    let skipped = m.apply(&[put(API, &svc("10.0.0.3:80"))]);
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(vips(&m).len(), 2);
+}
+
+#[test]
+fn a_conflicting_vip_from_the_store_loses_to_the_serving_service() {
+    let mut m = manager();
+    m.apply(&[put(WEB, &svc("10.0.0.1:80")), put(API, &svc("10.0.0.2:80"))]);
+    // `api` (first by name) moves onto web's VIP: web keeps it, api keeps
+    // its previous version.
+    let skipped = m.apply(&[put(API, &svc("10.0.0.1:80"))]);
+    assert_eq!(skipped.len(), 1);
+    assert!(
+        skipped[0]
+            .to_string()
+            .contains("both use tcp VIP 10.0.0.1:80"),
+        "{}",
+        skipped[0]
+    );
+    assert_eq!(
+        vips(&m),
+        [
+            ("api".to_owned(), "10.0.0.2:80".to_owned()),
+            ("web".to_owned(), "10.0.0.1:80".to_owned())
+        ]
+    );
+    // Once web leaves, the stored api definition takes the VIP.
+    m.apply(&[put(WEB, &svc("10.0.0.9:80"))]);
+    assert_eq!(
+        vips(&m),
+        [
+            ("api".to_owned(), "10.0.0.1:80".to_owned()),
+            ("web".to_owned(), "10.0.0.9:80".to_owned())
+        ]
+    );
+    // Two new services on one VIP at load: the first by name wins.
+    let mut m = manager();
+    let skipped = m.replace_all(Kv::from([
+        (WEB.to_owned(), svc("10.0.0.1:80")),
+        (API.to_owned(), svc("10.0.0.1:80")),
+    ]));
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(vips(&m), [("api".to_owned(), "10.0.0.1:80".to_owned())]);
+}
+
+#[test]
+fn acl_keys_are_parsed_deduplicated_and_sorted() {
+    let mut m = manager();
+    let skipped = m.apply(&[
+        put("/ELB/acl/fd00::/8", ""),
+        put("/ELB/acl/10.0.0.0/8", ""),
+        put("/ELB/acl/192.0.2.7", ""),
+        put("/ELB/acl/192.0.2.7/32", ""),
+        put("/ELB/acl/10.1.2.3/8", ""),
+        put("/ELB/acl/garbage", ""),
+    ]);
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert!(skipped.iter().any(|e| e.to_string().contains("host bits")));
+    assert_eq!(acl_text(&m), ["10.0.0.0/8", "192.0.2.7/32", "fd00::/8"]);
+    // One of two keys for the same entry goes: the entry stays.
+    m.apply(&[del("/ELB/acl/192.0.2.7")]);
+    assert_eq!(acl_text(&m).len(), 3);
+    m.apply(&[del("/ELB/acl/192.0.2.7/32"), del("/ELB/acl/fd00::/8")]);
+    assert_eq!(acl_text(&m), ["10.0.0.0/8"]);
+}
+
+#[test]
+fn l4_state_is_shared_between_snapshots_until_it_changes() {
+    let mut m = manager();
+    m.apply(&[
+        put(WEB, &svc("10.0.0.1:80")),
+        put("/ELB/acl/10.0.0.0/8", ""),
+    ]);
+    let before = m.snapshot_handle().load_full();
+    m.apply(&[put("/ELB/upstreams/up/10.1.0.1:80", "")]);
+    let after = m.snapshot_handle().load_full();
+    assert!(std::ptr::eq(before.services(), after.services()));
+    assert!(std::ptr::eq(before.acl(), after.acl()));
+    // Rewriting a service with an equal definition keeps the same map.
+    m.apply(&[put(WEB, &format!(" {}", svc("10.0.0.1:80")))]);
+    let rewritten = m.snapshot_handle().load_full();
+    assert!(std::ptr::eq(before.services(), rewritten.services()));
+    m.apply(&[put(WEB, &svc("10.0.0.2:80"))]);
+    let changed = m.snapshot_handle().load_full();
+    assert!(!std::ptr::eq(before.services(), changed.services()));
+}
+
+#[tokio::test]
+async fn subscribers_see_every_publish() {
+    let mut m = manager();
+    let mut changes = m.subscribe();
+    assert!(!changes.has_changed().expect("open"));
+    m.apply(&[put("/ELB/acl/10.0.0.0/8", "")]);
+    assert!(changes.has_changed().expect("open"));
+    assert_eq!(*changes.borrow_and_update(), 1);
+    assert_eq!(m.snapshot_handle().load().acl().len(), 1);
+    // No-op writes and foreign keys publish nothing.
+    m.apply(&[put("/ELB/acl/10.0.0.0/8", ""), put("/ELB/other", "x")]);
+    assert!(!changes.has_changed().expect("open"));
+    m.apply(&[put(WEB, &svc("10.0.0.1:80"))]);
+    changes.changed().await.expect("open");
+    assert_eq!(*changes.borrow_and_update(), 2);
+}
