@@ -122,6 +122,7 @@ struct Attachment {
 /// the pins behind.
 pub struct XdpDataplane {
     ebpf: Ebpf,
+    l4_maps: Option<crate::l4::maps::L4Maps>,
     pin_dir: PathBuf,
     attachments: Vec<Attachment>,
 }
@@ -156,8 +157,14 @@ impl XdpDataplane {
             .load()
             .map_err(|e| DataplaneError::bpf("loading the XDP program into the kernel", e))?;
 
+        let l4_maps =
+            crate::l4::maps::L4Maps::take(&mut ebpf).map_err(|e| DataplaneError::Bpf {
+                action: "opening the L4 maps".into(),
+                source: Box::new(e),
+            })?;
         let mut dataplane = Self {
             ebpf,
+            l4_maps: Some(l4_maps),
             pin_dir,
             attachments: Vec::new(),
         };
@@ -210,6 +217,11 @@ impl XdpDataplane {
                 }
             },
         }
+    }
+
+    /// The L4 maps, for the configuration sync (once).
+    pub fn take_l4_maps(&mut self) -> Option<crate::l4::maps::L4Maps> {
+        self.l4_maps.take()
     }
 
     pub fn pin_dir(&self) -> &Path {

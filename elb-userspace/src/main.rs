@@ -8,6 +8,10 @@ use elb_userspace::{
     config::{ConfigManager, ConfigService, KeyLayout},
     dataplane::{DataplaneConfig, XdpDataplane},
     instance_lock::InstanceLock,
+    l4::{
+        ifaddrs::interface_addresses,
+        sync::{L4Sync, spawn_sync_loop},
+    },
     proxy::{Proxy, ProxySettings},
     server::{self, ServerSettings},
     statsd::StatsdClient,
@@ -115,6 +119,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!(addr = %listener.local_addr()?, "listening for HTTP");
     }
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let mut dataplane = dataplane;
+    let l4_sync_task = match dataplane.as_mut().and_then(XdpDataplane::take_l4_maps) {
+        Some(maps) => {
+            let mut sync = L4Sync::new(maps)?;
+            for (ifindex, addrs) in interface_addresses()? {
+                sync.maps_mut().set_iface_addrs(ifindex, &addrs)?;
+            }
+            let ports: Vec<u16> = listeners
+                .iter()
+                .map(|l| l.local_addr().map(|a| a.port()))
+                .collect::<Result<_, _>>()?;
+            sync.maps_mut().set_l7_ports(&ports)?;
+            tracing::info!("L4 data plane: XDP");
+            Some(spawn_sync_loop(
+                sync,
+                config.snapshot().clone(),
+                shutdown_rx.clone(),
+            ))
+        }
+        None => None,
+    };
     let workers = args
         .workers
         .or_else(|| std::thread::available_parallelism().ok())
@@ -141,6 +166,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = shutdown_tx.send(true);
     for worker in worker_threads {
         let _ = worker.join();
+    }
+    if let Some(task) = l4_sync_task {
+        let _ = task.await;
     }
     if let Some(dataplane) = dataplane {
         dataplane.shutdown()?;

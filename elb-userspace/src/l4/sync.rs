@@ -1,0 +1,260 @@
+//! Writes the configuration's L4 services and deny-list into the XDP maps,
+//! in an order that keeps every packet's view valid: server entries before
+//! the tables that name them, a table before the VIP that uses it, a VIP
+//! removed before its ids are freed, and freed ids reused only after a
+//! grace period (`ids::REUSE_GRACE`).
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+    time::Instant,
+};
+
+use elb_common::{
+    counters::{IPPROTO_TCP, IPPROTO_UDP},
+    l4::{MAX_SERVERS, MAX_SERVICES, SERVICE_HAS_SNAT, ServerEntry, ServiceEntry, VipKey},
+};
+
+use super::{
+    ids::IdAllocator,
+    maps::{L4MapError, L4Maps},
+    plan::{addr16, family, plan_service},
+};
+use crate::{
+    cidr::Cidr,
+    config::{L4Proto, L4Service, Snapshot},
+};
+
+pub struct L4Sync {
+    maps: L4Maps,
+    services: IdAllocator<VipKey>,
+    servers: IdAllocator<SocketAddr>,
+}
+
+impl L4Sync {
+    /// Takes over ids already in the (possibly adopted) maps, so a restart
+    /// keeps every service and server where it was.
+    pub fn new(maps: L4Maps) -> Result<Self, L4MapError> {
+        let mut services = IdAllocator::new(MAX_SERVICES);
+        for (vip, entry) in maps.services()? {
+            services.adopt(vip, entry.id);
+        }
+        let mut servers = IdAllocator::new(MAX_SERVERS);
+        for id in 0..MAX_SERVERS {
+            let entry = maps.server(id)?;
+            if entry.family != 0 {
+                servers.adopt(server_addr(&entry), id);
+            }
+        }
+        Ok(Self {
+            maps,
+            services,
+            servers,
+        })
+    }
+
+    pub fn maps(&self) -> &L4Maps {
+        &self.maps
+    }
+
+    pub fn maps_mut(&mut self) -> &mut L4Maps {
+        &mut self.maps
+    }
+
+    /// Service name → id, for statistics.
+    pub fn service_id(&self, service: &L4Service) -> Option<u32> {
+        self.services.get(&vip_key(service))
+    }
+
+    pub fn server_id(&self, addr: &SocketAddr) -> Option<u32> {
+        self.servers.get(addr)
+    }
+
+    /// Brings the maps to `snapshot`. Problems that concern one service are
+    /// logged and leave that service without servers (its packets are
+    /// dropped and counted); map failures are returned.
+    pub fn apply(&mut self, snapshot: &Snapshot) -> Result<(), L4MapError> {
+        let now = Instant::now();
+        let mut wanted_vips = HashSet::new();
+        let mut used_servers = HashSet::new();
+        for service in snapshot.services().values() {
+            let vip = vip_key(service);
+            wanted_vips.insert(vip);
+            let id = match self.services.assign(&vip, now, "service") {
+                Ok((id, _)) => id,
+                Err(error) => {
+                    tracing::error!(service = service.name, %error, "L4 service not installed");
+                    continue;
+                }
+            };
+            let table = self.install_servers(service, snapshot, now, &mut used_servers)?;
+            let table_size = match table {
+                Some(table) => {
+                    self.maps.set_table(id, &table)?;
+                    table.len() as u32
+                }
+                None => 0,
+            };
+            self.maps.set_service(
+                &vip,
+                &ServiceEntry {
+                    id,
+                    table_size,
+                    flags: if service.snat.is_some() {
+                        SERVICE_HAS_SNAT
+                    } else {
+                        0
+                    },
+                    _pad: 0,
+                    snat: service.snat.map(addr16).unwrap_or_default(),
+                },
+            )?;
+        }
+        let gone: Vec<VipKey> = self
+            .services
+            .assigned()
+            .map(|(vip, _)| *vip)
+            .filter(|vip| !wanted_vips.contains(vip))
+            .collect();
+        for vip in &gone {
+            self.maps.remove_service(vip)?;
+        }
+        self.services
+            .release_unless(now, |vip| wanted_vips.contains(vip));
+        self.servers
+            .release_unless(now, |addr| used_servers.contains(addr));
+        self.apply_acl(snapshot.acl())
+    }
+
+    /// Writes the service's servers; returns its table as server ids, or
+    /// None when it has no usable server.
+    fn install_servers(
+        &mut self,
+        service: &L4Service,
+        snapshot: &Snapshot,
+        now: Instant,
+        used: &mut HashSet<SocketAddr>,
+    ) -> Result<Option<Vec<u32>>, L4MapError> {
+        let servers = snapshot
+            .upstream(&service.upstream)
+            .map(|upstream| upstream.servers())
+            .unwrap_or_default();
+        let (plan, skipped) = plan_service(service.vip, servers, service.table_size);
+        for reason in skipped {
+            tracing::warn!(service = service.name, %reason, "server left out of L4 service");
+        }
+        let plan = match plan {
+            Ok(Some(plan)) => plan,
+            Ok(None) => {
+                tracing::warn!(
+                    service = service.name,
+                    upstream = service.upstream,
+                    "L4 service has no usable server; its packets are dropped"
+                );
+                return Ok(None);
+            }
+            Err(error) => {
+                tracing::error!(service = service.name, %error, "cannot build the Maglev table");
+                return Ok(None);
+            }
+        };
+        let mut ids = Vec::with_capacity(plan.servers.len());
+        for server in &plan.servers {
+            let (id, new) = match self.servers.assign(&server.addr, now, "server") {
+                Ok(assigned) => assigned,
+                Err(error) => {
+                    tracing::error!(service = service.name, %error, "L4 service not installed");
+                    return Ok(None);
+                }
+            };
+            if new {
+                self.maps.reset_server_stats(id)?;
+                self.maps.set_server(
+                    id,
+                    &ServerEntry {
+                        addr: addr16(server.addr.ip()),
+                        port: server.addr.port().to_be_bytes(),
+                        family: family(server.addr.ip()),
+                        _pad: 0,
+                    },
+                )?;
+            }
+            used.insert(server.addr);
+            ids.push(id);
+        }
+        Ok(Some(
+            plan.table
+                .iter()
+                .filter_map(|&index| ids.get(index as usize).copied())
+                .collect(),
+        ))
+    }
+
+    fn apply_acl(&mut self, acl: &[Cidr]) -> Result<(), L4MapError> {
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for cidr in acl {
+            match cidr.network() {
+                IpAddr::V4(ip) => v4.push((u32::from(cidr.prefix_len()), ip.octets())),
+                IpAddr::V6(ip) => v6.push((u32::from(cidr.prefix_len()), ip.octets())),
+            }
+        }
+        self.maps.set_acl(&v4, &v6)
+    }
+}
+
+pub fn vip_key(service: &L4Service) -> VipKey {
+    VipKey {
+        addr: addr16(service.vip.ip()),
+        port: service.vip.port().to_be_bytes(),
+        proto: match service.proto {
+            L4Proto::Tcp => IPPROTO_TCP,
+            L4Proto::Udp => IPPROTO_UDP,
+        },
+        family: family(service.vip.ip()),
+    }
+}
+
+fn server_addr(entry: &ServerEntry) -> SocketAddr {
+    let port = u16::from_be_bytes(entry.port);
+    if entry.family == elb_common::l4::FAMILY_IPV6 {
+        SocketAddr::from((entry.addr, port))
+    } else {
+        SocketAddr::from((
+            [entry.addr[0], entry.addr[1], entry.addr[2], entry.addr[3]],
+            port,
+        ))
+    }
+}
+
+/// Keeps the maps in step with the configuration: applies the snapshot
+/// whenever a new one is published (checked every 200 ms) until `shutdown`.
+pub fn spawn_sync_loop(
+    mut sync: L4Sync,
+    snapshots: crate::config::SnapshotHandle,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut applied: Option<std::sync::Arc<Snapshot>> = None;
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let current = snapshots.load_full();
+            if applied
+                .as_ref()
+                .is_some_and(|a| std::sync::Arc::ptr_eq(a, &current))
+            {
+                continue;
+            }
+            match sync.apply(&current) {
+                Ok(()) => applied = Some(current),
+                // Retried on the next tick.
+                Err(error) => {
+                    tracing::error!(%error, "writing L4 services into the XDP maps failed")
+                }
+            }
+        }
+    })
+}
