@@ -26,6 +26,8 @@ use crate::{
 
 pub struct L4Sync {
     maps: L4Maps,
+    /// Server addresses of the last apply, for neighbour priming.
+    server_addrs: Vec<SocketAddr>,
     services: IdAllocator<VipKey>,
     servers: IdAllocator<SocketAddr>,
 }
@@ -47,6 +49,7 @@ impl L4Sync {
         }
         Ok(Self {
             maps,
+            server_addrs: Vec::new(),
             services,
             servers,
         })
@@ -122,6 +125,8 @@ impl L4Sync {
             .release_unless(now, |vip| wanted_vips.contains(vip));
         self.servers
             .release_unless(now, |addr| used_servers.contains(addr));
+        self.server_addrs = used_servers.iter().copied().collect();
+        self.prime_neighbours();
         self.apply_acl(snapshot.acl())
     }
 
@@ -189,6 +194,27 @@ impl L4Sync {
         ))
     }
 
+    /// XDP forwards by the FIB's neighbour entries but cannot make the
+    /// kernel resolve one; and a NAT'd packet passed up (source = a local
+    /// address) is dropped by the kernel as martian. So the kernel is made
+    /// to resolve every server's neighbour entry ahead of time by sending
+    /// it an empty datagram (discard port), and again periodically so the
+    /// entries, which XDP traffic does not refresh, stay valid.
+    pub fn prime_neighbours(&self) {
+        for addr in &self.server_addrs {
+            let bind: SocketAddr = if addr.is_ipv4() {
+                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            let sent = std::net::UdpSocket::bind(bind)
+                .and_then(|socket| socket.send_to(&[], SocketAddr::new(addr.ip(), 9)));
+            if let Err(error) = sent {
+                tracing::warn!(server = %addr, %error, "neighbour priming failed");
+            }
+        }
+    }
+
     fn apply_acl(&mut self, acl: &[Cidr]) -> Result<(), L4MapError> {
         let mut v4 = Vec::new();
         let mut v6 = Vec::new();
@@ -236,10 +262,16 @@ pub fn spawn_sync_loop(
     tokio::spawn(async move {
         let mut applied: Option<std::sync::Arc<Snapshot>> = None;
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+        let mut ticks: u32 = 0;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
+            }
+            ticks = ticks.wrapping_add(1);
+            // Every 10 s, well within the kernel's neighbour staleness.
+            if ticks.is_multiple_of(50) {
+                sync.prime_neighbours();
             }
             let current = snapshots.load_full();
             if applied

@@ -83,7 +83,9 @@ impl EtcdStore {
         &self.endpoints
     }
 
-    /// Runs `call`, again on connect failures, once per endpoint.
+    /// Runs `call`, again on connect failures. The client's balancer may
+    /// route a retry to the same dead endpoint, so a few tries per endpoint
+    /// are allowed (each one is safe: nothing reached etcd).
     async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, StoreError>
     where
         F: FnMut(Client) -> Fut,
@@ -93,7 +95,7 @@ impl EtcdStore {
         loop {
             attempts += 1;
             match call(self.client.clone()).await {
-                Err(err) if never_reached_etcd(&err) && attempts < self.endpoint_count => {
+                Err(err) if never_reached_etcd(&err) && attempts < 3 * self.endpoint_count => {
                     tracing::debug!(error = %err, "etcd endpoint unreachable, trying the next");
                 }
                 result => return result.map_err(|e| self.error(e)),
