@@ -147,6 +147,15 @@ pub struct ServiceStats {
     pub new_flows: u64,
 }
 
+impl ServiceStats {
+    /// Adds another CPU's counts to these.
+    pub fn add(&mut self, other: &Self) {
+        self.packets = self.packets.wrapping_add(other.packets);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+        self.new_flows = self.new_flows.wrapping_add(other.new_flows);
+    }
+}
+
 /// Data-plane-wide counters (`elb_global_stats`, one slot per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -173,6 +182,23 @@ pub struct GlobalStats {
 }
 
 impl GlobalStats {
+    /// Adds another CPU's counts to these.
+    pub fn add(&mut self, other: &Self) {
+        let fields = [
+            (&mut self.flow_hits, other.flow_hits),
+            (&mut self.flow_misses, other.flow_misses),
+            (&mut self.no_server_drops, other.no_server_drops),
+            (&mut self.fib_fallbacks, other.fib_fallbacks),
+            (&mut self.port_alloc_failures, other.port_alloc_failures),
+            (&mut self.acl_drops, other.acl_drops),
+            (&mut self.no_snat_drops, other.no_snat_drops),
+            (&mut self.unsupported_passes, other.unsupported_passes),
+        ];
+        for (sum, value) in fields {
+            *sum = sum.wrapping_add(value);
+        }
+    }
+
     /// Field names and values in declaration order, for stats output.
     pub fn fields(&self) -> [(&'static str, u64); 8] {
         [

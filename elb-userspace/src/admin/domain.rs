@@ -1,8 +1,15 @@
 //! `/__erulb__/domain`: rule documents per domain.
 use serde_json::{Map, Value};
 
-use super::{AdminResult, expect_object, expect_string_list, ok, validate_key_segment};
-use crate::{config::ConfigService, http_util::json, rules, store::KvOp};
+use super::{
+    AdminResult, delete_existing, expect_object, expect_string_list, ok, validate_key_segment,
+};
+use crate::{
+    config::{ConfigService, KeyLayout},
+    http_util::json,
+    rules,
+    store::KvOp,
+};
 
 pub async fn get(config: &ConfigService) -> AdminResult {
     let body = config
@@ -39,16 +46,5 @@ pub async fn put(config: &ConfigService, body: Value) -> AdminResult {
 
 pub async fn delete(config: &ConfigService, body: Value) -> AdminResult {
     let domains = expect_string_list(&body, "domain names")?;
-    config
-        .write(|manager| {
-            let ops = domains
-                .iter()
-                .map(|domain| manager.layout().rule_key(domain))
-                .filter(|key| manager.kv().contains_key(key))
-                .map(|key| KvOp::Delete { key })
-                .collect();
-            Ok((ops, ()))
-        })
-        .await?;
-    ok()
+    delete_existing(config, &domains, KeyLayout::rule_key).await
 }

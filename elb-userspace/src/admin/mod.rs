@@ -224,6 +224,27 @@ fn ok() -> AdminResult {
     Ok(json(StatusCode::OK, &serde_json::json!({ "msg": "OK" })))
 }
 
+/// Deletes the stored key of every name that has one, in one transaction;
+/// names with no key are ignored (ERU ELB's DELETE of an unknown domain).
+async fn delete_existing(
+    config: &ConfigService,
+    names: &[String],
+    key_of: fn(&crate::config::KeyLayout, &str) -> String,
+) -> AdminResult {
+    config
+        .write(|manager| {
+            let ops = names
+                .iter()
+                .map(|name| key_of(manager.layout(), name))
+                .filter(|key| manager.kv().contains_key(key))
+                .map(|key| crate::store::KvOp::Delete { key })
+                .collect();
+            Ok((ops, ()))
+        })
+        .await?;
+    ok()
+}
+
 /// The body as a JSON object, or a 400 naming what was expected.
 fn expect_object<'v>(
     body: &'v Value,

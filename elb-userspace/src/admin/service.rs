@@ -3,10 +3,10 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value};
 
-use super::{AdminResult, expect_object, expect_string_list, ok};
+use super::{AdminResult, delete_existing, expect_object, expect_string_list, ok};
 use crate::{
     config::{
-        ConfigManager, ConfigService,
+        ConfigManager, ConfigService, KeyLayout,
         l4::{L4Service, check_unique_vips},
     },
     http_util::json,
@@ -63,18 +63,7 @@ pub async fn put(config: &ConfigService, body: Value) -> AdminResult {
 /// Deletes the named services; unknown names are ignored (as for domains).
 pub async fn delete(config: &ConfigService, body: Value) -> AdminResult {
     let names = expect_string_list(&body, "service names")?;
-    config
-        .write(|manager| {
-            let ops = names
-                .iter()
-                .map(|name| manager.layout().service_key(name))
-                .filter(|key| manager.kv().contains_key(key))
-                .map(|key| KvOp::Delete { key })
-                .collect();
-            Ok((ops, ()))
-        })
-        .await?;
-    ok()
+    delete_existing(config, &names, KeyLayout::service_key).await
 }
 
 /// An upstream that exists must be usable by the data plane; one that does

@@ -129,18 +129,6 @@ impl L4Maps {
             .map_err(map_err(maps::IFACE_ADDRS))
     }
 
-    pub fn clear_iface_addrs(&mut self) -> Result<(), L4MapError> {
-        let keys = self
-            .iface_addrs
-            .keys()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(map_err(maps::IFACE_ADDRS))?;
-        for key in keys {
-            let _ = self.iface_addrs.remove(&key);
-        }
-        Ok(())
-    }
-
     /// Replaces the deny-list with `entries` (prefix length, address).
     pub fn set_acl(
         &mut self,
@@ -214,14 +202,7 @@ impl L4Maps {
             .map_err(map_err(maps::GLOBAL_STATS))?;
         let mut sum = GlobalStats::default();
         for s in per_cpu.iter() {
-            sum.flow_hits += s.flow_hits;
-            sum.flow_misses += s.flow_misses;
-            sum.no_server_drops += s.no_server_drops;
-            sum.fib_fallbacks += s.fib_fallbacks;
-            sum.port_alloc_failures += s.port_alloc_failures;
-            sum.acl_drops += s.acl_drops;
-            sum.no_snat_drops += s.no_snat_drops;
-            sum.unsupported_passes += s.unsupported_passes;
+            sum.add(s);
         }
         Ok(sum)
     }

@@ -55,21 +55,8 @@ impl L4Sync {
         })
     }
 
-    pub fn maps(&self) -> &L4Maps {
-        &self.maps
-    }
-
     pub fn maps_mut(&mut self) -> &mut L4Maps {
         &mut self.maps
-    }
-
-    /// Service name → id, for statistics.
-    pub fn service_id(&self, service: &L4Service) -> Option<u32> {
-        self.services.get(&vip_key(service))
-    }
-
-    pub fn server_id(&self, addr: &SocketAddr) -> Option<u32> {
-        self.servers.get(addr)
     }
 
     /// Brings the maps to `snapshot`. Problems that concern one service are
