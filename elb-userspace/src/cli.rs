@@ -18,8 +18,27 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the load balancer until SIGINT or SIGTERM.
+    /// Run the load balancer until SIGINT or SIGTERM. The XDP data plane
+    /// keeps forwarding after elb exits; the next elb adopts it.
     Run(Box<RunArgs>),
+    /// Detach the XDP program and remove the pinned maps a stopped elb left
+    /// (this drops established L4 flows).
+    Teardown(TeardownArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TeardownArgs {
+    /// Name of the balancer to tear down.
+    #[arg(long, env = "ELBNAME", default_value = "ELB", value_parser = validate_elb_name)]
+    pub name: String,
+
+    /// Where the BPF filesystem is.
+    #[arg(long, default_value = "/sys/fs/bpf", value_name = "DIR")]
+    pub bpffs: PathBuf,
+
+    /// Directory of the instance lock (the elb must not be running).
+    #[arg(long, default_value = "/run/elb", value_name = "DIR")]
+    pub run_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +118,13 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub xdp_mode: AttachMode,
 
+    /// Which data plane serves L4 services: `xdp` (needs --xdp-iface; a
+    /// failure to attach is fatal), `userspace` (a TCP/UDP proxy binding
+    /// each VIP locally; not with --xdp-iface), or `auto` (XDP when
+    /// --xdp-iface is given and attaching works, else userspace).
+    #[arg(long, value_enum, default_value_t = L4Dataplane::Auto)]
+    pub l4_dataplane: L4Dataplane,
+
     /// Where the BPF filesystem is (mounted there if it is not).
     #[arg(long, default_value = "/sys/fs/bpf", value_name = "DIR")]
     pub bpffs: PathBuf,
@@ -108,7 +134,54 @@ pub struct RunArgs {
     pub run_dir: PathBuf,
 }
 
+/// `--l4-dataplane`: which data plane serves L4 services.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum L4Dataplane {
+    /// XDP when --xdp-iface is given and attaching works, else userspace.
+    #[default]
+    Auto,
+    /// XDP only: failing to attach stops elb.
+    Xdp,
+    /// The userspace TCP/UDP proxy.
+    Userspace,
+}
+
+/// What `--l4-dataplane` and `--xdp-iface` together ask for at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4Start {
+    /// Attach XDP; a failure is fatal.
+    XdpRequired,
+    /// Attach XDP; on failure serve L4 services in userspace.
+    XdpOrUserspace,
+    /// Userspace from the start; `requested`: by --l4-dataplane userspace
+    /// rather than for want of --xdp-iface.
+    Userspace { requested: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum L4DataplaneUsage {
+    #[error("--l4-dataplane xdp needs at least one --xdp-iface to attach to")]
+    XdpWithoutInterface,
+    #[error(
+        "--l4-dataplane userspace cannot be combined with --xdp-iface (the userspace data \
+         plane attaches no XDP program): drop one of them, or use --l4-dataplane auto"
+    )]
+    UserspaceWithInterface,
+}
+
 impl RunArgs {
+    /// Checks `--l4-dataplane` against `--xdp-iface`.
+    pub fn l4_start(&self) -> Result<L4Start, L4DataplaneUsage> {
+        match (self.l4_dataplane, self.xdp_ifaces.is_empty()) {
+            (L4Dataplane::Xdp, true) => Err(L4DataplaneUsage::XdpWithoutInterface),
+            (L4Dataplane::Xdp, false) => Ok(L4Start::XdpRequired),
+            (L4Dataplane::Userspace, false) => Err(L4DataplaneUsage::UserspaceWithInterface),
+            (L4Dataplane::Userspace, true) => Ok(L4Start::Userspace { requested: true }),
+            (L4Dataplane::Auto, false) => Ok(L4Start::XdpOrUserspace),
+            (L4Dataplane::Auto, true) => Ok(L4Start::Userspace { requested: false }),
+        }
+    }
+
     /// The state file for the store in use (see --state-file).
     pub fn state_file(&self) -> PathBuf {
         self.state_file.clone().unwrap_or_else(|| {
@@ -143,10 +216,57 @@ mod tests {
         assert!(parse_duration("soon").is_err());
     }
 
+    fn l4_start(args: &[&str]) -> Result<L4Start, L4DataplaneUsage> {
+        let cli = Cli::try_parse_from(args).expect("parse");
+        let Command::Run(args) = cli.command else {
+            panic!("expected run");
+        };
+        args.l4_start()
+    }
+
+    #[test]
+    fn l4_dataplane_choices() {
+        use L4Start::*;
+        assert_eq!(
+            l4_start(&["elb", "run"]),
+            Ok(Userspace { requested: false })
+        );
+        assert_eq!(
+            l4_start(&["elb", "run", "--xdp-iface", "eth0"]),
+            Ok(XdpOrUserspace)
+        );
+        assert_eq!(
+            l4_start(&["elb", "run", "--xdp-iface", "eth0", "--l4-dataplane", "xdp"]),
+            Ok(XdpRequired)
+        );
+        assert_eq!(
+            l4_start(&["elb", "run", "--l4-dataplane", "userspace"]),
+            Ok(Userspace { requested: true })
+        );
+        assert_eq!(
+            l4_start(&["elb", "run", "--l4-dataplane", "xdp"]),
+            Err(L4DataplaneUsage::XdpWithoutInterface)
+        );
+        let conflict = l4_start(&[
+            "elb",
+            "run",
+            "--l4-dataplane",
+            "userspace",
+            "--xdp-iface",
+            "eth0",
+        ]);
+        assert_eq!(conflict, Err(L4DataplaneUsage::UserspaceWithInterface));
+        let message = L4DataplaneUsage::UserspaceWithInterface.to_string();
+        assert!(message.contains("--xdp-iface") && message.contains("userspace"));
+        assert!(Cli::try_parse_from(["elb", "run", "--l4-dataplane", "ebpf"]).is_err());
+    }
+
     #[test]
     fn run_defaults_match_eru() {
         let cli = Cli::try_parse_from(["elb", "run"]).expect("parse");
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else {
+            panic!("expected run");
+        };
         assert_eq!(args.listen, [SocketAddr::from(([0, 0, 0, 0], 80))]);
         assert_eq!(args.state_file(), PathBuf::from("/var/lib/elb/ELB.json"));
     }

@@ -4,12 +4,15 @@ use anyhow::Context;
 use clap::Parser;
 use elb_userspace::{
     admin::{AdminApi, access::AccessPolicy},
-    cli::{Cli, Command, RunArgs},
+    cli::{Cli, Command, L4Start, RunArgs, TeardownArgs},
     config::{ConfigManager, ConfigService, KeyLayout},
-    dataplane::{DataplaneConfig, XdpDataplane},
+    dataplane::{self, DataplaneConfig, PinLayout, XdpDataplane},
     instance_lock::InstanceLock,
     l4::{
+        fallback::{FallbackSettings, L4Userspace},
         ifaddrs::interface_addresses,
+        maps::{L4Maps, StatsMaps},
+        stats::XdpStats,
         sync::{L4Sync, spawn_sync_loop},
     },
     proxy::{Proxy, ProxySettings},
@@ -40,6 +43,7 @@ fn main() -> std::process::ExitCode {
             runtime.block_on(async {
                 match cli.command {
                     Command::Run(args) => run(*args).await,
+                    Command::Teardown(args) => teardown(&args),
                 }
             })
         });
@@ -54,6 +58,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let l4_start = args.l4_start()?;
     let _lock = InstanceLock::acquire(&args.run_dir, &args.name)?;
     let layout = KeyLayout::new(&args.name);
     let state_file = args.state_file();
@@ -84,16 +89,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => None,
     };
 
-    let dataplane = if args.xdp_ifaces.is_empty() {
-        None
-    } else {
-        Some(XdpDataplane::start(&DataplaneConfig {
-            name: args.name.clone(),
-            bpffs_root: args.bpffs.clone(),
-            interfaces: args.xdp_ifaces.clone(),
-            mode: args.xdp_mode,
-        })?)
-    };
+    let xdp = start_xdp(&args, l4_start)?;
 
     let admin = Arc::new(AdminApi::new(
         Arc::clone(&config),
@@ -119,26 +115,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!(addr = %listener.local_addr()?, "listening for HTTP");
     }
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let mut dataplane = dataplane;
-    let l4_sync_task = match dataplane.as_mut().and_then(XdpDataplane::take_l4_maps) {
-        Some(maps) => {
-            let mut sync = L4Sync::new(maps)?;
-            for (ifindex, addrs) in interface_addresses()? {
-                sync.maps_mut().set_iface_addrs(ifindex, &addrs)?;
-            }
+    let l4 = match xdp {
+        Some((dataplane, maps)) => {
             let ports: Vec<u16> = listeners
                 .iter()
                 .map(|l| l.local_addr().map(|a| a.port()))
                 .collect::<Result<_, _>>()?;
-            sync.maps_mut().set_l7_ports(&ports)?;
-            tracing::info!("L4 data plane: XDP");
-            Some(spawn_sync_loop(
-                sync,
-                config.snapshot().clone(),
-                shutdown_rx.clone(),
-            ))
+            let sync = start_l4_sync(maps, &dataplane, &ports, &config, &admin, &shutdown_rx)?;
+            L4Running::Xdp { dataplane, sync }
         }
-        None => None,
+        None => {
+            tracing::warn!("L4 data plane: userspace");
+            let l4 = L4Userspace::start(
+                config.snapshot().clone(),
+                config.subscribe(),
+                FallbackSettings::new(args.connect_timeout),
+                shutdown_rx.clone(),
+            )
+            .await;
+            admin.set_l4_stats(Arc::new(l4.stats()));
+            L4Running::Userspace(l4)
+        }
     };
     let workers = args
         .workers
@@ -167,11 +164,112 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     for worker in worker_threads {
         let _ = worker.join();
     }
-    if let Some(task) = l4_sync_task {
-        let _ = task.await;
+    match l4 {
+        L4Running::Xdp { dataplane, sync } => {
+            let _ = sync.await;
+            dataplane.release(&args.name);
+        }
+        L4Running::Userspace(l4) => l4.wait().await,
     }
-    if let Some(dataplane) = dataplane {
-        dataplane.shutdown()?;
+    Ok(())
+}
+
+/// The L4 data plane in use.
+enum L4Running {
+    Xdp {
+        dataplane: XdpDataplane,
+        sync: tokio::task::JoinHandle<()>,
+    },
+    Userspace(L4Userspace),
+}
+
+/// Starts XDP when asked for; None means L4 runs in userspace. In `auto`
+/// mode a failure of the host (privileges, BPF, driver) falls back loudly,
+/// while an operator mistake stays fatal.
+fn start_xdp(args: &RunArgs, l4_start: L4Start) -> anyhow::Result<Option<(XdpDataplane, L4Maps)>> {
+    match l4_start {
+        L4Start::Userspace { requested: false } => {
+            tracing::warn!(
+                "no --xdp-iface: L4 services run in userspace, a TCP/UDP proxy on each VIP \
+                 (give --xdp-iface to balance them in XDP)"
+            );
+            Ok(None)
+        }
+        L4Start::Userspace { requested: true } => Ok(None),
+        L4Start::XdpRequired | L4Start::XdpOrUserspace => {
+            let started = XdpDataplane::start(&DataplaneConfig {
+                name: args.name.clone(),
+                bpffs_root: args.bpffs.clone(),
+                interfaces: args.xdp_ifaces.clone(),
+                mode: args.xdp_mode,
+            });
+            match started {
+                Ok(started) => Ok(Some(started)),
+                Err(error) if l4_start == L4Start::XdpOrUserspace && error.allows_fallback() => {
+                    let error = anyhow::Error::new(error);
+                    tracing::error!(
+                        "cannot start the XDP data plane: {error:#}; L4 services are now served \
+                         by the userspace proxy (--l4-dataplane xdp makes this fatal)"
+                    );
+                    Ok(None)
+                }
+                Err(error) => Err(error.into()),
+            }
+        }
+    }
+}
+
+/// Fills the XDP maps' per-host entries and starts following the
+/// configuration; `/__erulb__/stats` then reads the pinned counters.
+fn start_l4_sync(
+    maps: L4Maps,
+    dataplane: &XdpDataplane,
+    l7_ports: &[u16],
+    config: &ConfigService,
+    admin: &AdminApi,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut sync = L4Sync::new(maps)?;
+    for (ifindex, addrs) in interface_addresses()? {
+        sync.maps_mut().set_iface_addrs(ifindex, &addrs)?;
+    }
+    sync.maps_mut().set_l7_ports(l7_ports)?;
+    let interfaces = dataplane
+        .interfaces()
+        .iter()
+        .map(|(name, how)| (name.clone(), how.to_string()))
+        .collect();
+    let stats = XdpStats::new(
+        StatsMaps::open_pinned(dataplane.pins())?,
+        sync.stats_index(),
+        interfaces,
+    );
+    admin.set_l4_stats(Arc::new(stats));
+    tracing::info!("L4 data plane: xdp");
+    Ok(spawn_sync_loop(
+        sync,
+        config.snapshot().clone(),
+        shutdown.clone(),
+    ))
+}
+
+/// Removes what a stopped elb left running in the kernel.
+fn teardown(args: &TeardownArgs) -> anyhow::Result<()> {
+    let _lock = InstanceLock::acquire(&args.run_dir, &args.name)
+        .context("elb teardown needs the elb of this name stopped")?;
+    let layout = PinLayout::new(&args.bpffs, &args.name);
+    let report = dataplane::teardown(&layout)?;
+    for interface in &report.detached {
+        tracing::info!(interface, "XDP program detached");
+    }
+    if report.detached.is_empty() && report.maps_removed == 0 {
+        tracing::info!(dir = %layout.dir().display(), "nothing pinned: nothing to tear down");
+    } else {
+        tracing::info!(
+            maps = report.maps_removed,
+            dir = %layout.dir().display(),
+            "pinned maps removed"
+        );
     }
     Ok(())
 }

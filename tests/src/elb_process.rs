@@ -33,22 +33,74 @@ pub fn elb_binary() -> Result<PathBuf> {
     Ok(candidate)
 }
 
-/// A running `elb`. Its stderr goes to a log file read on failure.
+/// A running `elb`. Its stderr goes to a log file read on failure. An elb
+/// with `--xdp-iface` leaves its data plane pinned when it exits, so the
+/// drop runs `elb teardown` for it (refused, harmlessly, while another elb
+/// of the same name runs).
 pub struct ElbProcess {
     child: Option<Child>,
     log: PathBuf,
+    teardown_args: Option<Vec<String>>,
+}
+
+/// `elb teardown` arguments matching a `run` command line that attaches XDP.
+fn teardown_args(args: &[&str]) -> Option<Vec<String>> {
+    if !args.contains(&"--xdp-iface") {
+        return None;
+    }
+    let mut teardown = vec!["teardown".to_owned()];
+    for flag in ["--name", "--run-dir", "--bpffs"] {
+        if let Some(i) = args.iter().position(|a| *a == flag) {
+            teardown.push(flag.to_owned());
+            teardown.push(args.get(i + 1)?.to_string());
+        }
+    }
+    Some(teardown)
+}
+
+/// Runs `elb teardown` with these arguments; returns its combined output.
+pub fn elb_teardown(args: &[&str]) -> Result<String> {
+    let output = Command::new(elb_binary()?)
+        .arg("teardown")
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .context("running elb teardown")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if !output.status.success() {
+        bail!("elb teardown failed ({}): {text}", output.status);
+    }
+    Ok(text)
 }
 
 impl ElbProcess {
     /// Starts `elb <args>` inside `netns` (or the test's own namespace).
     pub fn spawn(args: &[&str], netns: Option<&NetNs>) -> Result<Self> {
+        Self::spawn_wrapped(&[], args, netns)
+    }
+
+    /// Starts `<wrapper...> elb <args>`, e.g. `setpriv ...` to drop
+    /// privileges.
+    pub fn spawn_wrapped(wrapper: &[&str], args: &[&str], netns: Option<&NetNs>) -> Result<Self> {
         let log = std::env::temp_dir().join(format!(
             "elb-test-{}-{}.log",
             std::process::id(),
             crate::netns::unique_name("l")
         ));
         let log_file = File::create(&log)?;
-        let mut command = Command::new(elb_binary()?);
+        let elb = elb_binary()?;
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command.args(wrapper_args).arg(&elb);
+                command
+            }
+            None => Command::new(&elb),
+        };
         command
             .args(args)
             .env("RUST_LOG", "info")
@@ -72,6 +124,7 @@ impl ElbProcess {
         Ok(Self {
             child: Some(child),
             log,
+            teardown_args: teardown_args(args),
         })
     }
 
@@ -94,6 +147,14 @@ impl ElbProcess {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Waits until elb's log contains `needle`.
+    pub fn wait_for_log(&mut self, timeout: Duration, needle: &str) -> Result<()> {
+        let log = self.log.clone();
+        self.wait_until(timeout, || {
+            std::fs::read_to_string(&log).is_ok_and(|text| text.contains(needle))
+        })
     }
 
     /// Sends SIGTERM and waits for the exit status.
@@ -143,6 +204,10 @@ impl Drop for ElbProcess {
         if let Some(child) = self.child.as_mut() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let Some(args) = &self.teardown_args {
+            let args: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+            let _ = elb_teardown(&args);
         }
         let _ = std::fs::remove_file(&self.log);
     }

@@ -1,6 +1,7 @@
 //! End to end: `elb run --xdp-iface` in a network namespace, real TCP and UDP
 //! from a client namespace, counters read through the pinned maps, bpftool
-//! inspection, clean detach. Plus the operator-facing start-up errors.
+//! inspection, hand-over to a restarted elb, and `elb teardown`. Plus the
+//! operator-facing start-up errors.
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -10,7 +11,7 @@ use std::{
 
 use elb_common::counters::ProtoCounter;
 use elb_tests::{
-    elb_process::ElbProcess,
+    elb_process::{ElbProcess, elb_teardown},
     netns::{NetNs, run, unique_name, veth_pair},
     require_root_and_bpf,
 };
@@ -69,15 +70,10 @@ fn start_elb(t: &Topology, name: &str, run_dir: &Path) -> ElbProcess {
         Some(&t.lb),
     )
     .expect("spawn elb");
-    // Attaching is the last step of the data plane's start.
-    let lb = &t.lb;
-    let iface = &t.lb_iface;
-    elb.wait_until(Duration::from_secs(10), || {
-        lb.exec("bpftool", &["net", "show", "dev", iface])
-            .map(|out| String::from_utf8_lossy(&out.stdout).contains("driver"))
-            .unwrap_or(false)
-    })
-    .expect("elb attaches its program");
+    // The data plane starts before the "elb running" line; a restarted elb
+    // finds the previous program still attached, so bpftool cannot tell.
+    elb.wait_for_log(Duration::from_secs(10), "elb running")
+        .expect("elb attaches its program");
     elb
 }
 
@@ -148,16 +144,8 @@ fn counts_real_traffic_and_is_inspectable_with_bpftool() {
     let mut elb = start_elb(&t, &name, run_dir);
 
     // bpftool net shows our program attached in driver mode.
-    let net =
-        t.lb.exec("bpftool", &["net", "show", "dev", &t.lb_iface])
-            .expect("bpftool net");
-    let net = String::from_utf8_lossy(&net.stdout);
-    let prog_id = net
-        .lines()
-        .find(|l| l.contains(&t.lb_iface) && l.contains("driver"))
-        .and_then(|l| l.split("id ").nth(1))
-        .map(|id| id.trim().to_owned())
-        .unwrap_or_else(|| panic!("no driver-mode XDP on {} in:\n{net}", t.lb_iface));
+    let prog_id =
+        attached_prog_id(&t).unwrap_or_else(|| panic!("no driver-mode XDP on {}", t.lb_iface));
     let prog = run("bpftool", &["prog", "show", "id", &prog_id]).expect("bpftool prog");
     assert!(
         String::from_utf8_lossy(&prog.stdout).contains("name elb_xdp"),
@@ -201,17 +189,74 @@ fn counts_real_traffic_and_is_inspectable_with_bpftool() {
         "bpftool did not print named fields:\n{dump}"
     );
 
-    // SIGTERM: clean exit, program detached, pins removed.
+    // SIGTERM: clean exit; the program stays attached and the pins stay.
     let status = elb.stop().expect("stop elb");
     assert!(status.success(), "elb exited with {status}:\n{}", elb.log());
+    assert!(
+        elb.log().contains("keeps forwarding"),
+        "no hand-over message:\n{}",
+        elb.log()
+    );
+    assert_eq!(attached_prog_id(&t).as_deref(), Some(prog_id.as_str()));
+    assert!(pins.join("links").join(&t.lb_iface).exists());
+    let packets_before = packets(ProtoCounter::Ipv4Udp);
+
+    // A new elb adopts the maps (the counters carry on) and swaps its own
+    // program into the pinned link.
+    let mut elb = start_elb(&t, &name, run_dir);
+    assert!(
+        elb.log().contains("adopted the pinned maps"),
+        "{}",
+        elb.log()
+    );
+    let new_prog = attached_prog_id(&t).expect("still attached");
+    assert_ne!(
+        new_prog, prog_id,
+        "the new elb's program was not swapped in"
+    );
+    send_traffic(&t);
+    let stats = pinned_proto_stats(&pins).expect("read pinned counters");
+    let udp = stats
+        .iter()
+        .find(|(s, _)| *s == ProtoCounter::Ipv4Udp)
+        .map(|(_, c)| c.packets);
+    assert_eq!(udp, Some(packets_before + UDP_V4_DATAGRAMS));
+
+    // Teardown is refused while elb runs, and removes everything after.
+    let teardown_args = [
+        "--name",
+        name.as_str(),
+        "--run-dir",
+        run_dir.to_str().expect("utf-8"),
+    ];
+    let refused = elb_teardown(&teardown_args).expect_err("teardown while running");
+    assert!(
+        format!("{refused:#}").contains("already running"),
+        "{refused:#}"
+    );
+    elb.stop().expect("stop elb");
+    let out = elb_teardown(&teardown_args).expect("teardown");
+    assert!(out.contains("XDP program detached"), "{out}");
+    assert_eq!(
+        attached_prog_id(&t),
+        None,
+        "program still attached after teardown"
+    );
+    assert!(!pins.exists(), "pins left behind at {}", pins.display());
+    let out = elb_teardown(&teardown_args).expect("second teardown");
+    assert!(out.contains("nothing to tear down"), "{out}");
+}
+
+/// The id of the driver-mode XDP program on the LB interface.
+fn attached_prog_id(t: &Topology) -> Option<String> {
     let net =
         t.lb.exec("bpftool", &["net", "show", "dev", &t.lb_iface])
             .expect("bpftool net");
-    assert!(
-        !String::from_utf8_lossy(&net.stdout).contains("driver id"),
-        "program still attached after SIGTERM"
-    );
-    assert!(!pins.exists(), "pins left behind at {}", pins.display());
+    String::from_utf8_lossy(&net.stdout)
+        .lines()
+        .find(|l| l.contains(&t.lb_iface) && l.contains("driver"))
+        .and_then(|l| l.split("id ").nth(1))
+        .map(|id| id.trim().to_owned())
 }
 
 /// Runs elb expecting it to fail at start-up; returns its output.
@@ -256,6 +301,40 @@ fn unknown_interface_is_a_clear_error() {
 }
 
 #[test]
+fn ephemeral_ports_overlapping_the_nat_ports_are_refused() {
+    require_root_and_bpf!();
+    let t = topology();
+    t.lb.exec(
+        "sysctl",
+        &["-qw", "net.ipv4.ip_local_port_range=1024 65535"],
+    )
+    .expect("sysctl");
+    let run_dir = temp_dir();
+    let run_dir = run_dir.path();
+    let log = failed_start(
+        &[
+            "run",
+            "--name",
+            &unique_name("T"),
+            "--xdp-iface",
+            &t.lb_iface,
+            "--run-dir",
+            run_dir.to_str().expect("utf-8"),
+            "--state-file",
+            &format!("{}/state.json", run_dir.display()),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        Some(&t.lb),
+    );
+    assert!(
+        log.contains("ephemeral ports 1024-65535")
+            && log.contains("ip_local_reserved_ports=20000-32767"),
+        "{log}"
+    );
+}
+
+#[test]
 fn bad_name_is_rejected_before_anything_happens() {
     require_root_and_bpf!();
     let mut elb = ElbProcess::spawn(&["run", "--name", "../x", "--xdp-iface", "lo"], None)
@@ -290,6 +369,8 @@ fn unprivileged_user_gets_a_privilege_error() {
                 &name,
                 "--xdp-iface",
                 &t.lb_iface,
+                "--l4-dataplane",
+                "xdp",
                 "--run-dir",
                 run_dir.to_str().expect("utf-8"),
                 "--state-file",
@@ -308,6 +389,58 @@ fn unprivileged_user_gets_a_privilege_error() {
         !pin_dir(Path::new("/sys/fs/bpf"), &name)
             .join("elb_proto_stats")
             .exists()
+    );
+}
+
+#[test]
+fn without_privileges_auto_mode_falls_back_to_userspace_loudly() {
+    require_root_and_bpf!();
+    let t = topology();
+    let run_dir = temp_dir();
+    let run_dir = run_dir.path();
+    run("chmod", &["0777", run_dir.to_str().expect("utf-8")]).expect("chmod");
+    let name = unique_name("T");
+    let state = format!("{}/state.json", run_dir.display());
+    let mut elb = ElbProcess::spawn_wrapped(
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ],
+        &[
+            "run",
+            "--name",
+            &name,
+            "--xdp-iface",
+            &t.lb_iface,
+            "--run-dir",
+            run_dir.to_str().expect("utf-8"),
+            "--state-file",
+            &state,
+            "--listen",
+            "127.0.0.1:8080",
+        ],
+        Some(&t.lb),
+    )
+    .expect("spawn elb");
+    elb.wait_for_log(Duration::from_secs(10), "elb running")
+        .expect("elb runs without XDP");
+    let log = elb.log();
+    assert!(
+        log.contains("ERROR") && log.contains("cannot start the XDP data plane"),
+        "the fallback was not loud:\n{log}"
+    );
+    assert!(log.contains("L4 data plane: userspace"), "{log}");
+    let stats =
+        t.lb.exec("curl", &["-sf", "http://127.0.0.1:8080/__erulb__/stats"])
+            .expect("stats");
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats JSON");
+    assert_eq!(stats["dataplane"], "userspace", "{stats}");
+    assert!(
+        !pin_dir(Path::new("/sys/fs/bpf"), &name).exists(),
+        "pins made without privileges"
     );
 }
 

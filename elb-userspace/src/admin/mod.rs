@@ -9,7 +9,10 @@ mod dump;
 mod service;
 mod upstream;
 
-use std::{net::IpAddr, sync::Arc};
+use std::{
+    net::IpAddr,
+    sync::{Arc, OnceLock},
+};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -21,6 +24,7 @@ use self::access::{AccessPolicy, Refusal};
 use crate::{
     config::{ConfigService, WriteError, keys::validate_key_segment},
     http_util::{Body, json, json_error},
+    l4::stats::L4StatsSource,
 };
 
 /// Every admin path starts with this.
@@ -30,6 +34,8 @@ pub struct AdminApi {
     config: Arc<ConfigService>,
     access: AccessPolicy,
     max_body: usize,
+    /// Set once the L4 data plane is up.
+    l4_stats: OnceLock<Arc<dyn L4StatsSource>>,
 }
 
 /// An admin request that failed, with its status.
@@ -96,7 +102,13 @@ impl AdminApi {
             config,
             access,
             max_body,
+            l4_stats: OnceLock::new(),
         }
+    }
+
+    /// Where `/__erulb__/stats` reads from; the first call wins.
+    pub fn set_l4_stats(&self, source: Arc<dyn L4StatsSource>) {
+        let _ = self.l4_stats.set(source);
     }
 
     pub fn is_admin_path(path: &str) -> bool {
@@ -188,11 +200,26 @@ impl AdminApi {
                 dump::put(config).await
             }
             ("dump", _) => Err(AdminError::method_not_allowed(&method, &path, "PUT")),
+            ("stats", &Method::GET) => self.stats(),
+            ("stats", _) => Err(AdminError::method_not_allowed(&method, &path, "GET")),
             _ => Err(AdminError::new(
                 StatusCode::NOT_FOUND,
                 format!("no admin endpoint {path}"),
             )),
         }
+    }
+
+    fn stats(&self) -> AdminResult {
+        let source = self.l4_stats.get().ok_or_else(|| {
+            AdminError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the L4 data plane is still starting",
+            )
+        })?;
+        let stats = source
+            .stats_json()
+            .map_err(|e| AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        Ok(json(StatusCode::OK, &stats))
     }
 
     async fn body(&self, request: Request<Incoming>) -> Result<Bytes, AdminError> {

@@ -41,6 +41,11 @@ pub struct L4Maps {
     acl_v4: LpmTrie<MapData, [u8; 4], u32>,
     acl_v6: LpmTrie<MapData, [u8; 16], u32>,
     l7_ports: HashMap<MapData, u32, u32>,
+    stats: StatsMaps,
+}
+
+/// The per-CPU statistics maps, summed over CPUs when read.
+pub struct StatsMaps {
     service_stats: PerCpuArray<MapData, ServiceStats>,
     server_stats: PerCpuArray<MapData, PacketCounter>,
     global_stats: PerCpuArray<MapData, GlobalStats>,
@@ -68,9 +73,11 @@ impl L4Maps {
             acl_v4: typed!(ebpf, maps::ACL_V4),
             acl_v6: typed!(ebpf, maps::ACL_V6),
             l7_ports: typed!(ebpf, maps::L7_PORTS),
-            service_stats: typed!(ebpf, maps::SERVICE_STATS),
-            server_stats: typed!(ebpf, maps::SERVER_STATS),
-            global_stats: typed!(ebpf, maps::GLOBAL_STATS),
+            stats: StatsMaps {
+                service_stats: typed!(ebpf, maps::SERVICE_STATS),
+                server_stats: typed!(ebpf, maps::SERVER_STATS),
+                global_stats: typed!(ebpf, maps::GLOBAL_STATS),
+            },
         })
     }
 
@@ -159,28 +166,15 @@ impl L4Maps {
     }
 
     pub fn service_stats(&self, id: u32) -> Result<ServiceStats, L4MapError> {
-        let per_cpu = self
-            .service_stats
-            .get(&id, 0)
-            .map_err(map_err(maps::SERVICE_STATS))?;
-        Ok(per_cpu
-            .iter()
-            .fold(ServiceStats::default(), |sum, s| ServiceStats {
-                packets: sum.packets.wrapping_add(s.packets),
-                bytes: sum.bytes.wrapping_add(s.bytes),
-                new_flows: sum.new_flows.wrapping_add(s.new_flows),
-            }))
+        self.stats.service(id)
     }
 
     pub fn server_stats(&self, id: u32) -> Result<PacketCounter, L4MapError> {
-        let per_cpu = self
-            .server_stats
-            .get(&id, 0)
-            .map_err(map_err(maps::SERVER_STATS))?;
-        Ok(per_cpu.iter().fold(PacketCounter::default(), |mut sum, s| {
-            sum.add(s.packets, s.bytes);
-            sum
-        }))
+        self.stats.server(id)
+    }
+
+    pub fn global_stats(&self) -> Result<GlobalStats, L4MapError> {
+        self.stats.global()
     }
 
     /// Zeroes a server's counters when its id is given to another server.
@@ -190,19 +184,64 @@ impl L4Maps {
         let zeros =
             aya::maps::PerCpuValues::try_from(vec![PacketCounter::default(); cpus.get() as usize])
                 .map_err(|e| map_err(maps::SERVER_STATS)(MapError::IoError(e)))?;
-        self.server_stats
+        self.stats
+            .server_stats
             .set(id, zeros, 0)
             .map_err(map_err(maps::SERVER_STATS))
     }
+}
 
-    pub fn global_stats(&self) -> Result<GlobalStats, L4MapError> {
+impl StatsMaps {
+    /// Opens the statistics maps a running data plane pinned, as separate
+    /// handles, so readers never wait for the configuration sync.
+    pub fn open_pinned(pins: &crate::dataplane::PinLayout) -> Result<Self, L4MapError> {
+        fn open<T>(pins: &crate::dataplane::PinLayout, name: &'static str) -> Result<T, L4MapError>
+        where
+            T: TryFrom<Map, Error = MapError>,
+        {
+            let data = MapData::from_pin(pins.map(name)).map_err(map_err(name))?;
+            let map = Map::from_map_data(data).map_err(map_err(name))?;
+            T::try_from(map).map_err(map_err(name))
+        }
+        Ok(Self {
+            service_stats: open(pins, maps::SERVICE_STATS)?,
+            server_stats: open(pins, maps::SERVER_STATS)?,
+            global_stats: open(pins, maps::GLOBAL_STATS)?,
+        })
+    }
+
+    pub fn service(&self, id: u32) -> Result<ServiceStats, L4MapError> {
+        let per_cpu = self
+            .service_stats
+            .get(&id, 0)
+            .map_err(map_err(maps::SERVICE_STATS))?;
+        let mut sum = ServiceStats::default();
+        for cpu in per_cpu.iter() {
+            sum.add(cpu);
+        }
+        Ok(sum)
+    }
+
+    pub fn server(&self, id: u32) -> Result<PacketCounter, L4MapError> {
+        let per_cpu = self
+            .server_stats
+            .get(&id, 0)
+            .map_err(map_err(maps::SERVER_STATS))?;
+        let mut sum = PacketCounter::default();
+        for cpu in per_cpu.iter() {
+            sum.add(cpu.packets, cpu.bytes);
+        }
+        Ok(sum)
+    }
+
+    pub fn global(&self) -> Result<GlobalStats, L4MapError> {
         let per_cpu = self
             .global_stats
             .get(&0, 0)
             .map_err(map_err(maps::GLOBAL_STATS))?;
         let mut sum = GlobalStats::default();
-        for s in per_cpu.iter() {
-            sum.add(s);
+        for cpu in per_cpu.iter() {
+            sum.add(cpu);
         }
         Ok(sum)
     }

@@ -1,7 +1,11 @@
-//! The L4 data plane's userspace side: planning services (shared with the
-//! userspace fallback) and writing them into the XDP program's maps.
+//! The L4 data plane's userspace side: planning services, writing them into
+//! the XDP program's maps, and the userspace fallback ([`fallback`]) that
+//! serves the same services with the same choices when XDP cannot run.
+pub mod fallback;
 pub mod ids;
 pub mod ifaddrs;
 pub mod maps;
 pub mod plan;
+pub mod port_range;
+pub mod stats;
 pub mod sync;

@@ -6,8 +6,11 @@
 use std::{
     collections::HashSet,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
     time::Instant,
 };
+
+use arc_swap::ArcSwap;
 
 use elb_common::{
     counters::{IPPROTO_TCP, IPPROTO_UDP},
@@ -18,6 +21,7 @@ use super::{
     ids::IdAllocator,
     maps::{L4MapError, L4Maps},
     plan::{addr16, family, plan_service},
+    stats::{IndexedService, StatsIndex},
 };
 use crate::{
     cidr::Cidr,
@@ -26,6 +30,9 @@ use crate::{
 
 pub struct L4Sync {
     maps: L4Maps,
+    /// Which ids the services and servers of the last apply got, for the
+    /// statistics endpoint.
+    index: Arc<ArcSwap<StatsIndex>>,
     /// Server addresses of the last apply, for neighbour priming.
     server_addrs: Vec<SocketAddr>,
     services: IdAllocator<VipKey>,
@@ -49,6 +56,7 @@ impl L4Sync {
         }
         Ok(Self {
             maps,
+            index: Arc::default(),
             server_addrs: Vec::new(),
             services,
             servers,
@@ -59,6 +67,11 @@ impl L4Sync {
         &mut self.maps
     }
 
+    /// The service and server ids as of the last apply, kept current.
+    pub fn stats_index(&self) -> Arc<ArcSwap<StatsIndex>> {
+        Arc::clone(&self.index)
+    }
+
     /// Brings the maps to `snapshot`. Problems that concern one service are
     /// logged and leave that service without servers (its packets are
     /// dropped and counted); map failures are returned.
@@ -66,17 +79,29 @@ impl L4Sync {
         let now = Instant::now();
         let mut wanted_vips = HashSet::new();
         let mut used_servers = HashSet::new();
+        let mut index = StatsIndex::default();
         for service in snapshot.services().values() {
             let vip = vip_key(service);
             wanted_vips.insert(vip);
+            let mut indexed = IndexedService {
+                name: service.name.clone(),
+                vip: service.vip,
+                proto: service.proto,
+                id: None,
+                servers: Vec::new(),
+            };
             let id = match self.services.assign(&vip, now, "service") {
                 Ok((id, _)) => id,
                 Err(error) => {
                     tracing::error!(service = service.name, %error, "L4 service not installed");
+                    index.services.push(indexed);
                     continue;
                 }
             };
-            let table = self.install_servers(service, snapshot, now, &mut used_servers)?;
+            indexed.id = Some(id);
+            let table =
+                self.install_servers(service, snapshot, now, &mut used_servers, &mut indexed)?;
+            index.services.push(indexed);
             let table_size = match table {
                 Some(table) => {
                     self.maps.set_table(id, &table)?;
@@ -113,6 +138,7 @@ impl L4Sync {
         self.servers
             .release_unless(now, |addr| used_servers.contains(addr));
         self.server_addrs = used_servers.iter().copied().collect();
+        self.index.store(Arc::new(index));
         self.prime_neighbours();
         self.apply_acl(snapshot.acl())
     }
@@ -125,6 +151,7 @@ impl L4Sync {
         snapshot: &Snapshot,
         now: Instant,
         used: &mut HashSet<SocketAddr>,
+        indexed: &mut IndexedService,
     ) -> Result<Option<Vec<u32>>, L4MapError> {
         let servers = snapshot
             .upstream(&service.upstream)
@@ -171,6 +198,7 @@ impl L4Sync {
                 )?;
             }
             used.insert(server.addr);
+            indexed.servers.push((server.addr, id));
             ids.push(id);
         }
         Ok(Some(

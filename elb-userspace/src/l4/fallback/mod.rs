@@ -1,0 +1,245 @@
+//! The userspace L4 data plane, for when XDP cannot be attached: the same
+//! services (`/$ELBNAME/services/<name>`), served by binding each VIP
+//! locally and proxying TCP connections and UDP sessions. A new flow gets
+//! the server the XDP program would pick (the same Maglev plan and flow
+//! hash, [`crate::l4::plan`]); a configuration change swaps the plan at
+//! once and leaves established flows on their server; the deny-list
+//! refuses clients as XDP drops them.
+//!
+//! Pure parts: [`deny`] (deny-list lookup), [`sessions`] (UDP session
+//! table), [`route`] (plan and picks), [`set::changes`] (what a snapshot
+//! starts and stops), [`stats`]. I/O: [`tcp`], [`udp`], [`set`] and the
+//! loop here.
+pub mod deny;
+pub mod route;
+pub mod service;
+pub mod sessions;
+pub mod set;
+pub mod stats;
+pub mod tcp;
+pub mod udp;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use arc_swap::ArcSwap;
+use elb_common::l4::UDP_IDLE_NS;
+use serde_json::{Value, json};
+use tokio::{sync::watch, task::JoinHandle};
+
+use self::{deny::DenyList, service::ServiceRuntime, set::ListenerSet, stats::ServiceCounters};
+use crate::config::{L4Proto, SnapshotHandle};
+
+/// UDP sessions per service; each holds a socket (a file descriptor).
+pub const DEFAULT_MAX_UDP_SESSIONS: usize = 16_384;
+/// How often the snapshot is looked at even without a change notification.
+const TICK: Duration = Duration::from_secs(1);
+/// VIPs that could not be bound are tried again this often (in ticks).
+const RETRY_TICKS: u32 = 2;
+/// How long shutdown waits for flows to close.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FallbackError {
+    #[error(
+        "service {service:?}: cannot bind {proto} {vip} (in userspace mode the VIP must be \
+         a local address): {source}"
+    )]
+    Bind {
+        service: String,
+        proto: L4Proto,
+        vip: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct FallbackSettings {
+    /// Server connect timeout (`--connect-timeout`).
+    pub connect_timeout: Duration,
+    /// Idle UDP sessions end after this; the XDP program's UDP timeout.
+    pub udp_idle_timeout: Duration,
+    pub max_udp_sessions: usize,
+}
+
+impl FallbackSettings {
+    pub fn new(connect_timeout: Duration) -> Self {
+        Self {
+            connect_timeout,
+            udp_idle_timeout: Duration::from_nanos(UDP_IDLE_NS),
+            max_udp_sessions: DEFAULT_MAX_UDP_SESSIONS,
+        }
+    }
+}
+
+/// What every service task shares.
+pub struct Context {
+    settings: FallbackSettings,
+    acl: ArcSwap<DenyList>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Waits until the channel says stop, or its sender is gone.
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+type Published = Arc<ArcSwap<Vec<Arc<ServiceRuntime>>>>;
+
+/// The running fallback data plane.
+pub struct L4Userspace {
+    stats: UserspaceStats,
+    task: JoinHandle<()>,
+}
+
+/// A cheap, cloneable view of the fallback's statistics (for the admin
+/// API), valid after shutdown too.
+#[derive(Clone)]
+pub struct UserspaceStats {
+    services: Published,
+}
+
+impl L4Userspace {
+    /// Binds every service of the current snapshot (logging each one that
+    /// cannot be), then follows the configuration: `changes` is
+    /// [`crate::config::ConfigService::subscribe`]; the snapshot is also
+    /// looked at every second. Runs until `shutdown` turns true.
+    pub async fn start(
+        snapshots: SnapshotHandle,
+        changes: watch::Receiver<u64>,
+        settings: FallbackSettings,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let ctx = Arc::new(Context {
+            settings,
+            acl: ArcSwap::from_pointee(DenyList::default()),
+            shutdown: shutdown.clone(),
+        });
+        let mut set = ListenerSet::new(ctx);
+        let applied = snapshots.load_full();
+        set.apply(&applied).await;
+        let services: Published = Arc::new(ArcSwap::from_pointee(set.runtimes()));
+        let task = tokio::spawn(follow(
+            set,
+            snapshots,
+            changes,
+            shutdown,
+            Arc::clone(&services),
+            applied,
+        ));
+        Self {
+            stats: UserspaceStats { services },
+            task,
+        }
+    }
+
+    pub fn stats(&self) -> UserspaceStats {
+        self.stats.clone()
+    }
+
+    /// See [`UserspaceStats::stats_json`].
+    pub fn stats_json(&self) -> Value {
+        self.stats.stats_json()
+    }
+
+    /// After `shutdown` was sent: waits until every listener is closed and
+    /// the flows have ended (at most a couple of seconds).
+    pub async fn wait(self) {
+        if let Err(error) = self.task.await {
+            tracing::error!(%error, "L4 userspace data plane task failed");
+        }
+    }
+}
+
+impl crate::l4::stats::L4StatsSource for UserspaceStats {
+    fn stats_json(&self) -> Result<Value, crate::l4::stats::L4StatsError> {
+        Ok(UserspaceStats::stats_json(self))
+    }
+}
+
+impl UserspaceStats {
+    /// `{"dataplane": "userspace", "totals": {...}, "services": {name:
+    /// {"vip", "proto", "listening", ["error",] "new_flows", "active_flows",
+    /// "bytes_from_client", "bytes_to_client", "acl_drops",
+    /// "connect_failures", "no_server_drops", "session_limit_drops",
+    /// "servers": {"IP:PORT": {"new_flows", "active_flows", "bytes"}}}}}`.
+    pub fn stats_json(&self) -> Value {
+        let services = self.services.load();
+        let mut totals = ServiceCounters::default();
+        let mut listening = 0usize;
+        let mut by_name = serde_json::Map::new();
+        for service in services.iter() {
+            let counters = service.counters();
+            totals += counters;
+            let json = service.stats_json(counters);
+            if json.get("listening") == Some(&Value::Bool(true)) {
+                listening += 1;
+            }
+            by_name.insert(service.name.clone(), json);
+        }
+        json!({
+            "dataplane": "userspace",
+            "totals": totals,
+            "services_listening": listening,
+            "services_total": services.len(),
+            "services": by_name,
+        })
+    }
+
+    fn active_flows(&self) -> u64 {
+        self.services
+            .load()
+            .iter()
+            .map(|s| s.counters().active_flows)
+            .sum()
+    }
+}
+
+async fn follow(
+    mut set: ListenerSet,
+    snapshots: SnapshotHandle,
+    mut changes: watch::Receiver<u64>,
+    mut shutdown: watch::Receiver<bool>,
+    published: Published,
+    mut applied: Arc<crate::config::Snapshot>,
+) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut notified = true;
+    let mut ticks: u32 = 0;
+    loop {
+        tokio::select! {
+            changed = changes.changed(), if notified => {
+                // Without a notifier the tick still polls the snapshot.
+                notified = changed.is_ok();
+            }
+            _ = tick.tick() => ticks = ticks.wrapping_add(1),
+            _ = stopped(&mut shutdown) => break,
+        }
+        let current = snapshots.load_full();
+        if !Arc::ptr_eq(&current, &applied) {
+            set.apply(&current).await;
+            published.store(Arc::new(set.runtimes()));
+            applied = current;
+        } else if set.has_unbound() && ticks.is_multiple_of(RETRY_TICKS) {
+            set.retry_unbound();
+        }
+    }
+    set.shutdown().await;
+    let stats = UserspaceStats {
+        services: Arc::clone(&published),
+    };
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    while stats.active_flows() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = stats.active_flows();
+    if left > 0 {
+        tracing::warn!(flows = left, "L4 userspace: flows still open at shutdown");
+    } else {
+        tracing::info!("L4 userspace data plane stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests;

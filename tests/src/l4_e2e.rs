@@ -1,0 +1,594 @@
+//! The L4 end-to-end scenario, run against either data plane: a client
+//! namespace and three server namespaces reach the LB namespace over
+//! separate veth links; real TCP connections and UDP datagrams to a VIP
+//! are balanced by elb, through its XDP program (driver mode on veth) or
+//! its userspace fallback (the VIP on the LB namespace's `lo`).
+//!
+//! Checksum offload is turned off on the client and server ends: veth hands
+//! locally generated packets over with only a partial checksum, which a
+//! real NIC would complete but XDP forwarding does not.
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use elb_common::{counters::IPPROTO_TCP, maglev::DEFAULT_TABLE_SIZE};
+use elb_userspace::{
+    l4::plan::plan_service,
+    upstream::{Server, parse_params},
+};
+
+use crate::{
+    elb_process::ElbProcess,
+    netns::{NetNs, unique_name, veth_pair},
+};
+
+pub const VIP: &str = "10.99.0.1";
+pub const CLIENT: &str = "10.50.0.2";
+/// New connections of the weight check.
+pub const CONNECTIONS: usize = 3000;
+/// `{"msg":"OK"}`: what every successful admin write answers.
+pub const OK: &str = r#"{"msg":"OK"}"#;
+
+/// Which data plane elb runs the scenario on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dataplane {
+    /// `--l4-dataplane xdp` on the LB's veth ends: a failure to attach is
+    /// fatal, so the test cannot pass on the fallback by accident.
+    Xdp,
+    /// `--l4-dataplane userspace`, the VIP a local address.
+    Userspace,
+}
+
+impl Dataplane {
+    /// What elb logs when this data plane is active.
+    pub fn log_line(self) -> &'static str {
+        match self {
+            Self::Xdp => "L4 data plane: xdp",
+            Self::Userspace => "L4 data plane: userspace",
+        }
+    }
+
+    /// The `"dataplane"` of `/__erulb__/stats`.
+    pub fn stats_name(self) -> &'static str {
+        match self {
+            Self::Xdp => "xdp",
+            Self::Userspace => "userspace",
+        }
+    }
+}
+
+/// A server answering each line on a TCP connection, and each UDP
+/// datagram, with its name.
+pub struct IdServer {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl IdServer {
+    pub fn start(ns: &NetNs, addr: SocketAddr, name: &'static str) -> Self {
+        let (tcp, udp) = ns
+            .enter(move || {
+                let tcp = TcpListener::bind(addr).expect("bind tcp");
+                let udp = UdpSocket::bind(addr).expect("bind udp");
+                (tcp, udp)
+            })
+            .expect("enter server namespace");
+        tcp.set_nonblocking(true).expect("nonblocking");
+        udp.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("udp timeout");
+        let stop = Arc::new(AtomicBool::new(false));
+        let tcp_thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match tcp.accept() {
+                        Ok((stream, _)) => {
+                            std::thread::spawn(move || answer_lines(stream, name));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                    }
+                }
+            })
+        };
+        let udp_thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 512];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((_, peer)) = udp.recv_from(&mut buf) {
+                        let _ = udp.send_to(name.as_bytes(), peer);
+                    }
+                }
+            })
+        };
+        Self {
+            stop,
+            threads: vec![tcp_thread, udp_thread],
+        }
+    }
+}
+
+impl Drop for IdServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn answer_lines(stream: TcpStream, name: &str) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    for line in BufReader::new(stream).lines() {
+        if line.is_err() || writer.write_all(format!("{name}\n").as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// A connection from the client namespace to the VIP.
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Conn {
+    /// The client's end, as the LB sees it (no NAT on the way).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.writer.local_addr()
+    }
+
+    /// Asks the server its name.
+    pub fn ask(&mut self) -> std::io::Result<String> {
+        self.writer.write_all(b"who\n")?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        if line.is_empty() {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(line.trim().to_owned())
+    }
+}
+
+/// A new TCP connection from the client namespace to the VIP, port 80.
+pub fn connect(client: &NetNs) -> std::io::Result<Conn> {
+    let stream = client
+        .enter(|| {
+            let addr: SocketAddr = format!("{VIP}:80").parse().expect("vip");
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        })
+        .map_err(std::io::Error::other)??;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    Ok(Conn {
+        writer: stream.try_clone()?,
+        reader: BufReader::new(stream),
+    })
+}
+
+/// The namespaces: the client (10.50.0.2), the LB, and servers s1..s3
+/// (10.6<i>.0.2), each on its own veth link to the LB.
+pub struct Net {
+    pub client: NetNs,
+    pub lb: NetNs,
+    pub servers: Vec<NetNs>,
+    /// The LB's ends of the links (where XDP attaches).
+    pub lb_ifaces: Vec<String>,
+}
+
+fn ethtool(ns: &NetNs, dev: &str, args: &[&str]) {
+    let mut full = vec!["-K", dev];
+    full.extend_from_slice(args);
+    ns.exec("ethtool", &full).expect("ethtool");
+}
+
+/// Builds the namespaces. For the userspace data plane the VIP is a local
+/// address of the LB (on `lo`), as that mode needs.
+pub fn network(dataplane: Dataplane) -> Net {
+    let client = NetNs::new("e4c").expect("client ns");
+    let lb = NetNs::new("e4l").expect("lb ns");
+    let link = veth_pair(&client, &["10.50.0.2/24"], &lb, &["10.50.0.1/24"]).expect("veth");
+    ethtool(&client, &link.a, &["tx", "off"]);
+    ethtool(&client, &link.a, &["gro", "on"]);
+    client
+        .ip(&["route", "add", "10.99.0.0/24", "via", "10.50.0.1"])
+        .expect("client route");
+    let mut lb_ifaces = vec![link.b];
+    let mut servers = Vec::new();
+    for i in 1..=3 {
+        let ns = NetNs::new("e4s").expect("server ns");
+        let link = veth_pair(
+            &ns,
+            &[&format!("10.6{i}.0.2/24")],
+            &lb,
+            &[&format!("10.6{i}.0.1/24")],
+        )
+        .expect("veth");
+        ethtool(&ns, &link.a, &["tx", "off"]);
+        ethtool(&ns, &link.a, &["gro", "on"]);
+        ns.ip(&["route", "add", "default", "via", &format!("10.6{i}.0.1")])
+            .expect("server route");
+        lb_ifaces.push(link.b);
+        servers.push(ns);
+    }
+    lb.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
+        .expect("forwarding");
+    if dataplane == Dataplane::Userspace {
+        lb.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])
+            .expect("VIP on lo");
+    }
+    Net {
+        client,
+        lb,
+        servers,
+        lb_ifaces,
+    }
+}
+
+/// An admin API request from inside the LB namespace; returns the body.
+pub fn admin(lb: &NetNs, port: u16, method: &str, endpoint: &str, body: &str) -> String {
+    let url = format!("http://127.0.0.1:{port}/__erulb__/{endpoint}");
+    let out = lb
+        .exec("curl", &["-sS", "-X", method, &url, "-d", body])
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `GET /__erulb__/stats`, parsed.
+pub fn stats(lb: &NetNs, port: u16) -> serde_json::Value {
+    let url = format!("http://127.0.0.1:{port}/__erulb__/stats");
+    let out = lb.exec("curl", &["-sS", &url]).expect("curl");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stats are not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// The server (`s1`..`s3`) each new connection to the VIP should reach
+/// with these weights: elb's own planning and flow hash, which both data
+/// planes use.
+pub fn expected_picks(weights: &[(u8, u32)]) -> impl Fn(SocketAddr) -> String {
+    let servers: Vec<Server> = weights
+        .iter()
+        .map(|(i, w)| {
+            Server::new(
+                format!("10.6{i}.0.2:8080"),
+                parse_params(&format!("weight={w}")).expect("params"),
+            )
+        })
+        .collect();
+    let vip: SocketAddr = format!("{VIP}:80").parse().expect("vip");
+    let (plan, _) = plan_service(vip, &servers, DEFAULT_TABLE_SIZE);
+    let plan = plan.expect("table").expect("servers");
+    move |client| {
+        let server = plan.pick(client, vip, IPPROTO_TCP).expect("a server");
+        // 10.6<i>.0.2 is s<i>.
+        match server.addr.ip() {
+            std::net::IpAddr::V4(ip) => format!("s{}", ip.octets()[1] - 60),
+            other => panic!("unexpected server {other}"),
+        }
+    }
+}
+
+/// The upstream `web` with servers `10.6<i>.0.2:8080` of these weights.
+pub fn upstream_doc(weights: &[(u8, u32)]) -> String {
+    let servers: Vec<String> = weights
+        .iter()
+        .map(|(i, w)| format!(r#""10.6{i}.0.2:8080": "weight={w}""#))
+        .collect();
+    format!(r#"{{"web": {{{}}}}}"#, servers.join(", "))
+}
+
+/// Everything one run of the scenario needs. Fields drop in order: elb
+/// first, then the servers, then the namespaces.
+pub struct E2e {
+    pub elb: ElbProcess,
+    pub servers: Vec<IdServer>,
+    pub net: Net,
+    pub dataplane: Dataplane,
+    pub name: String,
+    pub port: u16,
+    pub run_dir: tempfile::TempDir,
+}
+
+impl E2e {
+    /// The network, the three servers and elb on `dataplane`.
+    pub fn start(dataplane: Dataplane) -> Self {
+        let net = network(dataplane);
+        let servers = ["s1", "s2", "s3"]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let addr: SocketAddr = format!("10.6{}.0.2:8080", i + 1).parse().expect("addr");
+                IdServer::start(&net.servers[i], addr, name)
+            })
+            .collect();
+        let run_dir = tempfile::tempdir().expect("run dir");
+        let port = crate::ports::free_port();
+        let name = unique_name("E");
+        let elb = start_elb(&net, &name, run_dir.path(), port, dataplane);
+        Self {
+            elb,
+            servers,
+            net,
+            dataplane,
+            name,
+            port,
+            run_dir,
+        }
+    }
+
+    /// Starts another elb with the same name, state and arguments (for a
+    /// restart, once the running one is stopped).
+    pub fn start_elb(&self) -> ElbProcess {
+        start_elb(
+            &self.net,
+            &self.name,
+            self.run_dir.path(),
+            self.port,
+            self.dataplane,
+        )
+    }
+
+    pub fn admin(&self, method: &str, endpoint: &str, body: &str) -> String {
+        admin(&self.net.lb, self.port, method, endpoint, body)
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        stats(&self.net.lb, self.port)
+    }
+
+    /// Waits until a new connection gets an answer (both data planes apply
+    /// a change within a few hundred milliseconds).
+    pub fn wait_serving(&self) {
+        let mut last = None;
+        for _ in 0..20 {
+            match connect(&self.net.client).and_then(|mut c| c.ask()) {
+                Ok(_) => return,
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "the VIP never answered ({last:?})\n{}\nelb log:\n{}",
+            self.diagnostics(),
+            self.elb.log()
+        );
+    }
+
+    /// What the LB namespace looks like, for a failure message.
+    pub fn diagnostics(&self) -> String {
+        let lb = &self.net.lb;
+        let text = |out: anyhow::Result<std::process::Output>| match out {
+            Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+            Err(e) => format!("({e})"),
+        };
+        let neigh = text(lb.ip(&["neigh"]));
+        let specific = match self.dataplane {
+            Dataplane::Xdp => {
+                let pin = format!("/sys/fs/bpf/elb/{}/elb_glob_stats", self.name);
+                format!(
+                    "XDP stats: {}",
+                    text(lb.exec("bpftool", &["map", "dump", "pinned", &pin]))
+                )
+            }
+            Dataplane::Userspace => format!(
+                "sockets: {}\naddresses: {}",
+                text(lb.exec("ss", &["-tuan"])),
+                text(lb.ip(&["-br", "addr"]))
+            ),
+        };
+        format!("neigh: {neigh}\n{specific}")
+    }
+}
+
+fn start_elb(net: &Net, name: &str, run_dir: &Path, port: u16, dataplane: Dataplane) -> ElbProcess {
+    let run_dir = run_dir.to_str().expect("utf-8");
+    let listen = format!("127.0.0.1:{port}");
+    let state = format!("{run_dir}/{name}.json");
+    let mut args = vec![
+        "run",
+        "--name",
+        name,
+        "--run-dir",
+        run_dir,
+        "--state-file",
+        &state,
+        "--listen",
+        &listen,
+    ];
+    match dataplane {
+        Dataplane::Xdp => {
+            args.extend(["--l4-dataplane", "xdp", "--xdp-mode", "driver"]);
+            for iface in &net.lb_ifaces {
+                args.extend(["--xdp-iface", iface.as_str()]);
+            }
+        }
+        Dataplane::Userspace => args.extend(["--l4-dataplane", "userspace"]),
+    }
+    let mut elb = ElbProcess::spawn(&args, Some(&net.lb)).expect("spawn elb");
+    let lb = &net.lb;
+    elb.wait_until(Duration::from_secs(15), || {
+        lb.exec(
+            "curl",
+            &["-sf", &format!("http://{listen}/__erulb__/service")],
+        )
+        .is_ok()
+    })
+    .expect("elb serves its admin API");
+    elb
+}
+
+/// What the scenario saw, for the data-plane-specific checks after it.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// New connections per server (s1, s2, s3) in the weight check.
+    pub counts: [usize; 3],
+    /// Connections the scenario opened through the VIP, all steps.
+    pub connections: usize,
+}
+
+/// The scenario both data planes pass:
+///
+/// 1. 3,000 new connections split 1:2:3 within ±5 %, every one answered;
+/// 2. long-lived connections survive a weight change; then `midway` runs
+///    with them still open, and they answer from the same server after
+///    it (the XDP test restarts elb there; the fallback has nothing to
+///    restart: its flows end with the process);
+/// 3. removing s3 leaves the connections to s1 and s2 intact, and no new
+///    connection reaches s3;
+/// 4. UDP is answered from the VIP;
+/// 5. the deny-list blocks the client; lifting it lets it back in.
+pub fn scenario(e2e: &mut E2e, midway: impl FnOnce(&mut E2e)) -> Outcome {
+    let started = Instant::now();
+    let mut outcome = Outcome::default();
+    e2e.elb
+        .wait_for_log(Duration::from_secs(5), e2e.dataplane.log_line())
+        .expect("elb names its L4 data plane");
+    assert_eq!(
+        e2e.admin("PUT", "upstream", &upstream_doc(&[(1, 1), (2, 2), (3, 3)])),
+        OK
+    );
+    let services = format!(
+        r#"{{"web": {{"vip": "{VIP}:80", "proto": "tcp", "upstream": "web"}}, "dns": {{"vip": "{VIP}:8080", "proto": "udp", "upstream": "web"}}}}"#
+    );
+    assert_eq!(e2e.admin("PUT", "service", &services), OK);
+    e2e.wait_serving();
+
+    // 1. Weights 1:2:3 over 3,000 new connections, every one answered,
+    //    each by the server elb's Maglev plan and flow hash name for it.
+    let expected = expected_picks(&[(1, 1), (2, 2), (3, 3)]);
+    let mut unexpected = Vec::new();
+    for n in 0..CONNECTIONS {
+        let (client, answer) = connect(&e2e.net.client)
+            .and_then(|mut c| Ok((c.local_addr()?, c.ask()?)))
+            .unwrap_or_else(|e| panic!("connection {n} failed: {e}\n{}", e2e.elb.log()));
+        outcome.counts[server_index(&answer)] += 1;
+        let want = expected(client);
+        if answer != want {
+            unexpected.push((client, answer, want));
+        }
+    }
+    assert!(
+        unexpected.is_empty(),
+        "{} of {CONNECTIONS} connections did not reach the planned server (client, got, planned): {:?}",
+        unexpected.len(),
+        &unexpected[..unexpected.len().min(10)]
+    );
+    outcome.connections += CONNECTIONS;
+    let counts = outcome.counts;
+    for (i, count) in counts.iter().enumerate() {
+        let share = *count as f64 / CONNECTIONS as f64;
+        let want = (i + 1) as f64 / 6.0;
+        assert!(
+            (share - want).abs() <= 0.05,
+            "server s{} got {share:.3} of connections, weight share {want:.3} ({counts:?})",
+            i + 1
+        );
+    }
+    eprintln!(
+        "{:?}: {CONNECTIONS} connections split {counts:?} in {:?}",
+        e2e.dataplane,
+        started.elapsed()
+    );
+
+    // 2. Long-lived connections survive a weight change (and `midway`).
+    let mut long_lived: Vec<(Conn, String)> = (0..30)
+        .map(|_| {
+            let mut conn = connect(&e2e.net.client).expect("connect");
+            let server = conn.ask().expect("first answer");
+            (conn, server)
+        })
+        .collect();
+    outcome.connections += long_lived.len();
+    assert_eq!(
+        e2e.admin("PUT", "upstream", &upstream_doc(&[(1, 5), (2, 1), (3, 1)])),
+        OK
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    for (conn, server) in &mut long_lived {
+        assert_eq!(&conn.ask().expect("after weight change"), server);
+    }
+    midway(e2e);
+    for (conn, server) in &mut long_lived {
+        assert_eq!(&conn.ask().expect("after the midway step"), server);
+    }
+
+    // 3. Removing s3 leaves every connection to s1 and s2 intact; no new
+    //    connection reaches s3.
+    assert_eq!(
+        e2e.admin("PUT", "upstream", &upstream_doc(&[(1, 1), (2, 1)])),
+        OK
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    for (conn, server) in long_lived.iter_mut().filter(|(_, s)| s != "s3") {
+        assert_eq!(&conn.ask().expect("after removing s3"), server);
+    }
+    for _ in 0..50 {
+        let answer = connect(&e2e.net.client)
+            .and_then(|mut c| c.ask())
+            .expect("new connection");
+        assert_ne!(answer, "s3", "a removed server got a new connection");
+    }
+    outcome.connections += 50;
+    drop(long_lived);
+
+    // 4. UDP: answered through the VIP (the reply comes from the VIP).
+    let udp = e2e
+        .net
+        .client
+        .enter(|| UdpSocket::bind(format!("{CLIENT}:0")).expect("udp bind"))
+        .expect("enter client");
+    udp.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let vip_udp: SocketAddr = format!("{VIP}:8080").parse().expect("vip");
+    udp.send_to(b"who", vip_udp).expect("send");
+    let mut buf = [0u8; 16];
+    let (len, from) = udp
+        .recv_from(&mut buf)
+        .unwrap_or_else(|e| panic!("no UDP answer: {e}\n{}", e2e.elb.log()));
+    assert_eq!(from, vip_udp);
+    assert!(matches!(&buf[..len], b"s1" | b"s2"), "{:?}", &buf[..len]);
+
+    // 5. The deny-list blocks the client; lifting it lets it back in.
+    assert_eq!(e2e.admin("PUT", "acl", &format!(r#"["{CLIENT}/32"]"#)), OK);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        connect(&e2e.net.client).and_then(|mut c| c.ask()).is_err(),
+        "denied client got through"
+    );
+    assert_eq!(
+        e2e.admin("DELETE", "acl", &format!(r#"["{CLIENT}/32"]"#)),
+        OK
+    );
+    e2e.wait_serving();
+    eprintln!(
+        "{:?}: scenario done in {:?}",
+        e2e.dataplane,
+        started.elapsed()
+    );
+    outcome
+}
+
+fn server_index(answer: &str) -> usize {
+    match answer {
+        "s1" => 0,
+        "s2" => 1,
+        "s3" => 2,
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
