@@ -31,6 +31,7 @@ use crate::{
 };
 
 pub const VIP: &str = "10.99.0.1";
+pub const VIP6: &str = "fd99::1";
 pub const CLIENT: &str = "10.50.0.2";
 /// New connections of the weight check.
 pub const CONNECTIONS: usize = 3000;
@@ -165,11 +166,16 @@ impl Conn {
 
 /// A new TCP connection from the client namespace to the VIP, port 80.
 pub fn connect(client: &NetNs) -> std::io::Result<Conn> {
+    connect_to(
+        client,
+        SocketAddr::from((VIP.parse::<std::net::Ipv4Addr>().expect("vip"), 80)),
+    )
+}
+
+/// A new TCP connection from the client namespace to `addr`.
+pub fn connect_to(client: &NetNs, addr: SocketAddr) -> std::io::Result<Conn> {
     let stream = client
-        .enter(|| {
-            let addr: SocketAddr = format!("{VIP}:80").parse().expect("vip");
-            TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        })
+        .enter(move || TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
         .map_err(std::io::Error::other)??;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     Ok(Conn {
@@ -199,35 +205,57 @@ fn ethtool(ns: &NetNs, dev: &str, args: &[&str]) {
 pub fn network(dataplane: Dataplane) -> Net {
     let client = NetNs::new("e4c").expect("client ns");
     let lb = NetNs::new("e4l").expect("lb ns");
-    let link = veth_pair(&client, &["10.50.0.2/24"], &lb, &["10.50.0.1/24"]).expect("veth");
+    let link = veth_pair(
+        &client,
+        &["10.50.0.2/24", "fd50::2/64"],
+        &lb,
+        &["10.50.0.1/24", "fd50::1/64"],
+    )
+    .expect("veth");
     ethtool(&client, &link.a, &["tx", "off"]);
     ethtool(&client, &link.a, &["gro", "on"]);
     client
         .ip(&["route", "add", "10.99.0.0/24", "via", "10.50.0.1"])
         .expect("client route");
+    client
+        .ip(&["-6", "route", "add", "fd99::/64", "via", "fd50::1"])
+        .expect("client IPv6 route");
     let mut lb_ifaces = vec![link.b];
     let mut servers = Vec::new();
     for i in 1..=3 {
         let ns = NetNs::new("e4s").expect("server ns");
         let link = veth_pair(
             &ns,
-            &[&format!("10.6{i}.0.2/24")],
+            &[&format!("10.6{i}.0.2/24"), &format!("fd6{i}::2/64")],
             &lb,
-            &[&format!("10.6{i}.0.1/24")],
+            &[&format!("10.6{i}.0.1/24"), &format!("fd6{i}::1/64")],
         )
         .expect("veth");
         ethtool(&ns, &link.a, &["tx", "off"]);
         ethtool(&ns, &link.a, &["gro", "on"]);
         ns.ip(&["route", "add", "default", "via", &format!("10.6{i}.0.1")])
             .expect("server route");
+        ns.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("fd6{i}::1"),
+        ])
+        .expect("server IPv6 route");
         lb_ifaces.push(link.b);
         servers.push(ns);
     }
     lb.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
         .expect("forwarding");
+    lb.exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])
+        .expect("IPv6 forwarding");
     if dataplane == Dataplane::Userspace {
         lb.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])
             .expect("VIP on lo");
+        lb.ip(&["addr", "add", &format!("{VIP6}/128"), "dev", "lo", "nodad"])
+            .expect("IPv6 VIP on lo");
     }
     Net {
         client,
@@ -312,9 +340,13 @@ impl E2e {
         let servers = ["s1", "s2", "s3"]
             .iter()
             .enumerate()
-            .map(|(i, name)| {
-                let addr: SocketAddr = format!("10.6{}.0.2:8080", i + 1).parse().expect("addr");
-                IdServer::start(&net.servers[i], addr, name)
+            .flat_map(|(i, name)| {
+                let v4: SocketAddr = format!("10.6{}.0.2:8080", i + 1).parse().expect("addr");
+                let v6: SocketAddr = format!("[fd6{}::2]:8080", i + 1).parse().expect("addr");
+                [
+                    IdServer::start(&net.servers[i], v4, name),
+                    IdServer::start(&net.servers[i], v6, name),
+                ]
             })
             .collect();
         let run_dir = tempfile::tempdir().expect("run dir");
@@ -582,6 +614,62 @@ pub fn scenario(e2e: &mut E2e, midway: impl FnOnce(&mut E2e)) -> Outcome {
         started.elapsed()
     );
     outcome
+}
+
+/// IPv6: a TCP and a UDP service on an IPv6 VIP over IPv6 servers s1 and
+/// s2 (weights 1:1); every one of 200 new connections is answered, both
+/// servers get a share, and a datagram is answered from the VIP.
+pub fn ipv6_step(e2e: &E2e) {
+    let upstream = r#"{"web6": {"[fd61::2]:8080": "weight=1", "[fd62::2]:8080": "weight=1"}}"#;
+    assert_eq!(e2e.admin("PUT", "upstream", upstream), OK);
+    let services = format!(
+        r#"{{"web6": {{"vip": "[{VIP6}]:80", "proto": "tcp", "upstream": "web6"}}, "dns6": {{"vip": "[{VIP6}]:8080", "proto": "udp", "upstream": "web6"}}}}"#
+    );
+    assert_eq!(e2e.admin("PUT", "service", &services), OK);
+    let vip: SocketAddr = format!("[{VIP6}]:80").parse().expect("vip");
+    let mut answered = None;
+    for _ in 0..20 {
+        match connect_to(&e2e.net.client, vip).and_then(|mut c| c.ask()) {
+            Ok(answer) => {
+                answered = Some(answer);
+                break;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    assert!(
+        answered.is_some(),
+        "the IPv6 VIP never answered\n{}\n{}",
+        e2e.diagnostics(),
+        e2e.elb.log()
+    );
+    let mut counts = [0usize; 3];
+    for n in 0..200 {
+        let answer = connect_to(&e2e.net.client, vip)
+            .and_then(|mut c| c.ask())
+            .unwrap_or_else(|e| panic!("IPv6 connection {n} failed: {e}\n{}", e2e.elb.log()));
+        counts[server_index(&answer)] += 1;
+    }
+    assert!(
+        counts[0] >= 60 && counts[1] >= 60 && counts[2] == 0,
+        "IPv6 split {counts:?}, weights 1:1 over s1 and s2"
+    );
+
+    let udp = e2e
+        .net
+        .client
+        .enter(|| UdpSocket::bind("[fd50::2]:0").expect("udp bind"))
+        .expect("enter client");
+    udp.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let vip_udp: SocketAddr = format!("[{VIP6}]:8080").parse().expect("vip");
+    udp.send_to(b"who", vip_udp).expect("send");
+    let mut buf = [0u8; 16];
+    let (len, from) = udp
+        .recv_from(&mut buf)
+        .unwrap_or_else(|e| panic!("no IPv6 UDP answer: {e}\n{}", e2e.elb.log()));
+    assert_eq!(from, vip_udp);
+    assert!(matches!(&buf[..len], b"s1" | b"s2"), "{:?}", &buf[..len]);
 }
 
 fn server_index(answer: &str) -> usize {

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use elb_tests::{
-    l4_e2e::{CONNECTIONS, Dataplane, E2e, connect, scenario},
+    l4_e2e::{CONNECTIONS, Dataplane, E2e, connect, ipv6_step, scenario},
     require_root_and_bpf,
 };
 
@@ -41,6 +41,8 @@ fn tcp_and_udp_through_xdp_follow_weights_survive_changes_and_obey_the_deny_list
         conn.ask()
             .expect("the connection opened while elb was stopped");
     });
+
+    ipv6_step(&e2e);
 
     // `/__erulb__/stats` sums the per-CPU maps, which the restart kept.
     let stats = e2e.stats();
@@ -96,6 +98,7 @@ fn tcp_and_udp_through_the_userspace_fallback_make_the_same_choices() {
     require_root_and_bpf!();
     let mut e2e = E2e::start(Dataplane::Userspace);
     let outcome = scenario(&mut e2e, |_| {});
+    ipv6_step(&e2e);
 
     let stats = e2e.stats();
     assert_eq!(stats["dataplane"], "userspace", "{stats:#}");
