@@ -77,6 +77,12 @@ fn tcp_and_udp_through_xdp_follow_weights_survive_changes_and_obey_the_deny_list
             .unwrap_or_default()
             >= 1
     );
+    let web6 = &stats["services"]["web6"];
+    assert_eq!(web6["vip"], "[fd99::1]:80", "{stats:#}");
+    assert!(
+        web6["new_flows"].as_u64().unwrap_or_default() >= 200,
+        "{stats:#}"
+    );
 
     // bpftool reads the same counters by field name (BTF).
     let pin = format!("/sys/fs/bpf/elb/{}/elb_glob_stats", e2e.name);
