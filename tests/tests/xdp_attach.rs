@@ -44,29 +44,48 @@ fn topology() -> Topology {
     }
 }
 
+/// `elb run` attaching to `iface`, with its lock and state in `run_dir`;
+/// `extra` goes last.
+fn run_args(name: &str, iface: &str, run_dir: &Path, listen: &str, extra: &[&str]) -> Vec<String> {
+    let run_dir = run_dir.to_str().expect("utf-8 path");
+    let state = format!("{run_dir}/state.json");
+    [
+        "run",
+        "--name",
+        name,
+        "--xdp-iface",
+        iface,
+        "--run-dir",
+        run_dir,
+        "--state-file",
+        &state,
+        "--listen",
+        listen,
+    ]
+    .iter()
+    .chain(extra)
+    .map(|a| (*a).to_owned())
+    .collect()
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 /// Removed on drop, also when the test fails.
 fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
 
 fn start_elb(t: &Topology, name: &str, run_dir: &Path) -> ElbProcess {
-    let run_dir = run_dir.to_str().expect("utf-8 path");
     let mut elb = ElbProcess::spawn(
-        &[
-            "run",
-            "--name",
+        &strs(&run_args(
             name,
-            "--xdp-iface",
             &t.lb_iface,
-            "--xdp-mode",
-            "driver",
-            "--run-dir",
             run_dir,
-            "--state-file",
-            &format!("{run_dir}/state.json"),
-            "--listen",
             "127.0.0.1:0",
-        ],
+            &["--xdp-mode", "driver"],
+        )),
         Some(&t.lb),
     )
     .expect("spawn elb");
@@ -279,19 +298,7 @@ fn unknown_interface_is_a_clear_error() {
     let run_dir = run_dir.path();
     let name = unique_name("T");
     let log = failed_start(
-        &[
-            "run",
-            "--name",
-            &name,
-            "--xdp-iface",
-            "no-such-if0",
-            "--run-dir",
-            run_dir.to_str().expect("utf-8"),
-            "--state-file",
-            &format!("{}/state.json", run_dir.display()),
-            "--listen",
-            "127.0.0.1:0",
-        ],
+        &strs(&run_args(&name, "no-such-if0", run_dir, "127.0.0.1:0", &[])),
         None,
     );
     assert!(
@@ -312,19 +319,13 @@ fn ephemeral_ports_overlapping_the_nat_ports_are_refused() {
     let run_dir = temp_dir();
     let run_dir = run_dir.path();
     let log = failed_start(
-        &[
-            "run",
-            "--name",
+        &strs(&run_args(
             &unique_name("T"),
-            "--xdp-iface",
             &t.lb_iface,
-            "--run-dir",
-            run_dir.to_str().expect("utf-8"),
-            "--state-file",
-            &format!("{}/state.json", run_dir.display()),
-            "--listen",
+            run_dir,
             "127.0.0.1:0",
-        ],
+            &[],
+        )),
         Some(&t.lb),
     );
     assert!(
@@ -355,31 +356,24 @@ fn unprivileged_user_gets_a_privilege_error() {
     run("chmod", &["0777", run_dir.to_str().expect("utf-8")]).expect("chmod");
     let name = unique_name("T");
     let elb = elb_tests::elb_process::elb_binary().expect("elb binary");
+    let run = run_args(
+        &name,
+        &t.lb_iface,
+        run_dir,
+        "127.0.0.1:0",
+        &["--l4-dataplane", "xdp"],
+    );
+    let mut args = vec![
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        elb.to_str().expect("utf-8"),
+    ];
+    args.extend(strs(&run));
     let output =
-        t.lb.exec(
-            "setpriv",
-            &[
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--inh-caps=-all",
-                elb.to_str().expect("utf-8"),
-                "run",
-                "--name",
-                &name,
-                "--xdp-iface",
-                &t.lb_iface,
-                "--l4-dataplane",
-                "xdp",
-                "--run-dir",
-                run_dir.to_str().expect("utf-8"),
-                "--state-file",
-                &format!("{}/state.json", run_dir.display()),
-                "--listen",
-                "127.0.0.1:0",
-            ],
-        )
-        .expect_err("elb must fail without privileges");
+        t.lb.exec("setpriv", &args)
+            .expect_err("elb must fail without privileges");
     let message = format!("{output:#}");
     assert!(
         message.contains("permission denied") && message.contains("CAP_BPF + CAP_NET_ADMIN"),
@@ -400,7 +394,6 @@ fn without_privileges_auto_mode_falls_back_to_userspace_loudly() {
     let run_dir = run_dir.path();
     run("chmod", &["0777", run_dir.to_str().expect("utf-8")]).expect("chmod");
     let name = unique_name("T");
-    let state = format!("{}/state.json", run_dir.display());
     let mut elb = ElbProcess::spawn_wrapped(
         &[
             "setpriv",
@@ -409,19 +402,13 @@ fn without_privileges_auto_mode_falls_back_to_userspace_loudly() {
             "--clear-groups",
             "--inh-caps=-all",
         ],
-        &[
-            "run",
-            "--name",
+        &strs(&run_args(
             &name,
-            "--xdp-iface",
             &t.lb_iface,
-            "--run-dir",
-            run_dir.to_str().expect("utf-8"),
-            "--state-file",
-            &state,
-            "--listen",
+            run_dir,
             "127.0.0.1:8080",
-        ],
+            &[],
+        )),
         Some(&t.lb),
     )
     .expect("spawn elb");
@@ -453,19 +440,7 @@ fn a_second_elb_with_the_same_name_is_refused() {
     let name = unique_name("T");
     let _first = start_elb(&t, &name, run_dir);
     let log = failed_start(
-        &[
-            "run",
-            "--name",
-            &name,
-            "--xdp-iface",
-            &t.lb_iface,
-            "--run-dir",
-            run_dir.to_str().expect("utf-8"),
-            "--state-file",
-            &format!("{}/state.json", run_dir.display()),
-            "--listen",
-            "127.0.0.1:0",
-        ],
+        &strs(&run_args(&name, &t.lb_iface, run_dir, "127.0.0.1:0", &[])),
         Some(&t.lb),
     );
     assert!(
