@@ -15,13 +15,20 @@ pub const APT_PACKAGES: &[&str] = &[
     "etcd-client",
     "iproute2",
     "ethtool",
-    // etcd-client compiles its protobufs at build time.
+    // etcd-client compiles its protobufs at build time; they import the
+    // well-known types (google/protobuf/*.proto) that libprotobuf-dev ships.
     "protobuf-compiler",
+    "libprotobuf-dev",
     // Test and benchmark peers.
     "nginx",
     "wrk",
     "curl",
     "python3-requests",
+    // `cargo xtask bench l4`'s other balancers: HAProxy in TCP mode, and
+    // iptables DNAT+SNAT (iptables-nft; nft removes the NAT table after).
+    "haproxy",
+    "iptables",
+    "nftables",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
