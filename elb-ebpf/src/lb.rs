@@ -13,8 +13,8 @@ use elb_common::{
     l4::{
         FAMILY_IPV4, FAMILY_IPV6, FLOW_CLOSING, FLOW_REPLY, FlowEntry, FlowKey, IFACE_HAS_V4,
         IFACE_HAS_V6, LAST_SEEN_GRANULARITY_NS, NAT_PORT_MAX, NAT_PORT_MIN, NAT_PORT_TRIES,
-        NEXT_HOP_TTL_NS, SERVICE_HAS_SNAT, ServiceEntry, TCP_CLOSING_NS, TCP_IDLE_NS, UDP_IDLE_NS,
-        VipKey, flow_hash, nat_port_candidate,
+        NEXT_HOP_TTL_NS, SERVICE_HAS_SNAT, ServerEntry, ServiceEntry, TCP_CLOSING_NS, TCP_IDLE_NS,
+        UDP_IDLE_NS, VipKey, flow_hash, nat_port_candidate,
     },
 };
 
@@ -25,7 +25,7 @@ use crate::{
         ACL_V4, ACL_V6, FLOWS, IFACE_ADDRS, L7_PORTS, MAGLEV, SCRATCH, SERVERS, SERVICES, Scratch,
     },
     nat,
-    parse::{Fragment, L4Packet, header_at},
+    parse::{L4Packet, Portless, header_at},
     stats,
 };
 
@@ -81,18 +81,19 @@ pub fn handle(ctx: &XdpContext, packet: &L4Packet) -> u32 {
     PASS
 }
 
-/// Fragments cannot be NAT'd (only the first carries ports); they go to the
-/// kernel, except from denied sources.
+/// Packets without readable ports cannot be NAT'd: they go to the kernel
+/// untouched and are counted, except from denied sources, which are
+/// dropped (an extension header must not be a way around the deny-list).
 #[inline(always)]
-pub fn handle_fragment(ctx: &XdpContext, fragment: &Fragment) -> u32 {
-    let (family, src) = if fragment.ipv6 {
-        let Some(ip) = header_at::<Ipv6Hdr>(ctx, fragment.l3_offset) else {
+pub fn handle_portless(ctx: &XdpContext, packet: &Portless) -> u32 {
+    let (family, src) = if packet.ipv6 {
+        let Some(ip) = header_at::<Ipv6Hdr>(ctx, packet.l3_offset) else {
             return PASS;
         };
         // SAFETY: bounds checked by header_at.
         (FAMILY_IPV6, unsafe { (*ip).src })
     } else {
-        let Some(ip) = header_at::<Ipv4Hdr>(ctx, fragment.l3_offset) else {
+        let Some(ip) = header_at::<Ipv4Hdr>(ctx, packet.l3_offset) else {
             return PASS;
         };
         // SAFETY: bounds checked by header_at.
@@ -102,6 +103,7 @@ pub fn handle_fragment(ctx: &XdpContext, fragment: &Fragment) -> u32 {
         stats::global(|s| s.acl_drops += 1);
         return DROP;
     }
+    stats::global(|s| s.unsupported_passes += 1);
     PASS
 }
 
@@ -123,10 +125,17 @@ fn to_service(
                 expired(&*flow, key.proto, now),
             )
         };
-        // A new SYN on a closing flow is a new connection reusing the port.
         if !expired && !(syn_only && closing) {
             stats::global(|s| s.flow_hits += 1);
             return follow(ctx, packet, flow, &mut scratch.fib, false);
+        }
+        // A SYN on a closing flow is a new connection from a reused client
+        // port. If the flow's server is still the Maglev choice, it keeps
+        // that server and its NAT port, as conntrack does; a busy client
+        // cycles through its ports faster than closed flows free theirs.
+        if !expired && reopen(scratch, flow, service, now) {
+            stats::global(|s| s.flow_hits += 1);
+            return follow(ctx, packet, flow, &mut scratch.fib, true);
         }
     }
     stats::global(|s| s.flow_misses += 1);
@@ -193,12 +202,7 @@ fn new_flow(
 ) -> Option<NonNull<FlowEntry>> {
     let key = &scratch.key;
     let hash = flow_hash(&key.src, &key.dst, key.src_port, key.dst_port, key.proto);
-    let server_id = match service.table_size {
-        0 => None,
-        size => MAGLEV.get_value(service.id, &(hash % size)).copied(),
-    };
-    let server = server_id.and_then(|id| SERVERS.get_ptr(id).map(|s| (id, s)));
-    let Some((server_id, server)) = server else {
+    let Some((server_id, server)) = maglev_choice(service, hash) else {
         stats::global(|s| s.no_server_drops += 1);
         return None;
     };
@@ -267,6 +271,63 @@ fn new_flow(
     }
     // NonNull, so the Option is one register: a BPF function returns r0 only.
     FLOWS.get_ptr_mut(key).and_then(NonNull::new)
+}
+
+/// The server the service's Maglev table gives a flow with `hash`.
+#[inline(always)]
+fn maglev_choice(service: &ServiceEntry, hash: u32) -> Option<(u32, *const ServerEntry)> {
+    let server_id = match service.table_size {
+        0 => None,
+        size => MAGLEV.get_value(service.id, &(hash % size)).copied(),
+    };
+    server_id.and_then(|id| SERVERS.get_ptr(id).map(|s| (id, s)))
+}
+
+/// Reopens a closing flow for a new connection on the same 5-tuple: true
+/// if the Maglev choice is still the flow's server (same id, same address)
+/// and the flow's reply entry still maps back to this client; both entries
+/// then lose their closing mark. False: the caller makes a new flow.
+#[inline(never)]
+fn reopen(scratch: &mut Scratch, flow: *mut FlowEntry, service: &ServiceEntry, now: u64) -> bool {
+    let key = &scratch.key;
+    // SAFETY: see `handle`.
+    let entry = unsafe { &mut *flow };
+    let hash = flow_hash(&key.src, &key.dst, key.src_port, key.dst_port, key.proto);
+    let Some((server_id, server)) = maglev_choice(service, hash) else {
+        return false;
+    };
+    // SAFETY: array values stay valid for this run.
+    let server = unsafe { &*server };
+    if server_id != u32::from(entry.server_id)
+        || server.addr != entry.new_dst
+        || server.port != entry.new_dst_port
+    {
+        return false;
+    }
+    let reply_key = &mut scratch.reply_key;
+    reply_key.src = entry.new_dst;
+    reply_key.dst = entry.new_src;
+    reply_key.src_port = entry.new_dst_port;
+    reply_key.dst_port = entry.new_src_port;
+    reply_key.proto = key.proto;
+    reply_key.family = key.family;
+    reply_key._pad = [0; 2];
+    let Some(reply) = FLOWS.get_ptr_mut(reply_key) else {
+        return false;
+    };
+    // SAFETY: see `handle`.
+    let reply = unsafe { &mut *reply };
+    if reply.flags & FLOW_REPLY == 0
+        || reply.new_dst != key.src
+        || reply.new_dst_port != key.src_port
+    {
+        return false;
+    }
+    reply.flags &= !FLOW_CLOSING;
+    reply.last_seen = now;
+    entry.flags &= !FLOW_CLOSING;
+    entry.last_seen = now;
+    true
 }
 
 /// Inserts the reply entry at the first free NAT port, claiming the reverse

@@ -4,6 +4,8 @@
 #![no_std]
 #![no_main]
 
+#[cfg(feature = "bench")]
+mod bench;
 mod fib;
 mod headers;
 mod lb;
@@ -19,17 +21,29 @@ use crate::{maps::PROTO_STATS, parse::Parsed};
 
 #[xdp]
 pub fn elb_xdp(ctx: XdpContext) -> u32 {
-    match parse::parse(&ctx) {
+    process(&ctx)
+}
+
+/// Everything `elb_xdp` does to a frame. Always inlined, so the production
+/// program compiles exactly as if this were its body; the bench object
+/// (feature `bench`) inlines the same code into its timing wrapper.
+#[inline(always)]
+fn process(ctx: &XdpContext) -> u32 {
+    match parse::parse(ctx) {
         Parsed::L4(packet) => {
-            count(&ctx, ProtoCounter::for_l4(packet.ipv6, packet.ip_proto));
-            lb::handle(&ctx, &packet)
+            count(ctx, ProtoCounter::for_l4(packet.ipv6, packet.ip_proto));
+            lb::handle(ctx, &packet)
         }
         Parsed::Fragment(fragment) => {
-            count(&ctx, ProtoCounter::IpFragment);
-            lb::handle_fragment(&ctx, &fragment)
+            count(ctx, ProtoCounter::IpFragment);
+            lb::handle_portless(ctx, &fragment)
+        }
+        Parsed::Ipv6Extension(packet) => {
+            count(ctx, ProtoCounter::Ipv6Other);
+            lb::handle_portless(ctx, &packet)
         }
         Parsed::Other(slot) => {
-            count(&ctx, slot);
+            count(ctx, slot);
             xdp_action::XDP_PASS
         }
     }

@@ -29,8 +29,10 @@ pub struct L4Packet {
     pub tcp_flags: u8,
 }
 
-/// An IP fragment: only its addresses are known.
-pub struct Fragment {
+/// An IP packet whose ports elb cannot read: an IP fragment (only the
+/// first carries them), or IPv6 with extension headers. Only its addresses
+/// are known.
+pub struct Portless {
     pub ipv6: bool,
     pub l3_offset: usize,
 }
@@ -39,10 +41,17 @@ pub struct Fragment {
 pub enum Parsed {
     /// IP packet with a complete TCP or UDP header.
     L4(L4Packet),
-    Fragment(Fragment),
+    Fragment(Portless),
+    /// IPv6 whose next header is an extension header.
+    Ipv6Extension(Portless),
     /// Anything else, with the counter slot it belongs to.
     Other(ProtoCounter),
 }
+
+/// IPv6 extension headers other than Fragment (RFC 8200 4, and the IANA
+/// list): hop-by-hop, routing, destination options, AH, mobility, HIP,
+/// shim6. Walking them is not supported, so the ports stay unknown.
+const IPV6_EXTENSION_HEADERS: [u8; 7] = [0, 43, 60, 51, 135, 139, 140];
 
 /// Pointer to a `T` at `offset` from the start of the frame, if the whole
 /// `T` lies inside the frame.
@@ -102,7 +111,7 @@ fn parse_ipv4(ctx: &XdpContext, l3_offset: usize) -> Parsed {
         return Parsed::Other(ProtoCounter::Malformed);
     }
     if frag_off & Ipv4Hdr::FRAGMENT_MASK != 0 {
-        return Parsed::Fragment(Fragment {
+        return Parsed::Fragment(Portless {
             ipv6: false,
             l3_offset,
         });
@@ -120,11 +129,15 @@ fn parse_ipv6(ctx: &XdpContext, l3_offset: usize) -> Parsed {
     if version != 6 {
         return Parsed::Other(ProtoCounter::Malformed);
     }
+    let portless = Portless {
+        ipv6: true,
+        l3_offset,
+    };
     if next_header == IPPROTO_IPV6_FRAGMENT {
-        return Parsed::Fragment(Fragment {
-            ipv6: true,
-            l3_offset,
-        });
+        return Parsed::Fragment(portless);
+    }
+    if IPV6_EXTENSION_HEADERS.contains(&next_header) {
+        return Parsed::Ipv6Extension(portless);
     }
     l4(
         ctx,

@@ -9,7 +9,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use elb_common::{
     counters::{IPPROTO_TCP, IPPROTO_UDP},
-    l4::{FLOW_REPLY, FlowEntry, FlowKey, NAT_PORT_TRIES, flow_hash, nat_port_candidate},
+    l4::{
+        FLOW_CLOSING, FLOW_REPLY, FlowEntry, FlowKey, NAT_PORT_TRIES, TCP_CLOSING_NS, flow_hash,
+        nat_port_candidate,
+    },
 };
 use elb_tests::{
     l4_fixture::*,
@@ -199,6 +202,87 @@ fn established_flow_stays_on_its_server_after_a_table_change() {
     });
 }
 
+/// A client that reuses its port for a new connection (a SYN on a flow
+/// that saw FIN) keeps the flow's server and NAT port while the Maglev
+/// table still picks that server, and both directions are live again. Once
+/// the table moves the flow, the next reuse gets the new server.
+#[test]
+fn syn_on_a_closing_flow_reopens_it_while_its_server_is_still_chosen() {
+    require_root_and_bpf!();
+    with_service(IPPROTO_TCP, vip4(), ONE_SERVER, |fixture, maps| {
+        let client = client4(40012);
+        let port = first_port(client, vip4(), IPPROTO_TCP);
+        let to_server0 = |frame: &[u8]| {
+            rewritten(
+                frame,
+                LB_SERVER_SIDE_MAC,
+                server_mac(0),
+                sa(SNAT_V4, port),
+                sa(server_v4(0), 8080),
+            )
+        };
+        let syn = tcp(client, vip4(), true, false, false);
+        fixture.run(&syn).expect("syn");
+        let fin = tcp(client, vip4(), false, true, true);
+        assert_eq!(fixture.run(&fin).expect("fin").output, to_server0(&fin));
+        let server_fin = tcp_from(
+            server_mac(0),
+            LB_SERVER_SIDE_MAC,
+            sa(server_v4(0), 8080),
+            sa(SNAT_V4, port),
+            false,
+            true,
+            true,
+        );
+        fixture.run(&server_fin).expect("server fin");
+
+        let run = fixture.run(&syn).expect("reused syn");
+        assert_eq!(
+            (run.action, run.output),
+            (XdpAction::Redirect, to_server0(&syn))
+        );
+        let global = maps.global_stats().expect("stats");
+        assert_eq!((global.flow_misses, global.port_alloc_failures), (1, 0));
+        assert_eq!(maps.service_stats(0).expect("service").new_flows, 2);
+        let reopened = |fixture: &mut XdpFixture, key: &FlowKey| {
+            let entry = fixture.flows().expect("flows").get(key, 0).expect("entry");
+            entry.flags & FLOW_CLOSING == 0
+        };
+        let forward_key = flow_key(client, vip4());
+        let reply_key = flow_key(sa(server_v4(0), 8080), sa(SNAT_V4, port));
+        assert!(reopened(fixture, &forward_key), "forward entry reopened");
+        assert!(reopened(fixture, &reply_key), "reply entry reopened");
+
+        // The table now sends this flow to server 1: a reuse after the
+        // next close is a new flow there.
+        let servers = [(1, sa(server_v4(1), 8080), 1)];
+        install_service(maps, 0, vip4(), IPPROTO_TCP, &servers, None).expect("new table");
+        fixture.run(&fin).expect("fin again");
+        let run = fixture.run(&syn).expect("syn after the table change");
+        let want = rewritten(
+            &syn,
+            LB_SERVER_SIDE_MAC,
+            server_mac(1),
+            sa(SNAT_V4, port),
+            sa(server_v4(1), 8080),
+        );
+        assert_eq!((run.action, run.output), (XdpAction::Redirect, want));
+        assert_eq!(maps.global_stats().expect("stats").flow_misses, 2);
+    });
+}
+
+fn flow_key(src: SocketAddr, dst: SocketAddr) -> FlowKey {
+    FlowKey {
+        src: addr16(src.ip()),
+        dst: addr16(dst.ip()),
+        src_port: src.port().to_be_bytes(),
+        dst_port: dst.port().to_be_bytes(),
+        proto: IPPROTO_TCP,
+        family: if src.is_ipv4() { 4 } else { 6 },
+        _pad: [0; 2],
+    }
+}
+
 #[test]
 fn reply_is_translated_back_to_the_client() {
     require_root_and_bpf!();
@@ -366,7 +450,21 @@ fn monotonic_coarse_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn plant_reply(fixture: &mut XdpFixture, nat_port: u16, last_seen: u64) {
+/// Plants a reply entry holding `nat_port`: live, or one that closed longer
+/// than `TCP_CLOSING_NS` ago. (An idle entry with an old `last_seen` would
+/// need an uptime above `TCP_IDLE_NS`, an hour: not so on a fresh CI
+/// machine.)
+fn plant_reply(fixture: &mut XdpFixture, nat_port: u16, live: bool) {
+    let now = monotonic_coarse_ns();
+    let (flags, last_seen) = if live {
+        (FLOW_REPLY, now)
+    } else {
+        let closed_at = now.checked_sub(TCP_CLOSING_NS + 1_000_000_000);
+        (
+            FLOW_REPLY | FLOW_CLOSING,
+            closed_at.expect("uptime above 11 s"),
+        )
+    };
     let key = FlowKey {
         src: addr16(server_v4(0).into()),
         dst: addr16(SNAT_V4.into()),
@@ -377,7 +475,7 @@ fn plant_reply(fixture: &mut XdpFixture, nat_port: u16, last_seen: u64) {
         _pad: [0; 2],
     };
     let entry = FlowEntry {
-        flags: FLOW_REPLY,
+        flags,
         last_seen,
         ..FlowEntry::default()
     };
@@ -392,11 +490,10 @@ fn plant_reply(fixture: &mut XdpFixture, nat_port: u16, last_seen: u64) {
 fn taken_nat_ports_are_skipped_and_exhaustion_drops() {
     require_root_and_bpf!();
     with_service(IPPROTO_TCP, vip4(), ONE_SERVER, |fixture, maps| {
-        let now = monotonic_coarse_ns();
         // The first candidate is held by a live flow: the second is used.
         let client = client4(40008);
         let hash = flow_hash_of(client, vip4(), IPPROTO_TCP);
-        plant_reply(fixture, nat_port_candidate(hash, 0), now);
+        plant_reply(fixture, nat_port_candidate(hash, 0), true);
         let syn = tcp(client, vip4(), true, false, false);
         let run = fixture.run(&syn).expect("syn");
         let want = rewritten(
@@ -411,7 +508,7 @@ fn taken_nat_ports_are_skipped_and_exhaustion_drops() {
         // An expired holder is taken over.
         let client = client4(40009);
         let hash = flow_hash_of(client, vip4(), IPPROTO_TCP);
-        plant_reply(fixture, nat_port_candidate(hash, 0), 1);
+        plant_reply(fixture, nat_port_candidate(hash, 0), false);
         let syn = tcp(client, vip4(), true, false, false);
         let run = fixture.run(&syn).expect("syn");
         let want = rewritten(
@@ -427,7 +524,7 @@ fn taken_nat_ports_are_skipped_and_exhaustion_drops() {
         let client = client4(40010);
         let hash = flow_hash_of(client, vip4(), IPPROTO_TCP);
         for attempt in 0..NAT_PORT_TRIES {
-            plant_reply(fixture, nat_port_candidate(hash, attempt), now);
+            plant_reply(fixture, nat_port_candidate(hash, attempt), true);
         }
         let run = fixture
             .run(&tcp(client, vip4(), true, false, false))
@@ -474,7 +571,44 @@ fn ipv4_options_are_kept_and_fragments_pass() {
         b.write(&mut fragment, PAYLOAD).expect("frame");
         let run = fixture.run(&fragment).expect("run");
         assert_eq!((run.action, &run.output), (XdpAction::Pass, &fragment));
-        assert_eq!(maps.global_stats().expect("stats").flow_misses, 1);
+        let stats = maps.global_stats().expect("stats");
+        assert_eq!((stats.flow_misses, stats.unsupported_passes), (1, 1));
+    });
+}
+
+/// `frame` (Ethernet + IPv6 + TCP) with an 8-byte hop-by-hop options header
+/// (one PadN option) between the IPv6 header and TCP.
+fn with_hop_by_hop(frame: &[u8]) -> Vec<u8> {
+    const IPV6_END: usize = 14 + 40;
+    let mut out = frame[..IPV6_END].to_vec();
+    let next_header = out[14 + 6];
+    out[14 + 6] = 0;
+    let payload_len = u16::from_be_bytes([out[14 + 4], out[14 + 5]]) + 8;
+    out[14 + 4..14 + 6].copy_from_slice(&payload_len.to_be_bytes());
+    out.extend_from_slice(&[next_header, 0, 1, 4, 0, 0, 0, 0]);
+    out.extend_from_slice(&frame[IPV6_END..]);
+    out
+}
+
+/// IPv6 extension headers hide the ports: such packets to the VIP pass
+/// untouched and are counted, and denied sources are dropped all the same.
+#[test]
+fn ipv6_extension_headers_pass_counted_unless_denied() {
+    require_root_and_bpf!();
+    let vip = sa(VIP_V6, 80);
+    with_service(IPPROTO_TCP, vip, ONE_SERVER, move |fixture, maps| {
+        let syn = with_hop_by_hop(&tcp(sa(CLIENT_V6, 40014), vip, true, false, false));
+        let run = fixture.run(&syn).expect("run");
+        assert_eq!((run.action, &run.output), (XdpAction::Pass, &syn));
+        let stats = maps.global_stats().expect("stats");
+        assert_eq!((stats.unsupported_passes, stats.flow_misses), (1, 0));
+
+        maps.set_acl(&[], &[(64, addr16(CLIENT_V6.into()))])
+            .expect("acl");
+        let run = fixture.run(&syn).expect("run");
+        assert_eq!(run.action, XdpAction::Drop);
+        let stats = maps.global_stats().expect("stats");
+        assert_eq!((stats.unsupported_passes, stats.acl_drops), (1, 1));
     });
 }
 
