@@ -27,6 +27,34 @@ pub fn ebpf_cargo(root: &Path) -> Result<Step> {
 
 /// Builds the object, copies it to [`object_path`] and returns that path.
 pub fn build(root: &Path, release: bool) -> Result<PathBuf> {
+    build_object(root, release, None, &object_path(root))
+}
+
+/// Where `cargo xtask bench xdp` puts the bench object.
+pub fn bench_object_path(root: &Path) -> PathBuf {
+    root.join("target/ebpf/elb-bench.bpf.o")
+}
+
+/// Builds the bench object: the same crate with feature `bench`, which adds
+/// the timing wrapper (`elb-ebpf/src/bench.rs`) next to the unchanged
+/// `elb_xdp`. It has its own target directory so that switching features
+/// never rebuilds, or races with, the production object.
+pub fn build_bench(root: &Path) -> Result<PathBuf> {
+    build_object(
+        root,
+        true,
+        Some(("bench", "target/bench")),
+        &bench_object_path(root),
+    )
+}
+
+/// `feature`: (cargo feature, target directory relative to the crate).
+fn build_object(
+    root: &Path,
+    release: bool,
+    feature: Option<(&str, &str)>,
+    object: &Path,
+) -> Result<PathBuf> {
     let profile = if release { "release" } else { "debug" };
     let mut step = ebpf_cargo(root)?
         .args(["build", "--target", TARGET, "-Z", "build-std=core"])
@@ -38,17 +66,17 @@ pub fn build(root: &Path, release: bool) -> Result<PathBuf> {
     if release {
         step = step.args(["--release"]);
     }
+    let mut target_dir = root.join("elb-ebpf/target");
+    if let Some((feature, dir)) = feature {
+        step = step.args(["--features", feature, "--target-dir", dir]);
+        target_dir = root.join("elb-ebpf").join(dir);
+    }
     step.run("building the eBPF program")?;
 
-    let built = root
-        .join("elb-ebpf/target")
-        .join(TARGET)
-        .join(profile)
-        .join("elb");
-    let object = object_path(root);
+    let built = target_dir.join(TARGET).join(profile).join("elb");
     std::fs::create_dir_all(object.parent().context("object path has a parent")?)?;
-    std::fs::copy(&built, &object)
+    std::fs::copy(&built, object)
         .with_context(|| format!("copying {} to {}", built.display(), object.display()))?;
     eprintln!("xtask: eBPF object: {}", object.display());
-    Ok(object)
+    Ok(object.to_path_buf())
 }

@@ -5,7 +5,7 @@
 use std::{
     io::{Read, Write},
     net::TcpStream,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use super::{
     median,
     procs::{Background, cpu_seconds, curl, free_port},
+    temp_dir::TempDir,
     wrk::{WrkResult, WrkRun},
 };
 
@@ -27,20 +28,20 @@ pub fn run(root: &Path, rounds: usize) -> Result<()> {
     let dir = TempDir::new("elb-bench-l7")?;
 
     let (b1, b2) = (free_port()?, free_port()?);
-    let mut backends = nginx(&dir.0, "backends", &backend_conf(&dir.0, b1, b2))?;
+    let mut backends = nginx(dir.path(), "backends", &backend_conf(dir.path(), b1, b2))?;
     backends.wait_port(b1)?;
     backends.wait_port(b2)?;
 
     let nginx_port = free_port()?;
     let mut nginx_lb = nginx(
-        &dir.0,
+        dir.path(),
         "nginx-lb",
-        &nginx_lb_conf(&dir.0, nginx_port, b1, b2),
+        &nginx_lb_conf(dir.path(), nginx_port, b1, b2),
     )?;
     nginx_lb.wait_port(nginx_port)?;
 
     let elb_port = free_port()?;
-    let mut elb = start_elb(&elb_bin, &dir.0, "BENCH", elb_port, &[])?;
+    let mut elb = start_elb(&elb_bin, dir.path(), "BENCH", elb_port, &[])?;
     elb.wait_port(elb_port)?;
     configure_elb(elb_port, b1, b2)?;
 
@@ -84,7 +85,7 @@ pub fn run(root: &Path, rounds: usize) -> Result<()> {
     let nginx_median = summarise(&nginx_runs);
     drop(elb);
 
-    let propagation = etcd_propagation(&elb_bin, &dir.0, b1)?;
+    let propagation = etcd_propagation(&elb_bin, dir.path(), b1)?;
 
     println!(
         "\n### L7: elb vs nginx (`cargo xtask bench l7`, {rounds} alternating rounds of 8 s, medians)\n"
@@ -136,22 +137,6 @@ fn summarise(runs: &[Measured]) -> Measured {
 fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
     let index = ((sorted_ms.len() as f64 - 1.0) * p).round() as usize;
     sorted_ms[index.min(sorted_ms.len() - 1)]
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(prefix: &str) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn nginx(dir: &Path, name: &str, conf: &str) -> Result<Background> {

@@ -1,9 +1,12 @@
 //! `cargo xtask bench <name>`: comparisons that run in one go and print
 //! ratios. The machines are noisy, so every figure is the median of several
 //! alternating rounds.
+mod l4;
 mod l7;
 mod procs;
+mod temp_dir;
 mod wrk;
+mod xdp;
 
 use std::path::Path;
 
@@ -13,7 +16,9 @@ pub fn run(root: &Path, name: &str, rounds: usize) -> Result<()> {
     crate::setup::ensure(root)?;
     match name {
         "l7" => l7::run(root, rounds),
-        other => bail!("unknown benchmark {other:?}; available: l7"),
+        "xdp" => xdp::run(root, rounds),
+        "l4" => l4::run(root, rounds),
+        other => bail!("unknown benchmark {other:?}; available: l7, xdp, l4"),
     }
 }
 

@@ -1,0 +1,142 @@
+//! Bench-only programs for `cargo xtask bench xdp` (feature `bench`; built
+//! into target/ebpf/elb-bench.bpf.o, never into the production object).
+//!
+//! `BPF_PROG_TEST_RUN` with `repeat` runs a program again and again on the
+//! same buffer, so from the second run on elb would see its own NAT'd
+//! output and time the wrong path. `elb_bench` therefore first copies a
+//! template frame (kept in a map) over the whole frame, optionally gives it
+//! a fresh source address and port (every run a new 5-tuple), and only then
+//! runs elb's real per-frame code (`crate::process`, the very function
+//! `elb_xdp` inlines). With `run_elb = 0` it does the same copy and
+//! variation and skips elb: timing both in one run isolates elb's cost.
+//! Every run's action is counted per CPU, so the bench can check that all
+//! timed runs took the expected path.
+use aya_ebpf::{
+    bindings::xdp_action,
+    btf_maps::{Array, PerCpuArray},
+    helpers::{bpf_get_smp_processor_id, generated::bpf_xdp_store_bytes},
+    macros::{btf_map, xdp},
+    programs::XdpContext,
+};
+
+use crate::{
+    headers::{EthHdr, Ipv4Hdr},
+    parse::header_at,
+};
+
+/// Largest template frame.
+pub const TEMPLATE_CAPACITY: usize = 256;
+/// Slots of [`ACTIONS`]: one per XDP action (0..=4), then "anything else".
+pub const ACTION_SLOTS: u32 = 6;
+
+/// What `elb_bench` does on every run. The userspace runner
+/// (tests/src/bin/bench_xdp.rs) declares the same layout.
+#[repr(C)]
+pub struct BenchConfig {
+    /// Template length in bytes, 1..=[`TEMPLATE_CAPACITY`]; the frame
+    /// handed to `BPF_PROG_TEST_RUN` has exactly this length.
+    pub len: u32,
+    /// 1: run elb's path after the copy; 0: return `empty_action` instead.
+    pub run_elb: u32,
+    /// 1: a fresh IPv4 source address and TCP/UDP source port every run.
+    pub vary: u32,
+    pub empty_action: u32,
+}
+
+#[repr(C)]
+pub struct Template {
+    pub bytes: [u8; TEMPLATE_CAPACITY],
+}
+
+#[btf_map(name = "elb_bench_cfg")]
+static CONFIG: Array<BenchConfig, 1> = Array::new();
+
+#[btf_map(name = "elb_bench_tmpl")]
+static TEMPLATE: Array<Template, 1> = Array::new();
+
+/// Per-CPU run counts by returned action.
+#[btf_map(name = "elb_bench_act")]
+static ACTIONS: PerCpuArray<u64, { ACTION_SLOTS as usize }> = PerCpuArray::new();
+
+/// Per-CPU sequence number for `vary`.
+#[btf_map(name = "elb_bench_seq")]
+static SEQUENCE: PerCpuArray<u64, 1> = PerCpuArray::new();
+
+/// The template copy around elb's path (or around nothing).
+#[xdp]
+pub fn elb_bench(ctx: XdpContext) -> u32 {
+    let action = wrapped(&ctx);
+    let slot = if action < ACTION_SLOTS - 1 {
+        action
+    } else {
+        ACTION_SLOTS - 1
+    };
+    if let Some(count) = ACTIONS.get_ptr_mut(slot) {
+        // SAFETY: this CPU's own slot.
+        unsafe { *count += 1 };
+    }
+    action
+}
+
+/// The trivial program every figure is compared with.
+#[xdp]
+pub fn elb_bench_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn wrapped(ctx: &XdpContext) -> u32 {
+    let (Some(config), Some(template)) = (CONFIG.get(0), TEMPLATE.get_ptr(0)) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // 1..=TEMPLATE_CAPACITY in a form the verifier can bound (a size
+    // argument must be known non-zero and within the template).
+    let len = (config.len.wrapping_sub(1) & (TEMPLATE_CAPACITY as u32 - 1)) + 1;
+    // SAFETY: the template is a map value of TEMPLATE_CAPACITY bytes; the
+    // helper checks the frame bounds itself and fails if the frame is shorter.
+    let copied = unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, template as *mut _, len) };
+    if copied != 0 {
+        return xdp_action::XDP_ABORTED;
+    }
+    if config.vary != 0 && !vary(ctx) {
+        return xdp_action::XDP_ABORTED;
+    }
+    if config.run_elb != 0 {
+        crate::process(ctx)
+    } else {
+        config.empty_action
+    }
+}
+
+/// Gives the (untagged IPv4, TCP or UDP) frame a source address and port
+/// no earlier run on this CPU had: 10.<cpu>.<seq bits 0-15> and port
+/// 1024 + (seq >> 16) % 64512. Checksums are left as they are: elb never
+/// verifies them, and its incremental update costs the same for any value.
+#[inline(always)]
+fn vary(ctx: &XdpContext) -> bool {
+    let Some(seq) = SEQUENCE.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's own slot.
+    let n = unsafe {
+        *seq += 1;
+        *seq
+    };
+    let Some(ip) = header_at::<Ipv4Hdr>(ctx, size_of::<EthHdr>()) else {
+        return false;
+    };
+    let Some(ports) = header_at::<[u8; 4]>(ctx, size_of::<EthHdr>() + size_of::<Ipv4Hdr>()) else {
+        return false;
+    };
+    // SAFETY: plain helper call.
+    let cpu = unsafe { bpf_get_smp_processor_id() } as u8;
+    let port = 1024 + ((n >> 16) % 64512) as u16;
+    let (ip, ports) = (ip as *mut Ipv4Hdr, ports as *mut [u8; 4]);
+    // SAFETY: bounds checked by header_at; XDP packet data is writable.
+    unsafe {
+        (*ip).src = [10, cpu, (n >> 8) as u8, n as u8];
+        (*ports)[0] = (port >> 8) as u8;
+        (*ports)[1] = port as u8;
+    }
+    true
+}
