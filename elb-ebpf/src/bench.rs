@@ -19,9 +19,12 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 
+use elb_common::l4::VipKey;
+
 use crate::{
     headers::{EthHdr, Ipv4Hdr},
-    parse::header_at,
+    maps::{FLOWS, SCRATCH, SERVICES},
+    parse::{Parsed, header_at},
 };
 
 /// Largest template frame.
@@ -36,12 +39,23 @@ pub struct BenchConfig {
     /// Template length in bytes, 1..=[`TEMPLATE_CAPACITY`]; the frame
     /// handed to `BPF_PROG_TEST_RUN` has exactly this length.
     pub len: u32,
-    /// 1: run elb's path after the copy; 0: return `empty_action` instead.
+    /// What runs after the copy: [`RUN_EMPTY`], [`RUN_ELB`] or
+    /// [`RUN_FLOOR`].
     pub run_elb: u32,
     /// 1: a fresh IPv4 source address and TCP/UDP source port every run.
     pub vary: u32,
     pub empty_action: u32,
 }
+
+/// Return `empty_action`, running nothing.
+pub const RUN_EMPTY: u32 = 0;
+/// elb's real per-frame code.
+pub const RUN_ELB: u32 = 1;
+/// The least any design with a VIP map and an LRU connection table must
+/// do: parse the frame, look up its VIP (which must be found, else
+/// XDP_ABORTED) and its 5-tuple, insert an entry if there was none (one
+/// insert; full NAT needs two), then return `empty_action`.
+pub const RUN_FLOOR: u32 = 2;
 
 #[repr(C)]
 pub struct Template {
@@ -101,11 +115,46 @@ fn wrapped(ctx: &XdpContext) -> u32 {
     if config.vary != 0 && !vary(ctx) {
         return xdp_action::XDP_ABORTED;
     }
-    if config.run_elb != 0 {
-        crate::process(ctx)
-    } else {
-        config.empty_action
+    match config.run_elb {
+        RUN_ELB => crate::process(ctx),
+        RUN_FLOOR => {
+            if lookups_floor(ctx) {
+                config.empty_action
+            } else {
+                xdp_action::XDP_ABORTED
+            }
+        }
+        RUN_EMPTY => config.empty_action,
+        // An unknown mode fails every run, and so the bench.
+        _ => xdp_action::XDP_ABORTED,
     }
+}
+
+/// See [`RUN_FLOOR`]: false if the VIP was not found or the insert failed.
+#[inline(always)]
+fn lookups_floor(ctx: &XdpContext) -> bool {
+    let Parsed::L4(packet) = crate::parse::parse(ctx) else {
+        return false;
+    };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's own scratch slot.
+    let scratch = unsafe { &mut *scratch };
+    let key = &mut scratch.key;
+    if !crate::lb::fill_flow_key(ctx, &packet, key) {
+        return false;
+    }
+    let vip = VipKey {
+        addr: key.dst,
+        port: key.dst_port,
+        proto: key.proto,
+        family: key.family,
+    };
+    if SERVICES.get_ptr(&vip).is_none() {
+        return false;
+    }
+    FLOWS.get_ptr(key).is_some() || FLOWS.insert(key, &scratch.entry, 0).is_ok()
 }
 
 /// Gives the (untagged IPv4, TCP or UDP) frame a source address and port

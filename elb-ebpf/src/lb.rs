@@ -417,7 +417,7 @@ fn denied(family: u8, src: &[u8; 16]) -> bool {
 
 /// Fills `key` with the packet's 5-tuple; false if a header is cut short.
 #[inline(always)]
-fn fill_flow_key(ctx: &XdpContext, packet: &L4Packet, key: &mut FlowKey) -> bool {
+pub(crate) fn fill_flow_key(ctx: &XdpContext, packet: &L4Packet, key: &mut FlowKey) -> bool {
     if packet.ipv6 {
         let Some(ip) = header_at::<Ipv6Hdr>(ctx, packet.l3_offset) else {
             return false;

@@ -30,6 +30,9 @@ pub fn build(root: &Path, release: bool) -> Result<PathBuf> {
     build_object(root, release, None, &object_path(root))
 }
 
+/// The bench object's target directory, relative to the eBPF crate.
+pub const BENCH_TARGET_DIR: &str = "target/bench";
+
 /// Where `cargo xtask bench xdp` puts the bench object.
 pub fn bench_object_path(root: &Path) -> PathBuf {
     root.join("target/ebpf/elb-bench.bpf.o")
@@ -43,7 +46,7 @@ pub fn build_bench(root: &Path) -> Result<PathBuf> {
     build_object(
         root,
         true,
-        Some(("bench", "target/bench")),
+        Some(("bench", BENCH_TARGET_DIR)),
         &bench_object_path(root),
     )
 }

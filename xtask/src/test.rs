@@ -34,6 +34,18 @@ pub fn run(root: &Path, extra_args: &[String]) -> Result<()> {
         .args(["clippy", "--target", TARGET, "-Z", "build-std=core"])
         .args(["--", "-D", "warnings"])
         .run("linting the eBPF crate")?;
+    // The bench programs (feature `bench`), in the bench object's own
+    // target directory, as `cargo xtask bench xdp` builds them.
+    ebpf::ebpf_cargo(root)?
+        .args(["clippy", "--target", TARGET, "-Z", "build-std=core"])
+        .args([
+            "--features",
+            "bench",
+            "--target-dir",
+            ebpf::BENCH_TARGET_DIR,
+        ])
+        .args(["--", "-D", "warnings"])
+        .run("linting the eBPF crate's bench programs")?;
 
     // Integration tests start the real `elb` binary.
     cmd::cargo(root)

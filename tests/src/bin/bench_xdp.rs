@@ -204,6 +204,27 @@ struct Bench {
 struct Sample {
     empty: f64,
     path: f64,
+    /// The lookups floor (`Mode::Floor`); established and new flows only.
+    floor: Option<f64>,
+}
+
+/// What the wrapper runs after its copy (`BenchConfig::run_elb`, the
+/// `RUN_*` constants of elb-ebpf/src/bench.rs).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Empty = 0,
+    Elb = 1,
+    Floor = 2,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Empty => "empty path",
+            Mode::Elb => "elb path",
+            Mode::Floor => "lookups floor",
+        }
+    }
 }
 
 fn bench(args: &Args, client_ifindex: u32, server_ifindex: u32) -> Result<String> {
@@ -307,9 +328,15 @@ impl Bench {
                 Case::NonVip => (&non_vip, false),
                 Case::NewFlow => (&syn, true),
             };
-            let empty = self.time_wrapped(case, frame, vary, false)?;
-            let path = self.time_wrapped(case, frame, vary, true)?;
-            samples.push(Sample { empty, path });
+            let empty = self.time_wrapped(case, frame, vary, Mode::Empty)?;
+            let path = self.time_wrapped(case, frame, vary, Mode::Elb)?;
+            let floor = match case {
+                Case::Established | Case::NewFlow => {
+                    Some(self.time_wrapped(case, frame, vary, Mode::Floor)?)
+                }
+                Case::Reply | Case::NonVip => None,
+            };
+            samples.push(Sample { empty, path, floor });
         }
         let direct = self.time_direct_non_vip(&non_vip)?;
         Ok((trivial, direct, samples))
@@ -318,7 +345,7 @@ impl Bench {
     /// Sends a flow's SYN through elb once and checks the NAT'd result;
     /// returns the NAT source port.
     fn open_flow(&mut self, syn: &[u8]) -> Result<u16> {
-        self.set_template(syn, false, true, XDP_PASS)?;
+        self.set_template(syn, false, Mode::Elb, XDP_PASS)?;
         let (action, out) = self.run_once("elb_bench", syn)?;
         ensure!(
             action == XDP_REDIRECT || action == XDP_TX,
@@ -358,7 +385,7 @@ impl Bench {
         &mut self,
         frame: &[u8],
         vary: bool,
-        run_elb: bool,
+        mode: Mode,
         empty_action: u32,
     ) -> Result<()> {
         ensure!(frame.len() <= TEMPLATE_CAPACITY, "template too long");
@@ -371,7 +398,7 @@ impl Bench {
             0,
             &BenchConfig {
                 len: frame.len() as u32,
-                run_elb: u32::from(run_elb),
+                run_elb: mode as u32,
                 vary: u32::from(vary),
                 empty_action,
             },
@@ -421,24 +448,20 @@ impl Bench {
     /// Times the wrapper on `case` and checks that every run took the
     /// expected path: the action counts and elb's counters must add up to
     /// exactly `repeat` runs of it.
-    fn time_wrapped(&mut self, case: Case, frame: &[u8], vary: bool, run_elb: bool) -> Result<f64> {
+    fn time_wrapped(&mut self, case: Case, frame: &[u8], vary: bool, mode: Mode) -> Result<f64> {
         let expected = match case {
             Case::NonVip => XDP_PASS,
             // The fixture runs arrive on loopback and leave by the server
             // side: a redirect.
             _ => XDP_REDIRECT,
         };
-        self.set_template(frame, vary, run_elb, expected)?;
+        self.set_template(frame, vary, mode, expected)?;
         let actions_before = self.action_counts()?;
         let stats_before = self.maps.global_stats()?;
         let (last, ns) = self.time("elb_bench", frame)?;
         let actions = diff_counts(&self.action_counts()?, &actions_before);
         let stats = stats_delta(&self.maps.global_stats()?, &stats_before);
-        let what = format!(
-            "{} ({})",
-            case.name(),
-            if run_elb { "elb path" } else { "empty path" }
-        );
+        let what = format!("{} ({})", case.name(), mode.name());
         let repeat = u64::from(self.repeat);
         let mut want = [0u64; ACTION_SLOTS as usize];
         want[expected as usize] = repeat;
@@ -447,10 +470,10 @@ impl Bench {
             "{what}: actions per slot (aborted, drop, pass, tx, redirect, other) were {actions:?}, \
              expected all {repeat} runs to return {expected}"
         );
-        let (hits, misses) = match (run_elb, case) {
-            (false, _) | (true, Case::NonVip) => (0, 0),
-            (true, Case::Established | Case::Reply) => (repeat, 0),
-            (true, Case::NewFlow) => (0, repeat),
+        let (hits, misses) = match (mode, case) {
+            (Mode::Empty | Mode::Floor, _) | (Mode::Elb, Case::NonVip) => (0, 0),
+            (Mode::Elb, Case::Established | Case::Reply) => (repeat, 0),
+            (Mode::Elb, Case::NewFlow) => (0, repeat),
         };
         ensure!(
             stats.flow_hits == hits
@@ -673,6 +696,22 @@ fn report(
     let _ = writeln!(out);
     for verdict in verdicts {
         let _ = writeln!(out, "- {verdict}");
+    }
+    for (case, runs) in Case::ALL.iter().zip(samples) {
+        // Per round, as for elb's paths: trivial + (floor − empty).
+        let floor: Vec<f64> = runs
+            .iter()
+            .zip(trivial)
+            .filter_map(|(s, t)| s.floor.map(|floor| (t + floor - s.empty) / t))
+            .collect();
+        if !floor.is_empty() {
+            let _ = writeln!(
+                out,
+                "- lookups floor, {}: **{:.2}×** the trivial program (parse, look up the VIP and the 5-tuple, insert one entry if there was none; nothing else)",
+                case.name(),
+                median(&floor)
+            );
+        }
     }
     let _ = writeln!(
         out,
