@@ -271,6 +271,7 @@ fn syn_on_a_closing_flow_reopens_it_while_its_server_is_still_chosen() {
     });
 }
 
+/// The connection-table key of a TCP packet from `src` to `dst`.
 fn flow_key(src: SocketAddr, dst: SocketAddr) -> FlowKey {
     FlowKey {
         src: addr16(src.ip()),
@@ -465,15 +466,7 @@ fn plant_reply(fixture: &mut XdpFixture, nat_port: u16, live: bool) {
             closed_at.expect("uptime above 11 s"),
         )
     };
-    let key = FlowKey {
-        src: addr16(server_v4(0).into()),
-        dst: addr16(SNAT_V4.into()),
-        src_port: 8080u16.to_be_bytes(),
-        dst_port: nat_port.to_be_bytes(),
-        proto: IPPROTO_TCP,
-        family: 4,
-        _pad: [0; 2],
-    };
+    let key = flow_key(sa(server_v4(0), 8080), sa(SNAT_V4, nat_port));
     let entry = FlowEntry {
         flags,
         last_seen,
