@@ -162,6 +162,11 @@ impl Conn {
         }
         Ok(line.trim().to_owned())
     }
+
+    /// Closes with a reset (linger 0) rather than a FIN.
+    pub fn reset(self) -> std::io::Result<()> {
+        socket2::SockRef::from(&self.writer).set_linger(Some(Duration::ZERO))
+    }
 }
 
 /// A new TCP connection from the client namespace to the VIP, port 80.
@@ -614,6 +619,61 @@ pub fn scenario(e2e: &mut E2e, midway: impl FnOnce(&mut E2e)) -> Outcome {
         started.elapsed()
     );
     outcome
+}
+
+/// The client port every connection of [`port_reuse_step`] comes from:
+/// below the client's ephemeral range, so no other connection takes it.
+pub const REUSED_CLIENT_PORT: u16 = 31_000;
+
+/// A client reusing its source port: `count` connections in a row from
+/// [`REUSED_CLIENT_PORT`] to the VIP, each reset by the client when done
+/// (so neither side keeps a TIME_WAIT that would refuse the next). Every
+/// one must be answered, all by the same server; returns that server.
+pub fn port_reuse_step(e2e: &E2e, count: usize) -> String {
+    let local: SocketAddr = format!("{CLIENT}:{REUSED_CLIENT_PORT}")
+        .parse()
+        .expect("client addr");
+    let vip: SocketAddr = format!("{VIP}:80").parse().expect("vip");
+    let mut answers = Vec::with_capacity(count);
+    for n in 0..count {
+        let answer = connect_from(&e2e.net.client, local, vip)
+            .and_then(|mut conn| {
+                let answer = conn.ask()?;
+                conn.reset()?;
+                Ok(answer)
+            })
+            .unwrap_or_else(|e| {
+                panic!("reused-port connection {n} failed: {e}\n{}", e2e.elb.log())
+            });
+        answers.push(answer);
+    }
+    assert!(
+        answers.iter().all(|a| a == &answers[0]),
+        "one client port went to several servers: {answers:?}"
+    );
+    answers.swap_remove(0)
+}
+
+/// A new TCP connection from `local` in the client namespace to `addr`.
+fn connect_from(client: &NetNs, local: SocketAddr, addr: SocketAddr) -> std::io::Result<Conn> {
+    let stream = client
+        .enter(move || -> std::io::Result<TcpStream> {
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(local),
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )?;
+            socket.set_reuse_address(true)?;
+            socket.bind(&local.into())?;
+            socket.connect_timeout(&addr.into(), Duration::from_secs(2))?;
+            Ok(socket.into())
+        })
+        .map_err(std::io::Error::other)??;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    Ok(Conn {
+        writer: stream.try_clone()?,
+        reader: BufReader::new(stream),
+    })
 }
 
 /// IPv6: a TCP and a UDP service on an IPv6 VIP over IPv6 servers s1 and

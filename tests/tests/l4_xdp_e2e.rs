@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use elb_tests::{
-    l4_e2e::{CONNECTIONS, Dataplane, E2e, connect, ipv6_step, scenario},
+    l4_e2e::{CONNECTIONS, Dataplane, E2e, connect, ipv6_step, port_reuse_step, scenario},
     require_root_and_bpf,
 };
 
@@ -43,6 +43,20 @@ fn tcp_and_udp_through_xdp_follow_weights_survive_changes_and_obey_the_deny_list
     });
 
     ipv6_step(&e2e);
+
+    // A client reusing its port: the first connection is a new flow, the
+    // next ones reopen it (same server, same NAT port) instead of claiming
+    // a new NAT port each.
+    let misses = |e2e: &E2e| e2e.stats()["global"]["flow_misses"].as_u64();
+    let misses_before = misses(&e2e);
+    port_reuse_step(&e2e, 20);
+    assert_eq!(
+        misses(&e2e)
+            .zip(misses_before)
+            .map(|(after, before)| after - before),
+        Some(1),
+        "20 connections from one client port: only the first is a new flow"
+    );
 
     // `/__erulb__/stats` sums the per-CPU maps, which the restart kept.
     let stats = e2e.stats();
@@ -105,6 +119,7 @@ fn tcp_and_udp_through_the_userspace_fallback_make_the_same_choices() {
     let mut e2e = E2e::start(Dataplane::Userspace);
     let outcome = scenario(&mut e2e, |_| {});
     ipv6_step(&e2e);
+    port_reuse_step(&e2e, 20);
 
     let stats = e2e.stats();
     assert_eq!(stats["dataplane"], "userspace", "{stats:#}");
