@@ -142,6 +142,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .or_else(|| std::thread::available_parallelism().ok())
         .map_or(1, std::num::NonZeroUsize::get);
     let snapshot = config.snapshot().clone();
+    let guard = match &l4 {
+        L4Running::Xdp { .. } => None,
+        L4Running::Userspace(l4) => Some(l4.listener_guard()),
+    };
     let worker_threads = server::spawn_workers(
         workers,
         &listeners,
@@ -154,6 +158,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             )
         },
         &server_settings,
+        guard.as_ref(),
         &shutdown_rx,
     )?;
     tracing::info!(name = args.name, "elb running");

@@ -5,7 +5,7 @@ use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::proxy::Proxy;
+use crate::{l4::fallback::l7_guard::ListenerGuard, proxy::Proxy};
 
 /// Limits on what clients may send.
 #[derive(Clone, Debug)]
@@ -34,11 +34,13 @@ pub fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<std::net::TcpListene
 /// runtime and its own [`Proxy`] (so its own upstream connections), all
 /// accepting on duplicates of the same listening sockets. A request then
 /// never hops between threads, as in nginx's one event loop per worker.
+/// `guard`: the deny-list to apply at accept, when XDP does not.
 pub fn spawn_workers(
     workers: usize,
     listeners: &[std::net::TcpListener],
     make_proxy: impl Fn() -> Proxy,
     settings: &ServerSettings,
+    guard: Option<&ListenerGuard>,
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
     let mut handles = Vec::with_capacity(workers);
@@ -49,6 +51,7 @@ pub fn spawn_workers(
             .collect::<Result<Vec<_>, _>>()?;
         let proxy = Arc::new(make_proxy());
         let settings = settings.clone();
+        let guard = guard.cloned();
         let shutdown = shutdown.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -64,6 +67,7 @@ pub fn spawn_workers(
                                 listener,
                                 Arc::clone(&proxy),
                                 settings.clone(),
+                                guard.clone(),
                                 shutdown.clone(),
                             ))),
                             Err(err) => {
@@ -86,6 +90,7 @@ pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     settings: ServerSettings,
+    guard: Option<ListenerGuard>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -101,6 +106,12 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
+        if guard.as_ref().is_some_and(|g| g.refuses(peer.ip())) {
+            tracing::debug!(%peer, "HTTP client denied by the ACL");
+            // RST rather than FIN, as the L4 fallback refuses clients.
+            let _ = stream.set_zero_linger();
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let proxy = Arc::clone(&proxy);
         let settings = settings.clone();

@@ -391,6 +391,21 @@ impl E2e {
 
     /// Waits until a new connection gets an answer (both data planes apply
     /// a change within a few hundred milliseconds).
+    /// Whether the client namespace gets an HTTP answer from elb's HTTP
+    /// listener (any status: the admin API refuses non-local clients).
+    pub fn http_listener_answers_client(&self) -> bool {
+        let addr = SocketAddr::from(([10, 50, 0, 1], self.port));
+        let answer = connect_to(&self.net.client, addr).and_then(|mut conn| {
+            conn.writer.write_all(
+                b"GET /__erulb__/service HTTP/1.1\r\nHost: elb\r\nConnection: close\r\n\r\n",
+            )?;
+            let mut status = String::new();
+            conn.reader.read_line(&mut status)?;
+            Ok(status)
+        });
+        matches!(answer, Ok(status) if status.starts_with("HTTP/1.1 "))
+    }
+
     pub fn wait_serving(&self) {
         let mut last = None;
         for _ in 0..20 {
@@ -435,7 +450,9 @@ impl E2e {
 
 fn start_elb(net: &Net, name: &str, run_dir: &Path, port: u16, dataplane: Dataplane) -> ElbProcess {
     let run_dir = run_dir.to_str().expect("utf-8");
-    let listen = format!("127.0.0.1:{port}");
+    // All addresses: the client namespace reaches the HTTP listener too
+    // (through the LB's 10.50.0.1), for the deny-list check.
+    let listen = format!("0.0.0.0:{port}");
     let state = format!("{run_dir}/{name}.json");
     let mut args = vec![
         "run",
@@ -462,7 +479,7 @@ fn start_elb(net: &Net, name: &str, run_dir: &Path, port: u16, dataplane: Datapl
     elb.wait_until(Duration::from_secs(15), || {
         lb.exec(
             "curl",
-            &["-sf", &format!("http://{listen}/__erulb__/service")],
+            &["-sf", &format!("http://127.0.0.1:{port}/__erulb__/service")],
         )
         .is_ok()
     })
@@ -601,18 +618,31 @@ pub fn scenario(e2e: &mut E2e, midway: impl FnOnce(&mut E2e)) -> Outcome {
     assert_eq!(from, vip_udp);
     assert!(matches!(&buf[..len], b"s1" | b"s2"), "{:?}", &buf[..len]);
 
-    // 5. The deny-list blocks the client; lifting it lets it back in.
+    // 5. The deny-list blocks the client, at the VIP and at the HTTP
+    //    listener; lifting it lets it back in.
+    assert!(
+        e2e.http_listener_answers_client(),
+        "HTTP listener unreachable"
+    );
     assert_eq!(e2e.admin("PUT", "acl", &format!(r#"["{CLIENT}/32"]"#)), OK);
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         connect(&e2e.net.client).and_then(|mut c| c.ask()).is_err(),
         "denied client got through"
     );
+    assert!(
+        !e2e.http_listener_answers_client(),
+        "denied client got an answer from the HTTP listener"
+    );
     assert_eq!(
         e2e.admin("DELETE", "acl", &format!(r#"["{CLIENT}/32"]"#)),
         OK
     );
     e2e.wait_serving();
+    assert!(
+        e2e.http_listener_answers_client(),
+        "HTTP listener after the ACL"
+    );
     eprintln!(
         "{:?}: scenario done in {:?}",
         e2e.dataplane,

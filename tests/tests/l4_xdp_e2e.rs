@@ -123,6 +123,7 @@ fn tcp_and_udp_through_the_userspace_fallback_make_the_same_choices() {
 
     let stats = e2e.stats();
     assert_eq!(stats["dataplane"], "userspace", "{stats:#}");
+    assert_eq!(stats["l7_acl_drops"], 1, "{stats:#}");
     let web = &stats["services"]["web"];
     assert_eq!(web["listening"], true, "{stats:#}");
     assert_eq!(web["proto"], "tcp", "{stats:#}");

@@ -11,6 +11,7 @@
 //! starts and stops), [`stats`]. I/O: [`tcp`], [`udp`], [`set`] and the
 //! loop here.
 pub mod deny;
+pub mod l7_guard;
 pub mod route;
 pub mod service;
 pub mod sessions;
@@ -26,7 +27,10 @@ use elb_common::l4::UDP_IDLE_NS;
 use serde_json::{Value, json};
 use tokio::{sync::watch, task::JoinHandle};
 
-use self::{deny::DenyList, service::ServiceRuntime, set::ListenerSet, stats::ServiceCounters};
+use self::{
+    deny::DenyList, l7_guard::ListenerGuard, service::ServiceRuntime, set::ListenerSet,
+    stats::ServiceCounters,
+};
 use crate::config::{L4Proto, SnapshotHandle};
 
 /// UDP sessions per service; each holds a socket (a file descriptor).
@@ -75,7 +79,8 @@ impl FallbackSettings {
 /// What every service task shares.
 pub struct Context {
     settings: FallbackSettings,
-    acl: ArcSwap<DenyList>,
+    /// Also read by the HTTP listeners, through [`ListenerGuard`].
+    acl: Arc<ArcSwap<DenyList>>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -89,6 +94,7 @@ type Published = Arc<ArcSwap<Vec<Arc<ServiceRuntime>>>>;
 /// The running fallback data plane.
 pub struct L4Userspace {
     stats: UserspaceStats,
+    guard: ListenerGuard,
     task: JoinHandle<()>,
 }
 
@@ -97,6 +103,7 @@ pub struct L4Userspace {
 #[derive(Clone)]
 pub struct UserspaceStats {
     services: Published,
+    guard: ListenerGuard,
 }
 
 impl L4Userspace {
@@ -110,9 +117,11 @@ impl L4Userspace {
         settings: FallbackSettings,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
+        let acl = Arc::new(ArcSwap::from_pointee(DenyList::default()));
+        let guard = ListenerGuard::new(Arc::clone(&acl));
         let ctx = Arc::new(Context {
             settings,
-            acl: ArcSwap::from_pointee(DenyList::default()),
+            acl,
             shutdown: shutdown.clone(),
         });
         let mut set = ListenerSet::new(ctx);
@@ -128,13 +137,23 @@ impl L4Userspace {
             applied,
         ));
         Self {
-            stats: UserspaceStats { services },
+            stats: UserspaceStats {
+                services,
+                guard: guard.clone(),
+            },
+            guard,
             task,
         }
     }
 
     pub fn stats(&self) -> UserspaceStats {
         self.stats.clone()
+    }
+
+    /// The deny-list check for the HTTP listeners (XDP does it for them
+    /// when it runs).
+    pub fn listener_guard(&self) -> ListenerGuard {
+        self.guard.clone()
     }
 
     /// See [`UserspaceStats::stats_json`].
@@ -162,7 +181,9 @@ impl UserspaceStats {
     /// {"vip", "proto", "listening", ["error",] "new_flows", "active_flows",
     /// "bytes_from_client", "bytes_to_client", "acl_drops",
     /// "connect_failures", "no_server_drops", "session_limit_drops",
-    /// "servers": {"IP:PORT": {"new_flows", "active_flows", "bytes"}}}}}`.
+    /// "servers": {"IP:PORT": {"new_flows", "active_flows", "bytes"}}}},
+    /// "l7_acl_drops"}`; the last counts HTTP connections refused by the
+    /// deny-list.
     pub fn stats_json(&self) -> Value {
         let services = self.services.load();
         let mut totals = ServiceCounters::default();
@@ -183,16 +204,17 @@ impl UserspaceStats {
             "services_listening": listening,
             "services_total": services.len(),
             "services": by_name,
+            "l7_acl_drops": self.guard.refused(),
         })
     }
+}
 
-    fn active_flows(&self) -> u64 {
-        self.services
-            .load()
-            .iter()
-            .map(|s| s.counters().active_flows)
-            .sum()
-    }
+fn active_flows(services: &Published) -> u64 {
+    services
+        .load()
+        .iter()
+        .map(|s| s.counters().active_flows)
+        .sum()
 }
 
 async fn follow(
@@ -226,14 +248,11 @@ async fn follow(
         }
     }
     set.shutdown().await;
-    let stats = UserspaceStats {
-        services: Arc::clone(&published),
-    };
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-    while stats.active_flows() > 0 && tokio::time::Instant::now() < deadline {
+    while active_flows(&published) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let left = stats.active_flows();
+    let left = active_flows(&published);
     if left > 0 {
         tracing::warn!(flows = left, "L4 userspace: flows still open at shutdown");
     } else {
