@@ -11,6 +11,7 @@ use std::{
 use arc_swap::ArcSwap;
 
 use super::deny::DenyList;
+use crate::cidr::canonical;
 
 /// Shared with the fallback, which swaps in every new deny-list.
 #[derive(Clone)]
@@ -28,8 +29,10 @@ impl ListenerGuard {
     }
 
     /// Whether a client at `addr` must be refused; counts each refusal.
+    /// Loopback clients never are: XDP does not see them either, and an
+    /// entry such as 0.0.0.0/0 must not lock the node's own admin out.
     pub fn refuses(&self, addr: IpAddr) -> bool {
-        let denied = self.deny.load().denies(addr);
+        let denied = !canonical(addr).is_loopback() && self.deny.load().denies(addr);
         if denied {
             self.refused.fetch_add(1, Ordering::Relaxed);
         }
@@ -58,5 +61,19 @@ mod tests {
         assert!(guard.refuses(client));
         assert!(!guard.refuses("10.51.0.2".parse().expect("ip")));
         assert_eq!(guard.refused(), 1);
+    }
+
+    #[test]
+    fn never_refuses_loopback_clients() {
+        let all: Vec<_> = ["0.0.0.0/0", "::/0"]
+            .iter()
+            .map(|c| c.parse().expect("cidr"))
+            .collect();
+        let guard = ListenerGuard::new(Arc::new(ArcSwap::from_pointee(DenyList::new(&all))));
+        for loopback in ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"] {
+            assert!(!guard.refuses(loopback.parse().expect("ip")), "{loopback}");
+        }
+        assert!(guard.refuses("192.0.2.1".parse().expect("ip")));
+        assert!(guard.refuses("2001:db8::1".parse().expect("ip")));
     }
 }
