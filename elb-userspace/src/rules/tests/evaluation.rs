@@ -227,6 +227,15 @@ fn rewrite_seen_through_decode_path_round_trips() {
     assert_eq!(decode_path(&target), "/日 x/y".as_bytes());
 }
 
+/// A captured dot segment or empty segment is forwarded as captured; only
+/// rule matching sees the path normalised. (Found by the rewrite-target
+/// property with the capture ".".)
+#[test]
+fn rewrite_keeps_dot_and_empty_segments_of_the_capture() {
+    assert_eq!(rewritten("^/x/(.*)$", b"/x/.").as_deref(), Some("/."));
+    assert_eq!(rewritten("^/x/(.*)$", b"/x/a//b").as_deref(), Some("/a//b"));
+}
+
 #[test]
 fn last_rewrite_wins_and_later_rules_test_the_original_path() {
     let rules = compiled(&json!({"init": "strip-v1", "rules": {
