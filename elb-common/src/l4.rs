@@ -342,7 +342,7 @@ mod tests {
     /// Filling the range to 75%: with independent candidates a flow fails
     /// when its 8 ports are all taken (0.75^8 ≈ 10% at the very end, far
     /// less before). A fixed stride clusters like linear probing and fails
-    /// about four times as often (475 failures in the same fill).
+    /// about four times as often (476 failures in the same fill).
     #[test]
     fn nat_port_allocation_fails_rarely_until_the_range_is_full() {
         let range = usize::from(NAT_PORT_MAX - NAT_PORT_MIN) + 1;

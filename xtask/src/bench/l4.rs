@@ -32,7 +32,7 @@ use anyhow::{Context, Result, bail};
 
 use super::{
     median,
-    procs::Background,
+    procs::{Background, busy_cpu_seconds, cpu_seconds},
     temp_dir::TempDir,
     wrk::{WrkResult, WrkRun},
 };
@@ -992,28 +992,4 @@ fn check_interrupted() -> Result<()> {
         bail!("interrupted; cleaning up");
     }
     Ok(())
-}
-
-/// Busy time of all CPUs so far (user, nice, system, irq, softirq, steal),
-/// in seconds.
-fn busy_cpu_seconds() -> Result<f64> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let line = stat.lines().next().context("empty /proc/stat")?;
-    let fields: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal ...
-    let busy: u64 = [0, 1, 2, 5, 6, 7]
-        .iter()
-        .filter_map(|&i| fields.get(i))
-        .sum();
-    // SAFETY: sysconf has no memory effects.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok(busy as f64 / per_second)
-}
-
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    super::procs::cpu_seconds(pid)
 }

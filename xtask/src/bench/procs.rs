@@ -117,9 +117,31 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
         ticks += process_ticks(child).unwrap_or(0);
     }
+    Ok(ticks_to_seconds(ticks))
+}
+
+/// Busy time of all CPUs so far (user, nice, system, irq, softirq, steal),
+/// in seconds: XDP and iptables work in softirq, charged to no process.
+pub fn busy_cpu_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy: u64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| fields.get(i))
+        .sum();
+    Ok(ticks_to_seconds(busy))
+}
+
+fn ticks_to_seconds(ticks: u64) -> f64 {
     // SAFETY: sysconf has no memory effects.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok(ticks as f64 / per_second)
+    ticks as f64 / per_second
 }
 
 /// utime + stime of a whole process (all threads), from /proc/PID/stat.

@@ -94,7 +94,6 @@ type Published = Arc<ArcSwap<Vec<Arc<ServiceRuntime>>>>;
 /// The running fallback data plane.
 pub struct L4Userspace {
     stats: UserspaceStats,
-    guard: ListenerGuard,
     task: JoinHandle<()>,
 }
 
@@ -137,11 +136,7 @@ impl L4Userspace {
             applied,
         ));
         Self {
-            stats: UserspaceStats {
-                services,
-                guard: guard.clone(),
-            },
-            guard,
+            stats: UserspaceStats { services, guard },
             task,
         }
     }
@@ -153,7 +148,7 @@ impl L4Userspace {
     /// The deny-list check for the HTTP listeners (XDP does it for them
     /// when it runs).
     pub fn listener_guard(&self) -> ListenerGuard {
-        self.guard.clone()
+        self.stats.guard.clone()
     }
 
     /// See [`UserspaceStats::stats_json`].
