@@ -1,4 +1,4 @@
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use clap::Parser;
@@ -110,17 +110,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_header_bytes: args.max_header_bytes,
         max_headers: args.max_headers,
     };
-    let listeners = server::bind_all(&args.listen)?;
-    for listener in &listeners {
-        tracing::info!(addr = %listener.local_addr()?, "listening for HTTP");
+    let workers = args
+        .workers
+        .or_else(|| std::thread::available_parallelism().ok())
+        .map_or(1, std::num::NonZeroUsize::get);
+    let listeners = server::Listeners::bind(&args.listen, workers)?;
+    let listen_addrs = listeners.local_addrs()?;
+    for addr in &listen_addrs {
+        tracing::info!(%addr, workers, "listening for HTTP");
     }
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let l4 = match xdp {
         Some((dataplane, maps)) => {
-            let ports: Vec<u16> = listeners
-                .iter()
-                .map(|l| l.local_addr().map(|a| a.port()))
-                .collect::<Result<_, _>>()?;
+            let ports: Vec<u16> = listen_addrs.iter().map(SocketAddr::port).collect();
             let sync = start_l4_sync(maps, &dataplane, &ports, &config, &admin, &shutdown_rx)?;
             L4Running::Xdp { dataplane, sync }
         }
@@ -137,18 +139,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             L4Running::Userspace(l4)
         }
     };
-    let workers = args
-        .workers
-        .or_else(|| std::thread::available_parallelism().ok())
-        .map_or(1, std::num::NonZeroUsize::get);
     let snapshot = config.snapshot().clone();
     let guard = match &l4 {
         L4Running::Xdp { .. } => None,
         L4Running::Userspace(l4) => Some(l4.listener_guard()),
     };
     let worker_threads = server::spawn_workers(
-        workers,
-        &listeners,
+        listeners,
         || {
             Proxy::new(
                 snapshot.clone(),

@@ -1,10 +1,11 @@
 //! The admin API end to end on the embedded store: every endpoint, method,
 //! body shape and status of the compatibility contract, error cases leaving
 //! the state byte-identical, ERU ELB's Python client, and restarts.
-use std::process::Command;
+use std::{process::Command, time::Duration};
 
 use elb_tests::{
     backend::Backend,
+    elb_process::ElbProcess,
     http,
     l7::{Cleanup, L7Builder, L7Elb, backend_doc},
 };
@@ -366,6 +367,41 @@ fn configuration_survives_a_restart_on_the_embedded_store() {
     assert_eq!(state(&elb), before);
     let response = elb.get("keep.example", "/", None);
     assert_eq!(response.json().expect("json")["server"], "b1");
+}
+
+/// Each worker listens with SO_REUSEPORT, which would let a second elb (any
+/// other name) bind the same address and quietly take part of its clients.
+#[test]
+fn a_second_elb_on_the_same_address_is_refused() {
+    let (elb, _c) = start();
+    let listen = elb.addr.to_string();
+    let state_file = elb.state_dir.join("second.json");
+    let run_dir = elb.state_dir.to_string_lossy().into_owned();
+    let mut second = ElbProcess::spawn(
+        &[
+            "run",
+            "--name",
+            "SECOND",
+            "--listen",
+            &listen,
+            "--state-file",
+            &state_file.to_string_lossy(),
+            "--run-dir",
+            &run_dir,
+        ],
+        None,
+    )
+    .expect("spawn");
+    let status = second
+        .wait_exit(Duration::from_secs(20))
+        .expect("the second elb exits");
+    assert!(!status.success());
+    let log = second.log();
+    assert!(
+        log.contains(&format!("cannot listen on {listen}: ")),
+        "{log}"
+    );
+    assert_eq!(elb.get("nowhere.example", "/", None).status, 404);
 }
 
 #[test]

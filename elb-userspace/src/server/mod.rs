@@ -1,4 +1,7 @@
 //! The HTTP listeners: accept, then serve each connection with hyper.
+mod listeners;
+
+pub use listeners::{BindError, Listeners};
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use hyper::{server::conn::http1, service::service_fn};
@@ -17,38 +20,21 @@ pub struct ServerSettings {
     pub max_headers: usize,
 }
 
-/// Binds every address, failing with the address that could not be bound.
-pub fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<std::net::TcpListener>> {
-    addrs
-        .iter()
-        .map(|addr| {
-            let listener = std::net::TcpListener::bind(addr)
-                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-            listener.set_nonblocking(true)?;
-            Ok(listener)
-        })
-        .collect()
-}
-
-/// Runs the data plane: `workers` threads, each with a single-threaded
-/// runtime and its own [`Proxy`] (so its own upstream connections), all
-/// accepting on duplicates of the same listening sockets. A request then
-/// never hops between threads, as in nginx's one event loop per worker.
+/// Runs the data plane: one thread per worker's sockets in `listeners`,
+/// each with a single-threaded runtime and its own [`Proxy`] (so its own
+/// upstream connections). A request then never hops between threads, as in
+/// nginx's one event loop per worker.
 /// `guard`: the deny-list to apply at accept, when XDP does not.
 pub fn spawn_workers(
-    workers: usize,
-    listeners: &[std::net::TcpListener],
+    listeners: Listeners,
     make_proxy: impl Fn() -> Proxy,
     settings: &ServerSettings,
     guard: Option<&ListenerGuard>,
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
-    let mut handles = Vec::with_capacity(workers);
-    for worker in 0..workers {
-        let listeners = listeners
-            .iter()
-            .map(std::net::TcpListener::try_clone)
-            .collect::<Result<Vec<_>, _>>()?;
+    let per_worker = listeners.into_per_worker();
+    let mut handles = Vec::with_capacity(per_worker.len());
+    for (worker, listeners) in per_worker.into_iter().enumerate() {
         let proxy = Arc::new(make_proxy());
         let settings = settings.clone();
         let guard = guard.cloned();
