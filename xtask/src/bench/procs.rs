@@ -104,10 +104,38 @@ pub fn curl(method: &str, url: &str, body: Option<&str>, headers: &[&str]) -> Re
     Ok(text)
 }
 
+/// CPU time a process and its children have used so far, in seconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTime {
+    pub user: f64,
+    pub system: f64,
+}
+
+impl CpuTime {
+    pub fn total(self) -> f64 {
+        self.user + self.system
+    }
+}
+
+impl std::ops::Sub for CpuTime {
+    type Output = Self;
+    fn sub(self, earlier: Self) -> Self {
+        Self {
+            user: self.user - earlier.user,
+            system: self.system - earlier.system,
+        }
+    }
+}
+
 /// CPU time (user + system) a process and its children have used so far,
 /// in seconds; nginx does its work in worker children of the master.
 pub fn cpu_seconds(pid: u32) -> Result<f64> {
-    let mut ticks = process_ticks(pid)?;
+    Ok(cpu_time(pid)?.total())
+}
+
+/// [`cpu_seconds`], split into user and system time.
+pub fn cpu_time(pid: u32) -> Result<CpuTime> {
+    let (mut user, mut system) = process_ticks(pid)?;
     let children = std::fs::read_dir(format!("/proc/{pid}/task"))?
         .filter_map(|task| {
             let task = task.ok()?.path();
@@ -115,14 +143,37 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
         })
         .collect::<String>();
     for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-        ticks += process_ticks(child).unwrap_or(0);
+        let (child_user, child_system) = process_ticks(child).unwrap_or((0, 0));
+        user += child_user;
+        system += child_system;
     }
-    Ok(ticks_to_seconds(ticks))
+    Ok(CpuTime {
+        user: ticks_to_seconds(user),
+        system: ticks_to_seconds(system),
+    })
 }
+
+// Columns of the first line of /proc/stat, after "cpu".
+const USER: usize = 0;
+const NICE: usize = 1;
+const SYSTEM: usize = 2;
+const IRQ: usize = 5;
+const SOFTIRQ: usize = 6;
+const STEAL: usize = 7;
 
 /// Busy time of all CPUs so far (user, nice, system, irq, softirq, steal),
 /// in seconds: XDP and iptables work in softirq, charged to no process.
 pub fn busy_cpu_seconds() -> Result<f64> {
+    machine_cpu_seconds(&[USER, NICE, SYSTEM, IRQ, SOFTIRQ, STEAL])
+}
+
+/// Time all CPUs spent running this machine's work so far, in seconds:
+/// [`busy_cpu_seconds`] without steal, which is the host's, not ours.
+pub fn worked_cpu_seconds() -> Result<f64> {
+    machine_cpu_seconds(&[USER, NICE, SYSTEM, IRQ, SOFTIRQ])
+}
+
+fn machine_cpu_seconds(columns: &[usize]) -> Result<f64> {
     let stat = std::fs::read_to_string("/proc/stat")?;
     let line = stat.lines().next().context("empty /proc/stat")?;
     let fields: Vec<u64> = line
@@ -130,12 +181,8 @@ pub fn busy_cpu_seconds() -> Result<f64> {
         .skip(1)
         .filter_map(|f| f.parse().ok())
         .collect();
-    // user nice system idle iowait irq softirq steal ...
-    let busy: u64 = [0, 1, 2, 5, 6, 7]
-        .iter()
-        .filter_map(|&i| fields.get(i))
-        .sum();
-    Ok(ticks_to_seconds(busy))
+    let ticks: u64 = columns.iter().filter_map(|&i| fields.get(i)).sum();
+    Ok(ticks_to_seconds(ticks))
 }
 
 fn ticks_to_seconds(ticks: u64) -> f64 {
@@ -144,8 +191,8 @@ fn ticks_to_seconds(ticks: u64) -> f64 {
     ticks as f64 / per_second
 }
 
-/// utime + stime of a whole process (all threads), from /proc/PID/stat.
-fn process_ticks(pid: u32) -> Result<u64> {
+/// (utime, stime) of a whole process (all threads), from /proc/PID/stat.
+fn process_ticks(pid: u32) -> Result<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name, which may itself contain spaces.
     let rest = stat
@@ -161,5 +208,5 @@ fn process_ticks(pid: u32) -> Result<u64> {
             .parse()
             .context("bad /proc stat")
     };
-    Ok(field(11)? + field(12)?)
+    Ok((field(11)?, field(12)?))
 }
