@@ -6,7 +6,7 @@
 //! upstream its body is gone, so only body-less idempotent requests are
 //! retried after that point; a request that never left (connect failed,
 //! stale pooled connection) is retried whatever its method.
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{sync::Arc, time::Instant};
 
 use http::{Method, Request, Response, StatusCode, Uri, request::Parts};
 use http_body_util::BodyExt;
@@ -14,7 +14,7 @@ use hyper::body::{Body as _, Incoming};
 
 use super::{
     MAX_TRIES, Proxy,
-    headers::{add_forwarded, strip_hop_by_hop, upgrade_protocol},
+    headers::{ClientAddr, add_forwarded, strip_hop_by_hop, upgrade_protocol},
     pool::{ConnectError, PooledBody, Sender},
     upgrade,
 };
@@ -35,7 +35,7 @@ pub async fn forward(
     proxy: &Proxy,
     snapshot: &Snapshot,
     request: Request<Incoming>,
-    peer: SocketAddr,
+    client: &ClientAddr,
     choice: &BackendChoice<'_>,
 ) -> Response<Body> {
     let target = match snapshot.upstream(choice.servername) {
@@ -53,7 +53,7 @@ pub async fn forward(
     let (mut parts, body) = request.into_parts();
     let protocol = upgrade_protocol(&parts.headers);
     strip_hop_by_hop(&mut parts.headers, protocol.clone());
-    add_forwarded(&mut parts.headers, peer.ip(), "http");
+    add_forwarded(&mut parts.headers, client, "http");
     for (name, value) in choice.headers {
         parts.headers.insert(name.clone(), value.clone());
     }
@@ -263,6 +263,11 @@ fn clone_parts(parts: &Parts) -> Parts {
 /// Origin-form URI for the upstream: the (possibly rewritten) path and the
 /// original query.
 fn upstream_uri(original: &Uri, rewritten_path: Option<&str>) -> Option<Uri> {
+    let origin_form = original.scheme().is_none() && original.authority().is_none();
+    if rewritten_path.is_none() && origin_form {
+        // The usual case: the request line's target goes upstream as it is.
+        return Some(original.clone());
+    }
     let path = rewritten_path.unwrap_or_else(|| original.path());
     let path_and_query = match original.query() {
         Some(query) => format!("{path}?{query}"),
@@ -289,6 +294,10 @@ mod tests {
         );
         let absolute: Uri = "http://a.com/p".parse().expect("uri");
         assert_eq!(upstream_uri(&absolute, None).expect("uri"), "/p");
+        let absolute: Uri = "http://a.com/p?q=1".parse().expect("uri");
+        assert_eq!(upstream_uri(&absolute, None).expect("uri"), "/p?q=1");
+        let plain: Uri = "/p?q=1".parse().expect("uri");
+        assert_eq!(upstream_uri(&plain, None).expect("uri"), "/p?q=1");
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! Request and response header rewriting between client and upstream.
-use std::net::IpAddr;
+use std::net::SocketAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
-/// Headers that describe one connection, not the message (RFC 9110 7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that describe one connection, not the message (RFC 9110 7.6.1),
+/// and `Upgrade`, which only an upgrade handshake passes on.
+const HOP_BY_HOP_COUNT: usize = 9;
+static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -13,6 +15,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -37,37 +40,82 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 /// names. `Upgrade` is removed too unless `keep_upgrade`, in which case the
 /// upgrade handshake headers are set again.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: Option<HeaderValue>) {
+    // One pass over the names finds which hop-by-hop headers are there; a
+    // hashed removal of each of the nine would cost more for messages that
+    // carry none or one (`Connection: keep-alive` from most upstreams).
+    let mut present = [false; HOP_BY_HOP_COUNT];
+    for name in headers.keys() {
+        if let Some(index) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[index] = true;
+        }
+    }
+    // Headers that `Connection` names, besides its usual tokens (no Vec is
+    // allocated when there are none).
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|token| {
+            !["close", "keep-alive", "upgrade"]
+                .iter()
+                .any(|usual| token.eq_ignore_ascii_case(usual))
+        })
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for name in &named {
         headers.remove(name);
     }
-    headers.remove(header::UPGRADE);
+    for (hop, _) in HOP_BY_HOP
+        .iter()
+        .zip(present)
+        .filter(|(_, present)| *present)
+    {
+        headers.remove(hop);
+    }
     if let Some(protocol) = keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
     }
 }
 
+/// A client connection's address, with the header value of its IP made
+/// once per connection rather than for every request on it.
+#[derive(Debug, Clone)]
+pub struct ClientAddr {
+    pub addr: SocketAddr,
+    ip_text: HeaderValue,
+}
+
+impl ClientAddr {
+    pub fn new(addr: SocketAddr) -> Self {
+        // An IP's text is digits, hex letters, '.' and ':': always a valid
+        // header value, so the fallback is never taken.
+        let ip_text = HeaderValue::try_from(addr.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self { addr, ip_text }
+    }
+}
+
 /// Adds the client's address to `X-Forwarded-For` and sets `X-Real-IP` and
 /// `X-Forwarded-Proto`, as nginx's usual proxy configuration does.
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, scheme: &'static str) {
-    let client_text = client.to_string();
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) if !previous.trim().is_empty() => format!("{previous}, {client_text}"),
-        _ => client_text.clone(),
+pub fn add_forwarded(headers: &mut HeaderMap, client: &ClientAddr, scheme: &'static str) {
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+        Some(previous) if !previous.trim_ascii().is_empty() => {
+            let mut joined = Vec::with_capacity(previous.len() + 2 + client.ip_text.len());
+            joined.extend_from_slice(previous);
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(client.ip_text.as_bytes());
+            // Both parts are valid header values, and so is ", ".
+            HeaderValue::from_bytes(&joined).ok()
+        }
+        _ => Some(client.ip_text.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR, value);
     }
-    if let Ok(value) = HeaderValue::from_str(&client_text) {
-        headers.insert(X_REAL_IP, value);
-    }
+    headers.insert(X_REAL_IP, client.ip_text.clone());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
 }
 
@@ -104,6 +152,22 @@ mod tests {
     }
 
     #[test]
+    fn usual_connection_tokens_and_missing_names_are_harmless() {
+        let mut headers = map(&[
+            ("connection", "close, Upgrade, X-Hop"),
+            ("upgrade", "h2c"),
+            ("x-hop", "1"),
+            ("content-length", "2"),
+        ]);
+        strip_hop_by_hop(&mut headers, None);
+        let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-length"]);
+        let mut plain = map(&[("host", "a.com")]);
+        strip_hop_by_hop(&mut plain, None);
+        assert_eq!(plain.len(), 1);
+    }
+
+    #[test]
     fn upgrade_is_detected_and_kept_when_asked() {
         let mut headers = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         let protocol = upgrade_protocol(&headers);
@@ -120,7 +184,8 @@ mod tests {
     #[test]
     fn forwarded_headers_append_and_set() {
         let mut headers = map(&[("x-forwarded-for", "1.1.1.1"), ("x-real-ip", "spoofed")]);
-        add_forwarded(&mut headers, "10.0.0.9".parse().expect("ip"), "http");
+        let client = ClientAddr::new("10.0.0.9:4000".parse().expect("addr"));
+        add_forwarded(&mut headers, &client, "http");
         assert_eq!(
             headers.get("x-forwarded-for").expect("xff"),
             "1.1.1.1, 10.0.0.9"
@@ -129,7 +194,9 @@ mod tests {
         assert_eq!(headers.get("x-forwarded-proto").expect("proto"), "http");
 
         let mut fresh = HeaderMap::new();
-        add_forwarded(&mut fresh, "::1".parse().expect("ip"), "http");
+        let client = ClientAddr::new("[::1]:4000".parse().expect("addr"));
+        add_forwarded(&mut fresh, &client, "http");
         assert_eq!(fresh.get("x-forwarded-for").expect("xff"), "::1");
+        assert_eq!(fresh.get("x-real-ip").expect("real ip"), "::1");
     }
 }

@@ -5,12 +5,12 @@ pub mod headers;
 pub mod pool;
 mod upgrade;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
-use self::pool::Pool;
+use self::{headers::ClientAddr, pool::Pool};
 use crate::{
     admin::AdminApi,
     config::SnapshotHandle,
@@ -56,9 +56,9 @@ impl Proxy {
         }
     }
 
-    pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(&self, request: Request<Incoming>, client: &ClientAddr) -> Response<Body> {
         if AdminApi::is_admin_path(request.uri().path()) {
-            return self.admin.handle(request, peer.ip()).await;
+            return self.admin.handle(request, client.addr.ip()).await;
         }
         let started = std::time::Instant::now();
         let Some(host) = request_host(&request) else {
@@ -84,7 +84,7 @@ impl Proxy {
                 return text(StatusCode::FORBIDDEN, "forbidden by the domain's rules");
             }
         };
-        let response = forward::forward(self, &snapshot, request, peer, &choice).await;
+        let response = forward::forward(self, &snapshot, request, client, &choice).await;
         if let Some(statsd) = &self.statsd {
             statsd.record_request(&host, response.status().as_u16(), started.elapsed());
         }

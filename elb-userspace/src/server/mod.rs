@@ -8,7 +8,10 @@ use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::{l4::fallback::l7_guard::ListenerGuard, proxy::Proxy};
+use crate::{
+    l4::fallback::l7_guard::ListenerGuard,
+    proxy::{Proxy, headers::ClientAddr},
+};
 
 /// Limits on what clients may send.
 #[derive(Clone, Debug)]
@@ -113,9 +116,11 @@ async fn serve_connection(
     proxy: Arc<Proxy>,
     settings: ServerSettings,
 ) {
+    let client = Arc::new(ClientAddr::new(peer));
     let service = service_fn(move |request| {
         let proxy = Arc::clone(&proxy);
-        async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
+        let client = Arc::clone(&client);
+        async move { Ok::<_, Infallible>(proxy.handle(request, &client).await) }
     });
     let mut builder = http1::Builder::new();
     builder
