@@ -29,6 +29,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "haproxy",
     "iptables",
     "nftables",
+    // `cargo xtask bench l7-instructions` counts instructions with callgrind.
+    "valgrind",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

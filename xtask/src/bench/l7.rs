@@ -19,9 +19,9 @@ use super::{
     wrk::{WrkResult, WrkRun},
 };
 
-const HOST: &str = "bench.example";
-const UA: &str = "Bench-Client/1.0";
-const PATH: &str = "/api/items/42";
+pub(super) const HOST: &str = "bench.example";
+pub(super) const UA: &str = "Bench-Client/1.0";
+pub(super) const PATH: &str = "/api/items/42";
 
 pub fn run(root: &Path, rounds: usize) -> Result<()> {
     let elb_bin = crate::build_release_elb(root)?;
@@ -36,7 +36,7 @@ pub fn run(root: &Path, rounds: usize) -> Result<()> {
     let mut nginx_lb = nginx(
         dir.path(),
         "nginx-lb",
-        &nginx_lb_conf(dir.path(), nginx_port, b1, b2),
+        &nginx_lb_conf(dir.path(), nginx_port, b1, b2, 2),
     )?;
     nginx_lb.wait_port(nginx_port)?;
 
@@ -207,7 +207,7 @@ fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
     sorted_ms[index.min(sorted_ms.len() - 1)]
 }
 
-fn nginx(dir: &Path, name: &str, conf: &str) -> Result<Background> {
+pub(super) fn nginx(dir: &Path, name: &str, conf: &str) -> Result<Background> {
     let path = dir.join(format!("{name}.conf"));
     std::fs::write(&path, conf)?;
     Background::spawn(
@@ -238,7 +238,7 @@ fn temp_paths(dir: &Path) -> String {
     )
 }
 
-fn backend_conf(dir: &Path, b1: u16, b2: u16) -> String {
+pub(super) fn backend_conf(dir: &Path, b1: u16, b2: u16) -> String {
     format!(
         "{}http {{\n access_log off; {}\n keepalive_requests 100000;\n\
          server {{ listen 127.0.0.1:{b1}; location / {{ return 200 \"b1 $http_x_version\\n\"; }} }}\n\
@@ -249,7 +249,7 @@ fn backend_conf(dir: &Path, b1: u16, b2: u16) -> String {
 }
 
 /// The rule document below, written as nginx configuration.
-fn nginx_lb_conf(dir: &Path, port: u16, b1: u16, b2: u16) -> String {
+pub(super) fn nginx_lb_conf(dir: &Path, port: u16, b1: u16, b2: u16, workers: u32) -> String {
     format!(
         "{}http {{\n access_log off; {}\n keepalive_requests 100000;\n\
          map $http_user_agent $ua_match {{ \"~*bench-client\" 1; default 0; }}\n\
@@ -261,7 +261,7 @@ fn nginx_lb_conf(dir: &Path, port: u16, b1: u16, b2: u16) -> String {
            proxy_set_header Host $host; proxy_set_header X-Real-IP $remote_addr;\n\
            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme;\n\
          }} }}\n}}\n",
-        common_conf(dir, "nginx-lb", 2),
+        common_conf(dir, "nginx-lb", workers),
         temp_paths(dir)
     )
 }
@@ -304,7 +304,7 @@ fn rule_document(weighted: &str, fallback: &str, version: &str) -> String {
     )
 }
 
-fn configure_elb(port: u16, b1: u16, b2: u16) -> Result<()> {
+pub(super) fn configure_elb(port: u16, b1: u16, b2: u16) -> Result<()> {
     admin(
         port,
         "upstream",
@@ -324,7 +324,7 @@ fn configure_elb(port: u16, b1: u16, b2: u16) -> Result<()> {
 }
 
 /// Both balancers must route the same way before they are timed.
-fn check_routing(name: &str, port: u16) -> Result<()> {
+pub(super) fn check_routing(name: &str, port: u16) -> Result<()> {
     let mut seen = [0u32; 2];
     for _ in 0..30 {
         let (status, body) = http_get(port, PATH, UA)?;

@@ -3,6 +3,7 @@
 //! alternating rounds.
 mod l4;
 mod l7;
+mod l7_instructions;
 mod procs;
 mod temp_dir;
 mod wrk;
@@ -18,7 +19,8 @@ pub fn run(root: &Path, name: &str, rounds: usize) -> Result<()> {
         "l7" => l7::run(root, rounds),
         "xdp" => xdp::run(root, rounds),
         "l4" => l4::run(root, rounds),
-        other => bail!("unknown benchmark {other:?}; available: l7, xdp, l4"),
+        "l7-instructions" => l7_instructions::run(root),
+        other => bail!("unknown benchmark {other:?}; available: l7, l7-instructions, xdp, l4"),
     }
 }
 
