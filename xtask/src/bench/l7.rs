@@ -160,7 +160,7 @@ struct Measured {
     wrk: WrkResult,
     /// The balancer's CPU time (user + system) per request.
     cpu_us_per_request: f64,
-    /// The part of it spent in the balancer's own code.
+    /// The part of it spent in user space (the balancer and its libraries).
     user_us_per_request: f64,
     /// CPU time of the whole machine (wrk, backends, balancer, softirq).
     machine_us_per_request: f64,
