@@ -26,11 +26,7 @@ pub(super) const PATH: &str = "/api/items/42";
 pub fn run(root: &Path, rounds: usize) -> Result<()> {
     let elb_bin = crate::build_release_elb(root)?;
     let dir = TempDir::new("elb-bench-l7")?;
-
-    let (b1, b2) = (free_port()?, free_port()?);
-    let mut backends = nginx(dir.path(), "backends", &backend_conf(dir.path(), b1, b2))?;
-    backends.wait_port(b1)?;
-    backends.wait_port(b2)?;
+    let (_backends, b1, b2) = start_backends(dir.path())?;
 
     let nginx_port = free_port()?;
     let mut nginx_lb = nginx(
@@ -238,7 +234,17 @@ fn temp_paths(dir: &Path) -> String {
     )
 }
 
-pub(super) fn backend_conf(dir: &Path, b1: u16, b2: u16) -> String {
+/// The two nginx backends both balancers send to, listening on the
+/// returned ports.
+pub(super) fn start_backends(dir: &Path) -> Result<(Background, u16, u16)> {
+    let (b1, b2) = (free_port()?, free_port()?);
+    let mut backends = nginx(dir, "backends", &backend_conf(dir, b1, b2))?;
+    backends.wait_port(b1)?;
+    backends.wait_port(b2)?;
+    Ok((backends, b1, b2))
+}
+
+fn backend_conf(dir: &Path, b1: u16, b2: u16) -> String {
     format!(
         "{}http {{\n access_log off; {}\n keepalive_requests 100000;\n\
          server {{ listen 127.0.0.1:{b1}; location / {{ return 200 \"b1 $http_x_version\\n\"; }} }}\n\

@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use super::{
-    l7::{HOST, PATH, UA, backend_conf, check_routing, configure_elb, nginx, nginx_lb_conf},
+    l7::{HOST, PATH, UA, check_routing, configure_elb, nginx_lb_conf, start_backends},
     procs::{Background, free_port},
     temp_dir::TempDir,
 };
@@ -27,10 +27,7 @@ const WARM_UP: u32 = 400;
 pub fn run(root: &Path) -> Result<()> {
     let elb_bin = crate::build_release_elb(root)?;
     let dir = TempDir::new("elb-bench-l7-instructions")?;
-    let (b1, b2) = (free_port()?, free_port()?);
-    let mut backends = nginx(dir.path(), "backends", &backend_conf(dir.path(), b1, b2))?;
-    backends.wait_port(b1)?;
-    backends.wait_port(b2)?;
+    let (_backends, b1, b2) = start_backends(dir.path())?;
 
     // One worker each, so every instruction of a request is on one thread.
     let elb_port = free_port()?;
