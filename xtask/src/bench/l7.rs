@@ -357,12 +357,20 @@ pub(super) fn check_routing(name: &str, port: u16) -> Result<()> {
 
 /// One GET on a fresh connection: (status, body).
 fn http_get(port: u16, path: &str, ua: &str) -> Result<(u16, String)> {
+    exchange(
+        port,
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: {ua}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+}
+
+/// Sends one whole request (which asks to close) on a fresh connection to
+/// `port`: (status, body).
+fn exchange(port: u16, request: &str) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: {ua}\r\nConnection: close\r\n\r\n"
-    )?;
+    stream.write_all(request.as_bytes())?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let status = response
@@ -446,18 +454,16 @@ fn etcd_put(port: u16, key: &str, value: &str) -> Result<()> {
         STANDARD.encode(key),
         STANDARD.encode(value)
     );
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "POST /v3/kv/put HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    let (status, answer) = exchange(
+        port,
+        &format!(
+            "POST /v3/kv/put HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
     )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    if !response.starts_with("HTTP/1.1 200") || !response.contains("\"revision\"") {
-        bail!("etcd put of {key} failed: {response}");
+    if status != 200 || !answer.contains("\"revision\"") {
+        bail!("etcd put of {key} failed: {status} {answer}");
     }
     Ok(())
 }

@@ -105,7 +105,7 @@ pub fn curl(method: &str, url: &str, body: Option<&str>, headers: &[&str]) -> Re
 }
 
 /// CPU time a process and its children have used so far, in seconds.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct CpuTime {
     pub user: f64,
     pub system: f64,
