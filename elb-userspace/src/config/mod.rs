@@ -8,8 +8,10 @@ pub mod acl;
 pub mod keys;
 pub mod l4;
 pub mod manager;
+pub mod policy;
 pub mod service;
 pub mod snapshot;
+pub mod zones;
 
 pub use keys::{KeyLayout, StoreKey};
 pub use l4::{L4Proto, L4Service, L4ServiceError};
