@@ -285,7 +285,7 @@ impl Policy {
 /// `30s`, `1500ms`: whole seconds when they are, else milliseconds.
 pub fn format_duration(duration: Duration) -> String {
     let ms = duration.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
