@@ -18,6 +18,7 @@ pub mod server;
 pub mod statsd;
 pub mod store;
 pub mod sync;
+pub mod targets;
 pub mod upstream;
 
 /// The XDP program built by `cargo xtask build-ebpf`, embedded at build time.

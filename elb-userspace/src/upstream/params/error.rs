@@ -6,7 +6,7 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ParamsError {
     #[error(
-        "unknown server parameter {token:?} (supported: weight=N, max_fails=N, fail_timeout=TIME, backup, down)"
+        "unknown server parameter {token:?} (supported: weight=N, max_fails=N, fail_timeout=TIME, backup, down, zone=NAME)"
     )]
     UnknownParameter { token: String },
     #[error("server parameter {token:?} has no value after '='")]
@@ -29,6 +29,8 @@ pub enum ParamsError {
     ValueOnFlag { token: String, flag: &'static str },
     #[error("server parameter {token:?}: {name:?} is given more than once")]
     Duplicate { token: String, name: &'static str },
+    #[error("server parameter {token:?}: {reason}")]
+    BadZone { token: String, reason: String },
     #[error("invalid server address {server:?}: {reason}")]
     BadAddress {
         server: String,

@@ -27,6 +27,8 @@ pub struct ServerParams {
     pub backup: bool,
     /// Permanently out of rotation.
     pub down: bool,
+    /// Availability zone (`zone=us-east-1a`); see `--zone` and `cross_zone`.
+    pub zone: Option<String>,
 }
 
 impl Default for ServerParams {
@@ -38,6 +40,7 @@ impl Default for ServerParams {
             fail_timeout: Duration::from_secs(10),
             backup: false,
             down: false,
+            zone: None,
         }
     }
 }
@@ -50,6 +53,7 @@ struct Seen {
     fail_timeout: bool,
     backup: bool,
     down: bool,
+    zone: bool,
 }
 
 /// Parses whitespace-separated nginx `server` parameters; `""` gives the defaults.
@@ -88,6 +92,17 @@ pub fn parse_params(text: &str) -> Result<ServerParams, ParamsError> {
                 mark_seen(&mut seen.down, token, "down")?;
                 refuse_value(token, value, "down")?;
                 params.down = true;
+            }
+            "zone" => {
+                mark_seen(&mut seen.zone, token, "zone")?;
+                let zone = required_value(token, value)?;
+                crate::config::zones::validate_zone_name(zone).map_err(|reason| {
+                    ParamsError::BadZone {
+                        token: token.to_owned(),
+                        reason,
+                    }
+                })?;
+                params.zone = Some(zone.to_owned());
             }
             _ => {
                 return Err(ParamsError::UnknownParameter {
@@ -183,6 +198,10 @@ impl ServerParams {
         if self.down {
             text.push_str(" down");
         }
+        if let Some(zone) = &self.zone {
+            text.push_str(" zone=");
+            text.push_str(zone);
+        }
         text
     }
 
@@ -207,6 +226,9 @@ impl ServerParams {
         }
         if self.down {
             object.insert("down".into(), Value::Bool(true));
+        }
+        if let Some(zone) = &self.zone {
+            object.insert("zone".into(), json!(zone));
         }
         Value::Object(object)
     }

@@ -9,6 +9,7 @@ fn params(weight: u32, max_fails: u32, fail_timeout_ms: u64) -> ServerParams {
         fail_timeout: Duration::from_millis(fail_timeout_ms),
         backup: false,
         down: false,
+        zone: None,
     }
 }
 
@@ -112,4 +113,15 @@ fn fail_timeout_limit_is_nginx_int32_seconds() {
         parse_params("fail_timeout=2147483647000ms"),
         Ok(params(1, 1, 2_147_483_647_000))
     );
+}
+
+#[test]
+fn zone_is_a_name_and_round_trips() {
+    let parsed = parse_params("weight=2 zone=us-east-1a").expect("zone");
+    assert_eq!(parsed.zone.as_deref(), Some("us-east-1a"));
+    assert_eq!(parse_params(&parsed.to_nginx_string()), Ok(parsed.clone()));
+    assert_eq!(parsed.to_json("a:1")["zone"], "us-east-1a");
+    for bad in ["zone=", "zone", "zone=a/b", "zone=a zone=b"] {
+        assert!(parse_params(bad).is_err(), "{bad}");
+    }
 }

@@ -27,7 +27,7 @@ fn unknown_parameters() {
     assert_eq!(
         message("max_conns=1"),
         "unknown server parameter \"max_conns=1\" (supported: weight=N, max_fails=N, \
-         fail_timeout=TIME, backup, down)"
+         fail_timeout=TIME, backup, down, zone=NAME)"
     );
 }
 

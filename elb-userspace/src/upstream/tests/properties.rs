@@ -20,6 +20,7 @@ fn any_parseable_params() -> impl Strategy<Value = ServerParams> {
                 fail_timeout: Duration::from_millis(fail_timeout_ms),
                 backup,
                 down,
+                zone: None,
             },
         )
 }
@@ -67,6 +68,7 @@ fn any_workload() -> impl Strategy<Value = (Vec<ServerParams>, Vec<Step>)> {
             fail_timeout: Duration::from_secs(secs),
             backup,
             down,
+            zone: None,
         });
     prop::collection::vec(server_params, 0..6).prop_flat_map(|params| {
         let count = params.len();
