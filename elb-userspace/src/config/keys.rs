@@ -1,7 +1,9 @@
 //! The etcd key layout, shared by ERU ELB and elb:
 //! `/$ELBNAME/rules/$domain` and `/$ELBNAME/upstreams/$upstream/$server`;
 //! elb's own additions: `/$ELBNAME/services/$service` (an L4 service) and
-//! `/$ELBNAME/acl/$cidr` (a deny-list entry; the CIDR text has a '/').
+//! `/$ELBNAME/acl/$cidr` (a deny-list entry; the CIDR text has a '/'),
+//! `/$ELBNAME/policies/$upstream` (a target-health policy) and
+//! `/$ELBNAME/zones` (the disabled availability zones).
 use crate::cidr::Cidr;
 
 /// What a key under the prefix stands for.
@@ -21,6 +23,10 @@ pub enum StoreKey<'a> {
     Acl {
         cidr: &'a str,
     },
+    Policy {
+        upstream: &'a str,
+    },
+    Zones,
 }
 
 /// Builds and parses keys for one ELB name.
@@ -31,6 +37,8 @@ pub struct KeyLayout {
     upstreams: String,
     services: String,
     acl: String,
+    policies: String,
+    zones: String,
 }
 
 impl KeyLayout {
@@ -41,6 +49,8 @@ impl KeyLayout {
             upstreams: format!("{prefix}upstreams/"),
             services: format!("{prefix}services/"),
             acl: format!("{prefix}acl/"),
+            policies: format!("{prefix}policies/"),
+            zones: format!("{prefix}zones"),
             prefix,
         }
     }
@@ -64,6 +74,19 @@ impl KeyLayout {
 
     pub fn acl_prefix(&self) -> &str {
         &self.acl
+    }
+
+    pub fn policies_prefix(&self) -> &str {
+        &self.policies
+    }
+
+    pub fn policy_key(&self, upstream: &str) -> String {
+        format!("{}{upstream}", self.policies)
+    }
+
+    /// `/$ELBNAME/zones`: the one zones document.
+    pub fn zones_key(&self) -> &str {
+        &self.zones
     }
 
     pub fn rule_key(&self, domain: &str) -> String {
@@ -97,6 +120,13 @@ impl KeyLayout {
         }
         if let Some(name) = key.strip_prefix(&self.services) {
             return (!name.is_empty() && !name.contains('/')).then_some(StoreKey::Service { name });
+        }
+        if let Some(upstream) = key.strip_prefix(&self.policies) {
+            return (!upstream.is_empty() && !upstream.contains('/'))
+                .then_some(StoreKey::Policy { upstream });
+        }
+        if key == self.zones {
+            return Some(StoreKey::Zones);
         }
         if let Some(cidr) = key.strip_prefix(&self.acl) {
             return (!cidr.is_empty()).then_some(StoreKey::Acl { cidr });
@@ -139,6 +169,8 @@ mod tests {
         );
         assert_eq!(layout.upstream_prefix("up1"), "/ELB/upstreams/up1/");
         assert_eq!(layout.service_key("web"), "/ELB/services/web");
+        assert_eq!(layout.policy_key("up1"), "/ELB/policies/up1");
+        assert_eq!(layout.zones_key(), "/ELB/zones");
         let cidr: Cidr = "10.0.0.0/8".parse().expect("cidr");
         assert_eq!(layout.acl_key(&cidr), "/ELB/acl/10.0.0.0/8");
     }
@@ -162,6 +194,11 @@ mod tests {
             Some(StoreKey::Service { name: "web" })
         );
         assert_eq!(
+            layout.parse("/ELB/policies/up"),
+            Some(StoreKey::Policy { upstream: "up" })
+        );
+        assert_eq!(layout.parse("/ELB/zones"), Some(StoreKey::Zones));
+        assert_eq!(
             layout.parse("/ELB/acl/2001:db8::/32"),
             Some(StoreKey::Acl {
                 cidr: "2001:db8::/32"
@@ -178,6 +215,9 @@ mod tests {
             "/ELB/services/",
             "/ELB/services/a/b",
             "/ELB/acl/",
+            "/ELB/policies/",
+            "/ELB/policies/a/b",
+            "/ELB/zones/x",
         ] {
             assert_eq!(layout.parse(foreign), None, "{foreign}");
         }

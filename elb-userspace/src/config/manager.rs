@@ -19,12 +19,15 @@ use super::{
     acl::{self, AclError, MAX_ACL_ENTRIES},
     keys::{KeyLayout, StoreKey},
     l4::{L4Service, L4ServiceError},
+    policy::{Policy, PolicyError},
     snapshot::{DomainEntry, Snapshot, SnapshotHandle, Upstream},
+    zones::{Zones, ZonesError},
 };
 use crate::{
     cidr::Cidr,
     rules::{self, RegexCache, RuleError},
     store::{Kv, KvOp},
+    targets::{TargetRegistry, UpstreamConfig},
     upstream::{self, Server},
 };
 
@@ -44,6 +47,12 @@ pub struct ConfigManager {
     /// (`1.2.3.4`, `1.2.3.4/32`) may be the same entry.
     acl_keys: BTreeMap<String, Cidr>,
     acl: Arc<[Cidr]>,
+    /// Target-health policies by upstream name (the upstream may not
+    /// exist yet).
+    policies: BTreeMap<String, Arc<Policy>>,
+    zones: Zones,
+    /// Health, drains and gates of every server; synced before each publish.
+    targets: Arc<TargetRegistry>,
     published: SnapshotHandle,
     /// Bumped after every publish; see [`ConfigManager::subscribe`].
     generation: watch::Sender<u64>,
@@ -67,11 +76,23 @@ pub enum EntryError {
     Service(#[from] L4ServiceError),
     #[error("{key}: {source}")]
     Acl { key: String, source: AclError },
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("{key}: {source}")]
+    Zones { key: String, source: ZonesError },
 }
 
 impl ConfigManager {
     pub fn new(layout: KeyLayout) -> Self {
+        Self::with_targets(layout, Arc::default())
+    }
+
+    /// A manager whose upstreams route by `targets` (health, drains, zones).
+    pub fn with_targets(layout: KeyLayout, targets: Arc<TargetRegistry>) -> Self {
         Self {
+            policies: BTreeMap::new(),
+            zones: Zones::default(),
+            targets,
             layout,
             kv: Kv::new(),
             domains: BTreeMap::new(),
@@ -109,6 +130,18 @@ impl ConfigManager {
     /// The serving L4 services.
     pub fn services(&self) -> &BTreeMap<String, Arc<L4Service>> {
         &self.services
+    }
+
+    pub fn policies(&self) -> &BTreeMap<String, Arc<Policy>> {
+        &self.policies
+    }
+
+    pub fn zones(&self) -> &Zones {
+        &self.zones
+    }
+
+    pub fn targets(&self) -> &Arc<TargetRegistry> {
+        &self.targets
     }
 
     /// The serving deny-list, sorted and deduplicated.
@@ -195,6 +228,8 @@ impl ConfigManager {
         let mut services = BTreeSet::new();
         let mut acl_changed = false;
         let mut acl_errors = Vec::new();
+        let mut policies = BTreeSet::new();
+        let mut zones_changed = false;
         for key in &changed_keys {
             match self.layout.parse(key) {
                 Some(StoreKey::Rule { domain }) => {
@@ -206,6 +241,10 @@ impl ConfigManager {
                 Some(StoreKey::Service { name }) => {
                     services.insert(name.to_owned());
                 }
+                Some(StoreKey::Policy { upstream }) => {
+                    policies.insert(upstream.to_owned());
+                }
+                Some(StoreKey::Zones) => zones_changed = true,
                 Some(StoreKey::Acl { cidr }) => {
                     acl_changed = true;
                     if let Err(err) = self.update_acl_key(key, cidr) {
@@ -215,10 +254,24 @@ impl ConfigManager {
                 None => {}
             }
         }
-        if domains.is_empty() && upstreams.is_empty() && services.is_empty() && !acl_changed {
+        if domains.is_empty()
+            && upstreams.is_empty()
+            && services.is_empty()
+            && !acl_changed
+            && policies.is_empty()
+            && !zones_changed
+        {
             return Vec::new();
         }
         let mut errors = acl_errors;
+        for upstream in policies {
+            if let Err(err) = self.update_policy(&upstream) {
+                errors.push(err);
+            }
+        }
+        if zones_changed && let Err(err) = self.update_zones() {
+            errors.push(err);
+        }
         for domain in domains {
             let key = self.layout.rule_key(&domain);
             match self.kv.get(&key) {
@@ -246,8 +299,11 @@ impl ConfigManager {
                         .get(&name)
                         .is_some_and(|current| same_servers(current.servers(), &servers));
                     if !unchanged {
-                        self.upstreams
-                            .insert(name.clone(), Arc::new(Upstream::new(name, servers)));
+                        let gates = self.targets.gates_for(&name, &servers);
+                        self.upstreams.insert(
+                            name.clone(),
+                            Arc::new(Upstream::with_gates(name, servers, gates)),
+                        );
                     }
                 }
                 Err(err) => errors.push(err),
@@ -273,6 +329,34 @@ impl ConfigManager {
             .take_while(|(k, _)| k.starts_with(&prefix))
             .filter_map(|(k, v)| Some((k.strip_prefix(&prefix)?, v.as_str())))
             .collect()
+    }
+
+    /// Re-reads one policy; a bad one keeps the previous version.
+    fn update_policy(&mut self, upstream: &str) -> Result<(), EntryError> {
+        match self.kv.get(&self.layout.policy_key(upstream)) {
+            None => {
+                self.policies.remove(upstream);
+                Ok(())
+            }
+            Some(value) => {
+                let policy = Policy::parse(upstream, value)?;
+                self.policies.insert(upstream.to_owned(), Arc::new(policy));
+                Ok(())
+            }
+        }
+    }
+
+    /// Re-reads the zones document; a bad one keeps the previous version.
+    fn update_zones(&mut self) -> Result<(), EntryError> {
+        let key = self.layout.zones_key();
+        self.zones = match self.kv.get(key) {
+            None => Zones::default(),
+            Some(value) => Zones::parse(value).map_err(|source| EntryError::Zones {
+                key: key.to_owned(),
+                source,
+            })?,
+        };
+        Ok(())
     }
 
     /// Re-reads one ACL key into `acl_keys`.
@@ -393,6 +477,18 @@ impl ConfigManager {
     }
 
     fn publish(&self) {
+        // Gates first: a snapshot is never visible with stale routing.
+        self.targets.sync(
+            self.upstreams
+                .iter()
+                .map(|(name, upstream)| UpstreamConfig {
+                    name,
+                    servers: upstream.servers(),
+                }),
+            &self.policies,
+            &self.zones.disabled,
+            std::time::Instant::now(),
+        );
         self.published.store(Arc::new(
             Snapshot::new(self.domains.values(), self.upstreams.values())
                 .with_l4(Arc::clone(&self.services), Arc::clone(&self.acl)),

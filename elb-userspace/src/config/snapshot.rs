@@ -12,6 +12,7 @@ use super::l4::L4Service;
 use crate::{
     cidr::Cidr,
     rules::CompiledRules,
+    targets::ServerGate,
     upstream::{Balancer, Server},
 };
 
@@ -37,8 +38,21 @@ impl Upstream {
         }
     }
 
+    /// An upstream whose servers read their routability from `gates`
+    /// (the target registry's), same order as `servers`.
+    pub fn with_gates(name: String, servers: Vec<Server>, gates: Vec<Arc<ServerGate>>) -> Self {
+        Self {
+            name,
+            balancer: Balancer::with_gates(servers, gates),
+        }
+    }
+
     pub fn servers(&self) -> &[Server] {
         self.balancer.servers()
+    }
+
+    pub fn gates(&self) -> &[Arc<ServerGate>] {
+        self.balancer.gates()
     }
 }
 

@@ -173,3 +173,55 @@ async fn subscribers_see_every_publish() {
     changes.changed().await.expect("open");
     assert_eq!(*changes.borrow_and_update(), 2);
 }
+
+#[test]
+fn policies_and_zones_from_the_store_route_and_bad_ones_keep_the_previous() {
+    let mut m = manager();
+    let skipped = m.apply(&[
+        put("/ELB/upstreams/up/10.0.0.1:80", "zone=a"),
+        put("/ELB/upstreams/up/10.0.0.2:80", "zone=b"),
+        put(
+            "/ELB/policies/up",
+            r#"{"health_check": {"interval": "1s", "timeout": "500ms"}}"#,
+        ),
+    ]);
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(
+        m.policies()["up"].health_check.interval,
+        std::time::Duration::from_secs(1)
+    );
+    let bad = m.apply(&[put(
+        "/ELB/policies/up",
+        r#"{"health_check": {"interval": "1ms"}}"#,
+    )]);
+    assert_eq!(bad.len(), 1);
+    assert!(
+        bad[0].to_string().contains("health_check.interval"),
+        "{}",
+        bad[0]
+    );
+    assert_eq!(
+        m.policies()["up"].health_check.interval,
+        std::time::Duration::from_secs(1),
+        "the previous policy keeps working"
+    );
+    // A disabled zone takes its servers out of rotation at once.
+    assert!(
+        m.apply(&[put("/ELB/zones", r#"{"disabled": ["b"]}"#)])
+            .is_empty()
+    );
+    let snapshot = m.snapshot_handle().load_full();
+    let upstream = snapshot.upstream("up").expect("up");
+    let routable: Vec<bool> = upstream.gates().iter().map(|g| g.routable()).collect();
+    assert_eq!(routable, [true, false]);
+    let bad = m.apply(&[put("/ELB/zones", r#"{"disabled": "b"}"#)]);
+    assert_eq!(bad.len(), 1);
+    assert_eq!(
+        m.zones().disabled.len(),
+        1,
+        "the previous zones document stays"
+    );
+    m.apply(&[del("/ELB/zones"), del("/ELB/policies/up")]);
+    assert!(m.zones().disabled.is_empty());
+    assert!(m.policies().is_empty());
+}

@@ -1,10 +1,10 @@
 //! Picks the server for each request attempt: nginx's smooth weighted round
 //! robin over the servers that are not `down` and not out by passive health
 //! (see `peer.rs`), backups only when no primary is left.
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use crate::upstream::ServerParams;
+use crate::{targets::ServerGate, upstream::ServerParams};
 
 mod peer;
 
@@ -31,21 +31,43 @@ impl Server {
 #[derive(Debug)]
 pub struct Balancer {
     servers: Vec<Server>,
+    /// Same order: whether each server may take new requests (health,
+    /// drain, zone) and its slow-start share, from the target registry.
+    gates: Vec<Arc<ServerGate>>,
     /// One entry per server, same order; one lock so a pick sees and updates
     /// every peer consistently, as nginx's per-upstream lock does.
     peers: Mutex<Vec<PeerState>>,
 }
 
 impl Balancer {
+    /// A balancer whose servers are always routable (no target registry).
     pub fn new(servers: Vec<Server>) -> Self {
+        let gates = servers.iter().map(|_| Arc::default()).collect();
+        Self::with_gates(servers, gates)
+    }
+
+    /// `gates[i]` belongs to `servers[i]`; a missing gate counts as
+    /// routable.
+    pub fn with_gates(servers: Vec<Server>, mut gates: Vec<Arc<ServerGate>>) -> Self {
+        gates.resize_with(servers.len(), Arc::default);
         let peers = servers
             .iter()
             .map(|server| PeerState::new(&server.params))
             .collect();
         Self {
             servers,
+            gates,
             peers: Mutex::new(peers),
         }
+    }
+
+    /// The gate of server `index`.
+    pub fn gate(&self, index: usize) -> Option<&Arc<ServerGate>> {
+        self.gates.get(index)
+    }
+
+    pub fn gates(&self) -> &[Arc<ServerGate>] {
+        &self.gates
     }
 
     pub fn servers(&self) -> &[Server] {
@@ -71,16 +93,18 @@ impl Balancer {
     ) -> Option<usize> {
         let mut best: Option<(usize, i64)> = None;
         let mut total: i64 = 0;
-        for (index, (server, peer)) in self.servers.iter().zip(peers.iter_mut()).enumerate() {
+        let candidates = self.servers.iter().zip(&self.gates).zip(peers.iter_mut());
+        for (index, ((server, gate), peer)) in candidates.enumerate() {
             let params = &server.params;
             if params.backup != backup
                 || params.down
+                || !gate.routable()
                 || tried.contains(&index)
                 || !peer.is_available(params, now)
             {
                 continue;
             }
-            let (current, added) = peer.accumulate(params);
+            let (current, added) = peer.accumulate(i64::from(gate.scale_weight(params.weight)));
             total = total.saturating_add(added);
             // Strictly greater: on a tie the earlier server wins, as in nginx.
             if best.is_none_or(|(_, best_current)| current > best_current) {
@@ -130,6 +154,7 @@ impl Balancer {
             return false;
         };
         !server.params.down
+            && self.gates.get(index).is_none_or(|gate| gate.routable())
             && self
                 .lock_peers()
                 .get(index)

@@ -64,10 +64,14 @@ impl PeerState {
 
     /// The per-pick step for each candidate: adds the effective weight to the
     /// current weight and returns (new current weight, weight added to the total).
-    pub(super) fn accumulate(&mut self, params: &ServerParams) -> (i64, i64) {
+    /// `max_weight` is the server's weight now (slow start may scale it
+    /// down); the effective weight never exceeds it.
+    pub(super) fn accumulate(&mut self, max_weight: i64) -> (i64, i64) {
+        let max_weight = max_weight.max(1);
+        self.effective_weight = self.effective_weight.min(max_weight);
         let added = self.effective_weight;
         self.current_weight = self.current_weight.saturating_add(added);
-        if self.effective_weight < weight(params) {
+        if self.effective_weight < max_weight {
             self.effective_weight += 1;
         }
         (self.current_weight, added)
