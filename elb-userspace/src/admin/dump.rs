@@ -4,8 +4,8 @@
 //! once, so a dump only matters to replace whatever the store holds (bad or
 //! hand-edited entries) with what is serving. One transaction: keys that are
 //! not serving are deleted, the rest rewritten: rules, upstreams (server
-//! parameters in canonical `k=v` form), L4 services and ACL entries (both
-//! in canonical form).
+//! parameters in canonical `k=v` form), L4 services, ACL entries, health
+//! policies and the zones document (all in canonical form).
 use super::{AdminResult, ok};
 use crate::config::ConfigService;
 
@@ -42,7 +42,24 @@ pub async fn put(config: &ConfigService) -> AdminResult {
                 .iter()
                 .map(|cidr| (layout.acl_key(cidr), String::new()))
                 .collect();
+            let policies = manager
+                .policies()
+                .iter()
+                .map(|(name, policy)| (layout.policy_key(name), policy.to_json().to_string()))
+                .collect();
             let mut ops = manager.replace_prefix_ops(layout.rules_prefix(), rules);
+            ops.extend(manager.replace_prefix_ops(layout.policies_prefix(), policies));
+            let zones_key = layout.zones_key().to_owned();
+            if manager.zones().disabled.is_empty() {
+                if manager.kv().contains_key(&zones_key) {
+                    ops.push(crate::store::KvOp::Delete { key: zones_key });
+                }
+            } else {
+                ops.push(crate::store::KvOp::Put {
+                    key: zones_key,
+                    value: manager.zones().to_json().to_string(),
+                });
+            }
             ops.extend(manager.replace_prefix_ops(layout.upstreams_prefix(), servers));
             ops.extend(manager.replace_prefix_ops(layout.services_prefix(), services));
             ops.extend(manager.replace_prefix_ops(layout.acl_prefix(), acl));

@@ -6,6 +6,7 @@ pub mod access;
 mod acl;
 mod domain;
 mod dump;
+mod policy;
 mod service;
 mod upstream;
 
@@ -194,6 +195,23 @@ impl AdminApi {
                 &path,
                 "GET, PUT, DELETE",
             )),
+            ("policy", &Method::GET) => policy::get(config).await,
+            ("policy", &Method::PUT) => policy::put(config, self.json_body(request).await?).await,
+            ("policy", &Method::DELETE) => {
+                policy::delete(config, self.json_body(request).await?).await
+            }
+            ("policy", _) => Err(AdminError::method_not_allowed(
+                &method,
+                &path,
+                "GET, PUT, DELETE",
+            )),
+            ("zones", &Method::GET) => policy::get_zones(config).await,
+            ("zones", &Method::PUT) => {
+                policy::put_zones(config, self.json_body(request).await?).await
+            }
+            ("zones", _) => Err(AdminError::method_not_allowed(&method, &path, "GET, PUT")),
+            ("health", &Method::GET) => policy::health(config).await,
+            ("health", _) => Err(AdminError::method_not_allowed(&method, &path, "GET")),
             ("dump", &Method::PUT) => {
                 // The body is ignored, but read so the connection stays usable.
                 self.body(request).await?;

@@ -2,14 +2,20 @@
 //! shared by the XDP data plane (which writes it into maps) and the
 //! userspace fallback (which looks it up directly), so both pick the same
 //! server for the same flow.
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use elb_common::{
     l4::{FAMILY_IPV4, FAMILY_IPV6, flow_hash},
     maglev::{MaglevError, MaglevServer, build_table},
 };
 
-use crate::upstream::Server;
+use crate::{
+    targets::{ServerGate, gate::FULL_WEIGHT, routing::l4_step},
+    upstream::Server,
+};
 
 /// A server that takes part in a service's table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,19 +40,37 @@ pub enum SkippedServer {
     WrongFamily { server: String },
 }
 
-/// Plans a service over `servers` (an upstream's list). `down` servers are
-/// left out; `backup` servers take part only when no primary is usable, as
-/// in L7 balancing (there are no health checks at L4, so "usable" means
-/// "not down"). An empty plan (no table) means packets are dropped.
+/// Plans a service over `servers` (an upstream's list), every server
+/// routable at full weight: see [`plan_gated`].
 pub fn plan_service(
     vip: SocketAddr,
     servers: &[Server],
     table_size: u32,
 ) -> (Result<Option<ServicePlan>, MaglevError>, Vec<SkippedServer>) {
+    plan_gated(vip, servers, &[], table_size)
+}
+
+/// Plans a service over `servers` with their gates (`gates[i]` for
+/// `servers[i]`; a missing gate counts as routable at full weight). `down`
+/// servers and servers whose gate is closed (unhealthy, draining, another
+/// zone) are left out; `backup` servers take part only when no primary is
+/// usable, as in L7 balancing. A server in slow start takes part with its
+/// weight scaled in tenths (the gate's L4 step). An empty plan (no table)
+/// means packets are dropped.
+pub fn plan_gated(
+    vip: SocketAddr,
+    servers: &[Server],
+    gates: &[Arc<ServerGate>],
+    table_size: u32,
+) -> (Result<Option<ServicePlan>, MaglevError>, Vec<SkippedServer>) {
     let mut skipped = Vec::new();
     let mut primaries = Vec::new();
     let mut backups = Vec::new();
-    for server in servers.iter().filter(|s| !s.params.down) {
+    for (index, server) in servers.iter().enumerate() {
+        let gate = gates.get(index);
+        if server.params.down || gate.is_some_and(|g| !g.routable()) {
+            continue;
+        }
         let Ok(addr) = server.name.parse::<SocketAddr>() else {
             skipped.push(SkippedServer::NotAnAddress(server.name.clone()));
             continue;
@@ -57,24 +81,42 @@ pub fn plan_service(
             });
             continue;
         }
-        let planned = PlannedServer {
-            addr,
-            weight: server.params.weight,
-        };
+        let step = gate.map_or(FULL_WEIGHT, |g| l4_step(g.weight_permille()));
+        let planned = (
+            PlannedServer {
+                addr,
+                weight: server.params.weight,
+            },
+            step,
+        );
         if server.params.backup {
             backups.push(planned);
         } else {
             primaries.push(planned);
         }
     }
-    let servers = if primaries.is_empty() {
+    let tier = if primaries.is_empty() {
         backups
     } else {
         primaries
     };
-    if servers.is_empty() {
+    if tier.is_empty() {
         return (Ok(None), skipped);
     }
+    // Maglev weights are whole numbers: while a server ramps up, every
+    // weight is counted in tenths, so a weight of 1 can still be scaled.
+    let ramping = tier.iter().any(|(_, step)| *step < FULL_WEIGHT);
+    let servers: Vec<PlannedServer> = tier
+        .into_iter()
+        .map(|(server, step)| PlannedServer {
+            weight: if ramping {
+                server.weight.saturating_mul(step / 100).max(1)
+            } else {
+                server.weight
+            },
+            ..server
+        })
+        .collect();
     let keys: Vec<String> = servers.iter().map(|s| s.addr.to_string()).collect();
     let input: Vec<MaglevServer<'_>> = servers
         .iter()
@@ -174,6 +216,36 @@ mod tests {
         assert_eq!(plan.expect("table").expect("servers").servers.len(), 1);
         assert_eq!(skipped.len(), 2);
         assert!(skipped[0].to_string().contains("backend.local:80"));
+    }
+
+    #[test]
+    fn closed_gates_are_left_out_and_slow_start_scales_in_tenths() {
+        let servers = [
+            server("10.1.0.1:80", ""),
+            server("10.1.0.2:80", ""),
+            server("10.1.0.3:80", "backup"),
+        ];
+        let gates: Vec<Arc<ServerGate>> = (0..3).map(|_| Arc::default()).collect();
+        gates[0].set(false, FULL_WEIGHT);
+        let (plan, _) = plan_gated(vip(), &servers, &gates, 251);
+        let plan = plan.expect("table").expect("servers");
+        assert_eq!(plan.servers.len(), 1);
+        assert_eq!(plan.servers[0].addr.to_string(), "10.1.0.2:80");
+        gates[1].set(false, FULL_WEIGHT);
+        let (plan, _) = plan_gated(vip(), &servers, &gates, 251);
+        let plan = plan.expect("table").expect("servers");
+        assert_eq!(plan.servers[0].addr.to_string(), "10.1.0.3:80", "backup");
+        gates[0].set(true, FULL_WEIGHT);
+        gates[1].set(true, 250);
+        let (plan, _) = plan_gated(vip(), &servers, &gates, 251);
+        let weights: Vec<u32> = plan
+            .expect("table")
+            .expect("servers")
+            .servers
+            .iter()
+            .map(|s| s.weight)
+            .collect();
+        assert_eq!(weights, [10, 2]);
     }
 
     #[test]

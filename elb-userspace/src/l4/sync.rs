@@ -20,7 +20,7 @@ use elb_common::{
 use super::{
     ids::IdAllocator,
     maps::{L4MapError, L4Maps},
-    plan::{addr16, family, plan_service},
+    plan::{addr16, family, plan_gated},
     stats::{IndexedService, StatsIndex},
 };
 use crate::{
@@ -153,11 +153,10 @@ impl L4Sync {
         used: &mut HashSet<SocketAddr>,
         indexed: &mut IndexedService,
     ) -> Result<Option<Vec<u32>>, L4MapError> {
-        let servers = snapshot
-            .upstream(&service.upstream)
-            .map(|upstream| upstream.servers())
-            .unwrap_or_default();
-        let (plan, skipped) = plan_service(service.vip, servers, service.table_size);
+        let upstream = snapshot.upstream(&service.upstream);
+        let servers = upstream.map(|u| u.servers()).unwrap_or_default();
+        let gates = upstream.map(|u| u.gates()).unwrap_or_default();
+        let (plan, skipped) = plan_gated(service.vip, servers, gates, service.table_size);
         for reason in skipped {
             tracing::warn!(service = service.name, %reason, "server left out of L4 service");
         }

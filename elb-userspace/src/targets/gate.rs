@@ -61,7 +61,7 @@ impl ServerGate {
             .clone()
     }
 
-    pub(super) fn set(&self, routable: bool, weight_permille: u32) -> bool {
+    pub(crate) fn set(&self, routable: bool, weight_permille: u32) -> bool {
         let was_routable = self.routable.swap(routable, Ordering::Relaxed);
         let was_weight = self
             .weight_permille

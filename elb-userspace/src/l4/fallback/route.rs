@@ -11,7 +11,8 @@ use std::{
 use super::stats::ServerStats;
 use crate::{
     config::L4Service,
-    l4::plan::{ServicePlan, plan_service},
+    l4::plan::{ServicePlan, plan_gated},
+    targets::ServerGate,
     upstream::Server,
 };
 
@@ -91,9 +92,10 @@ impl ServerRegistry {
 pub fn build_route(
     service: &L4Service,
     servers: &[Server],
+    gates: &[Arc<ServerGate>],
     registry: &mut ServerRegistry,
 ) -> Route {
-    let (plan, skipped) = plan_service(service.vip, servers, service.table_size);
+    let (plan, skipped) = plan_gated(service.vip, servers, gates, service.table_size);
     for reason in skipped {
         tracing::warn!(service = service.name, %reason, "server left out of L4 service");
     }
@@ -161,8 +163,8 @@ mod tests {
         let svc = service("10.0.0.100:80");
         let list = servers(&[("10.1.0.1:80", 1), ("10.1.0.2:80", 2), ("10.1.0.3:80", 3)]);
         let mut registry = ServerRegistry::default();
-        let route = build_route(&svc, &list, &mut registry);
-        let (plan, _) = plan_service(svc.vip, &list, svc.table_size);
+        let route = build_route(&svc, &list, &[], &mut registry);
+        let (plan, _) = crate::l4::plan::plan_service(svc.vip, &list, svc.table_size);
         let plan = plan.expect("table").expect("servers");
         for port in 1024..3024u16 {
             let client = SocketAddr::from(([10, 50, 0, 2], port));
@@ -177,7 +179,7 @@ mod tests {
     #[test]
     fn no_server_means_no_pick() {
         let mut registry = ServerRegistry::default();
-        let route = build_route(&service("10.0.0.100:80"), &[], &mut registry);
+        let route = build_route(&service("10.0.0.100:80"), &[], &[], &mut registry);
         assert!(!route.has_servers());
         let client = SocketAddr::from(([10, 50, 0, 2], 4000));
         assert!(
@@ -194,6 +196,7 @@ mod tests {
         let first = build_route(
             &svc,
             &servers(&[("10.1.0.1:80", 1), ("10.1.0.2:80", 1)]),
+            &[],
             &mut registry,
         );
         let client = SocketAddr::from(([10, 50, 0, 2], 4000));
@@ -207,7 +210,7 @@ mod tests {
         } else {
             "10.1.0.1:80"
         };
-        let second = build_route(&svc, &servers(&[(keep, 1)]), &mut registry);
+        let second = build_route(&svc, &servers(&[(keep, 1)]), &[], &mut registry);
         forget_unused(&mut registry, &second);
         let listed: Vec<SocketAddr> = registry.snapshot().iter().map(|(a, _)| *a).collect();
         assert!(listed.contains(&held.server), "{listed:?}");

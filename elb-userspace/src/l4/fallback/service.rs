@@ -14,7 +14,7 @@ use super::{
     route::{Pick, Route, ServerRegistry, build_route, forget_unused},
     stats::{LogLimiter, ServiceCounters, ServiceStats},
 };
-use crate::{config::L4Proto, config::L4Service, upstream::Server};
+use crate::{config::L4Proto, config::L4Service, targets::ServerGate, upstream::Server};
 
 /// One warning per interval for each kind of per-flow failure.
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -40,9 +40,9 @@ pub struct ServiceRuntime {
 }
 
 impl ServiceRuntime {
-    pub fn new(service: &L4Service, servers: &[Server]) -> Self {
+    pub fn new(service: &L4Service, servers: &[Server], gates: &[Arc<ServerGate>]) -> Self {
         let mut registry = ServerRegistry::default();
-        let route = build_route(service, servers, &mut registry);
+        let route = build_route(service, servers, gates, &mut registry);
         Self {
             name: service.name.clone(),
             vip: service.vip,
@@ -58,9 +58,9 @@ impl ServiceRuntime {
 
     /// Replaces the route at once: new flows use it, existing flows keep
     /// their server.
-    pub fn update(&self, service: &L4Service, servers: &[Server]) {
+    pub fn update(&self, service: &L4Service, servers: &[Server], gates: &[Arc<ServerGate>]) {
         let mut registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
-        let route = build_route(service, servers, &mut registry);
+        let route = build_route(service, servers, gates, &mut registry);
         self.route.store(Arc::new(route));
         let current = self.route.load();
         forget_unused(&mut registry, &current);

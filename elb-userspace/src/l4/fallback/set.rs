@@ -62,6 +62,9 @@ struct Running {
     /// change (snapshots share unchanged services and upstreams).
     service: Arc<L4Service>,
     upstream: Option<Arc<Upstream>>,
+    /// The gates' routability and L4 steps the route was planned with
+    /// (health changes do not change the upstream).
+    gates: Vec<(bool, u32)>,
     /// None while the VIP is not bound.
     task: Option<Task>,
     /// The last bind error, logged once rather than on every retry.
@@ -165,9 +168,11 @@ impl ListenerSet {
     fn start(&mut self, service: &Arc<L4Service>, snapshot: &Snapshot) {
         let upstream = snapshot.upstream(&service.upstream).cloned();
         let servers = upstream.as_ref().map(|u| u.servers()).unwrap_or_default();
+        let gates = upstream.as_ref().map(|u| u.gates()).unwrap_or_default();
         let mut running = Running {
-            runtime: Arc::new(ServiceRuntime::new(service, servers)),
+            runtime: Arc::new(ServiceRuntime::new(service, servers, gates)),
             service: Arc::clone(service),
+            gates: gate_view(gates),
             upstream,
             task: None,
             bind_error: None,
@@ -186,11 +191,14 @@ impl ListenerSet {
             (None, None) => true,
             _ => false,
         };
-        if Arc::ptr_eq(&running.service, service) && same_upstream {
+        let gates = upstream.as_ref().map(|u| u.gates()).unwrap_or_default();
+        let view = gate_view(gates);
+        if Arc::ptr_eq(&running.service, service) && same_upstream && running.gates == view {
             return;
         }
         let servers = upstream.as_ref().map(|u| u.servers()).unwrap_or_default();
-        running.runtime.update(service, servers);
+        running.runtime.update(service, servers, gates);
+        running.gates = view;
         tracing::info!(
             service = service.name,
             upstream = service.upstream,
@@ -199,6 +207,18 @@ impl ListenerSet {
         running.service = Arc::clone(service);
         running.upstream = upstream;
     }
+}
+
+fn gate_view(gates: &[Arc<crate::targets::ServerGate>]) -> Vec<(bool, u32)> {
+    gates
+        .iter()
+        .map(|g| {
+            (
+                g.routable(),
+                crate::targets::routing::l4_step(g.weight_permille()),
+            )
+        })
+        .collect()
 }
 
 /// Binds the service's VIP and starts its task, or records why not.

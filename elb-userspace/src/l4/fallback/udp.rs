@@ -346,9 +346,10 @@ mod tests {
         let before = build_route(
             &svc,
             &servers(&["10.1.0.1:53", "10.1.0.2:53"]),
+            &[],
             &mut registry,
         );
-        let after = build_route(&svc, &servers(&["10.1.0.3:53"]), &mut registry);
+        let after = build_route(&svc, &servers(&["10.1.0.3:53"]), &[], &mut registry);
         let mut table: SessionTable<SocketAddr> = SessionTable::new(8);
         let client = SocketAddr::from(([10, 50, 0, 2], 5353));
 
