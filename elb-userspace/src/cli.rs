@@ -97,6 +97,11 @@ pub struct RunArgs {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
 
+    /// Longest wait for the next piece of a request body from the client
+    /// (408 after; the upstream is not blamed).
+    #[arg(long, default_value = "60s", value_parser = parse_nonzero_duration)]
+    pub client_body_timeout: Duration,
+
     /// Largest request head (request line plus headers).
     #[arg(long, default_value_t = 64 << 10, value_name = "BYTES", value_parser = clap::value_parser!(usize))]
     pub max_header_bytes: usize,
@@ -204,6 +209,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{text:?} is not a duration like 10s or 500ms: {e}"))
 }
 
+/// A duration that must be more than zero (a zero timeout fails at once).
+pub fn parse_nonzero_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.is_zero() {
+        return Err(format!("{text:?} must be more than zero"));
+    }
+    Ok(duration)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +228,27 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn the_client_body_timeout_must_be_more_than_zero() {
+        assert_eq!(parse_nonzero_duration("1s"), Ok(Duration::from_secs(1)));
+        let zero = parse_nonzero_duration("0s").expect_err("zero");
+        assert!(zero.contains("more than zero"), "{zero}");
+        let parsed = |extra: &[&str]| {
+            let mut args = vec!["elb", "run"];
+            args.extend_from_slice(extra);
+            match Cli::try_parse_from(args).expect("parse").command {
+                Command::Run(args) => args.client_body_timeout,
+                Command::Teardown(_) => panic!("expected run"),
+            }
+        };
+        assert_eq!(parsed(&[]), Duration::from_secs(60));
+        assert_eq!(
+            parsed(&["--client-body-timeout", "250ms"]),
+            Duration::from_millis(250)
+        );
+        assert!(Cli::try_parse_from(["elb", "run", "--client-body-timeout", "0"]).is_err());
     }
 
     fn l4_start(args: &[&str]) -> Result<L4Start, L4DataplaneUsage> {

@@ -102,6 +102,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let proxy_settings = ProxySettings {
         connect_timeout: args.connect_timeout,
         response_timeout: args.upstream_timeout,
+        client_body_timeout: args.client_body_timeout,
         max_idle_per_server: 256,
         idle_timeout: std::time::Duration::from_secs(60),
     };

@@ -6,7 +6,13 @@
 //! upstream its body is gone, so only body-less idempotent requests are
 //! retried after that point; a request that never left (connect failed,
 //! stale pooled connection) is retried whatever its method.
-use std::{sync::Arc, time::Instant};
+//!
+//! Passive health counts only what the server did wrong. A request body the
+//! client sent malformed or truncated (400), or stalled past the client
+//! body timeout (408), is the client's: no failure is reported, no other
+//! server tried. The response timer runs only in the server's turn (see
+//! [`BodyWatch`]), so a slow upload is no upstream timeout.
+use std::{pin::pin, sync::Arc, time::Instant};
 
 use http::{Method, Request, Response, StatusCode, Uri, request::Parts};
 use http_body_util::BodyExt;
@@ -14,6 +20,7 @@ use hyper::body::{Body as _, Incoming};
 
 use super::{
     MAX_TRIES, Proxy,
+    client_body::{BodyOutcome, BodyWatch, ClientBody},
     headers::{ClientAddr, add_forwarded, strip_hop_by_hop, upgrade_protocol},
     pool::{ConnectError, PooledBody, Sender},
     upgrade,
@@ -75,10 +82,20 @@ pub async fn forward(
 
     // Upstream connections are HTTP/1.1 keep-alive, whatever the client spoke.
     parts.version = http::Version::HTTP_11;
-    let replayable = body.is_end_stream() && is_idempotent(&parts.method);
+    let bodyless = body.is_end_stream();
+    let replayable = bodyless && is_idempotent(&parts.method);
     // Only a replayable request can need its head again once it was sent.
     let spare_head = replayable.then(|| clone_parts(&parts));
-    let mut unsent = Some(Request::from_parts(parts, body.map_err(Into::into).boxed()));
+    // Only a body can be the client's fault; body-less requests skip the
+    // watch and its allocation.
+    let (body, watch) = if bodyless {
+        (body.map_err(Into::into).boxed(), None)
+    } else {
+        let (body, watch) = ClientBody::new(body, proxy.settings.client_body_timeout);
+        (body.boxed(), Some(watch))
+    };
+    let watch = watch.as_deref();
+    let mut unsent = Some(Request::from_parts(parts, body));
     let mut tried = Vec::with_capacity(MAX_TRIES);
     let mut last_failure = None;
     while tried.len() < MAX_TRIES {
@@ -91,7 +108,7 @@ pub async fn forward(
             break;
         };
         tried.push(index);
-        match try_server(proxy, server, request).await {
+        match try_server(proxy, server, request, watch).await {
             Attempt::Response(response) if !is_gateway_failure(response.status()) => {
                 report_success(&target, index);
                 return response;
@@ -118,6 +135,10 @@ pub async fn forward(
                 report_failure(&target, index);
                 tracing::warn!(server, failure = ?failure, "upstream try failed after sending");
                 last_failure = Some(failure);
+            }
+            Attempt::ClientFault(fault) => {
+                tracing::debug!(server, fault = ?fault, "the client's request body failed");
+                return fault.response();
             }
         }
     }
@@ -147,19 +168,58 @@ impl Failure {
     }
 }
 
+/// The try broke because of the client's request body: neither a server
+/// failure nor a reason to try another server.
+#[derive(Debug)]
+enum ClientFault {
+    /// Malformed or truncated; also a client that closed mid-body, which
+    /// then never reads the answer.
+    InvalidBody,
+    TimedOut,
+}
+
+impl ClientFault {
+    fn of(watch: Option<&BodyWatch>) -> Option<Self> {
+        match watch?.outcome() {
+            BodyOutcome::Invalid => Some(Self::InvalidBody),
+            BodyOutcome::TimedOut => Some(Self::TimedOut),
+            BodyOutcome::Streaming | BodyOutcome::Complete => None,
+        }
+    }
+
+    fn response(&self) -> Response<Body> {
+        match self {
+            Self::InvalidBody => text(
+                StatusCode::BAD_REQUEST,
+                "the request body is malformed or incomplete",
+            ),
+            Self::TimedOut => text(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time",
+            ),
+        }
+    }
+}
+
 enum Attempt {
     Response(Response<Body>),
     /// Nothing reached the server; the request comes back for the next try.
     NotSent(ConnectError, Request<Body>),
     Failed(Failure),
+    ClientFault(ClientFault),
 }
 
-async fn try_server(proxy: &Proxy, server: &str, mut request: Request<Body>) -> Attempt {
+async fn try_server(
+    proxy: &Proxy,
+    server: &str,
+    mut request: Request<Body>,
+    watch: Option<&BodyWatch>,
+) -> Attempt {
     // A pooled connection may have been closed by the server meanwhile; if
     // the request was not written, it comes back and a fresh connection
     // gets it (not counted as a try).
     while let Some(sender) = proxy.pool.take_idle(server).await {
-        match send(proxy, server, sender, request).await {
+        match send(proxy, server, sender, request, watch).await {
             Sent::Done(attempt) => return attempt,
             Sent::Unsent(returned) => request = returned,
         }
@@ -170,7 +230,7 @@ async fn try_server(proxy: &Proxy, server: &str, mut request: Request<Body>) -> 
         .connect(server, settings.connect_timeout, false)
         .await
     {
-        Ok(sender) => match send(proxy, server, sender, request).await {
+        Ok(sender) => match send(proxy, server, sender, request, watch).await {
             Sent::Done(attempt) => attempt,
             Sent::Unsent(_) => Attempt::Failed(Failure::Broken),
         },
@@ -183,22 +243,52 @@ enum Sent {
     Unsent(Request<Body>),
 }
 
-async fn send(proxy: &Proxy, server: &str, mut sender: Sender, request: Request<Body>) -> Sent {
+async fn send(
+    proxy: &Proxy,
+    server: &str,
+    mut sender: Sender,
+    request: Request<Body>,
+    watch: Option<&BodyWatch>,
+) -> Sent {
     let timeout = proxy.settings.response_timeout;
-    match tokio::time::timeout(timeout, sender.try_send_request(request)).await {
-        Err(_) => Sent::Done(Attempt::Failed(Failure::Timeout)),
-        Ok(Ok(response)) => {
+    let sent_at = tokio::time::Instant::now();
+    let result = {
+        let mut exchange = pin!(sender.try_send_request(request));
+        let mut deadline = sent_at + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, &mut exchange).await {
+                Ok(result) => break result,
+                Err(_) => {
+                    // Without a body the whole time was the server's turn.
+                    let next = watch.and_then(|watch| {
+                        watch.response_deadline(sent_at, tokio::time::Instant::now(), timeout)
+                    });
+                    match next {
+                        Some(next) => deadline = next,
+                        None => return Sent::Done(Attempt::Failed(Failure::Timeout)),
+                    }
+                }
+            }
+        }
+    };
+    match result {
+        Ok(response) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers, None);
             let body = PooledBody::new(body, proxy.pool.clone(), server.to_owned(), sender);
             Sent::Done(Attempt::Response(Response::from_parts(parts, body.boxed())))
         }
-        Ok(Err(mut error)) => match error.take_message() {
+        Err(mut error) => match error.take_message() {
             Some(request) => Sent::Unsent(request),
-            None => {
-                tracing::debug!(server, error = %error.into_error(), "upstream connection broke");
-                Sent::Done(Attempt::Failed(Failure::Broken))
-            }
+            // The body records its failure before hyper sees it, so the
+            // watch already tells whether this was the client.
+            None => match ClientFault::of(watch) {
+                Some(fault) => Sent::Done(Attempt::ClientFault(fault)),
+                None => {
+                    tracing::debug!(server, error = %error.into_error(), "upstream connection broke");
+                    Sent::Done(Attempt::Failed(Failure::Broken))
+                }
+            },
         },
     }
 }

@@ -1,5 +1,6 @@
 //! The L7 proxy: Host → rule document → backend decision → an upstream
 //! server chosen by weight and health → streamed request and response.
+mod client_body;
 mod forward;
 pub mod headers;
 pub mod pool;
@@ -23,8 +24,13 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct ProxySettings {
     pub connect_timeout: Duration,
-    /// From the request being sent to the upstream's response headers.
+    /// How long an upstream has to answer with response headers, counted
+    /// while it is the upstream's turn: from the request being sent, or
+    /// once its body has been, but not while the body waits for the client.
     pub response_timeout: Duration,
+    /// The longest elb waits for the next piece of a request body from the
+    /// client (408 after).
+    pub client_body_timeout: Duration,
     pub max_idle_per_server: usize,
     pub idle_timeout: Duration,
 }
