@@ -85,6 +85,11 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 8 << 20, value_name = "BYTES")]
     pub admin_max_body: usize,
 
+    /// This node's availability zone: with `cross_zone: false` in a
+    /// policy, servers with `zone=` this zone are preferred.
+    #[arg(long, env = "ELB_ZONE", value_name = "ZONE", value_parser = parse_zone)]
+    pub zone: Option<String>,
+
     /// Upstream connect timeout.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
@@ -305,4 +310,9 @@ mod tests {
         assert_eq!(args.listen, [SocketAddr::from(([0, 0, 0, 0], 80))]);
         assert_eq!(args.state_file(), PathBuf::from("/var/lib/elb/ELB.json"));
     }
+}
+
+fn parse_zone(text: &str) -> Result<String, String> {
+    crate::config::zones::validate_zone_name(text)?;
+    Ok(text.to_owned())
 }

@@ -20,6 +20,7 @@ use elb_userspace::{
     statsd::StatsdClient,
     store::{EtcdStore, FileStore, Store, etcd::parse_endpoints},
     sync,
+    targets::TargetRegistry,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -62,13 +63,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _lock = InstanceLock::acquire(&args.run_dir, &args.name)?;
     let layout = KeyLayout::new(&args.name);
     let state_file = args.state_file();
+    let targets = Arc::new(TargetRegistry::new(args.zone.clone()));
 
     let config = match &args.etcd {
         Some(endpoints) => {
             let endpoints = parse_endpoints(endpoints).map_err(anyhow::Error::msg)?;
             let etcd = EtcdStore::connect(&endpoints, layout.prefix()).await?;
             let config = ConfigService::new(
-                ConfigManager::new(layout),
+                ConfigManager::with_targets(layout, Arc::clone(&targets)),
                 Store::Etcd(Box::new(etcd.clone())),
                 Some(state_file.clone()),
             );
@@ -77,7 +79,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => {
             let (store, kv) = FileStore::open(state_file.clone())?;
-            let config = ConfigService::new(ConfigManager::new(layout), Store::File(store), None);
+            let config = ConfigService::new(
+                ConfigManager::with_targets(layout, Arc::clone(&targets)),
+                Store::File(store),
+                None,
+            );
             config.replace_from_store(kv, 0).await;
             config
         }
@@ -124,7 +130,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let l4 = match xdp {
         Some((dataplane, maps)) => {
             let ports: Vec<u16> = listen_addrs.iter().map(SocketAddr::port).collect();
-            let sync = start_l4_sync(maps, &dataplane, &ports, &config, &admin, &shutdown_rx)?;
+            let sync = start_l4_sync(
+                maps,
+                &dataplane,
+                &ports,
+                &config,
+                &targets,
+                &admin,
+                &shutdown_rx,
+            )?;
             L4Running::Xdp { dataplane, sync }
         }
         None => {
@@ -132,11 +146,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             let l4 = L4Userspace::start(
                 config.snapshot().clone(),
                 config.subscribe(),
+                targets.subscribe(),
                 FallbackSettings::new(args.connect_timeout),
                 shutdown_rx.clone(),
             )
             .await;
             admin.set_l4_stats(Arc::new(l4.stats()));
+            admin.set_l4_applied(l4.applied());
             L4Running::Userspace(l4)
         }
     };
@@ -229,6 +245,7 @@ fn start_l4_sync(
     dataplane: &XdpDataplane,
     l7_ports: &[u16],
     config: &ConfigService,
+    targets: &TargetRegistry,
     admin: &AdminApi,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -249,11 +266,15 @@ fn start_l4_sync(
     );
     admin.set_l4_stats(Arc::new(stats));
     tracing::info!("L4 data plane: xdp");
-    Ok(spawn_sync_loop(
+    let (task, applied) = spawn_sync_loop(
         sync,
         config.snapshot().clone(),
+        config.subscribe(),
+        targets.subscribe(),
         shutdown.clone(),
-    ))
+    );
+    admin.set_l4_applied(applied);
+    Ok(task)
 }
 
 /// Removes what a stopped elb left running in the kernel.

@@ -13,6 +13,7 @@ mod upstream;
 use std::{
     net::IpAddr,
     sync::{Arc, OnceLock},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -25,8 +26,9 @@ use self::access::{AccessPolicy, Refusal};
 use crate::{
     config::{ConfigService, WriteError, keys::validate_key_segment},
     http_util::{Body, json, json_error},
-    l4::stats::L4StatsSource,
+    l4::{stats::L4StatsSource, sync::Applied},
 };
+use tokio::sync::watch;
 
 /// Every admin path starts with this.
 pub const PREFIX: &str = "/__erulb__/";
@@ -37,7 +39,13 @@ pub struct AdminApi {
     max_body: usize,
     /// Set once the L4 data plane is up.
     l4_stats: OnceLock<Arc<dyn L4StatsSource>>,
+    /// What the L4 data plane has applied; writes answer once it carries
+    /// them.
+    l4_applied: OnceLock<watch::Receiver<Applied>>,
 }
+
+/// How long a write waits for the L4 data plane to carry it.
+const DATAPLANE_WAIT: Duration = Duration::from_secs(5);
 
 /// An admin request that failed, with its status.
 #[derive(Debug)]
@@ -104,6 +112,49 @@ impl AdminApi {
             access,
             max_body,
             l4_stats: OnceLock::new(),
+            l4_applied: OnceLock::new(),
+        }
+    }
+
+    /// The L4 data plane's progress; the first call wins.
+    pub fn set_l4_applied(&self, applied: watch::Receiver<Applied>) {
+        let _ = self.l4_applied.set(applied);
+    }
+
+    /// After a committed write: waits until the L4 data plane carries the
+    /// configuration generation that includes it. The L7 snapshot already
+    /// does when `write` returns.
+    async fn await_dataplane(&self) -> Result<(), AdminError> {
+        let Some(applied) = self.l4_applied.get() else {
+            return Ok(());
+        };
+        let wanted = *self.config.subscribe().borrow();
+        let mut applied = applied.clone();
+        let reached = tokio::time::timeout(
+            DATAPLANE_WAIT,
+            applied.wait_for(|state| state.generation >= wanted),
+        )
+        .await;
+        let stored = "the change is stored and serves HTTP, but";
+        match reached {
+            Ok(Ok(state)) => match &state.error {
+                None => Ok(()),
+                Some(error) => Err(AdminError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("{stored} the L4 data plane could not apply it (elb retries): {error}"),
+                )),
+            },
+            Ok(Err(_)) => Err(AdminError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{stored} the L4 data plane has stopped"),
+            )),
+            Err(_) => Err(AdminError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "{stored} the L4 data plane has not applied it within {}s",
+                    DATAPLANE_WAIT.as_secs()
+                ),
+            )),
         }
     }
 
@@ -133,7 +184,13 @@ impl AdminApi {
         }
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let result = self.route(request).await;
+        let writes = method == Method::PUT || method == Method::DELETE;
+        let mut result = self.route(request).await;
+        if writes && result.is_ok() {
+            if let Err(error) = self.await_dataplane().await {
+                result = Err(error);
+            }
+        }
         match result {
             Ok(response) => {
                 tracing::info!(%peer, %method, path, status = response.status().as_u16(), "admin request");

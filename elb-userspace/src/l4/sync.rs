@@ -266,41 +266,70 @@ fn server_addr(entry: &ServerEntry) -> SocketAddr {
     }
 }
 
-/// Keeps the maps in step with the configuration: applies the snapshot
-/// whenever a new one is published (checked every 200 ms) until `shutdown`.
+/// What the L4 data plane has applied: the configuration generation (see
+/// [`crate::config::ConfigService::subscribe`]) and whether writing it
+/// failed. Admin writes wait on this before they answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub generation: u64,
+    pub error: Option<String>,
+}
+
+/// How often the servers' neighbour entries are refreshed: well within the
+/// kernel's neighbour staleness.
+const PRIME_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// A failed map write is retried this soon.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Keeps the maps in step with the configuration and the target health:
+/// applies at once whenever a snapshot is published (`changes`) or a gate
+/// changes (`health`), until `shutdown`. Reports each apply on the returned
+/// channel.
 pub fn spawn_sync_loop(
     mut sync: L4Sync,
     snapshots: crate::config::SnapshotHandle,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    mut health: tokio::sync::watch::Receiver<u64>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut applied: Option<std::sync::Arc<Snapshot>> = None;
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
-        let mut ticks: u32 = 0;
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::watch::Receiver<Applied>,
+) {
+    let (applied_tx, applied_rx) = tokio::sync::watch::channel(Applied::default());
+    let task = tokio::spawn(async move {
+        let mut prime = tokio::time::interval(PRIME_EVERY);
+        prime.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut config_open, mut health_open) = (true, true);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
-            }
-            ticks = ticks.wrapping_add(1);
-            // Every 10 s, well within the kernel's neighbour staleness.
-            if ticks.is_multiple_of(50) {
-                sync.prime_neighbours();
-            }
+            // Generation before snapshot: the snapshot is at least as new.
+            let generation = *changes.borrow_and_update();
+            health.borrow_and_update();
             let current = snapshots.load_full();
-            if applied
-                .as_ref()
-                .is_some_and(|a| std::sync::Arc::ptr_eq(a, &current))
-            {
-                continue;
-            }
-            match sync.apply(&current) {
-                Ok(()) => applied = Some(current),
-                // Retried on the next tick.
+            let error = match sync.apply(&current) {
+                Ok(()) => None,
                 Err(error) => {
-                    tracing::error!(%error, "writing L4 services into the XDP maps failed")
+                    tracing::error!(%error, "writing L4 services into the XDP maps failed; retrying");
+                    Some(error.to_string())
+                }
+            };
+            let failed = error.is_some();
+            applied_tx.send_replace(Applied { generation, error });
+            loop {
+                tokio::select! {
+                    changed = changes.changed(), if config_open => match changed {
+                        Ok(()) => break,
+                        Err(_) => config_open = false,
+                    },
+                    changed = health.changed(), if health_open => match changed {
+                        Ok(()) => break,
+                        Err(_) => health_open = false,
+                    },
+                    _ = tokio::time::sleep(RETRY_AFTER), if failed => break,
+                    _ = prime.tick() => sync.prime_neighbours(),
+                    _ = shutdown.changed() => return,
                 }
             }
         }
-    })
+    });
+    (task, applied_rx)
 }

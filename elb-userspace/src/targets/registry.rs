@@ -67,6 +67,9 @@ pub struct CheckJob {
     pub upstream: String,
     pub server: String,
     pub check: HealthCheck,
+    /// Bumped each time the server comes back into service: its checks
+    /// start afresh from `initial`.
+    pub epoch: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,6 +106,8 @@ struct Target {
     ramp_from: Option<Instant>,
     /// The L4 step last published, to bump the generation on step changes.
     l4_step: u32,
+    /// See [`CheckJob::epoch`].
+    epoch: u64,
 }
 
 const INITIAL_REASON: &str = "Initial health checking is in progress";
@@ -121,6 +126,7 @@ impl Target {
             since: now,
             ramp_from: None,
             l4_step: FULL_WEIGHT,
+            epoch: 0,
         }
     }
 
@@ -182,6 +188,8 @@ pub struct UpstreamConfig<'a> {
 pub struct TargetRegistry {
     inner: Mutex<Inner>,
     generation: watch::Sender<u64>,
+    /// Bumped on every sync: the set of check jobs may have changed.
+    synced: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for TargetRegistry {
@@ -205,7 +213,13 @@ impl TargetRegistry {
                 ..Inner::default()
             }),
             generation: watch::Sender::new(0),
+            synced: watch::Sender::new(0),
         }
+    }
+
+    /// Bumped after every configuration sync (the check monitor follows it).
+    pub fn subscribe_syncs(&self) -> watch::Receiver<u64> {
+        self.synced.subscribe()
     }
 
     /// Bumped after every change of a gate or of the set of draining
@@ -307,17 +321,19 @@ impl TargetRegistry {
         if changed {
             self.bump();
         }
+        self.synced.send_modify(|g| *g += 1);
     }
 
-    /// A server's checks changed its state (the monitor logs it).
+    /// A server's checks changed its state (the monitor logs it). Reports
+    /// from an older `epoch` (a checker stopped meanwhile) are ignored.
     pub fn record_check(
         &self,
-        upstream: &str,
-        server: &str,
+        job: (&str, &str, u64),
         state: CheckState,
         reason: String,
         now: Instant,
     ) {
+        let (upstream, server, epoch) = job;
         let mut inner = self.lock();
         let Some(entry) = inner.upstreams.get_mut(upstream) else {
             return;
@@ -326,7 +342,7 @@ impl TargetRegistry {
             .policy
             .as_ref()
             .map_or(Duration::ZERO, |p| p.slow_start);
-        let Some(target) = entry.targets.get_mut(server) else {
+        let Some(target) = entry.targets.get_mut(server).filter(|t| t.epoch == epoch) else {
             return;
         };
         if target.check != state {
@@ -352,12 +368,14 @@ impl TargetRegistry {
     }
 
     /// The result of the last check, for the report.
-    pub fn record_last_check(&self, upstream: &str, server: &str, last: LastCheck) {
+    pub fn record_last_check(&self, job: (&str, &str, u64), last: LastCheck) {
+        let (upstream, server, epoch) = job;
         let mut inner = self.lock();
         if let Some(target) = inner
             .upstreams
             .get_mut(upstream)
             .and_then(|u| u.targets.get_mut(server))
+            .filter(|t| t.epoch == epoch)
         {
             target.last_check = Some(last);
         }
@@ -389,6 +407,7 @@ impl TargetRegistry {
                         upstream: upstream.clone(),
                         server: server.clone(),
                         check: policy.health_check.clone(),
+                        epoch: target.epoch,
                     });
                 }
             }
@@ -589,6 +608,7 @@ fn set_drain(
             target.check = CheckState::Initial;
             target.check_reason = INITIAL_REASON.to_owned();
             target.since = now;
+            target.epoch += 1;
             true
         }
         (Some(why), Drain::Serving) => {

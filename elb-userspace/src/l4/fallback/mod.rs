@@ -31,7 +31,10 @@ use self::{
     deny::DenyList, l7_guard::ListenerGuard, service::ServiceRuntime, set::ListenerSet,
     stats::ServiceCounters,
 };
-use crate::config::{L4Proto, SnapshotHandle};
+use crate::{
+    config::{L4Proto, SnapshotHandle},
+    l4::sync::Applied,
+};
 
 /// UDP sessions per service; each holds a socket (a file descriptor).
 pub const DEFAULT_MAX_UDP_SESSIONS: usize = 16_384;
@@ -95,6 +98,7 @@ type Published = Arc<ArcSwap<Vec<Arc<ServiceRuntime>>>>;
 pub struct L4Userspace {
     stats: UserspaceStats,
     task: JoinHandle<()>,
+    applied: watch::Receiver<Applied>,
 }
 
 /// A cheap, cloneable view of the fallback's statistics (for the admin
@@ -110,9 +114,12 @@ impl L4Userspace {
     /// cannot be), then follows the configuration: `changes` is
     /// [`crate::config::ConfigService::subscribe`]; the snapshot is also
     /// looked at every second. Runs until `shutdown` turns true.
+    /// `health`: the target registry's generation; a gate change re-plans
+    /// the services (health changes do not publish a snapshot).
     pub async fn start(
         snapshots: SnapshotHandle,
-        changes: watch::Receiver<u64>,
+        mut changes: watch::Receiver<u64>,
+        health: watch::Receiver<u64>,
         settings: FallbackSettings,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
@@ -124,13 +131,22 @@ impl L4Userspace {
             shutdown: shutdown.clone(),
         });
         let mut set = ListenerSet::new(ctx);
+        let generation = *changes.borrow_and_update();
         let applied = snapshots.load_full();
         set.apply(&applied).await;
         let services: Published = Arc::new(ArcSwap::from_pointee(set.runtimes()));
+        let (applied_tx, applied_rx) = watch::channel(Applied {
+            generation,
+            error: None,
+        });
         let task = tokio::spawn(follow(
             set,
             snapshots,
-            changes,
+            Changes {
+                config: changes,
+                health,
+                applied: applied_tx,
+            },
             shutdown,
             Arc::clone(&services),
             applied,
@@ -138,7 +154,13 @@ impl L4Userspace {
         Self {
             stats: UserspaceStats { services, guard },
             task,
+            applied: applied_rx,
         }
+    }
+
+    /// Which configuration generation the fallback serves.
+    pub fn applied(&self) -> watch::Receiver<Applied> {
+        self.applied.clone()
     }
 
     pub fn stats(&self) -> UserspaceStats {
@@ -212,35 +234,53 @@ fn active_flows(services: &Published) -> u64 {
         .sum()
 }
 
+/// What the fallback follows, and where it says what it applied.
+struct Changes {
+    config: watch::Receiver<u64>,
+    health: watch::Receiver<u64>,
+    applied: watch::Sender<Applied>,
+}
+
 async fn follow(
     mut set: ListenerSet,
     snapshots: SnapshotHandle,
-    mut changes: watch::Receiver<u64>,
+    mut changes: Changes,
     mut shutdown: watch::Receiver<bool>,
     published: Published,
     mut applied: Arc<crate::config::Snapshot>,
 ) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut notified = true;
+    let (mut notified, mut health_open) = (true, true);
     let mut ticks: u32 = 0;
     loop {
+        let mut gates_changed = false;
         tokio::select! {
-            changed = changes.changed(), if notified => {
+            changed = changes.config.changed(), if notified => {
                 // Without a notifier the tick still polls the snapshot.
                 notified = changed.is_ok();
+            }
+            changed = changes.health.changed(), if health_open => {
+                health_open = changed.is_ok();
+                gates_changed = health_open;
             }
             _ = tick.tick() => ticks = ticks.wrapping_add(1),
             _ = stopped(&mut shutdown) => break,
         }
+        let generation = *changes.config.borrow_and_update();
         let current = snapshots.load_full();
-        if !Arc::ptr_eq(&current, &applied) {
+        if !Arc::ptr_eq(&current, &applied) || gates_changed {
             set.apply(&current).await;
             published.store(Arc::new(set.runtimes()));
             applied = current;
         } else if set.has_unbound() && ticks.is_multiple_of(RETRY_TICKS) {
             set.retry_unbound();
         }
+        changes.applied.send_if_modified(|last| {
+            let newer = last.generation != generation;
+            last.generation = generation;
+            newer
+        });
     }
     set.shutdown().await;
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;

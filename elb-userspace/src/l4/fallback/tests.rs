@@ -107,6 +107,8 @@ impl Harness {
         let l4 = L4Userspace::start(
             Arc::clone(&snapshots),
             changes,
+            // No target registry here: health never changes.
+            watch::channel(0).1,
             FallbackSettings::new(Duration::from_secs(1)),
             shutdown_rx,
         )

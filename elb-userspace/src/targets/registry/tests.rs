@@ -59,8 +59,14 @@ impl World {
     }
 
     fn check(&self, server: &str, state: CheckState, now: Instant) {
+        let epoch = self
+            .registry
+            .check_jobs()
+            .iter()
+            .find(|job| job.server == server)
+            .map_or(0, |job| job.epoch);
         self.registry
-            .record_check("up", server, state, format!("{state:?}"), now);
+            .record_check(("up", server, epoch), state, format!("{state:?}"), now);
     }
 }
 
@@ -153,6 +159,11 @@ fn down_and_disabled_zones_drain_and_come_back_initial() {
     assert!(gates[1].cut_token().is_cancelled());
     world.zones.clear();
     world.configure(&servers, t0 + Duration::from_secs(2));
+    assert_eq!(world.state("b:1", t0), "initial");
+    // The old checker's late report does not count: a new epoch began.
+    world
+        .registry
+        .record_check(("up", "b:1", 0), CheckState::Healthy, "late".into(), t0);
     assert_eq!(world.state("b:1", t0), "initial");
     assert!(!gates[1].cut_token().is_cancelled(), "a fresh token");
     let down = [server("a:1", "zone=z1 down"), server("b:1", "zone=z2")];
