@@ -223,6 +223,11 @@ pub fn parse_nonzero_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+fn parse_zone(text: &str) -> Result<String, String> {
+    crate::config::zones::validate_zone_name(text)?;
+    Ok(text.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,9 +315,4 @@ mod tests {
         assert_eq!(args.listen, [SocketAddr::from(([0, 0, 0, 0], 80))]);
         assert_eq!(args.state_file(), PathBuf::from("/var/lib/elb/ELB.json"));
     }
-}
-
-fn parse_zone(text: &str) -> Result<String, String> {
-    crate::config::zones::validate_zone_name(text)?;
-    Ok(text.to_owned())
 }

@@ -186,10 +186,11 @@ impl AdminApi {
         let path = request.uri().path().to_owned();
         let writes = method == Method::PUT || method == Method::DELETE;
         let mut result = self.route(request).await;
-        if writes && result.is_ok() {
-            if let Err(error) = self.await_dataplane().await {
-                result = Err(error);
-            }
+        if writes
+            && result.is_ok()
+            && let Err(error) = self.await_dataplane().await
+        {
+            result = Err(error);
         }
         match result {
             Ok(response) => {
