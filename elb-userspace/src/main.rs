@@ -173,6 +173,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         &server_settings,
         guard.as_ref(),
+        &targets.subscribe(),
         &shutdown_rx,
     )?;
     tracing::info!(name = args.name, "elb running");

@@ -12,6 +12,10 @@
 //! body timeout (408), is the client's: no failure is reported, no other
 //! server tried. The response timer runs only in the server's turn (see
 //! [`BodyWatch`]), so a slow upload is no upstream timeout.
+//!
+//! A server whose drain ends (see [`crate::targets`]) has its requests
+//! cut: one still waiting for its answer gets a 502, a response still
+//! streaming ends with an error.
 use std::{pin::pin, sync::Arc, time::Instant};
 
 use http::{Method, Request, Response, StatusCode, Uri, request::Parts};
@@ -22,13 +26,16 @@ use super::{
     MAX_TRIES, Proxy,
     client_body::{BodyOutcome, BodyWatch, ClientBody},
     headers::{ClientAddr, add_forwarded, strip_hop_by_hop, upgrade_protocol},
-    pool::{ConnectError, PooledBody, Sender},
+    pool::{Checkin, ConnectError, PooledBody, Sender},
     upgrade,
 };
+use tokio_util::sync::CancellationToken;
+
 use crate::{
     config::{Snapshot, Upstream},
     http_util::{Body, empty, text},
     rules::BackendChoice,
+    targets::ServerGate,
 };
 
 /// Where a backend rule sends requests.
@@ -108,7 +115,8 @@ pub async fn forward(
             break;
         };
         tried.push(index);
-        match try_server(proxy, server, request, watch).await {
+        let lease = lease(&target, index);
+        match try_server(proxy, server, request, watch, &lease).await {
             Attempt::Response(response) if !is_gateway_failure(response.status()) => {
                 report_success(&target, index);
                 return response;
@@ -139,6 +147,13 @@ pub async fn forward(
             Attempt::ClientFault(fault) => {
                 tracing::debug!(server, fault = ?fault, "the client's request body failed");
                 return fault.response();
+            }
+            // Not the server's failure, and not safe to replay elsewhere.
+            Attempt::Cut => {
+                return text(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream server's drain ended before it answered",
+                );
             }
         }
     }
@@ -207,6 +222,30 @@ enum Attempt {
     NotSent(ConnectError, Request<Body>),
     Failed(Failure),
     ClientFault(ClientFault),
+    /// The server's drain ended while the request waited for its answer.
+    Cut,
+}
+
+/// What a try on one server carries along: the server's gate (its pooled
+/// connection goes back only while the gate is open) and the token that
+/// ends the request when the server's drain is over.
+struct Lease {
+    gate: Option<Arc<ServerGate>>,
+    cut: Option<CancellationToken>,
+}
+
+fn lease(target: &Target<'_>, index: usize) -> Lease {
+    match target {
+        Target::Upstream(upstream) => {
+            let gate = upstream.balancer.gate(index).cloned();
+            let cut = gate.as_ref().and_then(|g| g.drain_token());
+            Lease { gate, cut }
+        }
+        Target::Literal(_) => Lease {
+            gate: None,
+            cut: None,
+        },
+    }
 }
 
 async fn try_server(
@@ -214,12 +253,13 @@ async fn try_server(
     server: &str,
     mut request: Request<Body>,
     watch: Option<&BodyWatch>,
+    lease: &Lease,
 ) -> Attempt {
     // A pooled connection may have been closed by the server meanwhile; if
     // the request was not written, it comes back and a fresh connection
     // gets it (not counted as a try).
     while let Some(sender) = proxy.pool.take_idle(server).await {
-        match send(proxy, server, sender, request, watch).await {
+        match send(proxy, server, sender, request, watch, lease).await {
             Sent::Done(attempt) => return attempt,
             Sent::Unsent(returned) => request = returned,
         }
@@ -230,7 +270,7 @@ async fn try_server(
         .connect(server, settings.connect_timeout, false)
         .await
     {
-        Ok(sender) => match send(proxy, server, sender, request, watch).await {
+        Ok(sender) => match send(proxy, server, sender, request, watch, lease).await {
             Sent::Done(attempt) => attempt,
             Sent::Unsent(_) => Attempt::Failed(Failure::Broken),
         },
@@ -249,6 +289,7 @@ async fn send(
     mut sender: Sender,
     request: Request<Body>,
     watch: Option<&BodyWatch>,
+    lease: &Lease,
 ) -> Sent {
     let timeout = proxy.settings.response_timeout;
     let sent_at = tokio::time::Instant::now();
@@ -256,7 +297,15 @@ async fn send(
         let mut exchange = pin!(sender.try_send_request(request));
         let mut deadline = sent_at + timeout;
         loop {
-            match tokio::time::timeout_at(deadline, &mut exchange).await {
+            let timed = tokio::time::timeout_at(deadline, &mut exchange);
+            let outcome = match &lease.cut {
+                Some(cut) => tokio::select! {
+                    outcome = timed => outcome,
+                    _ = cut.cancelled() => return Sent::Done(Attempt::Cut),
+                },
+                None => timed.await,
+            };
+            match outcome {
                 Ok(result) => break result,
                 Err(_) => {
                     // Without a body the whole time was the server's turn.
@@ -275,7 +324,13 @@ async fn send(
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers, None);
-            let body = PooledBody::new(body, proxy.pool.clone(), server.to_owned(), sender);
+            let checkin = Checkin {
+                pool: proxy.pool.clone(),
+                server: server.to_owned(),
+                sender,
+                gate: lease.gate.clone(),
+            };
+            let body = PooledBody::new(body, checkin, lease.cut.clone());
             Sent::Done(Attempt::Response(Response::from_parts(parts, body.boxed())))
         }
         Err(mut error) => match error.take_message() {

@@ -62,6 +62,11 @@ impl Proxy {
         }
     }
 
+    /// Closes idle upstream connections to servers whose gate closed.
+    pub fn close_idle_unroutable(&self) {
+        self.pool.close_unroutable();
+    }
+
     pub async fn handle(&self, request: Request<Incoming>, client: &ClientAddr) -> Response<Body> {
         if AdminApi::is_admin_path(request.uri().path()) {
             return self.admin.handle(request, client.addr.ip()).await;

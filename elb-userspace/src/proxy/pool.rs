@@ -6,6 +6,7 @@
 //! waits for readiness (it owns the connection by then).
 use std::{
     collections::HashMap,
+    future::Future,
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
@@ -19,8 +20,12 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::http_util::{Body, BoxError};
+use crate::{
+    http_util::{Body, BoxError},
+    targets::ServerGate,
+};
 
 /// Why no connection could be had.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +51,9 @@ pub type Sender = SendRequest<Body>;
 struct Idle {
     sender: Sender,
     since: Instant,
+    /// The server's gate, when it is an upstream's: an idle connection to a
+    /// server that may not take new requests (draining, unhealthy) closes.
+    gate: Option<Arc<ServerGate>>,
 }
 
 pub struct Pool {
@@ -70,7 +78,10 @@ impl Pool {
                 let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
                 idle.get_mut(server)?.pop()?
             };
-            if conn.since.elapsed() >= self.idle_timeout || conn.sender.is_closed() {
+            if conn.since.elapsed() >= self.idle_timeout
+                || conn.sender.is_closed()
+                || conn.gate.as_ref().is_some_and(|g| !g.routable())
+            {
                 continue;
             }
             let mut sender = conn.sender;
@@ -120,8 +131,8 @@ impl Pool {
     }
 
     /// Returns a connection whose previous response is fully read.
-    fn give_back(&self, server: String, sender: Sender) {
-        if sender.is_closed() {
+    fn give_back(&self, server: String, sender: Sender, gate: Option<Arc<ServerGate>>) {
+        if sender.is_closed() || gate.as_ref().is_some_and(|g| !g.routable()) {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -130,8 +141,19 @@ impl Pool {
             list.push(Idle {
                 sender,
                 since: Instant::now(),
+                gate,
             });
         }
+    }
+
+    /// Closes the idle connections to servers whose gate closed (a drain
+    /// began, or the server turned unhealthy); called on gate changes.
+    pub fn close_unroutable(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        for list in idle.values_mut() {
+            list.retain(|conn| conn.gate.as_ref().is_none_or(|g| g.routable()));
+        }
+        idle.retain(|_, list| !list.is_empty());
     }
 }
 
@@ -139,14 +161,25 @@ impl Pool {
 /// it ends. Dropped early (client went away), the connection is dropped.
 pub struct PooledBody {
     inner: Incoming,
-    checkin: Option<(Arc<Pool>, String, Sender)>,
+    checkin: Option<Checkin>,
+    /// Ends the body with an error when the server's drain is over.
+    cut: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+}
+
+/// Where a connection goes back when its response is read.
+pub struct Checkin {
+    pub pool: Arc<Pool>,
+    pub server: String,
+    pub sender: Sender,
+    pub gate: Option<Arc<ServerGate>>,
 }
 
 impl PooledBody {
-    pub fn new(inner: Incoming, pool: Arc<Pool>, server: String, sender: Sender) -> Self {
+    pub fn new(inner: Incoming, checkin: Checkin, cut: Option<CancellationToken>) -> Self {
         let mut body = Self {
             inner,
-            checkin: Some((pool, server, sender)),
+            checkin: Some(checkin),
+            cut: cut.map(|token| Box::pin(token.cancelled_owned())),
         };
         if body.inner.is_end_stream() {
             body.release();
@@ -155,8 +188,10 @@ impl PooledBody {
     }
 
     fn release(&mut self) {
-        if let Some((pool, server, sender)) = self.checkin.take() {
-            pool.give_back(server, sender);
+        if let Some(checkin) = self.checkin.take() {
+            checkin
+                .pool
+                .give_back(checkin.server, checkin.sender, checkin.gate);
         }
     }
 }
@@ -169,6 +204,15 @@ impl HttpBody for PooledBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(cut) = &mut self.cut
+            && cut.as_mut().poll(cx).is_ready()
+        {
+            self.checkin = None;
+            self.cut = None;
+            return Poll::Ready(Some(Err(BoxError::from(
+                "the upstream server's drain ended; its response is cut",
+            ))));
+        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.release(),

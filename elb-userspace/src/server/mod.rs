@@ -28,11 +28,14 @@ pub struct ServerSettings {
 /// upstream connections). A request then never hops between threads, as in
 /// nginx's one event loop per worker.
 /// `guard`: the deny-list to apply at accept, when XDP does not.
+/// `gate_changes`: the target registry's generation; each worker then
+/// closes its idle connections to servers that may no longer take requests.
 pub fn spawn_workers(
     listeners: Listeners,
     make_proxy: impl Fn() -> Proxy,
     settings: &ServerSettings,
     guard: Option<&ListenerGuard>,
+    gate_changes: &watch::Receiver<u64>,
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
     let per_worker = listeners.into_per_worker();
@@ -42,6 +45,7 @@ pub fn spawn_workers(
         let settings = settings.clone();
         let guard = guard.cloned();
         let shutdown = shutdown.clone();
+        let gate_changes = gate_changes.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -49,6 +53,11 @@ pub fn spawn_workers(
             .name(format!("elb-worker-{worker}"))
             .spawn(move || {
                 runtime.block_on(async move {
+                    tokio::spawn(close_idle_on_gate_changes(
+                        Arc::clone(&proxy),
+                        gate_changes,
+                        shutdown.clone(),
+                    ));
                     let mut tasks = Vec::new();
                     for listener in listeners {
                         match TcpListener::from_std(listener) {
@@ -72,6 +81,22 @@ pub fn spawn_workers(
         handles.push(handle);
     }
     Ok(handles)
+}
+
+async fn close_idle_on_gate_changes(
+    proxy: Arc<Proxy>,
+    mut changes: watch::Receiver<u64>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            changed = changes.changed() => match changed {
+                Ok(()) => proxy.close_idle_unroutable(),
+                Err(_) => return,
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 /// Serves connections until `shutdown` turns true.

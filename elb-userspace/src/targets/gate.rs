@@ -15,6 +15,9 @@ pub const FULL_WEIGHT: u32 = 1000;
 #[derive(Debug)]
 pub struct ServerGate {
     routable: AtomicBool,
+    /// The upstream has a policy: the server drains when it leaves, and
+    /// its requests are cut when the drain ends.
+    drainable: AtomicBool,
     weight_permille: AtomicU32,
     /// Replaced when a drained server comes back (a token cannot be reset).
     cut: Mutex<CancellationToken>,
@@ -24,6 +27,7 @@ impl Default for ServerGate {
     fn default() -> Self {
         Self {
             routable: AtomicBool::new(true),
+            drainable: AtomicBool::new(false),
             weight_permille: AtomicU32::new(FULL_WEIGHT),
             cut: Mutex::new(CancellationToken::new()),
         }
@@ -52,6 +56,14 @@ impl ServerGate {
         u32::try_from(scaled).unwrap_or(u32::MAX).max(1)
     }
 
+    /// The token that ends this server's requests when its drain ends;
+    /// None when its upstream has no policy (no drains, nothing to watch).
+    pub fn drain_token(&self) -> Option<CancellationToken> {
+        self.drainable
+            .load(Ordering::Relaxed)
+            .then(|| self.cut_token())
+    }
+
     /// Cancelled when the server's drain ends: requests still running on it
     /// are cut then.
     pub fn cut_token(&self) -> CancellationToken {
@@ -67,6 +79,10 @@ impl ServerGate {
             .weight_permille
             .swap(weight_permille, Ordering::Relaxed);
         was_routable != routable || was_weight != weight_permille
+    }
+
+    pub(super) fn set_drainable(&self, drainable: bool) {
+        self.drainable.store(drainable, Ordering::Relaxed);
     }
 
     pub(super) fn cut(&self) {

@@ -568,6 +568,7 @@ impl Inner {
             }
             let was_routable = target.gate.routable();
             target.gate.set(routable, permille);
+            target.gate.set_drainable(checked);
             let step = if routable {
                 routing::l4_step(permille)
             } else {
