@@ -24,6 +24,10 @@ use tokio::{io::AsyncReadExt, io::AsyncWriteExt, net::TcpListener, runtime::Runt
 struct Behaviour {
     delay: Duration,
     status: Option<u16>,
+    /// `/health` only: its status and delay, so health checks can fail
+    /// while traffic still works (and the other way round).
+    health_status: Option<u16>,
+    health_delay: Duration,
 }
 
 pub struct Backend {
@@ -31,6 +35,7 @@ pub struct Backend {
     addr: SocketAddr,
     runtime: Option<Runtime>,
     hits: Arc<AtomicU64>,
+    health_hits: Arc<AtomicU64>,
     behaviour: Arc<Mutex<Behaviour>>,
 }
 
@@ -47,8 +52,14 @@ impl Backend {
         let listener = runtime.block_on(TcpListener::bind(addr))?;
         let addr = listener.local_addr()?;
         let hits = Arc::new(AtomicU64::new(0));
+        let health_hits = Arc::new(AtomicU64::new(0));
         let behaviour = Arc::new(Mutex::new(Behaviour::default()));
-        let state = (name.to_owned(), Arc::clone(&hits), Arc::clone(&behaviour));
+        let state = State {
+            name: name.to_owned(),
+            hits: Arc::clone(&hits),
+            health_hits: Arc::clone(&health_hits),
+            behaviour: Arc::clone(&behaviour),
+        };
         runtime.spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let state = state.clone();
@@ -69,6 +80,7 @@ impl Backend {
             addr,
             runtime: Some(runtime),
             hits,
+            health_hits,
             behaviour,
         })
     }
@@ -96,6 +108,21 @@ impl Backend {
         self.lock().status = status;
     }
 
+    /// Answers `GET /health` with this status (default 200).
+    pub fn set_health_status(&self, status: Option<u16>) {
+        self.lock().health_status = status;
+    }
+
+    /// Waits this long before answering `/health`.
+    pub fn set_health_delay(&self, delay: Duration) {
+        self.lock().health_delay = delay;
+    }
+
+    /// Health checks answered so far.
+    pub fn health_hits(&self) -> u64 {
+        self.health_hits.load(Ordering::Relaxed)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Behaviour> {
         self.behaviour.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -114,16 +141,34 @@ impl Drop for Backend {
     }
 }
 
-type State = (String, Arc<AtomicU64>, Arc<Mutex<Behaviour>>);
+#[derive(Clone)]
+struct State {
+    name: String,
+    hits: Arc<AtomicU64>,
+    health_hits: Arc<AtomicU64>,
+    behaviour: Arc<Mutex<Behaviour>>,
+}
 
-async fn respond(
-    mut request: Request<Incoming>,
-    (name, hits, behaviour): &State,
-) -> Response<Full<Bytes>> {
-    hits.fetch_add(1, Ordering::Relaxed);
-    let behaviour = behaviour.lock().map(|b| b.clone()).unwrap_or_default();
+async fn respond(mut request: Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
+    let behaviour = state.behaviour.lock().map(|b| b.clone()).unwrap_or_default();
+    if request.uri().path() == "/health" {
+        state.health_hits.fetch_add(1, Ordering::Relaxed);
+        if !behaviour.health_delay.is_zero() {
+            tokio::time::sleep(behaviour.health_delay).await;
+        }
+        return Response::builder()
+            .status(behaviour.health_status.unwrap_or(200))
+            .body(Full::new(Bytes::from_static(b"health\n")))
+            .unwrap_or_default();
+    }
+    state.hits.fetch_add(1, Ordering::Relaxed);
+    let name = &state.name;
     if !behaviour.delay.is_zero() {
         tokio::time::sleep(behaviour.delay).await;
+    }
+    // `?delay_ms=N` slows this one request down (a long request in flight).
+    if let Some(ms) = query_delay_ms(request.uri().query()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     if request.headers().contains_key(hyper::header::UPGRADE) {
         let upgrade = hyper::upgrade::on(&mut request);
@@ -175,4 +220,11 @@ async fn respond(
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
         .unwrap_or_default()
+}
+
+fn query_delay_ms(query: Option<&str>) -> Option<u64> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("delay_ms="))
+        .and_then(|ms| ms.parse().ok())
 }
