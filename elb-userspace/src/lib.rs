@@ -7,6 +7,7 @@ pub mod cidr;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod health;
 pub mod http_util;
 pub mod instance_lock;
 pub mod l4;
