@@ -7,6 +7,7 @@ use elb_userspace::{
     cli::{Cli, Command, L4Start, RunArgs, TeardownArgs},
     config::{ConfigManager, ConfigService, KeyLayout},
     dataplane::{self, DataplaneConfig, PinLayout, XdpDataplane},
+    health::monitor::spawn_monitor,
     instance_lock::InstanceLock,
     l4::{
         fallback::{FallbackSettings, L4Userspace},
@@ -127,6 +128,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!(%addr, workers, "listening for HTTP");
     }
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let monitor = spawn_monitor(Arc::clone(&targets), shutdown_rx.clone());
     let l4 = match xdp {
         Some((dataplane, maps)) => {
             let ports: Vec<u16> = listen_addrs.iter().map(SocketAddr::port).collect();
@@ -184,6 +186,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     for worker in worker_threads {
         let _ = worker.join();
     }
+    let _ = monitor.await;
     match l4 {
         L4Running::Xdp { dataplane, sync } => {
             let _ = sync.await;

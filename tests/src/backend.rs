@@ -150,7 +150,11 @@ struct State {
 }
 
 async fn respond(mut request: Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
-    let behaviour = state.behaviour.lock().map(|b| b.clone()).unwrap_or_default();
+    let behaviour = state
+        .behaviour
+        .lock()
+        .map(|b| b.clone())
+        .unwrap_or_default();
     if request.uri().path() == "/health" {
         state.health_hits.fetch_add(1, Ordering::Relaxed);
         if !behaviour.health_delay.is_zero() {

@@ -24,42 +24,12 @@ use super::{
     gate::{FULL_WEIGHT, ServerGate},
     routing::{self, CheckState, Facts, Rules},
 };
+pub use crate::health::state::{LastCheck, TargetState};
 use crate::{
     config::policy::{HealthCheck, Policy},
+    health::state::INITIAL_REASON,
     upstream::Server,
 };
-
-/// The state a server is reported in (ALB's target states).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TargetState {
-    Initial,
-    Healthy,
-    Unhealthy,
-    Draining,
-    Unused,
-}
-
-impl TargetState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Initial => "initial",
-            Self::Healthy => "healthy",
-            Self::Unhealthy => "unhealthy",
-            Self::Draining => "draining",
-            Self::Unused => "unused",
-        }
-    }
-}
-
-/// The last check's result, for the health report.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LastCheck {
-    pub passed: bool,
-    pub status: Option<u16>,
-    pub latency: Duration,
-    pub reason: String,
-    pub at: Instant,
-}
 
 /// A server whose checks should run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,8 +79,6 @@ struct Target {
     /// See [`CheckJob::epoch`].
     epoch: u64,
 }
-
-const INITIAL_REASON: &str = "Initial health checking is in progress";
 
 impl Target {
     fn new(now: Instant, at_start: bool) -> Self {
@@ -177,6 +145,8 @@ struct Inner {
     started: bool,
     disabled_zones: BTreeSet<String>,
     upstreams: BTreeMap<String, UpstreamTargets>,
+    /// Some server drains or ramps up: [`TargetRegistry::tick`] has work.
+    timed: bool,
 }
 
 /// One upstream of the configuration, as [`TargetRegistry::sync`] takes it.
@@ -345,11 +315,13 @@ impl TargetRegistry {
         let Some(target) = entry.targets.get_mut(server).filter(|t| t.epoch == epoch) else {
             return;
         };
+        let mut timed = false;
         if target.check != state {
             if state == CheckState::Healthy {
                 let first_at_start = target.at_start && target.check == CheckState::Initial;
                 if !slow_start.is_zero() && !first_at_start {
                     target.ramp_from = Some(now);
+                    timed = true;
                 }
             } else {
                 target.ramp_from = None;
@@ -360,6 +332,7 @@ impl TargetRegistry {
             }
         }
         target.check_reason = reason;
+        inner.timed |= timed;
         let changed = inner.route_one(upstream, now);
         drop(inner);
         if changed {
@@ -381,9 +354,13 @@ impl TargetRegistry {
         }
     }
 
-    /// Ends drains that are due and moves slow starts along.
+    /// Ends drains that are due and moves slow starts along. Cheap when
+    /// nothing drains or ramps up.
     pub fn tick(&self, now: Instant) {
         let mut inner = self.lock();
+        if !inner.timed {
+            return;
+        }
         let mut changed = inner.expire(now);
         changed |= inner.route_all(now);
         drop(inner);
@@ -521,6 +498,12 @@ impl Inner {
         for name in names {
             changed |= self.route_one(&name, now);
         }
+        self.timed = self.upstreams.values().any(|entry| {
+            entry
+                .targets
+                .values()
+                .any(|t| t.ramp_from.is_some() || matches!(t.drain, Drain::Draining { .. }))
+        });
         changed
     }
 
