@@ -269,3 +269,252 @@ fn no_healthy_server_fails_open_at_start_and_later() {
         assert_eq!(served_by(&s.elb.get(HOST, "/x", None)), "b1");
     }
 }
+
+/// Sends `GET path` on its own thread; the answer's status (0: broken).
+fn spawn_get(addr: std::net::SocketAddr, path: &'static str) -> std::thread::JoinHandle<u16> {
+    std::thread::spawn(move || {
+        http::get(addr, path, &[("Host", HOST)]).map_or(0, |response| response.status)
+    })
+}
+
+#[test]
+fn a_removed_server_drains_its_requests_then_is_cut() {
+    let s = start(&[]);
+    let (b1, b2) = (
+        Backend::start("b1").expect("b1"),
+        Backend::start("b2").expect("b2"),
+    );
+    s.elb.admin_ok(
+        "PUT",
+        "policy",
+        Some(json!({"up": fast_policy(json!({"deregistration_delay": "3s"}))})),
+    );
+    s.elb.route(HOST, "up", &[(b1.addr(), ""), (b2.addr(), "")]);
+    wait_state(&s.elb, &b2, "healthy", Duration::from_secs(3));
+    wait_state(&s.elb, &b1, "healthy", Duration::from_secs(3));
+    // Round robin: of two concurrent 2 s requests, one runs on b2; a third
+    // request (6 s) outlives the drain.
+    let long = [
+        spawn_get(s.elb.addr, "/slow?delay_ms=2000"),
+        spawn_get(s.elb.addr, "/slow?delay_ms=2000"),
+    ];
+    std::thread::sleep(Duration::from_millis(100));
+    let (b2_before, b1_before) = (b2.hits(), b1.hits());
+    assert_eq!((b1_before, b2_before), (1, 1), "one long request on each");
+    let too_long = spawn_get(s.elb.addr, "/slow?delay_ms=6000");
+    std::thread::sleep(Duration::from_millis(100));
+    let on_b2 = b2.hits() > b2_before;
+    s.elb.put_upstream("up", &[(b1.addr(), "")]);
+    let report = health(&s.elb);
+    let b2_report = &report["up"]["servers"][b2.addr().to_string()];
+    assert_eq!(b2_report["state"], "draining", "{report}");
+    let left = b2_report["drain_seconds_left"].as_f64().expect("time left");
+    assert!(left > 2.0 && left <= 3.0, "{left}");
+    // Nothing new reaches the draining server.
+    let hits = b2.hits();
+    for _ in 0..10 {
+        assert_eq!(served_by(&s.elb.get(HOST, "/x", None)), "b1");
+    }
+    assert_eq!(b2.hits(), hits);
+    for request in long {
+        assert_eq!(
+            request.join().expect("thread"),
+            200,
+            "in-flight requests complete"
+        );
+    }
+    wait_state(&s.elb, &b2, "absent", Duration::from_secs(3));
+    let cut = too_long.join().expect("thread");
+    if on_b2 {
+        assert_ne!(
+            cut, 200,
+            "a request still running when the drain ends is cut"
+        );
+    } else {
+        assert_eq!(cut, 200);
+    }
+}
+
+#[test]
+fn down_servers_and_disabled_zones_drain() {
+    let s = start(&["--zone", "zone-a"]);
+    let (b1, b2) = (
+        Backend::start("b1").expect("b1"),
+        Backend::start("b2").expect("b2"),
+    );
+    s.elb.admin_ok(
+        "PUT",
+        "policy",
+        Some(json!({"up": fast_policy(json!({"deregistration_delay": "1s"}))})),
+    );
+    s.elb.route(
+        HOST,
+        "up",
+        &[(b1.addr(), "zone=zone-a"), (b2.addr(), "zone=zone-b")],
+    );
+    wait_state(&s.elb, &b2, "healthy", Duration::from_secs(3));
+    s.elb
+        .admin_ok("PUT", "zones", Some(json!({"disabled": ["zone-b"]})));
+    assert_eq!(
+        s.elb.admin_ok("GET", "zones", None),
+        json!({"disabled": ["zone-b"]})
+    );
+    assert_eq!(state_of(&s.elb, &b2), "draining");
+    for _ in 0..6 {
+        assert_eq!(served_by(&s.elb.get(HOST, "/x", None)), "b1");
+    }
+    wait_state(&s.elb, &b2, "unused", Duration::from_secs(3));
+    s.elb
+        .admin_ok("PUT", "zones", Some(json!({"disabled": []})));
+    wait_state(&s.elb, &b2, "healthy", Duration::from_secs(3));
+    // `down` drains too.
+    s.elb.put_upstream(
+        "up",
+        &[(b1.addr(), "zone=zone-a down"), (b2.addr(), "zone=zone-b")],
+    );
+    assert_eq!(state_of(&s.elb, &b1), "draining");
+    for _ in 0..6 {
+        assert_eq!(served_by(&s.elb.get(HOST, "/x", None)), "b2");
+    }
+}
+
+#[test]
+fn without_cross_zone_the_own_zone_is_preferred_while_it_is_healthy() {
+    let s = start(&["--zone", "zone-a"]);
+    let (b1, b2) = (
+        Backend::start("b1").expect("b1"),
+        Backend::start("b2").expect("b2"),
+    );
+    s.elb.admin_ok(
+        "PUT",
+        "policy",
+        Some(json!({"up": fast_policy(json!({"cross_zone": false}))})),
+    );
+    s.elb.route(
+        HOST,
+        "up",
+        &[(b1.addr(), "zone=zone-a"), (b2.addr(), "zone=zone-b")],
+    );
+    wait_state(&s.elb, &b1, "healthy", Duration::from_secs(3));
+    wait_state(&s.elb, &b2, "healthy", Duration::from_secs(3));
+    for _ in 0..6 {
+        assert_eq!(served_by(&s.elb.get(HOST, "/x", None)), "b1");
+    }
+    b1.set_health_status(Some(503));
+    wait_state(&s.elb, &b1, "unhealthy", Duration::from_secs(2));
+    for _ in 0..6 {
+        assert_eq!(
+            served_by(&s.elb.get(HOST, "/x", None)),
+            "b2",
+            "other zones when ours fails"
+        );
+    }
+}
+
+#[test]
+fn slow_start_raises_a_new_servers_share_over_the_period() {
+    let s = start(&[]);
+    let (b1, b2) = (
+        Backend::start("b1").expect("b1"),
+        Backend::start("b2").expect("b2"),
+    );
+    s.elb.admin_ok(
+        "PUT",
+        "policy",
+        Some(json!({"up": fast_policy(json!({"slow_start": "4s",
+            "health_check": {"target": "HTTP/health", "interval": "100ms", "timeout": "50ms",
+                             "healthy_threshold": 1, "unhealthy_threshold": 2}}))})),
+    );
+    s.elb.route(HOST, "up", &[(b1.addr(), "")]);
+    wait_state(&s.elb, &b1, "healthy", Duration::from_secs(3));
+    s.elb
+        .put_upstream("up", &[(b1.addr(), ""), (b2.addr(), "")]);
+    wait_state(&s.elb, &b2, "healthy", Duration::from_secs(3));
+    // b2's share of new requests in four windows of about a second.
+    let mut shares = Vec::new();
+    for _ in 0..4 {
+        let started = Instant::now();
+        let mut on_b2 = 0u32;
+        let mut total = 0u32;
+        while started.elapsed() < Duration::from_millis(900) {
+            total += 1;
+            if served_by(&s.elb.get(HOST, "/x", None)) == "b2" {
+                on_b2 += 1;
+            }
+        }
+        shares.push(f64::from(on_b2) / f64::from(total));
+    }
+    eprintln!("b2's share per window: {shares:?}");
+    assert!(shares[0] < 0.3, "{shares:?}");
+    assert!(shares[3] > shares[0] + 0.15, "{shares:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let report = health(&s.elb);
+    assert!(
+        report["up"]["servers"][b2.addr().to_string()]
+            .get("slow_start_weight_percent")
+            .is_none(),
+        "the ramp is over: {report}"
+    );
+}
+
+#[test]
+fn bad_policy_documents_are_refused_and_change_nothing() {
+    let s = start(&[]);
+    let good = fast_policy(json!({}));
+    s.elb
+        .admin_ok("PUT", "policy", Some(json!({"up": good.clone()})));
+    let before = s.elb.admin_ok("GET", "policy", None);
+    let state_file = s.elb.state_dir.join("state.json");
+    let stored = std::fs::read(&state_file).expect("state file");
+    for (doc, field) in [
+        (
+            json!({"health_check": {"interval": "10ms"}}),
+            "health_check.interval",
+        ),
+        (
+            json!({"health_check": {"timeout": "30s"}}),
+            "health_check.timeout",
+        ),
+        (
+            json!({"health_check": {"healthy_threshold": 11}}),
+            "health_check.healthy_threshold",
+        ),
+        (
+            json!({"health_check": {"matcher": "2xx"}}),
+            "health_check.matcher",
+        ),
+        (
+            json!({"health_check": {"target": "FTP:21"}}),
+            "health_check.target",
+        ),
+        (json!({"cross_zone": 1}), "cross_zone"),
+        (json!({"draining": "1s"}), "draining"),
+    ] {
+        // A good policy beside the bad one is not written either.
+        let body = json!({"other": good.clone(), "up": doc});
+        let response = http::admin(s.elb.addr, "PUT", "policy", Some(&body)).expect("PUT");
+        assert_eq!(response.status, 400, "{body}: {}", response.text());
+        let error = response.json().expect("json")["error"].to_string();
+        assert!(error.contains(field) && error.contains("up"), "{error}");
+    }
+    assert_eq!(s.elb.admin_ok("GET", "policy", None), before);
+    assert_eq!(
+        std::fs::read(&state_file).expect("state file"),
+        stored,
+        "byte-identical"
+    );
+    let response = http::admin(
+        s.elb.addr,
+        "PUT",
+        "zones",
+        Some(&json!({"disabled": ["a b"]})),
+    )
+    .expect("PUT");
+    assert_eq!(response.status, 400, "{}", response.text());
+    // DELETE removes; the canonical form fills in the defaults.
+    let canonical = &before["up"];
+    assert_eq!(canonical["health_check"]["matcher"], "200-399");
+    assert_eq!(canonical["slow_start"], "0s");
+    s.elb.admin_ok("DELETE", "policy", Some(json!(["up"])));
+    assert_eq!(s.elb.admin_ok("GET", "policy", None), json!({}));
+}

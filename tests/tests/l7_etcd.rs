@@ -328,3 +328,43 @@ fn etcd_env_accepts_urls_and_lists() {
         1
     );
 }
+
+#[test]
+fn a_bad_policy_in_etcd_is_skipped_and_the_previous_one_keeps_working() {
+    let etcd = Etcd::start().expect("etcd");
+    let (elb, _c) = start_elb(&etcd);
+    let key = format!("/{}/policies/up", elb.name);
+    let good = json!({"health_check": {"target": "HTTP/health", "interval": "300ms",
+        "timeout": "100ms"}});
+    etcd.put(&key, &good.to_string()).expect("put");
+    let wait_interval = |expected: &str| {
+        let started = Instant::now();
+        loop {
+            let policies = elb.admin_ok("GET", "policy", None);
+            if policies["up"]["health_check"]["interval"] == expected {
+                return;
+            }
+            assert!(started.elapsed() < Duration::from_secs(3), "{policies}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_interval("300ms");
+    etcd.put(&key, r#"{"health_check": {"interval": "1ms"}}"#)
+        .expect("put");
+    etcd.put(&key, "not json").expect("put");
+    // A later good change still applies: the watch went on.
+    std::thread::sleep(Duration::from_millis(300));
+    wait_interval("300ms");
+    let log = elb.process.log();
+    assert!(
+        log.contains("health_check.interval"),
+        "the skip is logged: {log}"
+    );
+    assert!(log.contains("not valid JSON"), "{log}");
+    etcd.put(
+        &key,
+        r#"{"health_check": {"interval": "400ms", "timeout": "100ms"}}"#,
+    )
+    .expect("put");
+    wait_interval("400ms");
+}

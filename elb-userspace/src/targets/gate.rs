@@ -46,16 +46,6 @@ impl ServerGate {
         self.weight_permille.load(Ordering::Relaxed)
     }
 
-    /// `weight` scaled by the slow-start share, at least 1.
-    pub fn scale_weight(&self, weight: u32) -> u32 {
-        let permille = self.weight_permille();
-        if permille >= FULL_WEIGHT {
-            return weight;
-        }
-        let scaled = u64::from(weight) * u64::from(permille) / u64::from(FULL_WEIGHT);
-        u32::try_from(scaled).unwrap_or(u32::MAX).max(1)
-    }
-
     /// The token that ends this server's requests when its drain ends;
     /// None when its upstream has no policy (no drains, nothing to watch).
     pub fn drain_token(&self) -> Option<CancellationToken> {
@@ -104,17 +94,6 @@ impl ServerGate {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn weights_scale_and_never_reach_zero() {
-        let gate = ServerGate::default();
-        assert_eq!(gate.scale_weight(7), 7);
-        gate.set(true, 500);
-        assert_eq!(gate.scale_weight(10), 5);
-        assert_eq!(gate.scale_weight(1), 1);
-        gate.set(true, 0);
-        assert_eq!(gate.scale_weight(100), 1);
-    }
 
     #[test]
     fn a_cut_server_gets_a_fresh_token_when_it_serves_again() {

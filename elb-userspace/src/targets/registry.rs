@@ -64,7 +64,8 @@ struct Target {
     server: Option<Server>,
     /// Created by [`TargetRegistry::gates_for`], not yet seen by a sync.
     fresh: bool,
-    /// Present at elb's start: no slow start on its first way to healthy.
+    /// Present at elb's start, or among the first servers of its upstream:
+    /// no slow start on its first way to healthy (every server is new).
     at_start: bool,
     check: CheckState,
     check_reason: String,
@@ -206,8 +207,10 @@ impl TargetRegistry {
     pub fn gates_for(&self, upstream: &str, servers: &[Server]) -> Vec<Arc<ServerGate>> {
         let mut inner = self.lock();
         let now = Instant::now();
-        let at_start = !inner.started;
+        let started = inner.started;
         let entry = inner.upstreams.entry(upstream.to_owned()).or_default();
+        // Slow start is for servers added to a live upstream.
+        let at_start = !started || !entry.targets.values().any(|t| t.serving() && !t.fresh);
         servers
             .iter()
             .map(|server| {

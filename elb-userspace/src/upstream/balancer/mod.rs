@@ -4,7 +4,10 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use crate::{targets::ServerGate, upstream::ServerParams};
+use crate::{
+    targets::{ServerGate, gate::FULL_WEIGHT},
+    upstream::ServerParams,
+};
 
 mod peer;
 
@@ -93,6 +96,12 @@ impl Balancer {
     ) -> Option<usize> {
         let mut best: Option<(usize, i64)> = None;
         let mut total: i64 = 0;
+        // While a server ramps up (slow start), every weight counts in
+        // thousandths, so even a weight of 1 can be scaled down.
+        let ramping = self
+            .gates
+            .iter()
+            .any(|gate| gate.weight_permille() < FULL_WEIGHT);
         let candidates = self.servers.iter().zip(&self.gates).zip(peers.iter_mut());
         for (index, ((server, gate), peer)) in candidates.enumerate() {
             let params = &server.params;
@@ -104,7 +113,12 @@ impl Balancer {
             {
                 continue;
             }
-            let (current, added) = peer.accumulate(i64::from(gate.scale_weight(params.weight)));
+            let (current, added) = if ramping {
+                let weight = u64::from(params.weight.max(1)) * u64::from(gate.weight_permille());
+                peer.accumulate_fixed(i64::try_from(weight).unwrap_or(i64::MAX).max(1))
+            } else {
+                peer.accumulate(i64::from(params.weight))
+            };
             total = total.saturating_add(added);
             // Strictly greater: on a tie the earlier server wins, as in nginx.
             if best.is_none_or(|(_, best_current)| current > best_current) {

@@ -64,8 +64,8 @@ impl PeerState {
 
     /// The per-pick step for each candidate: adds the effective weight to the
     /// current weight and returns (new current weight, weight added to the total).
-    /// `max_weight` is the server's weight now (slow start may scale it
-    /// down); the effective weight never exceeds it.
+    /// `max_weight` is the server's configured weight; a hand-built 0
+    /// counts as 1.
     pub(super) fn accumulate(&mut self, max_weight: i64) -> (i64, i64) {
         let max_weight = max_weight.max(1);
         self.effective_weight = self.effective_weight.min(max_weight);
@@ -75,6 +75,13 @@ impl PeerState {
             self.effective_weight += 1;
         }
         (self.current_weight, added)
+    }
+
+    /// The per-pick step during a slow start: `weight` as given (weights
+    /// in thousandths), without the gradual recovery after failures.
+    pub(super) fn accumulate_fixed(&mut self, weight: i64) -> (i64, i64) {
+        self.current_weight = self.current_weight.saturating_add(weight);
+        (self.current_weight, weight)
     }
 
     /// The chosen peer pays the round's total, and a pick long after the last
