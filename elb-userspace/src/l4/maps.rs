@@ -42,6 +42,9 @@ pub struct L4Maps {
     acl_v6: LpmTrie<MapData, [u8; 16], u32>,
     l7_ports: HashMap<MapData, u32, u32>,
     stats: StatsMaps,
+    /// Each service's installed table and its inner map, so a change
+    /// writes only the slots that differ.
+    tables: std::collections::HashMap<u32, (Array<MapData, u32>, Vec<u32>)>,
 }
 
 /// The per-CPU statistics maps, summed over CPUs when read.
@@ -78,6 +81,7 @@ impl L4Maps {
                 server_stats: typed!(ebpf, maps::SERVER_STATS),
                 global_stats: typed!(ebpf, maps::GLOBAL_STATS),
             },
+            tables: std::collections::HashMap::new(),
         })
     }
 
@@ -111,12 +115,33 @@ impl L4Maps {
         self.servers.get(&id, 0).map_err(map_err(maps::SERVERS))
     }
 
-    /// Installs a service's table: a new inner map, filled, then swapped in
-    /// with one update, so a packet sees either the old table or the new
-    /// one, never a mix.
-    pub fn set_table(&mut self, service_id: u32, table: &[u32]) -> Result<(), L4MapError> {
+    /// Installs a service's table; returns how many slots were written.
+    ///
+    /// A table of a new size (or the first one this process writes) goes
+    /// into a new inner map, filled, then swapped in with one update. A
+    /// table of the same size is updated in place, slot by slot, and only
+    /// where it differs: Maglev moves few slots on a change (about 1/N for
+    /// one of N servers), and each slot is read whole, so a new flow gets
+    /// either its old server or its new one. Server ids in the old slots
+    /// stay valid meanwhile (they are freed only after a grace period).
+    pub fn set_table(&mut self, service_id: u32, table: &[u32]) -> Result<usize, L4MapError> {
         if table.len() > MAGLEV_CAPACITY as usize {
             return Err(L4MapError::TableTooBig { slots: table.len() });
+        }
+        if let Some((inner, installed)) = self.tables.get_mut(&service_id)
+            && installed.len() == table.len()
+        {
+            let mut written = 0;
+            for (slot, (old, new)) in installed.iter_mut().zip(table).enumerate() {
+                if old != new {
+                    inner
+                        .set(slot as u32, new, 0)
+                        .map_err(map_err(maps::MAGLEV))?;
+                    *old = *new;
+                    written += 1;
+                }
+            }
+            return Ok(written);
         }
         let mut inner =
             Array::<MapData, u32>::create(MAGLEV_CAPACITY, 0).map_err(map_err(maps::MAGLEV))?;
@@ -127,7 +152,9 @@ impl L4Maps {
         }
         self.maglev
             .set(service_id, &inner, 0)
-            .map_err(map_err(maps::MAGLEV))
+            .map_err(map_err(maps::MAGLEV))?;
+        self.tables.insert(service_id, (inner, table.to_vec()));
+        Ok(table.len())
     }
 
     pub fn set_iface_addrs(&mut self, ifindex: u32, addrs: &IfaceAddrs) -> Result<(), L4MapError> {

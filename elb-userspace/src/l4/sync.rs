@@ -4,7 +4,7 @@
 //! removed before its ids are freed, and freed ids reused only after a
 //! grace period (`ids::REUSE_GRACE`).
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     sync::Arc,
     time::Instant,
@@ -17,15 +17,18 @@ use elb_common::{
     l4::{MAX_SERVERS, MAX_SERVICES, SERVICE_HAS_SNAT, ServerEntry, ServiceEntry, VipKey},
 };
 
+use elb_common::maglev::MaglevError;
+
 use super::{
     ids::IdAllocator,
     maps::{L4MapError, L4Maps},
-    plan::{addr16, family, plan_gated},
+    plan::{ServicePlan, SkippedServer, addr16, family, plan_gated},
     stats::{IndexedService, StatsIndex},
 };
 use crate::{
     cidr::Cidr,
-    config::{L4Proto, L4Service, Snapshot},
+    config::{L4Proto, L4Service, Snapshot, Upstream},
+    targets::routing::l4_step,
 };
 
 pub struct L4Sync {
@@ -37,7 +40,20 @@ pub struct L4Sync {
     server_addrs: Vec<SocketAddr>,
     services: IdAllocator<VipKey>,
     servers: IdAllocator<SocketAddr>,
+    /// Each service's last plan and what it was made from: a Maglev table
+    /// is built again only when its inputs change.
+    plans: HashMap<String, CachedPlan>,
 }
+
+/// A plan with its inputs (kept alive, so pointer equality is sound).
+struct CachedPlan {
+    service: Arc<L4Service>,
+    upstream: Option<Arc<Upstream>>,
+    gates: Vec<(bool, u32)>,
+    plan: PlanResult,
+}
+
+type PlanResult = (Result<Option<ServicePlan>, MaglevError>, Vec<SkippedServer>);
 
 impl L4Sync {
     /// Takes over ids already in the (possibly adopted) maps, so a restart
@@ -60,6 +76,7 @@ impl L4Sync {
             server_addrs: Vec::new(),
             services,
             servers,
+            plans: HashMap::new(),
         })
     }
 
@@ -137,9 +154,14 @@ impl L4Sync {
             .release_unless(now, |vip| wanted_vips.contains(vip));
         self.servers
             .release_unless(now, |addr| used_servers.contains(addr));
+        self.plans
+            .retain(|name, _| snapshot.services().contains_key(name));
+        // New servers now; all of them again on the periodic refresh.
+        let known: HashSet<SocketAddr> = self.server_addrs.iter().copied().collect();
+        let new: Vec<SocketAddr> = used_servers.difference(&known).copied().collect();
+        prime(&new);
         self.server_addrs = used_servers.iter().copied().collect();
         self.index.store(Arc::new(index));
-        self.prime_neighbours();
         self.apply_acl(snapshot.acl())
     }
 
@@ -147,16 +169,13 @@ impl L4Sync {
     /// None when it has no usable server.
     fn install_servers(
         &mut self,
-        service: &L4Service,
+        service: &Arc<L4Service>,
         snapshot: &Snapshot,
         now: Instant,
         used: &mut HashSet<SocketAddr>,
         indexed: &mut IndexedService,
     ) -> Result<Option<Vec<u32>>, L4MapError> {
-        let upstream = snapshot.upstream(&service.upstream);
-        let servers = upstream.map(|u| u.servers()).unwrap_or_default();
-        let gates = upstream.map(|u| u.gates()).unwrap_or_default();
-        let (plan, skipped) = plan_gated(service.vip, servers, gates, service.table_size);
+        let (plan, skipped) = self.plan(service, snapshot);
         for reason in skipped {
             tracing::warn!(service = service.name, %reason, "server left out of L4 service");
         }
@@ -208,6 +227,43 @@ impl L4Sync {
         ))
     }
 
+    /// The service's plan, from the cache while its inputs are the same.
+    fn plan(&mut self, service: &Arc<L4Service>, snapshot: &Snapshot) -> PlanResult {
+        let upstream = snapshot.upstream(&service.upstream).cloned();
+        let gates: Vec<(bool, u32)> = upstream
+            .as_ref()
+            .map(|u| {
+                u.gates()
+                    .iter()
+                    .map(|g| (g.routable(), l4_step(g.weight_permille())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(cached) = self.plans.get(&service.name) {
+            let same_upstream = match (&cached.upstream, &upstream) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if Arc::ptr_eq(&cached.service, service) && same_upstream && cached.gates == gates {
+                return cached.plan.clone();
+            }
+        }
+        let servers = upstream.as_ref().map(|u| u.servers()).unwrap_or_default();
+        let gate_arcs = upstream.as_ref().map(|u| u.gates()).unwrap_or_default();
+        let plan = plan_gated(service.vip, servers, gate_arcs, service.table_size);
+        self.plans.insert(
+            service.name.clone(),
+            CachedPlan {
+                service: Arc::clone(service),
+                upstream,
+                gates,
+                plan: plan.clone(),
+            },
+        );
+        plan
+    }
+
     /// XDP forwards by the FIB's neighbour entries but cannot make the
     /// kernel resolve one; and a NAT'd packet passed up (source = a local
     /// address) is dropped by the kernel as martian. So the kernel is made
@@ -215,18 +271,7 @@ impl L4Sync {
     /// it an empty datagram (discard port), and again periodically so the
     /// entries, which XDP traffic does not refresh, stay valid.
     pub fn prime_neighbours(&self) {
-        for addr in &self.server_addrs {
-            let bind: SocketAddr = if addr.is_ipv4() {
-                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-            } else {
-                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-            };
-            let sent = std::net::UdpSocket::bind(bind)
-                .and_then(|socket| socket.send_to(&[], SocketAddr::new(addr.ip(), 9)));
-            if let Err(error) = sent {
-                tracing::warn!(server = %addr, %error, "neighbour priming failed");
-            }
-        }
+        prime(&self.server_addrs);
     }
 
     fn apply_acl(&mut self, acl: &[Cidr]) -> Result<(), L4MapError> {
@@ -239,6 +284,23 @@ impl L4Sync {
             }
         }
         self.maps.set_acl(&v4, &v6)
+    }
+}
+
+/// Makes the kernel resolve each address's neighbour entry (see
+/// [`L4Sync::prime_neighbours`]).
+fn prime(addrs: &[SocketAddr]) {
+    for addr in addrs {
+        let bind: SocketAddr = if addr.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let sent = std::net::UdpSocket::bind(bind)
+            .and_then(|socket| socket.send_to(&[], SocketAddr::new(addr.ip(), 9)));
+        if let Err(error) = sent {
+            tracing::warn!(server = %addr, %error, "neighbour priming failed");
+        }
     }
 }
 
