@@ -128,6 +128,11 @@ impl ElbProcess {
         })
     }
 
+    /// The process id, while elb runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -1,6 +1,7 @@
 //! `cargo xtask bench <name>`: comparisons that run in one go and print
 //! ratios. The machines are noisy, so every figure is the median of several
 //! alternating rounds.
+mod health;
 mod l4;
 mod l7;
 mod l7_instructions;
@@ -20,7 +21,10 @@ pub fn run(root: &Path, name: &str, rounds: usize) -> Result<()> {
         "xdp" => xdp::run(root, rounds),
         "l4" => l4::run(root, rounds),
         "l7-instructions" => l7_instructions::run(root),
-        other => bail!("unknown benchmark {other:?}; available: l7, l7-instructions, xdp, l4"),
+        "health" => health::run(root),
+        other => {
+            bail!("unknown benchmark {other:?}; available: l7, l7-instructions, xdp, l4, health")
+        }
     }
 }
 
