@@ -191,3 +191,33 @@ impl L7Elb {
         );
     }
 }
+
+/// A started elb and the removal of its state directory, for tests that
+/// do not restart it.
+pub struct Setup {
+    pub elb: L7Elb,
+    _cleanup: Cleanup,
+}
+
+/// Starts elb (embedded store) with `extra` flags.
+pub fn start_with(extra: &[&str]) -> Setup {
+    let mut builder = L7Builder::new();
+    for arg in extra {
+        builder = builder.arg(arg);
+    }
+    let elb = builder.start().expect("start elb");
+    let cleanup = Cleanup(elb.state_dir.clone());
+    Setup {
+        elb,
+        _cleanup: cleanup,
+    }
+}
+
+/// The name of the test backend that answered (the answer must be a 200).
+pub fn served_by(response: &http::HttpResponse) -> String {
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json().expect("json")["server"]
+        .as_str()
+        .expect("server")
+        .to_owned()
+}

@@ -12,29 +12,11 @@ use std::{
 use elb_tests::{
     backend::Backend,
     http,
-    l7::{Cleanup, L7Builder, L7Elb},
+    l7::{L7Elb, served_by, start_with},
 };
 use serde_json::{Value, json};
 
 const HOST: &str = "probe.test";
-
-struct Setup {
-    elb: L7Elb,
-    _cleanup: Cleanup,
-}
-
-fn start(extra: &[&str]) -> Setup {
-    let mut builder = L7Builder::new();
-    for arg in extra {
-        builder = builder.arg(arg);
-    }
-    let elb = builder.start().expect("start elb");
-    let cleanup = Cleanup(elb.state_dir.clone());
-    Setup {
-        elb,
-        _cleanup: cleanup,
-    }
-}
 
 /// interval 200 ms, timeout 100 ms, 2 passes to healthy, 2 failures to
 /// unhealthy, HTTP /health.
@@ -76,14 +58,6 @@ fn wait_state(elb: &L7Elb, server: &Backend, state: &str, within: Duration) -> D
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn served_by(response: &http::HttpResponse) -> String {
-    assert_eq!(response.status, 200, "{}", response.text());
-    response.json().expect("json")["server"]
-        .as_str()
-        .expect("server")
-        .to_owned()
 }
 
 /// Sends GETs in a loop on another thread until stopped; counts answers
@@ -145,14 +119,8 @@ impl Drop for Load {
 
 #[test]
 fn a_failing_server_is_taken_out_without_client_errors_and_comes_back() {
-    let s = start(&[]);
-    let (b1, b2) = (
-        Backend::start("b1").expect("b1"),
-        Backend::start("b2").expect("b2"),
-    );
-    s.elb
-        .admin_ok("PUT", "policy", Some(json!({"up": fast_policy(json!({}))})));
-    s.elb.route(HOST, "up", &[(b1.addr(), ""), (b2.addr(), "")]);
+    let s = start_with(&[]);
+    let (b1, b2) = checked_pair(&s.elb, fast_policy(json!({})), ["", ""]);
     wait_state(&s.elb, &b1, "healthy", Duration::from_secs(3));
     wait_state(&s.elb, &b2, "healthy", Duration::from_secs(3));
 
@@ -195,7 +163,7 @@ fn a_failing_server_is_taken_out_without_client_errors_and_comes_back() {
 
 #[test]
 fn thresholds_timeouts_and_the_matcher_decide() {
-    let s = start(&[]);
+    let s = start_with(&[]);
     let b1 = Backend::start("b1").expect("b1");
     let b2 = Backend::start("b2").expect("b2");
     let policy = fast_policy(
@@ -232,7 +200,7 @@ fn thresholds_timeouts_and_the_matcher_decide() {
 
 #[test]
 fn no_healthy_server_fails_open_at_start_and_later() {
-    let s = start(&[]);
+    let s = start_with(&[]);
     let (b1, b2) = (
         Backend::start("b1").expect("b1"),
         Backend::start("b2").expect("b2"),
@@ -270,6 +238,22 @@ fn no_healthy_server_fails_open_at_start_and_later() {
     }
 }
 
+/// Backends b1 and b2 in upstream `up` (server parameters `params`) behind
+/// `probe.test`, under `policy`.
+fn checked_pair(elb: &L7Elb, policy: Value, params: [&str; 2]) -> (Backend, Backend) {
+    let (b1, b2) = (
+        Backend::start("b1").expect("b1"),
+        Backend::start("b2").expect("b2"),
+    );
+    elb.admin_ok("PUT", "policy", Some(json!({ "up": policy })));
+    elb.route(
+        HOST,
+        "up",
+        &[(b1.addr(), params[0]), (b2.addr(), params[1])],
+    );
+    (b1, b2)
+}
+
 /// Sends `GET path` on its own thread; the answer's status (0: broken).
 fn spawn_get(addr: std::net::SocketAddr, path: &'static str) -> std::thread::JoinHandle<u16> {
     std::thread::spawn(move || {
@@ -279,17 +263,12 @@ fn spawn_get(addr: std::net::SocketAddr, path: &'static str) -> std::thread::Joi
 
 #[test]
 fn a_removed_server_drains_its_requests_then_is_cut() {
-    let s = start(&[]);
-    let (b1, b2) = (
-        Backend::start("b1").expect("b1"),
-        Backend::start("b2").expect("b2"),
+    let s = start_with(&[]);
+    let (b1, b2) = checked_pair(
+        &s.elb,
+        fast_policy(json!({"deregistration_delay": "3s"})),
+        ["", ""],
     );
-    s.elb.admin_ok(
-        "PUT",
-        "policy",
-        Some(json!({"up": fast_policy(json!({"deregistration_delay": "3s"}))})),
-    );
-    s.elb.route(HOST, "up", &[(b1.addr(), ""), (b2.addr(), "")]);
     wait_state(&s.elb, &b2, "healthy", Duration::from_secs(3));
     wait_state(&s.elb, &b1, "healthy", Duration::from_secs(3));
     // Round robin: of two concurrent 2 s requests, one runs on b2; a third
@@ -337,20 +316,11 @@ fn a_removed_server_drains_its_requests_then_is_cut() {
 
 #[test]
 fn down_servers_and_disabled_zones_drain() {
-    let s = start(&["--zone", "zone-a"]);
-    let (b1, b2) = (
-        Backend::start("b1").expect("b1"),
-        Backend::start("b2").expect("b2"),
-    );
-    s.elb.admin_ok(
-        "PUT",
-        "policy",
-        Some(json!({"up": fast_policy(json!({"deregistration_delay": "1s"}))})),
-    );
-    s.elb.route(
-        HOST,
-        "up",
-        &[(b1.addr(), "zone=zone-a"), (b2.addr(), "zone=zone-b")],
+    let s = start_with(&["--zone", "zone-a"]);
+    let (b1, b2) = checked_pair(
+        &s.elb,
+        fast_policy(json!({"deregistration_delay": "1s"})),
+        ["zone=zone-a", "zone=zone-b"],
     );
     wait_state(&s.elb, &b2, "healthy", Duration::from_secs(3));
     s.elb
@@ -380,20 +350,11 @@ fn down_servers_and_disabled_zones_drain() {
 
 #[test]
 fn without_cross_zone_the_own_zone_is_preferred_while_it_is_healthy() {
-    let s = start(&["--zone", "zone-a"]);
-    let (b1, b2) = (
-        Backend::start("b1").expect("b1"),
-        Backend::start("b2").expect("b2"),
-    );
-    s.elb.admin_ok(
-        "PUT",
-        "policy",
-        Some(json!({"up": fast_policy(json!({"cross_zone": false}))})),
-    );
-    s.elb.route(
-        HOST,
-        "up",
-        &[(b1.addr(), "zone=zone-a"), (b2.addr(), "zone=zone-b")],
+    let s = start_with(&["--zone", "zone-a"]);
+    let (b1, b2) = checked_pair(
+        &s.elb,
+        fast_policy(json!({"cross_zone": false})),
+        ["zone=zone-a", "zone=zone-b"],
     );
     wait_state(&s.elb, &b1, "healthy", Duration::from_secs(3));
     wait_state(&s.elb, &b2, "healthy", Duration::from_secs(3));
@@ -413,7 +374,7 @@ fn without_cross_zone_the_own_zone_is_preferred_while_it_is_healthy() {
 
 #[test]
 fn slow_start_raises_a_new_servers_share_over_the_period() {
-    let s = start(&[]);
+    let s = start_with(&[]);
     let (b1, b2) = (
         Backend::start("b1").expect("b1"),
         Backend::start("b2").expect("b2"),
@@ -459,7 +420,7 @@ fn slow_start_raises_a_new_servers_share_over_the_period() {
 
 #[test]
 fn bad_policy_documents_are_refused_and_change_nothing() {
-    let s = start(&[]);
+    let s = start_with(&[]);
     let good = fast_policy(json!({}));
     s.elb
         .admin_ok("PUT", "policy", Some(json!({"up": good.clone()})));

@@ -22,32 +22,27 @@ use std::{
 use elb_tests::{
     backend::Backend,
     http,
-    l7::{Cleanup, L7Builder, L7Elb},
+    l7::{L7Elb, start_with},
 };
 
 const HOST: &str = "probe.test";
 
 struct Setup {
-    elb: L7Elb,
-    _cleanup: Cleanup,
+    started: elb_tests::l7::Setup,
     _backends: (Backend, Backend),
 }
 
 /// elb with `extra` flags; `probe.test` → upstream `up1` of two backends
 /// with default parameters.
 fn start(extra: &[&str]) -> Setup {
-    let mut builder = L7Builder::new();
-    for arg in extra {
-        builder = builder.arg(arg);
-    }
-    let elb = builder.start().expect("start elb");
-    let cleanup = Cleanup(elb.state_dir.clone());
+    let started = start_with(extra);
     let b1 = Backend::start("b1").expect("backend b1");
     let b2 = Backend::start("b2").expect("backend b2");
-    elb.route(HOST, "up1", &[(b1.addr(), ""), (b2.addr(), "")]);
+    started
+        .elb
+        .route(HOST, "up1", &[(b1.addr(), ""), (b2.addr(), "")]);
     Setup {
-        elb,
-        _cleanup: cleanup,
+        started,
         _backends: (b1, b2),
     }
 }
@@ -114,31 +109,31 @@ const PARTIAL_UPLOAD: &[u8] = b"POST /upload HTTP/1.1\r\nHost: probe.test\r\n\
 fn malformed_chunked_bodies_are_400_and_take_no_server_out() {
     let s = start(&[]);
     for i in 0..2 {
-        let mut stream = connect(s.elb.addr);
+        let mut stream = connect(s.started.elb.addr);
         stream.write_all(MALFORMED_CHUNKED).expect("send");
         assert_eq!(read_status(&stream), 400, "malformed chunked request {i}");
     }
-    assert_both_backends_serve(&s.elb);
-    assert_no_failed_try(&s.elb);
+    assert_both_backends_serve(&s.started.elb);
+    assert_no_failed_try(&s.started.elb);
 }
 
 #[test]
 fn truncated_bodies_are_400_or_a_close_and_take_no_server_out() {
     let s = start(&[]);
     // The client stops sending (half-close) but still listens: 400.
-    let mut stream = connect(s.elb.addr);
+    let mut stream = connect(s.started.elb.addr);
     stream.write_all(PARTIAL_UPLOAD).expect("send");
     stream.shutdown(Shutdown::Write).expect("half-close");
     assert_eq!(read_status(&stream), 400, "truncated body, half-closed");
     // The client closes entirely: nobody is left to answer, elb just closes.
-    let mut stream = connect(s.elb.addr);
+    let mut stream = connect(s.started.elb.addr);
     stream.write_all(PARTIAL_UPLOAD).expect("send");
     drop(stream);
     // Nothing to read back: give elb a moment to see the close and handle
     // the request (a miscount would happen within milliseconds).
     thread::sleep(Duration::from_millis(500));
-    assert_both_backends_serve(&s.elb);
-    assert_no_failed_try(&s.elb);
+    assert_both_backends_serve(&s.started.elb);
+    assert_no_failed_try(&s.started.elb);
 }
 
 #[test]
@@ -146,7 +141,7 @@ fn stalled_uploads_are_408_and_take_no_server_out() {
     // The upstream timeout is shorter than the client body timeout: a stall
     // while the client uploads must not count as the server's timeout.
     let s = start(&["--client-body-timeout", "1s", "--upstream-timeout", "500ms"]);
-    let addr = s.elb.addr;
+    let addr = s.started.elb.addr;
     let started = Instant::now();
     // Two at once, one per backend under round robin.
     let uploads: Vec<_> = (0..2)
@@ -168,8 +163,8 @@ fn stalled_uploads_are_408_and_take_no_server_out() {
             "408 after the 1 s client body timeout, not {elapsed:?}"
         );
     }
-    assert_both_backends_serve(&s.elb);
-    assert_no_failed_try(&s.elb);
+    assert_both_backends_serve(&s.started.elb);
+    assert_no_failed_try(&s.started.elb);
 }
 
 #[test]
@@ -178,7 +173,7 @@ fn a_slow_but_steady_upload_is_neither_timed_out_nor_cut() {
     // upload (about 1.8 s) is longer than the upstream's response timeout,
     // which only runs once the body has been sent.
     let s = start(&["--client-body-timeout", "1s", "--upstream-timeout", "500ms"]);
-    let mut stream = connect(s.elb.addr);
+    let mut stream = connect(s.started.elb.addr);
     stream
         .write_all(b"POST /slow HTTP/1.1\r\nHost: probe.test\r\nContent-Length: 60\r\nConnection: close\r\n\r\n")
         .expect("send the head");
@@ -190,7 +185,7 @@ fn a_slow_but_steady_upload_is_neither_timed_out_nor_cut() {
     stream.read_to_string(&mut response).expect("read");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("\"body_len\":60"), "{response}");
-    assert_no_failed_try(&s.elb);
+    assert_no_failed_try(&s.started.elb);
 }
 
 // Positive controls: what the server does wrong still counts, also for
@@ -201,7 +196,8 @@ fn a_stopped_server_is_still_taken_out_for_uploads() {
     let s = start(&[]);
     let mut gone = Backend::start("gone").expect("backend");
     let alive = Backend::start("alive").expect("backend");
-    s.elb
+    s.started
+        .elb
         .route("f.test", "up2", &[(gone.addr(), ""), (alive.addr(), "")]);
     gone.stop();
     // The listener closes in the background: wait until connects are refused,
@@ -216,8 +212,14 @@ fn a_stopped_server_is_still_taken_out_for_uploads() {
     }
     let body = vec![b'x'; 1000];
     for i in 0..6 {
-        let response = http::request(s.elb.addr, "POST", "/", &[("Host", "f.test")], Some(&body))
-            .expect("POST");
+        let response = http::request(
+            s.started.elb.addr,
+            "POST",
+            "/",
+            &[("Host", "f.test")],
+            Some(&body),
+        )
+        .expect("POST");
         assert_eq!(response.status, 200, "POST {i}: {}", response.text());
         let echo = response.json().expect("JSON");
         assert_eq!(echo["server"], "alive", "POST {i}");
@@ -225,7 +227,7 @@ fn a_stopped_server_is_still_taken_out_for_uploads() {
     }
     // The connect failure was counted once (max_fails=1), then the stopped
     // server was out and never tried again.
-    let log = s.elb.process.log();
+    let log = s.started.elb.process.log();
     assert_eq!(log.matches("upstream try failed").count(), 1, "{log}");
 }
 
@@ -234,10 +236,12 @@ fn a_server_that_does_not_answer_a_complete_upload_times_out_and_is_taken_out() 
     let s = start(&["--upstream-timeout", "300ms"]);
     let slow = Backend::start("slow").expect("backend");
     slow.set_delay(Duration::from_secs(3));
-    s.elb.route("slow.test", "up2", &[(slow.addr(), "")]);
+    s.started
+        .elb
+        .route("slow.test", "up2", &[(slow.addr(), "")]);
     let started = Instant::now();
     let response = http::request(
-        s.elb.addr,
+        s.started.elb.addr,
         "POST",
         "/",
         &[("Host", "slow.test")],
@@ -251,7 +255,7 @@ fn a_server_that_does_not_answer_a_complete_upload_times_out_and_is_taken_out() 
         started.elapsed()
     );
     // Taken out (max_fails=1): no live server left.
-    let response = s.elb.get("slow.test", "/", None);
+    let response = s.started.elb.get("slow.test", "/", None);
     assert_eq!(response.status, 502, "{}", response.text());
     assert!(
         response.text().contains("no live upstream"),
@@ -329,22 +333,29 @@ fn a_server_that_breaks_the_connection_of_an_upload_is_taken_out() {
     let s = start(&[]);
     let hang_up = RawServer::start(Conduct::HangUp);
     let alive = Backend::start("alive").expect("backend");
-    s.elb
+    s.started
+        .elb
         .route("h.test", "up2", &[(hang_up.addr, ""), (alive.addr(), "")]);
     let body = vec![b'x'; 1000];
     let mut statuses = Vec::new();
     for _ in 0..2 {
-        let response = http::request(s.elb.addr, "POST", "/", &[("Host", "h.test")], Some(&body))
-            .expect("POST");
+        let response = http::request(
+            s.started.elb.addr,
+            "POST",
+            "/",
+            &[("Host", "h.test")],
+            Some(&body),
+        )
+        .expect("POST");
         statuses.push(response.status);
     }
     statuses.sort_unstable();
     // One POST went to the server that hung up: 502, not retried (its body
     // was sent). That server is out now, so the other POST and every GET
     // go to the live one.
-    assert_eq!(statuses, [200, 502], "{}", s.elb.process.log());
+    assert_eq!(statuses, [200, 502], "{}", s.started.elb.process.log());
     for i in 0..4 {
-        let response = s.elb.get("h.test", "/", None);
+        let response = s.started.elb.get("h.test", "/", None);
         assert_eq!(response.status, 200, "GET {i}: {}", response.text());
         assert_eq!(response.json().expect("JSON")["server"], "alive");
     }
@@ -361,8 +372,8 @@ fn a_server_that_stops_reading_an_upload_times_out_and_is_taken_out() {
         "30s",
     ]);
     let deaf = RawServer::start(Conduct::Ignore);
-    s.elb.route("deaf.test", "up2", &[(deaf.addr, "")]);
-    let stream = connect(s.elb.addr);
+    s.started.elb.route("deaf.test", "up2", &[(deaf.addr, "")]);
+    let stream = connect(s.started.elb.addr);
     let mut writer = stream.try_clone().expect("clone");
     const LEN: usize = 16 << 20;
     let upload = thread::spawn(move || {
@@ -373,7 +384,7 @@ fn a_server_that_stops_reading_an_upload_times_out_and_is_taken_out() {
             .and_then(|()| writer.write_all(&vec![b'x'; LEN]));
     });
     let started = Instant::now();
-    assert_eq!(read_status(&stream), 504, "{}", s.elb.process.log());
+    assert_eq!(read_status(&stream), 504, "{}", s.started.elb.process.log());
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "{:?}",
@@ -382,7 +393,7 @@ fn a_server_that_stops_reading_an_upload_times_out_and_is_taken_out() {
     let _ = stream.shutdown(Shutdown::Both);
     upload.join().expect("upload thread");
     // Taken out (max_fails=1): no live server left.
-    let response = s.elb.get("deaf.test", "/", None);
+    let response = s.started.elb.get("deaf.test", "/", None);
     assert_eq!(response.status, 502, "{}", response.text());
     assert!(
         response.text().contains("no live upstream"),

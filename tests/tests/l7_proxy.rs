@@ -5,7 +5,7 @@ use std::{collections::HashMap, time::Duration};
 use elb_tests::{
     backend::Backend,
     http,
-    l7::{Cleanup, L7Builder, L7Elb, backend_doc},
+    l7::{backend_doc, served_by, start_with as start},
 };
 use serde_json::{Value, json};
 
@@ -16,32 +16,6 @@ fn seed_rules(up1: &str, up2: &str) -> Value {
         "r3": {"type": "backend", "args": {"servername": up2}},
         "r4": {"type": "path", "args": {"regex": true, "pattern": "^\\/blog\\/(\\S+)$",
                                         "succ": "r2", "fail": "r3", "rewrite": false}}}})
-}
-
-struct Setup {
-    elb: L7Elb,
-    _cleanup: Cleanup,
-}
-
-fn start(extra: &[&str]) -> Setup {
-    let mut builder = L7Builder::new();
-    for arg in extra {
-        builder = builder.arg(arg);
-    }
-    let elb = builder.start().expect("start elb");
-    let cleanup = Cleanup(elb.state_dir.clone());
-    Setup {
-        elb,
-        _cleanup: cleanup,
-    }
-}
-
-fn served_by(response: &http::HttpResponse) -> String {
-    assert_eq!(response.status, 200, "{}", response.text());
-    response.json().expect("json")["server"]
-        .as_str()
-        .expect("server")
-        .to_owned()
 }
 
 #[test]
