@@ -322,6 +322,28 @@ impl AdminApi {
     }
 }
 
+/// 200 with whatever `view` makes of the current state (the GETs).
+async fn get_view(
+    config: &ConfigService,
+    view: impl FnOnce(&crate::config::ConfigManager) -> Value,
+) -> AdminResult {
+    let body = config.read(view).await;
+    Ok(json(StatusCode::OK, &body))
+}
+
+/// `{name: document}` for named documents (services, policies).
+fn named<'a, T: 'a>(
+    items: impl IntoIterator<Item = (&'a String, &'a T)>,
+    to_json: impl Fn(&T) -> Value,
+) -> Value {
+    Value::Object(
+        items
+            .into_iter()
+            .map(|(name, item)| (name.clone(), to_json(item)))
+            .collect(),
+    )
+}
+
 /// `{"msg": "OK"}`, ERU ELB's success body.
 fn ok() -> AdminResult {
     Ok(json(StatusCode::OK, &serde_json::json!({ "msg": "OK" })))

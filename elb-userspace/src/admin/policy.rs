@@ -3,26 +3,16 @@
 //! canonical form, every field filled in); a policy may name an upstream
 //! that does not exist yet. `/__erulb__/zones`: the disabled zones.
 //! `/__erulb__/health`: every server's target state.
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::{AdminResult, delete_existing, expect_object, expect_string_list, ok};
+use super::{AdminResult, delete_existing, expect_object, expect_string_list, get_view, named, ok};
 use crate::{
     config::{ConfigService, KeyLayout, policy::Policy, zones::Zones},
-    http_util::json,
     store::KvOp,
 };
 
 pub async fn get(config: &ConfigService) -> AdminResult {
-    let body = config
-        .read(|manager| {
-            manager
-                .policies()
-                .iter()
-                .map(|(name, policy)| (name.clone(), policy.to_json()))
-                .collect::<Map<String, Value>>()
-        })
-        .await;
-    Ok(json(http::StatusCode::OK, &Value::Object(body)))
+    get_view(config, |manager| named(manager.policies(), |p| p.to_json())).await
 }
 
 /// Adds or replaces every policy in the body, all or nothing.
@@ -51,8 +41,7 @@ pub async fn delete(config: &ConfigService, body: Value) -> AdminResult {
 }
 
 pub async fn get_zones(config: &ConfigService) -> AdminResult {
-    let body = config.read(|manager| manager.zones().to_json()).await;
-    Ok(json(http::StatusCode::OK, &body))
+    get_view(config, |manager| manager.zones().to_json()).await
 }
 
 /// Replaces the zones document: `{"disabled": ["us-east-1a"]}`.
@@ -80,8 +69,8 @@ pub async fn put_zones(config: &ConfigService, body: Value) -> AdminResult {
 }
 
 pub async fn health(config: &ConfigService) -> AdminResult {
-    let body = config
-        .read(|manager| manager.targets().report(std::time::Instant::now()))
-        .await;
-    Ok(json(http::StatusCode::OK, &body))
+    get_view(config, |manager| {
+        manager.targets().report(std::time::Instant::now())
+    })
+    .await
 }

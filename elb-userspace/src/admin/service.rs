@@ -1,29 +1,19 @@
 //! `/__erulb__/service`: L4 services, in the style of `/__erulb__/domain`.
 use std::collections::BTreeSet;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::{AdminResult, delete_existing, expect_object, expect_string_list, ok};
+use super::{AdminResult, delete_existing, expect_object, expect_string_list, get_view, named, ok};
 use crate::{
     config::{
         ConfigManager, ConfigService, KeyLayout,
         l4::{L4Service, check_unique_vips},
     },
-    http_util::json,
     store::KvOp,
 };
 
 pub async fn get(config: &ConfigService) -> AdminResult {
-    let body = config
-        .read(|manager| {
-            manager
-                .services()
-                .iter()
-                .map(|(name, service)| (name.clone(), service.to_json()))
-                .collect::<Map<String, Value>>()
-        })
-        .await;
-    Ok(json(http::StatusCode::OK, &Value::Object(body)))
+    get_view(config, |manager| named(manager.services(), |s| s.to_json())).await
 }
 
 /// Adds or replaces every service in the body, all or nothing. Stores the

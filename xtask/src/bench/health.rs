@@ -13,17 +13,8 @@ use crate::{cmd, ebpf};
 pub fn run(root: &Path) -> Result<()> {
     ebpf::build(root, true)?;
     let elb = crate::build_release_elb(root)?;
-    cmd::cargo(root)
-        .args([
-            "build",
-            "--release",
-            "--package",
-            "elb-tests",
-            "--bin",
-            "bench_health",
-        ])
-        .run("building the health bench runner")?;
-    cmd::Step::new(root.join("target/release/bench_health"))
+    let runner = super::build_runner(root, "bench_health")?;
+    cmd::Step::new(runner)
         .env("ELB_BIN", &elb)
         .current_dir(root)
         .run("running the health bench")

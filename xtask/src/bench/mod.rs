@@ -28,6 +28,14 @@ pub fn run(root: &Path, name: &str, rounds: usize) -> Result<()> {
     }
 }
 
+/// Builds a bench runner of the tests crate (release), returning its path.
+fn build_runner(root: &Path, bin: &str) -> Result<std::path::PathBuf> {
+    crate::cmd::cargo(root)
+        .args(["build", "--release", "--package", "elb-tests", "--bin", bin])
+        .run(&format!("building the bench runner {bin}"))?;
+    Ok(root.join("target/release").join(bin))
+}
+
 /// Median of a non-empty list.
 pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);

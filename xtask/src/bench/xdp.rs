@@ -18,17 +18,8 @@ pub fn run(root: &Path, rounds: usize) -> Result<()> {
     // runner) embeds it.
     ebpf::build(root, true)?;
     let object = ebpf::build_bench(root)?;
-    cmd::cargo(root)
-        .args([
-            "build",
-            "--release",
-            "--package",
-            "elb-tests",
-            "--bin",
-            "bench_xdp",
-        ])
-        .run("building the XDP bench runner")?;
-    cmd::Step::new(root.join("target/release/bench_xdp"))
+    let runner = super::build_runner(root, "bench_xdp")?;
+    cmd::Step::new(runner)
         .args(["--rounds", &rounds.to_string(), "--object"])
         .args([&object])
         .current_dir(root)
