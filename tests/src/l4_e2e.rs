@@ -126,6 +126,53 @@ impl Drop for IdServer {
     }
 }
 
+/// The port each server's [`HealthListener`] listens on (`TCP:9000`).
+pub const HEALTH_PORT: u16 = 9000;
+
+/// A TCP port that accepts connections and closes them: the target of a
+/// `TCP:<port>` health check, beside the [`IdServer`] so the check can be
+/// failed (drop it: connects are refused) while the server keeps serving.
+pub struct HealthListener {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HealthListener {
+    /// Listens on `addr` in `ns` (std sets SO_REUSEADDR, so a listener can
+    /// be started again on the same address at once).
+    pub fn start(ns: &NetNs, addr: SocketAddr) -> Self {
+        let listener = ns
+            .enter(move || TcpListener::bind(addr).expect("bind the health port"))
+            .expect("enter server namespace");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if listener.accept().is_err() {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+                // The listener closes here: new checks are refused.
+            })
+        };
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for HealthListener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 fn answer_lines(stream: TcpStream, name: &str) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));

@@ -3,8 +3,9 @@
 //! locally and proxying TCP connections and UDP sessions. A new flow gets
 //! the server the XDP program would pick (the same Maglev plan and flow
 //! hash, [`crate::l4::plan`]); a configuration change swaps the plan at
-//! once and leaves established flows on their server; the deny-list
-//! refuses clients as XDP drops them.
+//! once and leaves established flows on their server (until the server's
+//! drain ends, when its upstream has a policy: then its flows are closed);
+//! the deny-list refuses clients as XDP drops them.
 //!
 //! Pure parts: [`deny`] (deny-list lookup), [`sessions`] (UDP session
 //! table), [`route`] (plan and picks), [`set::changes`] (what a snapshot
@@ -26,6 +27,7 @@ use arc_swap::ArcSwap;
 use elb_common::l4::UDP_IDLE_NS;
 use serde_json::{Value, json};
 use tokio::{sync::watch, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
 
 use self::{
     deny::DenyList, l7_guard::ListenerGuard, service::ServiceRuntime, set::ListenerSet,
@@ -90,6 +92,15 @@ pub struct Context {
 /// Waits until the channel says stop, or its sender is gone.
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Waits until a flow's server has drained (`token` cancelled); forever
+/// for a flow without a token (its upstream has no policy).
+async fn drained(token: Option<&CancellationToken>) {
+    match token {
+        Some(token) => token.cancelled().await,
+        None => std::future::pending().await,
+    }
 }
 
 type Published = Arc<ArcSwap<Vec<Arc<ServiceRuntime>>>>;
@@ -198,7 +209,8 @@ impl UserspaceStats {
     /// {"vip", "proto", "listening", ["error",] "new_flows", "active_flows",
     /// "bytes_from_client", "bytes_to_client", "acl_drops",
     /// "connect_failures", "no_server_drops", "session_limit_drops",
-    /// "servers": {"IP:PORT": {"new_flows", "active_flows", "bytes"}}}},
+    /// "drain_cuts", "servers": {"IP:PORT": {"new_flows", "active_flows",
+    /// "bytes"}}}},
     /// "l7_acl_drops"}`; the last counts HTTP connections refused by the
     /// deny-list.
     pub fn stats_json(&self) -> Value {

@@ -1,12 +1,15 @@
 //! Where a service's new flows go: its Maglev plan (the same one the XDP
 //! sync writes into the maps) with each server's counters, and its SNAT
 //! address. Swapped whole on a configuration change; flows already set up
-//! keep the server they picked.
+//! keep the server they picked, until that server's drain ends (the pick
+//! carries its gate's drain token).
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
+
+use tokio_util::sync::CancellationToken;
 
 use super::stats::ServerStats;
 use crate::{
@@ -22,6 +25,8 @@ pub struct Route {
     plan: Option<ServicePlan>,
     /// `servers[i]` counts for `plan.servers[i]`.
     servers: Vec<Arc<ServerStats>>,
+    /// `gates[i]` is `plan.servers[i]`'s gate (None: no target registry).
+    gates: Vec<Option<Arc<ServerGate>>>,
     pub snat: Option<IpAddr>,
 }
 
@@ -30,6 +35,9 @@ pub struct Route {
 pub struct Pick {
     pub server: SocketAddr,
     pub stats: Arc<ServerStats>,
+    /// Cancelled when the server's drain ends: the flow is closed then.
+    /// None when its upstream has no policy (the flow lives on).
+    pub cut: Option<CancellationToken>,
 }
 
 impl Route {
@@ -42,6 +50,12 @@ impl Route {
         Some(Pick {
             server: server.addr,
             stats: Arc::clone(self.servers.get(index)?),
+            // Taken now, as L7 does: a server that drains later still has
+            // the token of its serving days, which its drain's end cancels.
+            cut: self
+                .gates
+                .get(index)
+                .and_then(|gate| gate.as_ref()?.drain_token()),
         })
     }
 
@@ -114,16 +128,32 @@ pub fn build_route(
             None
         }
     };
-    let stats = plan
-        .iter()
-        .flat_map(|plan| plan.servers.iter())
+    let planned = plan.iter().flat_map(|plan| plan.servers.iter());
+    let stats = planned
+        .clone()
         .map(|server| registry.stats(server.addr))
+        .collect();
+    let gates = planned
+        .map(|server| gate_of(server.addr, servers, gates))
         .collect();
     Route {
         plan,
         servers: stats,
+        gates,
         snat: service.snat,
     }
+}
+
+/// The gate of the server planned as `addr` (`gates[i]` is `servers[i]`'s).
+fn gate_of(
+    addr: SocketAddr,
+    servers: &[Server],
+    gates: &[Arc<ServerGate>],
+) -> Option<Arc<ServerGate>> {
+    let index = servers
+        .iter()
+        .position(|s| s.name.parse::<SocketAddr>().is_ok_and(|a| a == addr))?;
+    gates.get(index).cloned()
 }
 
 /// Called after `route` replaced the previous one.

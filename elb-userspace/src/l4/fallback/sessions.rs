@@ -112,15 +112,24 @@ impl<V> SessionTable<V> {
         Ok(())
     }
 
+    pub fn remove(&mut self, client: &SocketAddr) -> Option<Session<V>> {
+        self.sessions.remove(client)
+    }
+
     /// Removes and returns the sessions idle for `idle_ms` or longer.
     pub fn expire(&mut self, now_ms: u64, idle_ms: u64) -> Vec<(SocketAddr, V)> {
-        let expired: Vec<SocketAddr> = self
+        self.remove_where(|s| now_ms.saturating_sub(s.seen.get()) >= idle_ms)
+    }
+
+    /// Removes and returns the sessions `over` says have ended.
+    pub fn remove_where(&mut self, over: impl Fn(&Session<V>) -> bool) -> Vec<(SocketAddr, V)> {
+        let ended: Vec<SocketAddr> = self
             .sessions
             .iter()
-            .filter(|(_, s)| now_ms.saturating_sub(s.seen.get()) >= idle_ms)
+            .filter(|(_, s)| over(s))
             .map(|(client, _)| *client)
             .collect();
-        expired
+        ended
             .into_iter()
             .filter_map(|client| self.sessions.remove(&client).map(|s| (client, s.value)))
             .collect()
@@ -157,6 +166,19 @@ mod tests {
         assert!(table.expire(49_999, 30_000).is_empty());
         assert_eq!(table.expire(50_000, 30_000), [(client(2), 2)]);
         assert!(table.is_empty());
+    }
+
+    #[test]
+    fn ended_sessions_are_removed_and_returned_whatever_their_age() {
+        let mut table = SessionTable::new(10);
+        for n in 1..=4 {
+            table.insert(client(n), session(n.into(), 0)).expect("room");
+        }
+        let mut ended = table.remove_where(|s| s.value % 2 == 0);
+        ended.sort_unstable();
+        assert_eq!(ended, [(client(2), 2), (client(4), 4)]);
+        assert_eq!(table.len(), 2);
+        assert!(table.get(&client(1)).is_some() && table.get(&client(3)).is_some());
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub struct ServiceStats {
     pub no_server_drops: AtomicU64,
     /// New UDP flows dropped because the session table was full.
     pub session_limit_drops: AtomicU64,
+    /// Flows closed because their server's drain ended.
+    pub drain_cuts: AtomicU64,
 }
 
 /// Per server of a service.
@@ -45,6 +47,7 @@ pub struct ServiceCounters {
     pub connect_failures: u64,
     pub no_server_drops: u64,
     pub session_limit_drops: u64,
+    pub drain_cuts: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -77,6 +80,7 @@ impl ServiceStats {
             connect_failures: get(&self.connect_failures),
             no_server_drops: get(&self.no_server_drops),
             session_limit_drops: get(&self.session_limit_drops),
+            drain_cuts: get(&self.drain_cuts),
         }
     }
 }
@@ -101,6 +105,7 @@ impl std::ops::AddAssign for ServiceCounters {
         self.connect_failures += other.connect_failures;
         self.no_server_drops += other.no_server_drops;
         self.session_limit_drops += other.session_limit_drops;
+        self.drain_cuts += other.drain_cuts;
     }
 }
 

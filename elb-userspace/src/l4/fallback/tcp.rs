@@ -1,6 +1,7 @@
 //! TCP services: accept on the VIP, pick the server the XDP program would,
 //! connect (from the service's SNAT address when it has one) and relay
-//! both ways with half-close.
+//! both ways with half-close. When the server's drain ends (its upstream
+//! has a policy), both sockets are reset.
 use std::{
     io,
     net::{IpAddr, SocketAddr},
@@ -15,9 +16,10 @@ use tokio::{
     net::{TcpListener, TcpSocket, TcpStream},
     sync::watch,
 };
+use tokio_util::sync::CancellationToken;
 
 use super::{
-    Context,
+    Context, drained,
     service::ServiceRuntime,
     stats::{ActiveFlow, add, bump},
     stopped,
@@ -102,32 +104,46 @@ fn accept(
         let _ = stream.set_zero_linger();
         return;
     };
-    let snat = route.snat;
-    let flow = ActiveFlow::start(Arc::clone(&service.stats), Arc::clone(&pick.stats));
-    tokio::spawn(relay(
-        stream,
-        client,
-        pick.server,
-        snat,
-        flow,
-        Arc::clone(service),
-        Arc::clone(ctx),
-    ));
+    let flow = Flow {
+        client: stream,
+        client_addr: client,
+        server: pick.server,
+        snat: route.snat,
+        cut: pick.cut,
+        active: ActiveFlow::start(Arc::clone(&service.stats), Arc::clone(&pick.stats)),
+    };
+    tokio::spawn(relay(flow, Arc::clone(service), Arc::clone(ctx)));
 }
 
-async fn relay(
+/// An accepted connection and where it goes.
+struct Flow {
     client: TcpStream,
     client_addr: SocketAddr,
     server: SocketAddr,
     snat: Option<IpAddr>,
-    flow: ActiveFlow,
-    service: Arc<ServiceRuntime>,
-    ctx: Arc<Context>,
-) {
+    /// The server's drain token: cancelled, the flow is cut.
+    cut: Option<CancellationToken>,
+    active: ActiveFlow,
+}
+
+async fn relay(flow: Flow, service: Arc<ServiceRuntime>, ctx: Arc<Context>) {
+    let Flow {
+        client,
+        client_addr,
+        server,
+        snat,
+        cut,
+        active: flow,
+    } = flow;
     let mut shutdown = ctx.shutdown.clone();
     let upstream = tokio::select! {
         connected = connect(server, snat, ctx.settings.connect_timeout) => connected,
         _ = stopped(&mut shutdown) => return,
+        _ = drained(cut.as_ref()) => {
+            let _ = client.set_zero_linger();
+            bump(&service.stats.drain_cuts);
+            return;
+        }
     };
     let upstream = match upstream {
         Ok(upstream) => upstream,
@@ -166,6 +182,15 @@ async fn relay(
             }
         }
         _ = stopped(&mut shutdown) => {}
+        _ = drained(cut.as_ref()) => {
+            // Resets rather than FINs: neither end should take the cut
+            // for a complete exchange (as an NLB terminates connections
+            // when a deregistration delay ends).
+            let _ = client.stream.set_zero_linger();
+            let _ = upstream.stream.set_zero_linger();
+            bump(&service.stats.drain_cuts);
+            tracing::debug!(service = service.name, %server, client = %client_addr, "L4 userspace: the server's drain is over, connection reset");
+        }
     }
 }
 

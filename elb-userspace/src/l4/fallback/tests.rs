@@ -1,6 +1,11 @@
 //! The fallback end to end on loopback (no privileges needed): real
 //! sockets, a snapshot handle driven by the test.
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use arc_swap::ArcSwap;
 use tokio::{
@@ -12,7 +17,8 @@ use tokio::{
 use super::*;
 use crate::{
     cidr::Cidr,
-    config::{L4Proto, L4Service, Snapshot, Upstream},
+    config::{L4Proto, L4Service, Snapshot, Upstream, policy::Policy},
+    targets::{TargetRegistry, UpstreamConfig},
     upstream::{Server, parse_params},
 };
 
@@ -101,14 +107,19 @@ struct Harness {
 
 impl Harness {
     async fn start(first: Snapshot) -> Self {
+        // No target registry here: health never changes.
+        Self::with_health(first, watch::channel(0).1).await
+    }
+
+    /// `health`: the target registry's generation.
+    async fn with_health(first: Snapshot, health: watch::Receiver<u64>) -> Self {
         let snapshots: SnapshotHandle = Arc::new(ArcSwap::from_pointee(first));
         let (generation, changes) = watch::channel(0);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let l4 = L4Userspace::start(
             Arc::clone(&snapshots),
             changes,
-            // No target registry here: health never changes.
-            watch::channel(0).1,
+            health,
             FallbackSettings::new(Duration::from_secs(1)),
             shutdown_rx,
         )
@@ -238,4 +249,157 @@ async fn a_dead_server_is_a_connect_failure() {
     let stats = h.stop().await;
     assert_eq!(stats["services"]["web"]["connect_failures"], 1, "{stats:#}");
     assert_eq!(stats["services"]["web"]["active_flows"], 0, "{stats:#}");
+}
+
+/// A target registry for upstreams "up" (with a policy: its servers drain
+/// for a minute when removed) and "plain" (no policy), and the snapshots
+/// built over its gates, as the configuration manager builds them.
+struct Targets {
+    registry: TargetRegistry,
+    policies: BTreeMap<String, Arc<Policy>>,
+}
+
+/// How long a removed server of "up" drains; the test moves the
+/// registry's clock past it rather than waiting.
+const DRAIN: Duration = Duration::from_secs(60);
+
+impl Targets {
+    fn new() -> Self {
+        let policy = Policy {
+            deregistration_delay: DRAIN,
+            ..Policy::default()
+        };
+        Self {
+            registry: TargetRegistry::default(),
+            policies: BTreeMap::from([("up".to_owned(), Arc::new(policy))]),
+        }
+    }
+
+    /// Services over "up" and "plain", both upstreams with `servers`.
+    fn snapshot(
+        &self,
+        services: &[(&str, SocketAddr, L4Proto, &str)],
+        servers: &[SocketAddr],
+    ) -> Snapshot {
+        let servers: Vec<Server> = servers
+            .iter()
+            .map(|s| Server::new(s.to_string(), parse_params("").expect("params")))
+            .collect();
+        let upstreams: Vec<Arc<Upstream>> = ["up", "plain"]
+            .into_iter()
+            .map(|name| {
+                let gates = self.registry.gates_for(name, &servers);
+                Arc::new(Upstream::with_gates(name.into(), servers.clone(), gates))
+            })
+            .collect();
+        self.registry.sync(
+            upstreams.iter().map(|u| UpstreamConfig {
+                name: &u.name,
+                servers: u.servers(),
+            }),
+            &self.policies,
+            &BTreeSet::new(),
+            Instant::now(),
+        );
+        let services: BTreeMap<String, Arc<L4Service>> = services
+            .iter()
+            .map(|(name, vip, proto, upstream)| {
+                let service = L4Service {
+                    name: (*name).into(),
+                    vip: *vip,
+                    proto: *proto,
+                    upstream: (*upstream).into(),
+                    snat: None,
+                    table_size: 251,
+                };
+                ((*name).to_owned(), Arc::new(service))
+            })
+            .collect();
+        Snapshot::new([], &upstreams).with_l4(Arc::new(services), Arc::default())
+    }
+}
+
+/// A connection kept open to ask its server's name again and again.
+async fn open_tcp(vip: SocketAddr) -> TcpStream {
+    TcpStream::connect(vip).await.expect("connect")
+}
+
+async fn ask_again(stream: &mut TcpStream) -> std::io::Result<String> {
+    stream.write_all(b"who").await?;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    if n == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+async fn ask_udp(client: &UdpSocket, vip: SocketAddr) -> String {
+    client.send_to(b"who", vip).await.expect("send");
+    let mut buf = [0u8; 16];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), client.recv_from(&mut buf))
+        .await
+        .expect("udp answer in time")
+        .expect("udp answer");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn flows_to_a_drained_server_are_closed_when_the_drain_ends_with_a_policy_only() {
+    let (s1, s2) = (id_server("s1").await, id_server("s2").await);
+    let vip: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let plain_vip: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let services = [
+        ("web", vip, L4Proto::Tcp, "up"),
+        ("dns", vip, L4Proto::Udp, "up"),
+        ("plain", plain_vip, L4Proto::Tcp, "plain"),
+    ];
+    let targets = Targets::new();
+    let h = Harness::with_health(
+        targets.snapshot(&services, &[s1]),
+        targets.registry.subscribe(),
+    )
+    .await;
+
+    let mut web = open_tcp(vip).await;
+    let mut plain = open_tcp(plain_vip).await;
+    let udp = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+    assert_eq!(ask_again(&mut web).await.expect("web"), "s1");
+    assert_eq!(ask_again(&mut plain).await.expect("plain"), "s1");
+    assert_eq!(ask_udp(&udp, vip).await, "s1");
+
+    // s1 leaves both upstreams: "up"'s s1 drains, "plain"'s is just gone.
+    h.publish(targets.snapshot(&services, &[s2])).await;
+    assert_eq!(targets.registry.draining("up"), [s1.to_string()]);
+    assert_eq!(ask_tcp(vip).await.expect("new flow"), "s2");
+    assert_eq!(ask_again(&mut web).await.expect("web while draining"), "s1");
+    assert_eq!(ask_udp(&udp, vip).await, "s1", "the session while draining");
+
+    // The drain ends: "up"'s flows on s1 are closed, "plain"'s live on.
+    targets
+        .registry
+        .tick(Instant::now() + DRAIN + Duration::from_secs(1));
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(1), web.read(&mut buf))
+        .await
+        .expect("the connection is closed at once");
+    match read {
+        Ok(0) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("expected EOF or a reset, got {other:?}"),
+    }
+    assert_eq!(ask_again(&mut plain).await.expect("plain after"), "s1");
+    // The client's next datagram starts a session on the remaining server.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(ask_udp(&udp, vip).await, "s2");
+
+    let stats = h.stop().await;
+    for (service, cuts) in [("web", 1), ("dns", 1), ("plain", 0)] {
+        assert_eq!(
+            stats["services"][service]["drain_cuts"], cuts,
+            "{service}: {stats:#}"
+        );
+    }
 }

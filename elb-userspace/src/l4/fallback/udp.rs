@@ -2,7 +2,8 @@
 //! connected to the server the first datagram picked (bound to the
 //! service's SNAT address when it has one). The server's replies go back
 //! to the client from the VIP socket. Sessions end after the XDP program's
-//! UDP idle timeout.
+//! UDP idle timeout, or when their server's drain ends (its upstream has a
+//! policy); the client's next datagram then starts a new session.
 use std::{
     cell::RefCell,
     io,
@@ -11,10 +12,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::{io::unix::AsyncFd, sync::watch, task::JoinHandle};
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
 
 use super::{
-    Context,
+    Context, drained,
     route::Pick,
     service::ServiceRuntime,
     sessions::{Clock, LastSeen, Session, SessionTable},
@@ -74,6 +80,16 @@ struct UdpSession {
     server: SocketAddr,
     flow: ActiveFlow,
     relay: JoinHandle<()>,
+    /// The server's drain token (see [`Pick::cut`]).
+    cut: Option<CancellationToken>,
+}
+
+impl UdpSession {
+    fn is_cut(&self) -> bool {
+        self.cut
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
+    }
 }
 
 impl Drop for UdpSession {
@@ -127,12 +143,20 @@ pub async fn serve(
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    // Sessions' reply tasks name their client here when its server's
+    // drain ends.
+    let (drained_tx, mut drained_rx) = mpsc::unbounded_channel();
+    let sessions = Sessions {
+        vip: &vip,
+        drained: &drained_tx,
+        clock,
+    };
     loop {
         tokio::select! {
             received = recv_from(&vip, &mut buf) => match received {
                 Ok((len, client)) => {
                     let data = buf.get(..len).unwrap_or_default();
-                    datagram(data, client, &vip, &mut table, &service, &ctx, clock);
+                    datagram(data, client, &sessions, &mut table, &service, &ctx);
                 }
                 Err(error) => {
                     tracing::debug!(service = service.name, %error, "L4 userspace: UDP receive failed");
@@ -144,21 +168,48 @@ pub async fn serve(
                 for (client, session) in &expired {
                     tracing::debug!(service = service.name, %client, server = %session.server, "L4 userspace: UDP session expired");
                 }
+                // Those whose reply task could not say so (its socket failed).
+                for (client, session) in table.remove_where(|s| s.value.is_cut()) {
+                    ended_by_drain(&client, &session, &service);
+                }
             }
+            Some(client) = drained_rx.recv() => end_if_cut(&mut table, client, &service),
             _ = stopped(&mut stop) => return,
             _ = stopped(&mut shutdown) => return,
         }
     }
 }
 
+/// What a new session needs from its service's task.
+struct Sessions<'a> {
+    vip: &'a Arc<Socket>,
+    drained: &'a mpsc::UnboundedSender<SocketAddr>,
+    clock: Clock,
+}
+
+/// Ends `client`'s session if its server's drain is over (and not a newer
+/// session of the same client).
+fn end_if_cut(table: &mut SessionTable<UdpSession>, client: SocketAddr, service: &ServiceRuntime) {
+    if !table.get(&client).is_some_and(|s| s.value.is_cut()) {
+        return;
+    }
+    if let Some(session) = table.remove(&client) {
+        ended_by_drain(&client, &session.value, service);
+    }
+}
+
+fn ended_by_drain(client: &SocketAddr, session: &UdpSession, service: &ServiceRuntime) {
+    bump(&service.stats.drain_cuts);
+    tracing::debug!(service = service.name, %client, server = %session.server, "L4 userspace: the server's drain is over, UDP session ended");
+}
+
 fn datagram(
     data: &[u8],
     client: SocketAddr,
-    vip: &Arc<Socket>,
+    sessions: &Sessions<'_>,
     table: &mut SessionTable<UdpSession>,
     service: &Arc<ServiceRuntime>,
     ctx: &Context,
-    clock: Clock,
 ) {
     // Checked on every datagram, so an established session is cut off too,
     // as XDP drops every packet of a denied source.
@@ -166,6 +217,10 @@ fn datagram(
         bump(&service.stats.acl_drops);
         return;
     }
+    // A session whose server has drained ends even if its reply task has
+    // not said so yet; this datagram starts a new one.
+    end_if_cut(table, client, service);
+    let clock = sessions.clock;
     let now = clock.now_ms();
     let mut snat = None;
     let decision = decide(table, client, || {
@@ -209,11 +264,15 @@ fn datagram(
             };
             let seen = LastSeen::new(now);
             let relay = tokio::spawn(relay_replies(
-                Arc::clone(&upstream),
-                Arc::clone(vip),
-                client,
-                seen.clone(),
-                clock,
+                Reply {
+                    upstream: Arc::clone(&upstream),
+                    vip: Arc::clone(sessions.vip),
+                    client,
+                    seen: seen.clone(),
+                    clock,
+                    cut: pick.cut.clone(),
+                    drained: sessions.drained.clone(),
+                },
                 Arc::clone(service),
                 Arc::clone(&pick.stats),
             ));
@@ -222,6 +281,7 @@ fn datagram(
                 server: pick.server,
                 flow: ActiveFlow::start(Arc::clone(&service.stats), pick.stats),
                 relay,
+                cut: pick.cut,
             };
             forward(data, &session, service);
             if let Err(error) = table.insert(
@@ -267,17 +327,39 @@ fn open(server: SocketAddr, snat: Option<IpAddr>) -> io::Result<Socket> {
     register(socket)
 }
 
-async fn relay_replies(
+/// What a session's reply task works with.
+struct Reply {
     upstream: Arc<Socket>,
     vip: Arc<Socket>,
     client: SocketAddr,
     seen: LastSeen,
     clock: Clock,
-    service: Arc<ServiceRuntime>,
-    server: Arc<ServerStats>,
-) {
+    /// The server's drain token: cancelled, the task stops relaying and
+    /// names its client on `drained` so the session ends.
+    cut: Option<CancellationToken>,
+    drained: mpsc::UnboundedSender<SocketAddr>,
+}
+
+async fn relay_replies(reply: Reply, service: Arc<ServiceRuntime>, server: Arc<ServerStats>) {
+    let Reply {
+        upstream,
+        vip,
+        client,
+        seen,
+        clock,
+        cut,
+        drained: drained_tx,
+    } = reply;
     loop {
-        let mut ready = match upstream.readable().await {
+        let readable = tokio::select! {
+            readable = upstream.readable() => readable,
+            _ = drained(cut.as_ref()) => {
+                // The service's task may be gone (stopped): nothing to end.
+                let _ = drained_tx.send(client);
+                return;
+            }
+        };
+        let mut ready = match readable {
             Ok(ready) => ready,
             Err(error) => {
                 tracing::debug!(service = service.name, %client, %error, "L4 userspace: UDP session socket failed");
@@ -401,6 +483,7 @@ mod tests {
             Some(Pick {
                 server: svc.vip,
                 stats: Arc::clone(&stats),
+                cut: None,
             })
         };
         assert!(matches!(decide(&table, b, pick), Decision::Full));
