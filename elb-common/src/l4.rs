@@ -162,7 +162,8 @@ impl ServiceStats {
 pub struct GlobalStats {
     /// Packets of a VIP or a reply that found their flow entry.
     pub flow_hits: u64,
-    /// Packets to a VIP that found no (live) flow entry and picked a server.
+    /// Packets to a VIP that found no (live) flow entry and picked a server
+    /// (a TCP SYN without ACK, or any UDP datagram).
     pub flow_misses: u64,
     /// Packets to a VIP whose service has no server (empty table).
     pub no_server_drops: u64,
@@ -181,6 +182,11 @@ pub struct GlobalStats {
     /// their destination: without ports, elb cannot tell a service's
     /// packets from the node's own.
     pub unsupported_passes: u64,
+    /// TCP segments to a VIP that found no live flow and did not start a
+    /// connection (anything but a SYN without ACK), answered with a RST
+    /// from XDP: a flow whose entries were removed (a drained server),
+    /// evicted or expired. Not counted as flow misses.
+    pub tcp_resets: u64,
 }
 
 impl GlobalStats {
@@ -195,6 +201,7 @@ impl GlobalStats {
             (&mut self.acl_drops, other.acl_drops),
             (&mut self.no_snat_drops, other.no_snat_drops),
             (&mut self.unsupported_passes, other.unsupported_passes),
+            (&mut self.tcp_resets, other.tcp_resets),
         ];
         for (sum, value) in fields {
             *sum = sum.wrapping_add(value);
@@ -202,7 +209,7 @@ impl GlobalStats {
     }
 
     /// Field names and values in declaration order, for stats output.
-    pub fn fields(&self) -> [(&'static str, u64); 8] {
+    pub fn fields(&self) -> [(&'static str, u64); 9] {
         [
             ("flow_hits", self.flow_hits),
             ("flow_misses", self.flow_misses),
@@ -212,6 +219,7 @@ impl GlobalStats {
             ("acl_drops", self.acl_drops),
             ("no_snat_drops", self.no_snat_drops),
             ("unsupported_passes", self.unsupported_passes),
+            ("tcp_resets", self.tcp_resets),
         ]
     }
 }
@@ -305,6 +313,33 @@ mod tests {
             size_of::<GlobalStats>(),
             8 * GlobalStats::default().fields().len()
         );
+    }
+
+    #[test]
+    fn global_stats_add_and_list_every_field() {
+        // No `..Default::default()`: a new field must be added here too.
+        let one = GlobalStats {
+            flow_hits: 1,
+            flow_misses: 2,
+            no_server_drops: 3,
+            fib_fallbacks: 4,
+            port_alloc_failures: 5,
+            acl_drops: 6,
+            no_snat_drops: 7,
+            unsupported_passes: 8,
+            tcp_resets: 9,
+        };
+        let mut sum = one;
+        sum.add(&one);
+        let values: Vec<u64> = one.fields().iter().map(|(_, v)| *v).collect();
+        assert_eq!(
+            values,
+            (1..=9).collect::<Vec<_>>(),
+            "fields() lists each once"
+        );
+        for ((name, twice), (_, once)) in sum.fields().into_iter().zip(one.fields()) {
+            assert_eq!(twice, 2 * once, "{name}");
+        }
     }
 
     #[test]

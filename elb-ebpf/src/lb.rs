@@ -1,5 +1,6 @@
 //! The L4 load balancer: deny-list, VIP lookup, connection table, Maglev
-//! choice of a server for new flows, full NAT and forwarding.
+//! choice of a server for new flows, full NAT and forwarding; a TCP segment
+//! that finds no flow and starts none is answered with a RST (`reset`).
 use core::ptr::NonNull;
 
 use aya_ebpf::{
@@ -16,17 +17,18 @@ use elb_common::{
         NEXT_HOP_TTL_NS, SERVICE_HAS_SNAT, ServerEntry, ServiceEntry, TCP_CLOSING_NS, TCP_IDLE_NS,
         UDP_IDLE_NS, VipKey, flow_hash, nat_port_candidate,
     },
+    tcp::is_connection_start,
 };
 
 use crate::{
     fib::{self, FibParams, Lookup},
-    headers::{EthHdr, Ipv4Hdr, Ipv6Hdr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    headers::{EthHdr, Ipv4Hdr, Ipv6Hdr, TCP_FIN, TCP_RST},
     maps::{
         ACL_V4, ACL_V6, FLOWS, IFACE_ADDRS, L7_PORTS, MAGLEV, SCRATCH, SERVERS, SERVICES, Scratch,
     },
     nat,
     parse::{L4Packet, Portless, header_at},
-    stats,
+    reset, stats,
 };
 
 const PASS: u32 = xdp_action::XDP_PASS;
@@ -117,7 +119,7 @@ fn to_service(
     let now = now();
     let key = &scratch.key;
     if let Some(flow) = FLOWS.get_ptr_mut(key) {
-        let syn_only = packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        let syn_only = is_connection_start(packet.tcp_flags);
         // SAFETY: see `handle`.
         let (closing, expired) = unsafe {
             (
@@ -137,6 +139,14 @@ fn to_service(
             stats::global(|s| s.flow_hits += 1);
             return follow(ctx, packet, flow, &mut scratch.fib, true);
         }
+    }
+    // A TCP segment that does not start a connection has nothing to
+    // continue: its flow was removed (a drained server), evicted or has
+    // expired. A new flow would NAT it to a server that has no such
+    // connection and resets it anyway, after taking a NAT port; the client
+    // learns at once instead.
+    if packet.ip_proto == IPPROTO_TCP && !is_connection_start(packet.tcp_flags) {
+        return reset::answer(ctx, packet, &scratch.key);
     }
     stats::global(|s| s.flow_misses += 1);
     // Called one after the other, not nested, so their stack frames do not

@@ -21,7 +21,10 @@ use elb_tests::{
     xdp_fixture::{XdpAction, XdpFixture},
 };
 use elb_userspace::l4::{maps::L4Maps, plan::addr16};
-use etherparse::{IpHeaders, IpNumber, Ipv4Header, Ipv4Options, PacketBuilder};
+use etherparse::{
+    IpDscp, IpEcn, IpHeaders, IpNumber, Ipv4Header, Ipv4Options, Ipv6Header, PacketBuilder,
+    PacketBuilderStep, TcpHeader, VlanId,
+};
 
 fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
@@ -636,6 +639,265 @@ fn truncated_and_garbage_frames_never_forward() {
         }
         let stats = maps.global_stats().expect("stats");
         assert_eq!(stats.flow_misses, 0, "no garbage frame became a flow");
+    });
+}
+
+/// A TCP segment from the client side with `payload` and the flags
+/// `flags` sets on the builder (seq 1000).
+fn segment(
+    src: SocketAddr,
+    dst: SocketAddr,
+    payload: &[u8],
+    flags: impl FnOnce(PacketBuilderStep<TcpHeader>) -> PacketBuilderStep<TcpHeader>,
+) -> Vec<u8> {
+    let eth = PacketBuilder::ethernet2(CLIENT_MAC, LB_CLIENT_SIDE_MAC);
+    let ip = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("mixed families"),
+    };
+    let b = flags(ip.tcp(src.port(), dst.port(), 1000, 64240));
+    let mut frame = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut frame, payload).expect("tcp frame");
+    frame
+}
+
+/// The RST elb must send from `vip` back to `client`, written out with
+/// etherparse: MACs swapped, TTL 64, IPv4 DF with id 0, no options, window
+/// 0, `seq`, and ACK with `ack` when given.
+fn rst_to(client: SocketAddr, vip: SocketAddr, seq: u32, ack: Option<u32>) -> Vec<u8> {
+    let eth = PacketBuilder::ethernet2(LB_CLIENT_SIDE_MAC, CLIENT_MAC);
+    let ip = match (vip.ip(), client.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("mixed families"),
+    };
+    let mut b = ip.tcp(vip.port(), client.port(), seq, 0).rst();
+    if let Some(ack) = ack {
+        b = b.ack(ack);
+    }
+    let mut frame = Vec::with_capacity(b.size(0));
+    b.write(&mut frame, &[]).expect("rst frame");
+    frame
+}
+
+/// Entries of the connection table, both directions.
+fn flow_count(fixture: &mut XdpFixture) -> usize {
+    fixture.flows().expect("flows").keys().count()
+}
+
+/// The drain's client-side half: a mid-stream segment whose flow is gone
+/// gets a RST from XDP at once, instead of a new flow that the server
+/// would reset anyway after a NAT port was spent.
+#[test]
+fn mid_stream_ack_without_a_flow_is_answered_with_a_rst() {
+    require_root_and_bpf!();
+    with_service(IPPROTO_TCP, vip4(), ONE_SERVER, |fixture, maps| {
+        let client = client4(40020);
+        // ACK 1 (the builder's), 19 bytes of data.
+        let ack = tcp(client, vip4(), false, true, false);
+        let run = fixture.run(&ack).expect("ack");
+        assert_eq!(run.action, XdpAction::Tx, "sent back out the ingress");
+        assert_eq!(run.output, rst_to(client, vip4(), 1, None));
+        let global = maps.global_stats().expect("stats");
+        assert_eq!(
+            (global.tcp_resets, global.flow_misses, global.flow_hits),
+            (1, 0, 0)
+        );
+        assert_eq!(flow_count(fixture), 0, "no flow, no NAT port taken");
+        assert_eq!(maps.service_stats(0).expect("service").new_flows, 0);
+
+        // SYN|ACK starts nothing either: RST at its ACK number.
+        let syn_ack = segment(client, vip4(), &[], |b| b.syn().ack(0xDEAD_BEEF));
+        let run = fixture.run(&syn_ack).expect("syn-ack");
+        assert_eq!(
+            (run.action, run.output),
+            (XdpAction::Tx, rst_to(client, vip4(), 0xDEAD_BEEF, None))
+        );
+
+        // The client's own new connection on that port is still a flow.
+        let syn = tcp(client, vip4(), true, false, false);
+        let run = fixture.run(&syn).expect("syn");
+        let want = rewritten(
+            &syn,
+            LB_SERVER_SIDE_MAC,
+            server_mac(0),
+            sa(SNAT_V4, first_port(client, vip4(), IPPROTO_TCP)),
+            sa(server_v4(0), 8080),
+        );
+        assert_eq!((run.action, run.output), (XdpAction::Redirect, want));
+        let global = maps.global_stats().expect("stats");
+        assert_eq!((global.tcp_resets, global.flow_misses), (2, 1));
+    });
+}
+
+#[test]
+fn ipv6_mid_stream_ack_without_a_flow_is_answered_with_a_rst() {
+    require_root_and_bpf!();
+    let vip = sa(VIP_V6, 443);
+    with_service(IPPROTO_TCP, vip, &[(0, 1, 8443)], move |fixture, maps| {
+        let client = sa(CLIENT_V6, 40021);
+        let ack = segment(client, vip, PAYLOAD, |b| b.ack(77_777).psh());
+        let run = fixture.run(&ack).expect("ack");
+        assert_eq!(
+            (run.action, run.output),
+            (XdpAction::Tx, rst_to(client, vip, 77_777, None))
+        );
+        let global = maps.global_stats().expect("stats");
+        assert_eq!((global.tcp_resets, global.flow_misses), (1, 0));
+        assert_eq!(flow_count(fixture), 0);
+
+        // A segment without ACK: RST|ACK at seq + data + FIN.
+        let fin = segment(client, vip, PAYLOAD, |b| b.fin());
+        let run = fixture.run(&fin).expect("fin");
+        let want = rst_to(client, vip, 0, Some(1000 + PAYLOAD.len() as u32 + 1));
+        assert_eq!((run.action, run.output), (XdpAction::Tx, want));
+
+        // Traffic class EF with CE: the RST keeps EF, clears ECN and the
+        // flow label, and its hop limit is 64 whatever the client's.
+        let ip = |traffic_class, flow_label, hop_limit, source, destination| Ipv6Header {
+            traffic_class,
+            flow_label,
+            payload_length: 0,
+            next_header: IpNumber::TCP,
+            hop_limit,
+            source,
+            destination,
+        };
+        let label = etherparse::Ipv6FlowLabel::try_new(0x12345).expect("label");
+        let ef = IpDscp::EF.value() << 2;
+        let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_CLIENT_SIDE_MAC)
+            .ip(IpHeaders::Ipv6(
+                ip(ef | 0b11, label, 17, CLIENT_V6.octets(), VIP_V6.octets()),
+                Default::default(),
+            ))
+            .tcp(client.port(), vip.port(), 1000, 64240)
+            .ack(9);
+        let mut ack = Vec::new();
+        b.write(&mut ack, PAYLOAD).expect("frame");
+        let b = PacketBuilder::ethernet2(LB_CLIENT_SIDE_MAC, CLIENT_MAC)
+            .ip(IpHeaders::Ipv6(
+                ip(
+                    ef,
+                    Default::default(),
+                    64,
+                    VIP_V6.octets(),
+                    CLIENT_V6.octets(),
+                ),
+                Default::default(),
+            ))
+            .tcp(vip.port(), client.port(), 9, 0)
+            .rst();
+        let mut want = Vec::new();
+        b.write(&mut want, &[]).expect("frame");
+        let run = fixture.run(&ack).expect("run");
+        assert_eq!((run.action, run.output), (XdpAction::Tx, want));
+        let global = maps.global_stats().expect("stats");
+        assert_eq!((global.tcp_resets, global.flow_misses), (3, 0));
+    });
+}
+
+/// Without ACK the RST acknowledges the segment: RST|ACK, seq 0, ack =
+/// seq + data length (+1 for FIN), by the IP length, not the frame's.
+#[test]
+fn segments_without_ack_get_rst_ack_covering_them() {
+    require_root_and_bpf!();
+    with_service(IPPROTO_TCP, vip4(), ONE_SERVER, |fixture, maps| {
+        let client = client4(40022);
+        let fin = tcp(client, vip4(), false, false, true);
+        let run = fixture.run(&fin).expect("fin");
+        let want = rst_to(client, vip4(), 0, Some(1000 + PAYLOAD.len() as u32 + 1));
+        assert_eq!((run.action, run.output), (XdpAction::Tx, want));
+
+        let bare = tcp(client, vip4(), false, false, false);
+        let run = fixture.run(&bare).expect("bare");
+        let want = rst_to(client, vip4(), 0, Some(1000 + PAYLOAD.len() as u32));
+        assert_eq!((run.action, run.output), (XdpAction::Tx, want));
+
+        // No data, padded to Ethernet's 60 bytes: the padding is no data.
+        let mut padded = segment(client, vip4(), &[], |b| b);
+        assert_eq!(padded.len(), 54);
+        padded.extend_from_slice(&[0xEE; 6]);
+        let run = fixture.run(&padded).expect("padded");
+        assert_eq!(
+            (run.action, run.output),
+            (XdpAction::Tx, rst_to(client, vip4(), 0, Some(1000)))
+        );
+
+        // The sequence number wraps.
+        let mut wrapping = segment(client, vip4(), PAYLOAD, |b| b.fin());
+        let ip = 14;
+        wrapping[ip + 20 + 4..ip + 20 + 8].copy_from_slice(&(u32::MAX - 4).to_be_bytes());
+        let wrapping = rewritten(&wrapping, CLIENT_MAC, LB_CLIENT_SIDE_MAC, client, vip4());
+        let run = fixture.run(&wrapping).expect("wrapping");
+        let want = rst_to(client, vip4(), 0, Some(PAYLOAD.len() as u32 + 1 - 5));
+        assert_eq!((run.action, run.output), (XdpAction::Tx, want));
+
+        let global = maps.global_stats().expect("stats");
+        assert_eq!((global.tcp_resets, global.flow_misses), (4, 0));
+        assert_eq!(flow_count(fixture), 0);
+    });
+}
+
+/// The client's IPv4 options are not echoed (they describe its way to the
+/// VIP), its DSCP is kept and ECN cleared, VLAN tags stay.
+#[test]
+fn ipv4_rst_drops_ip_options_keeps_dscp_and_vlan() {
+    require_root_and_bpf!();
+    with_service(IPPROTO_TCP, vip4(), ONE_SERVER, |fixture, _maps| {
+        let client = client4(40023);
+        let mut ip = Ipv4Header::new(0, 64, IpNumber::TCP, CLIENT_V4.octets(), VIP_V4.octets())
+            .expect("ipv4");
+        ip.options = Ipv4Options::try_from(&[1u8; 8][..]).expect("options");
+        ip.dscp = IpDscp::EF;
+        ip.ecn = IpEcn::CongestionExperienced;
+        let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_CLIENT_SIDE_MAC)
+            .single_vlan(VlanId::try_new(100).expect("vlan"))
+            .ip(IpHeaders::Ipv4(ip, Default::default()))
+            .tcp(client.port(), 80, 1000, 64240)
+            .ack(4242);
+        let mut ack = Vec::new();
+        b.write(&mut ack, PAYLOAD).expect("frame");
+
+        let mut reply = Ipv4Header::new(20, 64, IpNumber::TCP, VIP_V4.octets(), CLIENT_V4.octets())
+            .expect("ipv4");
+        reply.dscp = IpDscp::EF;
+        let b = PacketBuilder::ethernet2(LB_CLIENT_SIDE_MAC, CLIENT_MAC)
+            .single_vlan(VlanId::try_new(100).expect("vlan"))
+            .ip(IpHeaders::Ipv4(reply, Default::default()))
+            .tcp(80, client.port(), 4242, 0)
+            .rst();
+        let mut want = Vec::new();
+        b.write(&mut want, &[]).expect("frame");
+
+        let run = fixture.run(&ack).expect("run");
+        assert_eq!((run.action, run.output), (XdpAction::Tx, want));
+    });
+}
+
+/// A RST is never answered (two resetting ends could loop): with no flow
+/// it is dropped, nothing sent, nothing created. So is a segment whose IP
+/// length cannot hold its own headers.
+#[test]
+fn incoming_rst_without_a_flow_is_dropped() {
+    require_root_and_bpf!();
+    with_service(IPPROTO_TCP, vip4(), ONE_SERVER, |fixture, maps| {
+        let client = client4(40024);
+        for rst in [
+            segment(client, vip4(), &[], |b| b.rst()),
+            segment(client, vip4(), &[], |b| b.rst().ack(5)),
+        ] {
+            let run = fixture.run(&rst).expect("rst");
+            assert_eq!(run.action, XdpAction::Drop);
+        }
+        // An IPv4 total length shorter than the headers it carries gives
+        // no data length to acknowledge: dropped too.
+        let mut short = segment(client, vip4(), PAYLOAD, |b| b.fin());
+        short[14 + 2..14 + 4].copy_from_slice(&39u16.to_be_bytes());
+        assert_eq!(fixture.run(&short).expect("short").action, XdpAction::Drop);
+        let global = maps.global_stats().expect("stats");
+        assert_eq!((global.tcp_resets, global.flow_misses), (0, 0));
+        assert_eq!(flow_count(fixture), 0);
     });
 }
 
