@@ -901,6 +901,135 @@ fn incoming_rst_without_a_flow_is_dropped() {
     });
 }
 
+/// The whole drain: an established flow, its server's entries swept by the
+/// real userspace function, then its next segment gets a RST and a new SYN
+/// from the same client port is a normal new flow (on the freed NAT port).
+/// Another server's entries survive the sweep.
+#[test]
+fn swept_flow_gets_a_rst_and_its_port_starts_afresh() {
+    require_root_and_bpf!();
+    with_service(IPPROTO_TCP, vip4(), ONE_SERVER, |fixture, maps| {
+        let client = client4(40025);
+        let port = first_port(client, vip4(), IPPROTO_TCP);
+        let to_server0 = |frame: &[u8]| {
+            rewritten(
+                frame,
+                LB_SERVER_SIDE_MAC,
+                server_mac(0),
+                sa(SNAT_V4, port),
+                sa(server_v4(0), 8080),
+            )
+        };
+        let syn = tcp(client, vip4(), true, false, false);
+        assert_eq!(fixture.run(&syn).expect("syn").output, to_server0(&syn));
+        let ack = tcp(client, vip4(), false, true, false);
+        let run = fixture.run(&ack).expect("ack");
+        assert_eq!(
+            (run.action, run.output),
+            (XdpAction::Redirect, to_server0(&ack))
+        );
+
+        // Another server's flow, both directions.
+        let other_forward = flow_key(client4(40026), vip4());
+        let other_reply = flow_key(sa(server_v4(1), 8080), sa(SNAT_V4, 21_000));
+        for (key, flags) in [(other_forward, 0), (other_reply, FLOW_REPLY)] {
+            let entry = FlowEntry {
+                server_id: 1,
+                flags,
+                last_seen: monotonic_coarse_ns(),
+                ..FlowEntry::default()
+            };
+            fixture
+                .flows()
+                .expect("flows")
+                .insert(&key, &entry, 0)
+                .expect("plant");
+        }
+        assert_eq!(flow_count(fixture), 4);
+
+        assert_eq!(maps.remove_flows_of_server(0).expect("sweep"), 2);
+        assert_eq!(flow_count(fixture), 2, "server 1's entries stay");
+        let flows = fixture.flows().expect("flows");
+        assert!(flows.get(&other_forward, 0).is_ok());
+        assert!(flows.get(&other_reply, 0).is_ok());
+        assert_eq!(maps.remove_flows_of_server(0).expect("again"), 0);
+
+        let run = fixture.run(&ack).expect("ack after the sweep");
+        assert_eq!(
+            (run.action, run.output),
+            (XdpAction::Tx, rst_to(client, vip4(), 1, None))
+        );
+        // The server's late segments find no NAT entry: the kernel's.
+        let late = tcp_from(
+            server_mac(0),
+            LB_SERVER_SIDE_MAC,
+            sa(server_v4(0), 8080),
+            sa(SNAT_V4, port),
+            false,
+            true,
+            false,
+        );
+        assert_eq!(fixture.run(&late).expect("late").action, XdpAction::Pass);
+
+        let run = fixture.run(&syn).expect("new syn");
+        assert_eq!(
+            (run.action, run.output),
+            (XdpAction::Redirect, to_server0(&syn))
+        );
+        let global = maps.global_stats().expect("stats");
+        assert_eq!(
+            (global.tcp_resets, global.flow_misses, global.flow_hits),
+            (1, 2, 1)
+        );
+        assert_eq!(maps.service_stats(0).expect("service").new_flows, 2);
+        assert_eq!(flow_count(fixture), 4);
+    });
+}
+
+/// The sweep on a table of 100,000 entries (a quarter of them the drained
+/// server's, both directions) removes exactly those; prints its time.
+#[test]
+fn sweep_of_a_large_table_removes_exactly_the_servers_entries() {
+    require_root_and_bpf!();
+    with_service(IPPROTO_TCP, vip4(), ONE_SERVER, |fixture, maps| {
+        const ENTRIES: u32 = 100_000;
+        let now = monotonic_coarse_ns();
+        let key_of = |i: u32| {
+            let src = std::net::Ipv4Addr::from(0x0A40_0000 + i);
+            flow_key(sa(src, (i % 50_000) as u16 + 1024), vip4())
+        };
+        {
+            let mut flows = fixture.flows().expect("flows");
+            for i in 0..ENTRIES {
+                let entry = FlowEntry {
+                    server_id: (i % 4) as u16 + 5,
+                    flags: if i % 2 == 0 { 0 } else { FLOW_REPLY },
+                    last_seen: now,
+                    ..FlowEntry::default()
+                };
+                flows.insert(&key_of(i), &entry, 0).expect("plant");
+            }
+        }
+        assert_eq!(flow_count(fixture), ENTRIES as usize);
+        let started = std::time::Instant::now();
+        let removed = maps.remove_flows_of_server(6).expect("sweep");
+        let took = started.elapsed();
+        eprintln!(
+            "sweep: {removed} of {ENTRIES} entries removed in {:.1} ms",
+            took.as_secs_f64() * 1e3
+        );
+        assert_eq!(removed, (ENTRIES / 4) as usize);
+        let left = fixture.flows().expect("flows");
+        let mut count = 0;
+        for item in left.iter() {
+            let (_, entry) = item.expect("entry");
+            assert_ne!(entry.server_id, 6);
+            count += 1;
+        }
+        assert_eq!(count, (ENTRIES - ENTRIES / 4) as usize);
+    });
+}
+
 #[test]
 fn fixture_helpers_are_consistent() {
     // Not privileged: the expected-packet builder is the identity for an
