@@ -1030,6 +1030,19 @@ fn sweep_of_a_large_table_removes_exactly_the_servers_entries() {
     });
 }
 
+/// The kernel says ENOENT for a key that is not there; removing a service
+/// that is already gone is no error.
+#[test]
+fn removing_an_absent_service_is_not_an_error() {
+    require_root_and_bpf!();
+    with_service(IPPROTO_TCP, vip4(), ONE_SERVER, |_fixture, maps| {
+        let key = vip_key(vip4(), IPPROTO_TCP);
+        maps.remove_service(&key).expect("removed");
+        maps.remove_service(&key).expect("already gone");
+        assert!(maps.services().expect("services").is_empty());
+    });
+}
+
 #[test]
 fn fixture_helpers_are_consistent() {
     // Not privileged: the expected-packet builder is the identity for an

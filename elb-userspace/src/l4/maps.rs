@@ -92,7 +92,8 @@ impl L4Maps {
 
     pub fn remove_service(&mut self, vip: &VipKey) -> Result<(), L4MapError> {
         match self.services.remove(vip) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(error) if not_found(&error) => Ok(()),
             Err(error) => Err(map_err(maps::SERVICES)(error)),
         }
     }
