@@ -6,8 +6,19 @@
 //! each test checks what only its data plane has.
 use std::time::Duration;
 
+use anyhow::Context;
+use aya::{
+    Ebpf,
+    maps::{HashMap, Map, MapData},
+    programs::{Xdp, XdpMode},
+};
+use elb_common::{
+    l4::{FlowEntry, FlowKey},
+    maps::XDP_PROGRAM,
+};
 use elb_tests::{
     l4_e2e::{CONNECTIONS, Dataplane, E2e, connect, ipv6_step, port_reuse_step, scenario},
+    netns::NetNs,
     require_root_and_bpf,
 };
 
@@ -18,7 +29,9 @@ use elb_tests::{
 /// forwarding while no elb runs and the next elb adopts it, whereas the
 /// fallback's flows end with its process. It is the `midway` step, which
 /// runs with the long-lived connections open; the scenario checks
-/// afterwards that each still answers from its server.
+/// afterwards that each still answers from its server. Also XDP-only: a
+/// connection whose flow entries are swept (the end of a drain) is reset
+/// by XDP.
 #[test]
 fn tcp_and_udp_through_xdp_follow_weights_survive_changes_and_obey_the_deny_list() {
     require_root_and_bpf!();
@@ -58,6 +71,8 @@ fn tcp_and_udp_through_xdp_follow_weights_survive_changes_and_obey_the_deny_list
         "20 connections from one client port: only the first is a new flow"
     );
 
+    swept_connection_is_reset_step(&e2e);
+
     // `/__erulb__/stats` sums the per-CPU maps, which the restart kept.
     let stats = e2e.stats();
     assert_eq!(stats["dataplane"], "xdp", "{stats:#}");
@@ -86,6 +101,10 @@ fn tcp_and_udp_through_xdp_follow_weights_survive_changes_and_obey_the_deny_list
     );
     assert_eq!(stats["global"]["port_alloc_failures"], 0, "{stats:#}");
     assert!(
+        stats["global"]["tcp_resets"].as_u64().unwrap_or_default() >= 1,
+        "{stats:#}"
+    );
+    assert!(
         stats["services"]["dns"]["new_flows"]
             .as_u64()
             .unwrap_or_default()
@@ -109,6 +128,100 @@ fn tcp_and_udp_through_xdp_follow_weights_survive_changes_and_obey_the_deny_list
     assert!(dump.contains("\"acl_drops\""), "{dump}");
 
     e2e.elb.stop().expect("stop elb");
+}
+
+/// The end of a drain as a real client sees it: an established
+/// connection's entries are deleted from the pinned connection table (as
+/// `L4Maps::remove_flows_of_server` does, by server id), and the client's
+/// next request fails at once with a reset sent by XDP, not after its
+/// read timeout.
+fn swept_connection_is_reset_step(e2e: &E2e) {
+    let _client_xdp = client_xdp(&e2e.net.client);
+    let mut conn = connect(&e2e.net.client).expect("connect");
+    conn.ask().expect("the connection works before the sweep");
+    let client = conn.local_addr().expect("client address");
+    let pin = format!("/sys/fs/bpf/elb/{}/elb_flows", e2e.name);
+    let data = MapData::from_pin(&pin).expect("pinned connection table");
+    let mut flows: HashMap<MapData, FlowKey, FlowEntry> =
+        HashMap::try_from(Map::from_map_data(data).expect("map")).expect("hash map");
+    let key = FlowKey {
+        src: elb_userspace::l4::plan::addr16(client.ip()),
+        dst: elb_userspace::l4::plan::addr16("10.99.0.1".parse().expect("vip")),
+        src_port: client.port().to_be_bytes(),
+        dst_port: 80u16.to_be_bytes(),
+        proto: elb_common::counters::IPPROTO_TCP,
+        family: elb_common::l4::FAMILY_IPV4,
+        _pad: [0; 2],
+    };
+    let server_id = flows
+        .get(&key, 0)
+        .expect("the connection's entry")
+        .server_id;
+    let doomed: Vec<FlowKey> = flows
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, entry)| entry.server_id == server_id)
+        .map(|(key, _)| key)
+        .collect();
+    for key in &doomed {
+        flows.remove(key).expect("delete");
+    }
+    let counter = |name: &str| e2e.stats()["global"][name].as_u64().unwrap_or_default();
+    let (misses, resets) = (counter("flow_misses"), counter("tcp_resets"));
+    let started = std::time::Instant::now();
+    let error = conn.ask().expect_err("the swept connection must fail");
+    assert_eq!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionReset,
+        "{error} after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the reset took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        counter("flow_misses"),
+        misses,
+        "the mid-stream segment must not become a new flow"
+    );
+    assert!(counter("tcp_resets") > resets, "{}", e2e.stats());
+    // A new connection works as before.
+    connect(&e2e.net.client)
+        .and_then(|mut conn| conn.ask())
+        .expect("a new connection after the sweep");
+}
+
+/// An XDP program on the client's end of its link while this lives (the
+/// object's drop detaches it). veth queues an XDP_TX frame for its peer
+/// but wakes the peer only if that has an XDP program of its own
+/// (`veth_xdp_flush` checks the peer's `xdp_prog`; GRO is not enough): an
+/// RST from elb would otherwise wait there until the next redirected
+/// frame. A NIC's wire has no such peer. elb's own program serves: with
+/// maps of its own, all empty, it passes everything.
+fn client_xdp(client: &NetNs) -> Ebpf {
+    let links = client.ip(&["-o", "link", "show"]).expect("client links");
+    let dev = String::from_utf8_lossy(&links.stdout)
+        .lines()
+        .filter_map(|line| line.split(':').nth(1))
+        .filter_map(|name| name.trim().split('@').next().map(str::to_owned))
+        .find(|name| name != "lo")
+        .expect("the client's link");
+    client
+        .enter(move || -> anyhow::Result<Ebpf> {
+            let mut ebpf = Ebpf::load(elb_userspace::EBPF_OBJECT)?;
+            let program: &mut Xdp = ebpf
+                .program_mut(XDP_PROGRAM)
+                .context("no XDP program")?
+                .try_into()?;
+            program.load()?;
+            let dev = std::ffi::CString::new(dev)?;
+            program.attach(dev.as_c_str(), XdpMode::Driver)?;
+            Ok(ebpf)
+        })
+        .expect("client namespace")
+        .expect("an XDP program on the client's link")
 }
 
 /// Through the userspace fallback: `--l4-dataplane userspace`, no XDP, the
