@@ -1,14 +1,15 @@
-//! TCP flag bits, and the reset elb's XDP program sends for a segment that
-//! reached a VIP without a connection (RFC 9293 §3.10.7.1). Pure, so both
-//! the eBPF program and host tests use the same rules.
+//! TCP flag bits, and the reset elb's XDP program sends for a segment of a
+//! flow whose server was drained: as far as the client's peer goes, the
+//! connection no longer exists (RFC 9293 §3.10.7.1). Pure, so both the
+//! eBPF program and host tests use the same rules.
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
-/// True for the first segment of a connection: SYN without ACK. Only such
-/// a segment may start a new flow.
+/// True for the first segment of a connection: SYN without ACK. On a
+/// drained flow such a segment starts a new flow; any other is reset.
 #[inline(always)]
 pub fn is_connection_start(flags: u8) -> bool {
     flags & (TCP_SYN | TCP_ACK) == TCP_SYN
@@ -24,7 +25,8 @@ pub struct Reset {
 }
 
 /// The RST answering a segment (`flags`, `seq`, `ack`, `data_len` bytes of
-/// payload) that belongs to no connection, per RFC 9293 §3.10.7.1:
+/// payload) that belongs to no (longer existing) connection, per RFC 9293
+/// §3.10.7.1:
 /// - with ACK: `<SEQ=SEG.ACK><CTL=RST>`;
 /// - without: `<SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>`, where SEG.LEN
 ///   counts SYN and FIN as one each.

@@ -1,6 +1,7 @@
-//! Answering a TCP segment that reached a VIP without a live flow (and does
-//! not start a connection) with a RST, built in place over the segment and
-//! sent back out the interface it came in (`XDP_TX`).
+//! Answering a client's TCP segment on a drained flow (one whose server
+//! was drained, `FLOW_DRAINED`) that does not start a connection with a
+//! RST, built in place over the segment and sent back out the interface it
+//! came in (`XDP_TX`).
 //!
 //! The RST has no payload, no TCP options and no IPv4 options: an RST
 //! needs none, and the client's IPv4 options (source route, record route,

@@ -10,8 +10,8 @@ use aya::{
 use elb_common::{
     counters::PacketCounter,
     l4::{
-        FlowEntry, FlowKey, GlobalStats, IfaceAddrs, MAGLEV_CAPACITY, MAX_FLOW_ENTRIES,
-        ServerEntry, ServiceEntry, ServiceStats, VipKey,
+        FlowEntry, FlowKey, GlobalStats, IfaceAddrs, MAGLEV_CAPACITY, ServerEntry, ServiceEntry,
+        ServiceStats, VipKey,
     },
     maps,
 };
@@ -30,7 +30,7 @@ pub enum L4MapError {
     TableTooBig { slots: usize },
 }
 
-fn map_err(name: &'static str) -> impl Fn(MapError) -> L4MapError {
+pub(crate) fn map_err(name: &'static str) -> impl Fn(MapError) -> L4MapError {
     move |source| L4MapError::Map { name, source }
 }
 
@@ -169,48 +169,13 @@ impl L4Maps {
         Ok(())
     }
 
-    /// Deletes every connection-table entry of server `server_id`, both
-    /// directions; returns how many were deleted. The end of a drain: the
-    /// flows' next TCP segments are answered with a RST by XDP, and their
-    /// NAT ports are free again. `server_id` must not have been given to
-    /// another server yet, or that server's flows go too.
-    ///
-    /// The keys are collected first, then deleted: deleting while walking
-    /// a hash map makes the kernel's next-key walk restart from the start.
-    /// Entries the data plane or the LRU removes meanwhile are skipped.
-    pub fn remove_flows_of_server(&mut self, server_id: u32) -> Result<usize, L4MapError> {
-        let err = map_err(maps::FLOWS);
-        // The kernel restarts the walk from the first key when the current
-        // one vanished (LRU eviction), so a table that keeps churning could
-        // keep it going forever: it stops after twice the capacity.
-        let limit = 2 * MAX_FLOW_ENTRIES as usize;
-        let mut visited = 0;
-        let mut doomed = Vec::new();
-        for item in self.flows.iter().take(limit) {
-            let (key, entry) = item.map_err(&err)?;
-            visited += 1;
-            if flow_of_server(&entry, server_id) {
-                doomed.push(key);
-            }
-        }
-        if visited == limit {
-            tracing::warn!(
-                server_id,
-                visited,
-                "the connection table kept changing during the sweep: some of the server's flows may remain"
-            );
-        }
-        let mut removed = 0;
-        for key in doomed {
-            match self.flows.remove(&key) {
-                Ok(()) => removed += 1,
-                // Gone meanwhile (evicted by the LRU, or listed twice by a
-                // restarted walk).
-                Err(error) if not_found(&error) => {}
-                Err(error) => return Err(err(error)),
-            }
-        }
-        Ok(removed)
+    /// Marks every connection-table entry of server `server_id`, both
+    /// directions, drained ([`super::drain::drain_flows`]); returns how many
+    /// it marked. The end of a drain: XDP answers the flows' next TCP
+    /// segments with a RST and removes their entries. `server_id` must not
+    /// have been given to another server yet.
+    pub fn drain_flows_of_server(&mut self, server_id: u32) -> Result<usize, L4MapError> {
+        super::drain::drain_flows(&mut self.flows, server_id)
     }
 
     pub fn service_stats(&self, id: u32) -> Result<ServiceStats, L4MapError> {
@@ -295,15 +260,9 @@ impl StatsMaps {
     }
 }
 
-/// Whether a connection-table entry (either direction) belongs to server
-/// `server_id`. Ids beyond the entry's 16 bits match nothing.
-pub fn flow_of_server(entry: &FlowEntry, server_id: u32) -> bool {
-    u32::from(entry.server_id) == server_id
-}
-
 /// A deleted or looked-up key that is not in the map: the kernel's ENOENT,
 /// which aya reports as a syscall error, or aya's own `KeyNotFound`.
-fn not_found(error: &MapError) -> bool {
+pub(crate) fn not_found(error: &MapError) -> bool {
     match error {
         MapError::KeyNotFound => true,
         MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
@@ -338,33 +297,6 @@ fn replace_trie<const N: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_flow_belongs_to_the_server_it_names_in_either_direction() {
-        let forward = FlowEntry {
-            server_id: 7,
-            ..FlowEntry::default()
-        };
-        let reply = FlowEntry {
-            server_id: 7,
-            flags: elb_common::l4::FLOW_REPLY,
-            ..FlowEntry::default()
-        };
-        for entry in [forward, reply] {
-            assert!(flow_of_server(&entry, 7));
-            assert!(!flow_of_server(&entry, 8));
-            assert!(!flow_of_server(&entry, 0));
-        }
-    }
-
-    #[test]
-    fn ids_beyond_16_bits_are_not_truncated_into_a_match() {
-        let entry = FlowEntry {
-            server_id: 7,
-            ..FlowEntry::default()
-        };
-        assert!(!flow_of_server(&entry, 0x1_0007));
-    }
 
     #[test]
     fn enoent_and_key_not_found_are_not_found_and_nothing_else_is() {
