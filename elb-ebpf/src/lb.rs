@@ -130,7 +130,6 @@ fn to_service(
     let now = now();
     let key = &scratch.key;
     if let Some(flow) = FLOWS.get_ptr_mut(key) {
-        let syn_only = is_connection_start(packet.tcp_flags);
         // SAFETY: see `handle`.
         let flags = unsafe { (*flow).flags };
         if flags & FLOW_DRAINED != 0 {
@@ -139,12 +138,13 @@ fn to_service(
             // be another server's by now). A SYN or a UDP datagram then
             // starts a new flow below, on a live server.
             forget(scratch, flow);
-            if packet.ip_proto == IPPROTO_TCP && !syn_only {
+            if packet.ip_proto == IPPROTO_TCP && !is_connection_start(packet.tcp_flags) {
                 return reset::answer(ctx, packet, &scratch.key);
             }
         } else {
             // SAFETY: see `handle`.
             let expired = unsafe { expired(&*flow, key.proto, now) };
+            let syn_only = is_connection_start(packet.tcp_flags);
             if !expired && !(syn_only && flags & FLOW_CLOSING != 0) {
                 stats::global(|s| s.flow_hits += 1);
                 return follow(ctx, packet, flow, &mut scratch.fib, false);
