@@ -4,6 +4,8 @@
 //! NAT changes a few fixed-size fields (addresses, ports), so the checksums
 //! are patched from those alone; nothing is summed over variable-length
 //! packet data (which `bpf_csum_diff` cannot do safely, aya issue 1562).
+//! Headers elb writes whole (a TCP RST) get a checksum from scratch with
+//! [`Sum`], again over fixed-size fields only.
 
 /// The one's-complement sum of `~old + new` over changed words, not yet
 /// folded. Build it with [`Delta::replace`], apply it with [`Delta::apply`].
@@ -47,6 +49,35 @@ impl Delta {
             [0, 0] => [0xFF, 0xFF],
             other => other,
         }
+    }
+}
+
+/// A checksum computed from scratch (RFC 1071) over a few fixed-size
+/// fields, for headers elb writes whole (the TCP RST it answers with).
+/// Build it with [`Sum::add_field`], read it with [`Sum::checksum`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sum(u32);
+
+impl Sum {
+    /// Adds `bytes` as 16-bit big-endian words. `N` must be even and the
+    /// field must start at an even offset of the checksummed data.
+    #[inline(always)]
+    pub fn add_field<const N: usize>(self, bytes: &[u8; N]) -> Self {
+        let mut sum = self.0;
+        let mut i = 0;
+        while i + 1 < N {
+            sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
+            i += 2;
+        }
+        // Fields are small (at most a few dozen words): folding after
+        // each keeps the running sum far from overflowing.
+        Self(fold_once(fold_once(sum)))
+    }
+
+    /// The checksum field's value: the complement of the folded sum.
+    #[inline(always)]
+    pub fn checksum(self) -> [u8; 2] {
+        (!(fold_once(fold_once(self.0)) as u16)).to_be_bytes()
     }
 }
 
@@ -158,6 +189,35 @@ mod tests {
             .replace(&old_addr, &new_addr)
             .replace(&old_port, &new_port);
         assert_eq!(delta.apply(before), checksum(&segment));
+    }
+
+    #[test]
+    fn sum_matches_a_straight_checksum_over_the_same_bytes() {
+        let mut data = [0u8; 56];
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = (i * 151 % 256) as u8;
+        }
+        let head: [u8; 16] = data[..16].try_into().expect("16 bytes");
+        let word: [u8; 2] = data[16..18].try_into().expect("2 bytes");
+        let tail: [u8; 38] = data[18..].try_into().expect("38 bytes");
+        let sum = Sum::default()
+            .add_field(&head)
+            .add_field(&word)
+            .add_field(&tail);
+        assert_eq!(sum.checksum(), checksum(&data));
+        // All-ones data: the folded sum is 0xFFFF and the checksum 0.
+        assert_eq!(Sum::default().add_field(&[0xFF; 40]).checksum(), [0, 0]);
+        assert_eq!(Sum::default().checksum(), [0xFF, 0xFF]);
+    }
+
+    #[test]
+    fn a_header_carrying_its_sum_checks_to_zero() {
+        let mut header = [
+            0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 77, 0, 100, 10, 77, 0, 2,
+        ];
+        let check = Sum::default().add_field(&header).checksum();
+        header[10..12].copy_from_slice(&check);
+        assert_eq!(Sum::default().add_field(&header).checksum(), [0, 0]);
     }
 
     #[test]

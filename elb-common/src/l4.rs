@@ -123,6 +123,11 @@ pub struct FlowEntry {
 pub const FLOW_REPLY: u32 = 1;
 /// A FIN or RST was seen: the entry expires after `TCP_CLOSING_NS`.
 pub const FLOW_CLOSING: u32 = 2;
+/// The flow's server was drained (userspace marks both entries at the end
+/// of its deregistration delay). The client's next TCP segment is answered
+/// with a RST, its next SYN or UDP datagram starts a new flow, the
+/// server's late packets are dropped; either way XDP removes both entries.
+pub const FLOW_DRAINED: u32 = 4;
 
 /// `elb_iface_addrs` value, keyed by ifindex: the source addresses full NAT
 /// uses for flows leaving by that interface.
@@ -162,7 +167,8 @@ impl ServiceStats {
 pub struct GlobalStats {
     /// Packets of a VIP or a reply that found their flow entry.
     pub flow_hits: u64,
-    /// Packets to a VIP that found no (live) flow entry and picked a server.
+    /// Packets to a VIP that found no (live) flow entry and picked a server
+    /// (a TCP SYN without ACK, or any UDP datagram).
     pub flow_misses: u64,
     /// Packets to a VIP whose service has no server (empty table).
     pub no_server_drops: u64,
@@ -181,6 +187,13 @@ pub struct GlobalStats {
     /// their destination: without ports, elb cannot tell a service's
     /// packets from the node's own.
     pub unsupported_passes: u64,
+    /// TCP segments of a drained flow (`FLOW_DRAINED`) that did not start a
+    /// connection, answered with a RST from XDP. Not counted as flow hits
+    /// or misses.
+    pub tcp_resets: u64,
+    /// Packets from a server on a drained flow, dropped: the client has
+    /// been (or will be) told by a RST.
+    pub drained_drops: u64,
 }
 
 impl GlobalStats {
@@ -195,6 +208,8 @@ impl GlobalStats {
             (&mut self.acl_drops, other.acl_drops),
             (&mut self.no_snat_drops, other.no_snat_drops),
             (&mut self.unsupported_passes, other.unsupported_passes),
+            (&mut self.tcp_resets, other.tcp_resets),
+            (&mut self.drained_drops, other.drained_drops),
         ];
         for (sum, value) in fields {
             *sum = sum.wrapping_add(value);
@@ -202,7 +217,7 @@ impl GlobalStats {
     }
 
     /// Field names and values in declaration order, for stats output.
-    pub fn fields(&self) -> [(&'static str, u64); 8] {
+    pub fn fields(&self) -> [(&'static str, u64); 10] {
         [
             ("flow_hits", self.flow_hits),
             ("flow_misses", self.flow_misses),
@@ -212,6 +227,8 @@ impl GlobalStats {
             ("acl_drops", self.acl_drops),
             ("no_snat_drops", self.no_snat_drops),
             ("unsupported_passes", self.unsupported_passes),
+            ("tcp_resets", self.tcp_resets),
+            ("drained_drops", self.drained_drops),
         ]
     }
 }
@@ -305,6 +322,34 @@ mod tests {
             size_of::<GlobalStats>(),
             8 * GlobalStats::default().fields().len()
         );
+    }
+
+    #[test]
+    fn global_stats_add_and_list_every_field() {
+        // No `..Default::default()`: a new field must be added here too.
+        let one = GlobalStats {
+            flow_hits: 1,
+            flow_misses: 2,
+            no_server_drops: 3,
+            fib_fallbacks: 4,
+            port_alloc_failures: 5,
+            acl_drops: 6,
+            no_snat_drops: 7,
+            unsupported_passes: 8,
+            tcp_resets: 9,
+            drained_drops: 10,
+        };
+        let mut sum = one;
+        sum.add(&one);
+        let values: Vec<u64> = one.fields().iter().map(|(_, v)| *v).collect();
+        assert_eq!(
+            values,
+            (1..=10).collect::<Vec<_>>(),
+            "fields() lists each once"
+        );
+        for ((name, twice), (_, once)) in sum.fields().into_iter().zip(one.fields()) {
+            assert_eq!(twice, 2 * once, "{name}");
+        }
     }
 
     #[test]

@@ -77,7 +77,4 @@ pub struct UdpHdr {
     pub check: [u8; 2],
 }
 
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
+pub use elb_common::tcp::{TCP_FIN, TCP_RST};

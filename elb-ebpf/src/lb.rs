@@ -1,5 +1,7 @@
 //! The L4 load balancer: deny-list, VIP lookup, connection table, Maglev
-//! choice of a server for new flows, full NAT and forwarding.
+//! choice of a server for new flows, full NAT and forwarding; the flows of
+//! a drained server end here (a client's TCP segment is answered with a
+//! RST, `reset`).
 use core::ptr::NonNull;
 
 use aya_ebpf::{
@@ -11,22 +13,23 @@ use aya_ebpf::{
 use elb_common::{
     counters::IPPROTO_TCP,
     l4::{
-        FAMILY_IPV4, FAMILY_IPV6, FLOW_CLOSING, FLOW_REPLY, FlowEntry, FlowKey, IFACE_HAS_V4,
-        IFACE_HAS_V6, LAST_SEEN_GRANULARITY_NS, NAT_PORT_MAX, NAT_PORT_MIN, NAT_PORT_TRIES,
-        NEXT_HOP_TTL_NS, SERVICE_HAS_SNAT, ServerEntry, ServiceEntry, TCP_CLOSING_NS, TCP_IDLE_NS,
-        UDP_IDLE_NS, VipKey, flow_hash, nat_port_candidate,
+        FAMILY_IPV4, FAMILY_IPV6, FLOW_CLOSING, FLOW_DRAINED, FLOW_REPLY, FlowEntry, FlowKey,
+        IFACE_HAS_V4, IFACE_HAS_V6, LAST_SEEN_GRANULARITY_NS, NAT_PORT_MAX, NAT_PORT_MIN,
+        NAT_PORT_TRIES, NEXT_HOP_TTL_NS, SERVICE_HAS_SNAT, ServerEntry, ServiceEntry,
+        TCP_CLOSING_NS, TCP_IDLE_NS, UDP_IDLE_NS, VipKey, flow_hash, nat_port_candidate,
     },
+    tcp::is_connection_start,
 };
 
 use crate::{
     fib::{self, FibParams, Lookup},
-    headers::{EthHdr, Ipv4Hdr, Ipv6Hdr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    headers::{EthHdr, Ipv4Hdr, Ipv6Hdr, TCP_FIN, TCP_RST},
     maps::{
         ACL_V4, ACL_V6, FLOWS, IFACE_ADDRS, L7_PORTS, MAGLEV, SCRATCH, SERVERS, SERVICES, Scratch,
     },
     nat,
     parse::{L4Packet, Portless, header_at},
-    stats,
+    reset, stats,
 };
 
 const PASS: u32 = xdp_action::XDP_PASS;
@@ -72,10 +75,20 @@ pub fn handle(ctx: &XdpContext, packet: &L4Packet) -> u32 {
     {
         // SAFETY: the entry stays valid for this run (RCU); fields are
         // plain integers, so a concurrent writer cannot make them invalid.
-        let live = unsafe { (*flow).flags & FLOW_REPLY != 0 && !expired(&*flow, key.proto, now()) };
-        if live {
-            stats::global(|s| s.flow_hits += 1);
-            return follow(ctx, packet, flow, &mut scratch.fib, false);
+        let flags = unsafe { (*flow).flags };
+        if flags & FLOW_REPLY != 0 {
+            // The server's late packets of a drained flow: the client was
+            // (or will be, on its next segment) reset by XDP. Not passed
+            // up either, not counted as the server's.
+            if flags & FLOW_DRAINED != 0 {
+                stats::global(|s| s.drained_drops += 1);
+                return DROP;
+            }
+            // SAFETY: as above.
+            if !unsafe { expired(&*flow, key.proto, now()) } {
+                stats::global(|s| s.flow_hits += 1);
+                return follow(ctx, packet, flow, &mut scratch.fib, false);
+            }
         }
     }
     PASS
@@ -117,27 +130,41 @@ fn to_service(
     let now = now();
     let key = &scratch.key;
     if let Some(flow) = FLOWS.get_ptr_mut(key) {
-        let syn_only = packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
         // SAFETY: see `handle`.
-        let (closing, expired) = unsafe {
-            (
-                (*flow).flags & FLOW_CLOSING != 0,
-                expired(&*flow, key.proto, now),
-            )
-        };
-        if !expired && !(syn_only && closing) {
-            stats::global(|s| s.flow_hits += 1);
-            return follow(ctx, packet, flow, &mut scratch.fib, false);
-        }
-        // A SYN on a closing flow is a new connection from a reused client
-        // port. If the flow's server is still the Maglev choice, it keeps
-        // that server and its NAT port, as conntrack does; a busy client
-        // cycles through its ports faster than closed flows free theirs.
-        if !expired && reopen(scratch, flow, service, now) {
-            stats::global(|s| s.flow_hits += 1);
-            return follow(ctx, packet, flow, &mut scratch.fib, true);
+        let flags = unsafe { (*flow).flags };
+        if flags & FLOW_DRAINED != 0 {
+            // Its server was drained: the flow ends here, whatever its age
+            // or closing state (never reopened: the entry's server id may
+            // be another server's by now). A SYN or a UDP datagram then
+            // starts a new flow below, on a live server.
+            forget(scratch, flow);
+            if packet.ip_proto == IPPROTO_TCP && !is_connection_start(packet.tcp_flags) {
+                return reset::answer(ctx, packet, &scratch.key);
+            }
+        } else {
+            // SAFETY: see `handle`.
+            let expired = unsafe { expired(&*flow, key.proto, now) };
+            let syn_only = is_connection_start(packet.tcp_flags);
+            if !expired && !(syn_only && flags & FLOW_CLOSING != 0) {
+                stats::global(|s| s.flow_hits += 1);
+                return follow(ctx, packet, flow, &mut scratch.fib, false);
+            }
+            // A SYN on a closing flow is a new connection from a reused
+            // client port. If the flow's server is still the Maglev choice,
+            // it keeps that server and its NAT port, as conntrack does; a
+            // busy client cycles through its ports faster than closed flows
+            // free theirs.
+            if !expired && reopen(scratch, flow, service, now) {
+                stats::global(|s| s.flow_hits += 1);
+                return follow(ctx, packet, flow, &mut scratch.fib, true);
+            }
         }
     }
+    // No live entry (none, expired, evicted, lost with re-created maps, or
+    // a drained one just removed): a new flow, whatever the packet. For a
+    // mid-stream segment whose entry was lost, Maglev picks the same server
+    // and the first NAT port candidate is the same port, so the connection
+    // usually carries on.
     stats::global(|s| s.flow_misses += 1);
     // Called one after the other, not nested, so their stack frames do not
     // add up.
@@ -328,6 +355,39 @@ fn reopen(scratch: &mut Scratch, flow: *mut FlowEntry, service: &ServiceEntry, n
     entry.flags &= !FLOW_CLOSING;
     entry.last_seen = now;
     true
+}
+
+/// Deletes a drained flow's entries: the reply entry (its key is the
+/// forward entry's rewrite, reversed) if it still maps back to this
+/// client, since an expired one may have been taken over by another flow;
+/// then the forward entry, at `scratch.key`. Everything is read before
+/// anything is deleted: a deleted LRU element may be reused at once.
+#[inline(never)]
+fn forget(scratch: &mut Scratch, flow: *const FlowEntry) {
+    let key = &scratch.key;
+    // SAFETY: see `handle`.
+    let entry = unsafe { &*flow };
+    let reply_key = &mut scratch.reply_key;
+    reply_key.src = entry.new_dst;
+    reply_key.dst = entry.new_src;
+    reply_key.src_port = entry.new_dst_port;
+    reply_key.dst_port = entry.new_src_port;
+    reply_key.proto = key.proto;
+    reply_key.family = key.family;
+    reply_key._pad = [0; 2];
+    if let Some(reply) = FLOWS.get_ptr(reply_key) {
+        // SAFETY: see `handle`.
+        let reply = unsafe { &*reply };
+        if reply.flags & FLOW_REPLY != 0
+            && reply.new_dst == key.src
+            && reply.new_dst_port == key.src_port
+            && reply.new_src == key.dst
+            && reply.new_src_port == key.dst_port
+        {
+            let _ = FLOWS.remove(reply_key);
+        }
+    }
+    let _ = FLOWS.remove(key);
 }
 
 /// Inserts the reply entry at the first free NAT port, claiming the reverse

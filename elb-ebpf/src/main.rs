@@ -12,6 +12,7 @@ mod lb;
 mod maps;
 mod nat;
 mod parse;
+mod reset;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf,
-    maps::PerCpuArray,
+    maps::{Map, MapData, PerCpuArray},
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use elb_common::{
@@ -46,6 +46,10 @@ pub struct XdpRun {
 /// One loaded instance of the XDP program with its own, fresh maps.
 pub struct XdpFixture {
     ebpf: Ebpf,
+    /// A handle of its own on the connection table, so that tests can
+    /// plant and inspect entries after [`XdpFixture::l4_maps`] has taken
+    /// the maps (which include the table).
+    flows: Map,
 }
 
 impl XdpFixture {
@@ -58,7 +62,11 @@ impl XdpFixture {
         program
             .load()
             .context("loading the XDP program (verifier)")?;
-        Ok(Self { ebpf })
+        let flows = match ebpf.map(maps::FLOWS).context("no flow map")? {
+            Map::LruHashMap(data) => Map::from_map_data(MapData::from_id(data.info()?.id())?)?,
+            _ => bail!("{} is no LRU hash map", maps::FLOWS),
+        };
+        Ok(Self { ebpf, flows })
     }
 
     /// Runs the program once on `frame`.
@@ -98,11 +106,8 @@ impl XdpFixture {
     }
 
     /// The connection table, for planting and inspecting entries.
-    pub fn flows(
-        &mut self,
-    ) -> Result<aya::maps::HashMap<&mut aya::maps::MapData, FlowKey, FlowEntry>> {
-        let map = self.ebpf.map_mut(maps::FLOWS).context("no flow map")?;
-        Ok(aya::maps::HashMap::try_from(map)?)
+    pub fn flows(&mut self) -> Result<aya::maps::HashMap<&mut MapData, FlowKey, FlowEntry>> {
+        Ok(aya::maps::HashMap::try_from(&mut self.flows)?)
     }
 
     /// The counter of one slot.

@@ -4,12 +4,25 @@
 //! deny-list) runs through the XDP program and through the userspace
 //! fallback ("The same test runs against the userspace fallback"), then
 //! each test checks what only its data plane has.
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
+use anyhow::Context;
+use aya::{
+    Ebpf,
+    maps::{HashMap, Map, MapData},
+    programs::{Xdp, XdpMode},
+};
+use elb_common::{
+    counters::IPPROTO_TCP,
+    l4::{FAMILY_IPV4, FlowEntry, FlowKey, flow_hash, nat_port_candidate},
+    maps::XDP_PROGRAM,
+};
 use elb_tests::{
-    l4_e2e::{CONNECTIONS, Dataplane, E2e, connect, ipv6_step, port_reuse_step, scenario},
+    l4_e2e::{CONNECTIONS, Dataplane, E2e, VIP, connect, ipv6_step, port_reuse_step, scenario},
+    netns::NetNs,
     require_root_and_bpf,
 };
+use elb_userspace::l4::{drain::drain_flows, plan::addr16};
 
 /// Through XDP (driver mode on veth, `--l4-dataplane xdp`).
 ///
@@ -18,7 +31,9 @@ use elb_tests::{
 /// forwarding while no elb runs and the next elb adopts it, whereas the
 /// fallback's flows end with its process. It is the `midway` step, which
 /// runs with the long-lived connections open; the scenario checks
-/// afterwards that each still answers from its server.
+/// afterwards that each still answers from its server. Also XDP-only: a
+/// connection whose server is drained (its flow entries marked) is reset
+/// by XDP, and one whose entries are lost carries on.
 #[test]
 fn tcp_and_udp_through_xdp_follow_weights_survive_changes_and_obey_the_deny_list() {
     require_root_and_bpf!();
@@ -58,6 +73,9 @@ fn tcp_and_udp_through_xdp_follow_weights_survive_changes_and_obey_the_deny_list
         "20 connections from one client port: only the first is a new flow"
     );
 
+    drained_connection_is_reset_step(&e2e);
+    lost_entries_are_recreated_step(&e2e);
+
     // `/__erulb__/stats` sums the per-CPU maps, which the restart kept.
     let stats = e2e.stats();
     assert_eq!(stats["dataplane"], "xdp", "{stats:#}");
@@ -86,6 +104,10 @@ fn tcp_and_udp_through_xdp_follow_weights_survive_changes_and_obey_the_deny_list
     );
     assert_eq!(stats["global"]["port_alloc_failures"], 0, "{stats:#}");
     assert!(
+        stats["global"]["tcp_resets"].as_u64().unwrap_or_default() >= 1,
+        "{stats:#}"
+    );
+    assert!(
         stats["services"]["dns"]["new_flows"]
             .as_u64()
             .unwrap_or_default()
@@ -109,6 +131,151 @@ fn tcp_and_udp_through_xdp_follow_weights_survive_changes_and_obey_the_deny_list
     assert!(dump.contains("\"acl_drops\""), "{dump}");
 
     e2e.elb.stop().expect("stop elb");
+}
+
+/// The connection table elb pinned, opened as a second handle.
+fn pinned_flows(e2e: &E2e) -> HashMap<MapData, FlowKey, FlowEntry> {
+    let pin = format!("/sys/fs/bpf/elb/{}/elb_flows", e2e.name);
+    let data = MapData::from_pin(&pin).expect("pinned connection table");
+    HashMap::try_from(Map::from_map_data(data).expect("map")).expect("hash map")
+}
+
+/// The connection-table key of a client's connection to the web VIP.
+fn web_key(client: SocketAddr) -> FlowKey {
+    FlowKey {
+        src: addr16(client.ip()),
+        dst: addr16(VIP.parse().expect("vip")),
+        src_port: client.port().to_be_bytes(),
+        dst_port: 80u16.to_be_bytes(),
+        proto: IPPROTO_TCP,
+        family: FAMILY_IPV4,
+        _pad: [0; 2],
+    }
+}
+
+/// The end of a drain as a real client sees it: an established
+/// connection's server is drained by the real userspace function
+/// (`drain_flows`, which `L4Maps::drain_flows_of_server` calls; run here on
+/// the pinned table, as L4Maps cannot be opened from pins), and the
+/// client's next request fails at once with a reset sent by XDP, not after
+/// its read timeout.
+fn drained_connection_is_reset_step(e2e: &E2e) {
+    let _client_xdp = client_xdp(&e2e.net.client);
+    let mut conn = connect(&e2e.net.client).expect("connect");
+    conn.ask().expect("the connection works before the drain");
+    let client = conn.local_addr().expect("client address");
+    let mut flows = pinned_flows(e2e);
+    let server_id = flows
+        .get(&web_key(client), 0)
+        .expect("the connection's entry")
+        .server_id;
+    let marked = drain_flows(&mut flows, u32::from(server_id)).expect("drain");
+    assert!(marked >= 2, "{marked} entries marked");
+    let counter = |name: &str| e2e.stats()["global"][name].as_u64().unwrap_or_default();
+    let (misses, resets) = (counter("flow_misses"), counter("tcp_resets"));
+    let started = std::time::Instant::now();
+    let error = conn.ask().expect_err("the drained connection must fail");
+    assert_eq!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionReset,
+        "{error} after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the reset took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        counter("flow_misses"),
+        misses,
+        "the drained flow's segment must not become a new flow"
+    );
+    assert!(counter("tcp_resets") > resets, "{}", e2e.stats());
+    assert!(
+        flows.get(&web_key(client), 0).is_err(),
+        "XDP removed the drained flow's entry"
+    );
+    // A new connection works as before.
+    connect(&e2e.net.client)
+        .and_then(|mut conn| conn.ask())
+        .expect("a new connection after the drain");
+}
+
+/// A live connection whose entries are lost (evicted, or maps re-created)
+/// carries on: its next segment is a new flow to the same server on the
+/// same NAT port, so the server's socket still matches. That needs the
+/// flow to have had its first NAT port candidate; a connection that had
+/// to take another (the first was held) is skipped for the next one.
+fn lost_entries_are_recreated_step(e2e: &E2e) {
+    let mut flows = pinned_flows(e2e);
+    for _ in 0..10 {
+        let mut conn = connect(&e2e.net.client).expect("connect");
+        let server = conn.ask().expect("the connection works");
+        let client = conn.local_addr().expect("client address");
+        let key = web_key(client);
+        let forward = flows.get(&key, 0).expect("the connection's entry");
+        let hash = flow_hash(&key.src, &key.dst, key.src_port, key.dst_port, key.proto);
+        if forward.new_src_port != nat_port_candidate(hash, 0).to_be_bytes() {
+            continue;
+        }
+        let reply = FlowKey {
+            src: forward.new_dst,
+            dst: forward.new_src,
+            src_port: forward.new_dst_port,
+            dst_port: forward.new_src_port,
+            ..key
+        };
+        flows.remove(&key).expect("delete the forward entry");
+        flows.remove(&reply).expect("delete the reply entry");
+        let counter = |name: &str| e2e.stats()["global"][name].as_u64().unwrap_or_default();
+        let (misses, resets) = (counter("flow_misses"), counter("tcp_resets"));
+        assert_eq!(
+            conn.ask()
+                .expect("the connection survives the loss of its entries"),
+            server
+        );
+        assert_eq!(
+            counter("flow_misses"),
+            misses + 1,
+            "re-created as a new flow"
+        );
+        assert_eq!(counter("tcp_resets"), resets, "no RST");
+        assert!(flows.get(&key, 0).is_ok(), "the entry is back");
+        return;
+    }
+    panic!("none of 10 connections had its first NAT port candidate");
+}
+
+/// An XDP program on the client's end of its link while this lives (the
+/// object's drop detaches it). veth queues an XDP_TX frame for its peer
+/// but wakes the peer only if that has an XDP program of its own
+/// (`veth_xdp_flush` checks the peer's `xdp_prog`; GRO is not enough): an
+/// RST from elb would otherwise wait there until the next redirected
+/// frame. A NIC's wire has no such peer. elb's own program serves: with
+/// maps of its own, all empty, it passes everything.
+fn client_xdp(client: &NetNs) -> Ebpf {
+    let links = client.ip(&["-o", "link", "show"]).expect("client links");
+    let dev = String::from_utf8_lossy(&links.stdout)
+        .lines()
+        .filter_map(|line| line.split(':').nth(1))
+        .filter_map(|name| name.trim().split('@').next().map(str::to_owned))
+        .find(|name| name != "lo")
+        .expect("the client's link");
+    client
+        .enter(move || -> anyhow::Result<Ebpf> {
+            let mut ebpf = Ebpf::load(elb_userspace::EBPF_OBJECT)?;
+            let program: &mut Xdp = ebpf
+                .program_mut(XDP_PROGRAM)
+                .context("no XDP program")?
+                .try_into()?;
+            program.load()?;
+            let dev = std::ffi::CString::new(dev)?;
+            program.attach(dev.as_c_str(), XdpMode::Driver)?;
+            Ok(ebpf)
+        })
+        .expect("client namespace")
+        .expect("an XDP program on the client's link")
 }
 
 /// Through the userspace fallback: `--l4-dataplane userspace`, no XDP, the

@@ -10,8 +10,8 @@ use std::net::{IpAddr, SocketAddr};
 use elb_common::{
     counters::{IPPROTO_TCP, IPPROTO_UDP},
     l4::{
-        FLOW_CLOSING, FLOW_REPLY, FlowEntry, FlowKey, NAT_PORT_TRIES, TCP_CLOSING_NS, flow_hash,
-        nat_port_candidate,
+        FLOW_CLOSING, FLOW_DRAINED, FLOW_REPLY, FlowEntry, FlowKey, NAT_PORT_TRIES, TCP_CLOSING_NS,
+        flow_hash, nat_port_candidate,
     },
 };
 use elb_tests::{
@@ -21,7 +21,10 @@ use elb_tests::{
     xdp_fixture::{XdpAction, XdpFixture},
 };
 use elb_userspace::l4::{maps::L4Maps, plan::addr16};
-use etherparse::{IpHeaders, IpNumber, Ipv4Header, Ipv4Options, PacketBuilder};
+use etherparse::{
+    IpDscp, IpEcn, IpHeaders, IpNumber, Ipv4Header, Ipv4Options, Ipv6Header, PacketBuilder,
+    PacketBuilderStep, TcpHeader, VlanId,
+};
 
 fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
@@ -636,6 +639,765 @@ fn truncated_and_garbage_frames_never_forward() {
         }
         let stats = maps.global_stats().expect("stats");
         assert_eq!(stats.flow_misses, 0, "no garbage frame became a flow");
+    });
+}
+
+/// A TCP segment from the client side with `payload` and the flags
+/// `flags` sets on the builder (seq 1000).
+fn segment(
+    src: SocketAddr,
+    dst: SocketAddr,
+    payload: &[u8],
+    flags: impl FnOnce(PacketBuilderStep<TcpHeader>) -> PacketBuilderStep<TcpHeader>,
+) -> Vec<u8> {
+    let eth = PacketBuilder::ethernet2(CLIENT_MAC, LB_CLIENT_SIDE_MAC);
+    let ip = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("mixed families"),
+    };
+    let b = flags(ip.tcp(src.port(), dst.port(), 1000, 64240));
+    let mut frame = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut frame, payload).expect("tcp frame");
+    frame
+}
+
+/// The RST elb must send from `vip` back to `client`, written out with
+/// etherparse: MACs swapped, TTL 64, IPv4 DF with id 0, no options, window
+/// 0, `seq`, and ACK with `ack` when given.
+fn rst_to(client: SocketAddr, vip: SocketAddr, seq: u32, ack: Option<u32>) -> Vec<u8> {
+    let eth = PacketBuilder::ethernet2(LB_CLIENT_SIDE_MAC, CLIENT_MAC);
+    let ip = match (vip.ip(), client.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("mixed families"),
+    };
+    let mut b = ip.tcp(vip.port(), client.port(), seq, 0).rst();
+    if let Some(ack) = ack {
+        b = b.ack(ack);
+    }
+    let mut frame = Vec::with_capacity(b.size(0));
+    b.write(&mut frame, &[]).expect("rst frame");
+    frame
+}
+
+/// Entries of the connection table, both directions.
+fn flow_count(fixture: &mut XdpFixture) -> usize {
+    fixture.flows().expect("flows").keys().count()
+}
+
+/// Opens a flow from `client` with a SYN (a new flow to server
+/// `server_id`), then marks it drained through the real userspace
+/// function, as the end of its server's drain does: both entries.
+fn drained_flow(
+    fixture: &mut XdpFixture,
+    maps: &mut L4Maps,
+    client: SocketAddr,
+    vip: SocketAddr,
+    server_id: u32,
+) {
+    let syn = tcp(client, vip, true, false, false);
+    let run = fixture.run(&syn).expect("syn");
+    assert_eq!(run.action, XdpAction::Redirect, "the flow opens");
+    assert_eq!(
+        maps.drain_flows_of_server(server_id).expect("drain"),
+        2,
+        "both entries marked"
+    );
+}
+
+/// The entry at `key`, if any.
+fn entry_at(fixture: &mut XdpFixture, key: &FlowKey) -> Option<FlowEntry> {
+    fixture.flows().expect("flows").get(key, 0).ok()
+}
+
+fn udp_key(src: SocketAddr, dst: SocketAddr) -> FlowKey {
+    FlowKey {
+        proto: IPPROTO_UDP,
+        ..flow_key(src, dst)
+    }
+}
+
+/// The regression the drain must not bring back: a mid-stream segment
+/// whose entry was lost (evicted under a SYN flood, idle, maps re-created)
+/// starts a new flow, which Maglev gives the same server and the first NAT
+/// port candidate the same port, so the connection carries on. No RST.
+#[test]
+fn mid_stream_segments_without_an_entry_start_a_new_flow() {
+    require_root_and_bpf!();
+    with_service(IPPROTO_TCP, vip4(), ONE_SERVER, |fixture, maps| {
+        let client = client4(40020);
+        let port = first_port(client, vip4(), IPPROTO_TCP);
+        let ack = tcp(client, vip4(), false, true, false);
+        let run = fixture.run(&ack).expect("ack");
+        let want = rewritten(
+            &ack,
+            LB_SERVER_SIDE_MAC,
+            server_mac(0),
+            sa(SNAT_V4, port),
+            sa(server_v4(0), 8080),
+        );
+        assert_eq!((run.action, run.output), (XdpAction::Redirect, want));
+        // The server's answer goes back to the client.
+        let reply = tcp_from(
+            server_mac(0),
+            LB_SERVER_SIDE_MAC,
+            sa(server_v4(0), 8080),
+            sa(SNAT_V4, port),
+            false,
+            true,
+            false,
+        );
+        let run = fixture.run(&reply).expect("reply");
+        let want = rewritten(&reply, LB_CLIENT_SIDE_MAC, CLIENT_MAC, vip4(), client);
+        assert_eq!((run.action, run.output), (XdpAction::Redirect, want));
+
+        // IPv6 is no different; nor is a FIN without ACK.
+        let vip6 = sa(VIP_V6, 80);
+        install_service(
+            maps,
+            1,
+            vip6,
+            IPPROTO_TCP,
+            &[(1, sa(server_v6(1), 8443), 1)],
+            None,
+        )
+        .expect("v6 service");
+        let client6 = sa(CLIENT_V6, 40020);
+        let fin = segment(client6, vip6, PAYLOAD, |b| b.fin());
+        let run = fixture.run(&fin).expect("v6 fin");
+        let want = rewritten(
+            &fin,
+            LB_SERVER_SIDE_MAC,
+            server_mac(1),
+            sa(SNAT_V6, first_port(client6, vip6, IPPROTO_TCP)),
+            sa(server_v6(1), 8443),
+        );
+        assert_eq!((run.action, run.output), (XdpAction::Redirect, want));
+
+        let global = maps.global_stats().expect("stats");
+        assert_eq!(
+            (global.tcp_resets, global.flow_misses, global.flow_hits),
+            (0, 2, 1)
+        );
+        assert_eq!(flow_count(fixture), 4);
+    });
+}
+
+/// The drain's client-side half: the next segment of a drained flow gets a
+/// RST from XDP at once, both entries go, and the client's new connection
+/// on that port is a normal new flow.
+#[test]
+fn drained_flow_mid_stream_ack_is_answered_with_a_rst() {
+    require_root_and_bpf!();
+    with_service(IPPROTO_TCP, vip4(), ONE_SERVER, |fixture, maps| {
+        let client = client4(40021);
+        drained_flow(fixture, maps, client, vip4(), 0);
+        // ACK 1 (the builder's), 19 bytes of data.
+        let ack = tcp(client, vip4(), false, true, false);
+        let run = fixture.run(&ack).expect("ack");
+        assert_eq!(run.action, XdpAction::Tx, "sent back out the ingress");
+        assert_eq!(run.output, rst_to(client, vip4(), 1, None));
+        let global = maps.global_stats().expect("stats");
+        assert_eq!(
+            (global.tcp_resets, global.flow_misses, global.flow_hits),
+            (1, 1, 0)
+        );
+        assert_eq!(flow_count(fixture), 0, "both entries gone");
+        // The RST is nobody's traffic: only the SYN was counted.
+        assert_eq!(maps.service_stats(0).expect("service").packets, 1);
+        assert_eq!(maps.server_stats(0).expect("server").packets, 1);
+
+        // SYN|ACK starts nothing: RST at its ACK number.
+        drained_flow(fixture, maps, client, vip4(), 0);
+        let syn_ack = segment(client, vip4(), &[], |b| b.syn().ack(0xDEAD_BEEF));
+        let run = fixture.run(&syn_ack).expect("syn-ack");
+        assert_eq!(
+            (run.action, run.output),
+            (XdpAction::Tx, rst_to(client, vip4(), 0xDEAD_BEEF, None))
+        );
+        assert_eq!(flow_count(fixture), 0);
+
+        // The client's own new connection on that port is a normal flow.
+        let syn = tcp(client, vip4(), true, false, false);
+        let run = fixture.run(&syn).expect("syn");
+        let want = rewritten(
+            &syn,
+            LB_SERVER_SIDE_MAC,
+            server_mac(0),
+            sa(SNAT_V4, first_port(client, vip4(), IPPROTO_TCP)),
+            sa(server_v4(0), 8080),
+        );
+        assert_eq!((run.action, run.output), (XdpAction::Redirect, want));
+        let global = maps.global_stats().expect("stats");
+        assert_eq!((global.tcp_resets, global.flow_misses), (2, 3));
+        let forward = entry_at(fixture, &flow_key(client, vip4())).expect("new entry");
+        assert_eq!(forward.flags & FLOW_DRAINED, 0, "a fresh entry");
+    });
+}
+
+#[test]
+fn ipv6_drained_flow_segments_are_answered_with_a_rst() {
+    require_root_and_bpf!();
+    let vip = sa(VIP_V6, 443);
+    with_service(IPPROTO_TCP, vip, &[(0, 1, 8443)], move |fixture, maps| {
+        let client = sa(CLIENT_V6, 40022);
+        drained_flow(fixture, maps, client, vip, 0);
+        let ack = segment(client, vip, PAYLOAD, |b| b.ack(77_777).psh());
+        let run = fixture.run(&ack).expect("ack");
+        assert_eq!(
+            (run.action, run.output),
+            (XdpAction::Tx, rst_to(client, vip, 77_777, None))
+        );
+        assert_eq!(flow_count(fixture), 0);
+
+        // A segment without ACK: RST|ACK at seq + data + FIN.
+        drained_flow(fixture, maps, client, vip, 0);
+        let fin = segment(client, vip, PAYLOAD, |b| b.fin());
+        let run = fixture.run(&fin).expect("fin");
+        let want = rst_to(client, vip, 0, Some(1000 + PAYLOAD.len() as u32 + 1));
+        assert_eq!((run.action, run.output), (XdpAction::Tx, want));
+
+        // Traffic class EF with CE: the RST keeps EF, clears ECN and the
+        // flow label, and its hop limit is 64 whatever the client's.
+        drained_flow(fixture, maps, client, vip, 0);
+        let ip = |traffic_class, flow_label, hop_limit, source, destination| Ipv6Header {
+            traffic_class,
+            flow_label,
+            payload_length: 0,
+            next_header: IpNumber::TCP,
+            hop_limit,
+            source,
+            destination,
+        };
+        let label = etherparse::Ipv6FlowLabel::try_new(0x12345).expect("label");
+        let ef = IpDscp::EF.value() << 2;
+        let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_CLIENT_SIDE_MAC)
+            .ip(IpHeaders::Ipv6(
+                ip(ef | 0b11, label, 17, CLIENT_V6.octets(), VIP_V6.octets()),
+                Default::default(),
+            ))
+            .tcp(client.port(), vip.port(), 1000, 64240)
+            .ack(9);
+        let mut ack = Vec::new();
+        b.write(&mut ack, PAYLOAD).expect("frame");
+        let b = PacketBuilder::ethernet2(LB_CLIENT_SIDE_MAC, CLIENT_MAC)
+            .ip(IpHeaders::Ipv6(
+                ip(
+                    ef,
+                    Default::default(),
+                    64,
+                    VIP_V6.octets(),
+                    CLIENT_V6.octets(),
+                ),
+                Default::default(),
+            ))
+            .tcp(vip.port(), client.port(), 9, 0)
+            .rst();
+        let mut want = Vec::new();
+        b.write(&mut want, &[]).expect("frame");
+        let run = fixture.run(&ack).expect("run");
+        assert_eq!((run.action, run.output), (XdpAction::Tx, want));
+        let global = maps.global_stats().expect("stats");
+        assert_eq!((global.tcp_resets, global.flow_misses), (3, 3));
+        assert_eq!(flow_count(fixture), 0);
+    });
+}
+
+/// Without ACK the RST acknowledges the segment: RST|ACK, seq 0, ack =
+/// seq + data length (+1 for FIN), by the IP length, not the frame's.
+#[test]
+fn drained_flow_segments_without_ack_get_rst_ack_covering_them() {
+    require_root_and_bpf!();
+    with_service(IPPROTO_TCP, vip4(), ONE_SERVER, |fixture, maps| {
+        let client = client4(40023);
+        drained_flow(fixture, maps, client, vip4(), 0);
+        let fin = tcp(client, vip4(), false, false, true);
+        let run = fixture.run(&fin).expect("fin");
+        let want = rst_to(client, vip4(), 0, Some(1000 + PAYLOAD.len() as u32 + 1));
+        assert_eq!((run.action, run.output), (XdpAction::Tx, want));
+
+        drained_flow(fixture, maps, client, vip4(), 0);
+        let bare = tcp(client, vip4(), false, false, false);
+        let run = fixture.run(&bare).expect("bare");
+        let want = rst_to(client, vip4(), 0, Some(1000 + PAYLOAD.len() as u32));
+        assert_eq!((run.action, run.output), (XdpAction::Tx, want));
+
+        // No data, padded to Ethernet's 60 bytes: the padding is no data.
+        drained_flow(fixture, maps, client, vip4(), 0);
+        let mut padded = segment(client, vip4(), &[], |b| b);
+        assert_eq!(padded.len(), 54);
+        padded.extend_from_slice(&[0xEE; 6]);
+        let run = fixture.run(&padded).expect("padded");
+        assert_eq!(
+            (run.action, run.output),
+            (XdpAction::Tx, rst_to(client, vip4(), 0, Some(1000)))
+        );
+
+        // The sequence number wraps.
+        drained_flow(fixture, maps, client, vip4(), 0);
+        let mut wrapping = segment(client, vip4(), PAYLOAD, |b| b.fin());
+        let ip = 14;
+        wrapping[ip + 20 + 4..ip + 20 + 8].copy_from_slice(&(u32::MAX - 4).to_be_bytes());
+        let wrapping = rewritten(&wrapping, CLIENT_MAC, LB_CLIENT_SIDE_MAC, client, vip4());
+        let run = fixture.run(&wrapping).expect("wrapping");
+        let want = rst_to(client, vip4(), 0, Some(PAYLOAD.len() as u32 + 1 - 5));
+        assert_eq!((run.action, run.output), (XdpAction::Tx, want));
+
+        let global = maps.global_stats().expect("stats");
+        assert_eq!((global.tcp_resets, global.flow_misses), (4, 4));
+        assert_eq!(flow_count(fixture), 0);
+    });
+}
+
+/// The client's IPv4 options are not echoed (they describe its way to the
+/// VIP), its DSCP is kept and ECN cleared, VLAN tags stay.
+#[test]
+fn ipv4_rst_drops_ip_options_keeps_dscp_and_vlan() {
+    require_root_and_bpf!();
+    with_service(IPPROTO_TCP, vip4(), ONE_SERVER, |fixture, maps| {
+        let client = client4(40024);
+        drained_flow(fixture, maps, client, vip4(), 0);
+        let mut ip = Ipv4Header::new(0, 64, IpNumber::TCP, CLIENT_V4.octets(), VIP_V4.octets())
+            .expect("ipv4");
+        ip.options = Ipv4Options::try_from(&[1u8; 8][..]).expect("options");
+        ip.dscp = IpDscp::EF;
+        ip.ecn = IpEcn::CongestionExperienced;
+        let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_CLIENT_SIDE_MAC)
+            .single_vlan(VlanId::try_new(100).expect("vlan"))
+            .ip(IpHeaders::Ipv4(ip, Default::default()))
+            .tcp(client.port(), 80, 1000, 64240)
+            .ack(4242);
+        let mut ack = Vec::new();
+        b.write(&mut ack, PAYLOAD).expect("frame");
+
+        let mut reply = Ipv4Header::new(20, 64, IpNumber::TCP, VIP_V4.octets(), CLIENT_V4.octets())
+            .expect("ipv4");
+        reply.dscp = IpDscp::EF;
+        let b = PacketBuilder::ethernet2(LB_CLIENT_SIDE_MAC, CLIENT_MAC)
+            .single_vlan(VlanId::try_new(100).expect("vlan"))
+            .ip(IpHeaders::Ipv4(reply, Default::default()))
+            .tcp(80, client.port(), 4242, 0)
+            .rst();
+        let mut want = Vec::new();
+        b.write(&mut want, &[]).expect("frame");
+
+        let run = fixture.run(&ack).expect("run");
+        assert_eq!((run.action, run.output), (XdpAction::Tx, want));
+        assert_eq!(flow_count(fixture), 0);
+    });
+}
+
+/// A RST is never answered (two resetting ends could loop): on a drained
+/// flow it is dropped, nothing sent, and the flow ends all the same (both
+/// entries go). So is a segment whose IP length cannot hold its own
+/// headers.
+#[test]
+fn incoming_rst_on_a_drained_flow_is_dropped_and_ends_it() {
+    require_root_and_bpf!();
+    with_service(IPPROTO_TCP, vip4(), ONE_SERVER, |fixture, maps| {
+        let client = client4(40025);
+        for rst in [
+            segment(client, vip4(), &[], |b| b.rst()),
+            segment(client, vip4(), &[], |b| b.rst().ack(5)),
+        ] {
+            drained_flow(fixture, maps, client, vip4(), 0);
+            let run = fixture.run(&rst).expect("rst");
+            assert_eq!(run.action, XdpAction::Drop);
+            assert_eq!(flow_count(fixture), 0, "both entries gone");
+        }
+        // An IPv4 total length shorter than the headers it carries gives
+        // no data length to acknowledge: dropped too.
+        drained_flow(fixture, maps, client, vip4(), 0);
+        let mut short = segment(client, vip4(), PAYLOAD, |b| b.fin());
+        short[14 + 2..14 + 4].copy_from_slice(&39u16.to_be_bytes());
+        assert_eq!(fixture.run(&short).expect("short").action, XdpAction::Drop);
+        assert_eq!(flow_count(fixture), 0);
+        let global = maps.global_stats().expect("stats");
+        assert_eq!(
+            (global.tcp_resets, global.flow_misses, global.flow_hits),
+            (0, 3, 0)
+        );
+    });
+}
+
+/// The whole drain: an established flow, its server's entries marked by
+/// the real userspace function (another server's are not); the server's
+/// late segment is dropped, the client's next one gets a RST and ends the
+/// flow, and a new SYN from the same client port is a normal new flow on
+/// the same NAT port.
+#[test]
+fn drained_flow_gets_a_rst_and_its_port_starts_afresh() {
+    require_root_and_bpf!();
+    with_service(IPPROTO_TCP, vip4(), ONE_SERVER, |fixture, maps| {
+        let client = client4(40026);
+        let port = first_port(client, vip4(), IPPROTO_TCP);
+        let to_server0 = |frame: &[u8]| {
+            rewritten(
+                frame,
+                LB_SERVER_SIDE_MAC,
+                server_mac(0),
+                sa(SNAT_V4, port),
+                sa(server_v4(0), 8080),
+            )
+        };
+        let syn = tcp(client, vip4(), true, false, false);
+        assert_eq!(fixture.run(&syn).expect("syn").output, to_server0(&syn));
+        let ack = tcp(client, vip4(), false, true, false);
+        let run = fixture.run(&ack).expect("ack");
+        assert_eq!(
+            (run.action, run.output),
+            (XdpAction::Redirect, to_server0(&ack))
+        );
+
+        // Another server's flow, both directions.
+        let other_forward = flow_key(client4(40027), vip4());
+        let other_reply = flow_key(sa(server_v4(1), 8080), sa(SNAT_V4, 21_000));
+        for (key, flags) in [(other_forward, 0), (other_reply, FLOW_REPLY)] {
+            let entry = FlowEntry {
+                server_id: 1,
+                flags,
+                last_seen: monotonic_coarse_ns(),
+                ..FlowEntry::default()
+            };
+            fixture
+                .flows()
+                .expect("flows")
+                .insert(&key, &entry, 0)
+                .expect("plant");
+        }
+        assert_eq!(flow_count(fixture), 4);
+
+        assert_eq!(maps.drain_flows_of_server(0).expect("drain"), 2);
+        assert_eq!(flow_count(fixture), 4, "marked, not deleted");
+        let forward_key = flow_key(client, vip4());
+        let reply_key = flow_key(sa(server_v4(0), 8080), sa(SNAT_V4, port));
+        for key in [forward_key, reply_key] {
+            let entry = entry_at(fixture, &key).expect("entry");
+            assert_ne!(entry.flags & FLOW_DRAINED, 0, "{key:?} marked");
+        }
+        for key in [other_forward, other_reply] {
+            let entry = entry_at(fixture, &key).expect("server 1's entry");
+            assert_eq!(entry.flags & FLOW_DRAINED, 0, "{key:?} untouched");
+        }
+        assert_eq!(maps.drain_flows_of_server(0).expect("again"), 0);
+        let server_packets = maps.server_stats(0).expect("server").packets;
+
+        // The server's late segment: dropped, the client is told by XDP.
+        let late = tcp_from(
+            server_mac(0),
+            LB_SERVER_SIDE_MAC,
+            sa(server_v4(0), 8080),
+            sa(SNAT_V4, port),
+            false,
+            true,
+            false,
+        );
+        assert_eq!(fixture.run(&late).expect("late").action, XdpAction::Drop);
+        assert_eq!(maps.global_stats().expect("stats").drained_drops, 1);
+        assert_eq!(flow_count(fixture), 4);
+
+        let run = fixture.run(&ack).expect("ack after the drain");
+        assert_eq!(
+            (run.action, run.output),
+            (XdpAction::Tx, rst_to(client, vip4(), 1, None))
+        );
+        assert_eq!(flow_count(fixture), 2, "only server 1's entries are left");
+        assert!(entry_at(fixture, &forward_key).is_none());
+        assert!(entry_at(fixture, &reply_key).is_none());
+        assert_eq!(
+            maps.server_stats(0).expect("server").packets,
+            server_packets,
+            "neither the drop nor the RST is the server's traffic"
+        );
+        // Later segments of the server find no entry: the kernel's.
+        assert_eq!(fixture.run(&late).expect("later").action, XdpAction::Pass);
+
+        let run = fixture.run(&syn).expect("new syn");
+        assert_eq!(
+            (run.action, run.output),
+            (XdpAction::Redirect, to_server0(&syn))
+        );
+        let global = maps.global_stats().expect("stats");
+        assert_eq!(
+            (
+                global.tcp_resets,
+                global.flow_misses,
+                global.flow_hits,
+                global.drained_drops
+            ),
+            (1, 2, 1, 1)
+        );
+        assert_eq!(maps.service_stats(0).expect("service").new_flows, 2);
+        assert_eq!(flow_count(fixture), 4);
+    });
+}
+
+/// A SYN on a drained flow (a client reusing its port) ends it and starts
+/// a new flow, which Maglev now gives a live server.
+#[test]
+fn syn_on_a_drained_flow_is_a_new_flow_on_a_live_server() {
+    require_root_and_bpf!();
+    with_service(IPPROTO_TCP, vip4(), ONE_SERVER, |fixture, maps| {
+        let client = client4(40028);
+        let port = first_port(client, vip4(), IPPROTO_TCP);
+        drained_flow(fixture, maps, client, vip4(), 0);
+        let servers = [(1, sa(server_v4(1), 8080), 1)];
+        install_service(maps, 0, vip4(), IPPROTO_TCP, &servers, None).expect("new table");
+
+        let syn = tcp(client, vip4(), true, false, false);
+        let run = fixture.run(&syn).expect("syn");
+        let want = rewritten(
+            &syn,
+            LB_SERVER_SIDE_MAC,
+            server_mac(1),
+            sa(SNAT_V4, port),
+            sa(server_v4(1), 8080),
+        );
+        assert_eq!((run.action, run.output), (XdpAction::Redirect, want));
+        let old_reply = flow_key(sa(server_v4(0), 8080), sa(SNAT_V4, port));
+        assert!(
+            entry_at(fixture, &old_reply).is_none(),
+            "old reply entry gone"
+        );
+        let forward = entry_at(fixture, &flow_key(client, vip4())).expect("forward");
+        assert_eq!((forward.server_id, forward.flags), (1, 0));
+        assert_eq!(flow_count(fixture), 2);
+        let global = maps.global_stats().expect("stats");
+        assert_eq!(
+            (global.tcp_resets, global.flow_misses, global.flow_hits),
+            (0, 2, 0)
+        );
+    });
+}
+
+/// A drained flow that was closing, while the Maglev table still picks its
+/// server (as when the id went to a new server at the same address): a SYN
+/// is a new flow, never a reopen, which would keep the drained entries and
+/// reset the new connection's next segment.
+#[test]
+fn syn_on_a_drained_closing_flow_is_not_reopened() {
+    require_root_and_bpf!();
+    with_service(IPPROTO_TCP, vip4(), ONE_SERVER, |fixture, maps| {
+        let client = client4(40029);
+        let port = first_port(client, vip4(), IPPROTO_TCP);
+        let to_server0 = |frame: &[u8]| {
+            rewritten(
+                frame,
+                LB_SERVER_SIDE_MAC,
+                server_mac(0),
+                sa(SNAT_V4, port),
+                sa(server_v4(0), 8080),
+            )
+        };
+        let syn = tcp(client, vip4(), true, false, false);
+        fixture.run(&syn).expect("syn");
+        let fin = tcp(client, vip4(), false, true, true);
+        fixture.run(&fin).expect("fin");
+        let server_fin = tcp_from(
+            server_mac(0),
+            LB_SERVER_SIDE_MAC,
+            sa(server_v4(0), 8080),
+            sa(SNAT_V4, port),
+            false,
+            true,
+            true,
+        );
+        fixture.run(&server_fin).expect("server fin");
+        assert_eq!(maps.drain_flows_of_server(0).expect("drain"), 2);
+
+        let run = fixture.run(&syn).expect("reused syn");
+        assert_eq!(
+            (run.action, run.output),
+            (XdpAction::Redirect, to_server0(&syn))
+        );
+        let global = maps.global_stats().expect("stats");
+        assert_eq!(
+            (global.flow_misses, global.flow_hits),
+            (2, 2),
+            "a new flow, not a reopen"
+        );
+        for key in [
+            flow_key(client, vip4()),
+            flow_key(sa(server_v4(0), 8080), sa(SNAT_V4, port)),
+        ] {
+            let entry = entry_at(fixture, &key).expect("entry");
+            assert_eq!(entry.flags & (FLOW_DRAINED | FLOW_CLOSING), 0, "{key:?}");
+        }
+        let ack = tcp(client, vip4(), false, true, false);
+        let run = fixture.run(&ack).expect("ack");
+        assert_eq!(
+            (run.action, run.output),
+            (XdpAction::Redirect, to_server0(&ack))
+        );
+        assert_eq!(maps.global_stats().expect("stats").tcp_resets, 0);
+    });
+}
+
+/// A drained entry left behind after its server id went to another server:
+/// the old flow's packets end it without being counted as the new
+/// server's, and the client's next flow goes to the new server.
+#[test]
+fn a_drained_entry_left_behind_does_not_touch_the_server_that_reuses_its_id() {
+    require_root_and_bpf!();
+    with_service(IPPROTO_TCP, vip4(), ONE_SERVER, |fixture, maps| {
+        let client = client4(40030);
+        let port = first_port(client, vip4(), IPPROTO_TCP);
+        drained_flow(fixture, maps, client, vip4(), 0);
+        // Id 0 is now another server's, with fresh counters (as the sync
+        // does for a new id).
+        let servers = [(0, sa(server_v4(1), 8080), 1)];
+        install_service(maps, 0, vip4(), IPPROTO_TCP, &servers, None).expect("new table");
+        maps.reset_server_stats(0).expect("reset");
+
+        let late = tcp_from(
+            server_mac(0),
+            LB_SERVER_SIDE_MAC,
+            sa(server_v4(0), 8080),
+            sa(SNAT_V4, port),
+            false,
+            true,
+            false,
+        );
+        assert_eq!(fixture.run(&late).expect("late").action, XdpAction::Drop);
+        let ack = tcp(client, vip4(), false, true, false);
+        let run = fixture.run(&ack).expect("ack");
+        assert_eq!(
+            (run.action, run.output),
+            (XdpAction::Tx, rst_to(client, vip4(), 1, None))
+        );
+        assert_eq!(maps.server_stats(0).expect("server").packets, 0);
+
+        let syn = tcp(client, vip4(), true, false, false);
+        let run = fixture.run(&syn).expect("syn");
+        let want = rewritten(
+            &syn,
+            LB_SERVER_SIDE_MAC,
+            server_mac(1),
+            sa(SNAT_V4, port),
+            sa(server_v4(1), 8080),
+        );
+        assert_eq!((run.action, run.output), (XdpAction::Redirect, want));
+        assert_eq!(maps.server_stats(0).expect("server").packets, 1);
+    });
+}
+
+/// UDP has no RST: a datagram on a drained flow ends it and moves to a
+/// live server as a new flow; the old server's late answer is dropped
+/// before, and finds nothing after.
+#[test]
+fn udp_on_a_drained_flow_moves_to_a_live_server() {
+    require_root_and_bpf!();
+    let vip = sa(VIP_V4, 53);
+    with_service(IPPROTO_UDP, vip, &[(0, 2, 5353)], move |fixture, maps| {
+        let client = client4(40031);
+        let port = first_port(client, vip, IPPROTO_UDP);
+        let query = udp_from(CLIENT_MAC, LB_CLIENT_SIDE_MAC, client, vip);
+        assert_eq!(
+            fixture.run(&query).expect("query").action,
+            XdpAction::Redirect
+        );
+        assert_eq!(maps.drain_flows_of_server(0).expect("drain"), 2);
+        let old = sa(server_v4(2), 5353);
+        let late = udp_from(server_mac(2), LB_SERVER_SIDE_MAC, old, sa(SNAT_V4, port));
+        assert_eq!(fixture.run(&late).expect("late").action, XdpAction::Drop);
+
+        let servers = [(1, sa(server_v4(1), 5353), 1)];
+        install_service(maps, 0, vip, IPPROTO_UDP, &servers, None).expect("new table");
+        let run = fixture.run(&query).expect("query after the drain");
+        let want = rewritten(
+            &query,
+            LB_SERVER_SIDE_MAC,
+            server_mac(1),
+            sa(SNAT_V4, port),
+            sa(server_v4(1), 5353),
+        );
+        assert_eq!((run.action, run.output), (XdpAction::Redirect, want));
+        assert!(entry_at(fixture, &udp_key(old, sa(SNAT_V4, port))).is_none());
+        let forward = entry_at(fixture, &udp_key(client, vip)).expect("forward");
+        assert_eq!((forward.server_id, forward.flags), (1, 0));
+        assert_eq!(flow_count(fixture), 2);
+        assert_eq!(fixture.run(&late).expect("later").action, XdpAction::Pass);
+
+        let answer = udp_from(
+            server_mac(1),
+            LB_SERVER_SIDE_MAC,
+            sa(server_v4(1), 5353),
+            sa(SNAT_V4, port),
+        );
+        let run = fixture.run(&answer).expect("answer");
+        let want = rewritten(&answer, LB_CLIENT_SIDE_MAC, CLIENT_MAC, vip, client);
+        assert_eq!((run.action, run.output), (XdpAction::Redirect, want));
+        let global = maps.global_stats().expect("stats");
+        assert_eq!(
+            (
+                global.tcp_resets,
+                global.flow_misses,
+                global.flow_hits,
+                global.drained_drops
+            ),
+            (0, 2, 1, 1)
+        );
+    });
+}
+
+/// The drain on a table of 100,000 entries (a quarter of them the drained
+/// server's, both directions) marks exactly those and leaves the rest as
+/// they were; prints its time.
+#[test]
+fn drain_of_a_large_table_marks_exactly_the_servers_entries() {
+    require_root_and_bpf!();
+    with_service(IPPROTO_TCP, vip4(), ONE_SERVER, |fixture, maps| {
+        const ENTRIES: u32 = 100_000;
+        let now = monotonic_coarse_ns();
+        let key_of = |i: u32| {
+            let src = std::net::Ipv4Addr::from(0x0A40_0000 + i);
+            flow_key(sa(src, (i % 50_000) as u16 + 1024), vip4())
+        };
+        let entry_of = |i: u32| FlowEntry {
+            server_id: (i % 4) as u16 + 5,
+            flags: if i.is_multiple_of(2) { 0 } else { FLOW_REPLY },
+            last_seen: now,
+            ..FlowEntry::default()
+        };
+        {
+            let mut flows = fixture.flows().expect("flows");
+            for i in 0..ENTRIES {
+                flows.insert(&key_of(i), &entry_of(i), 0).expect("plant");
+            }
+        }
+        assert_eq!(flow_count(fixture), ENTRIES as usize);
+        let started = std::time::Instant::now();
+        let marked = maps.drain_flows_of_server(6).expect("drain");
+        let took = started.elapsed();
+        eprintln!(
+            "drain: {marked} of {ENTRIES} entries marked in {:.1} ms",
+            took.as_secs_f64() * 1e3
+        );
+        assert_eq!(marked, (ENTRIES / 4) as usize);
+        let flows = fixture.flows().expect("flows");
+        for i in 0..ENTRIES {
+            let entry = flows.get(&key_of(i), 0).expect("every entry stays");
+            let mut want = entry_of(i);
+            if want.server_id == 6 {
+                want.flags |= FLOW_DRAINED;
+            }
+            assert_eq!(entry, want, "entry {i}");
+        }
+        assert_eq!(maps.drain_flows_of_server(6).expect("again"), 0);
+    });
+}
+
+/// The kernel says ENOENT for a key that is not there; removing a service
+/// that is already gone is no error.
+#[test]
+fn removing_an_absent_service_is_not_an_error() {
+    require_root_and_bpf!();
+    with_service(IPPROTO_TCP, vip4(), ONE_SERVER, |_fixture, maps| {
+        let key = vip_key(vip4(), IPPROTO_TCP);
+        maps.remove_service(&key).expect("removed");
+        maps.remove_service(&key).expect("already gone");
+        assert!(maps.services().expect("services").is_empty());
     });
 }
 

@@ -10,7 +10,8 @@ use aya::{
 use elb_common::{
     counters::PacketCounter,
     l4::{
-        GlobalStats, IfaceAddrs, MAGLEV_CAPACITY, ServerEntry, ServiceEntry, ServiceStats, VipKey,
+        FlowEntry, FlowKey, GlobalStats, IfaceAddrs, MAGLEV_CAPACITY, ServerEntry, ServiceEntry,
+        ServiceStats, VipKey,
     },
     maps,
 };
@@ -29,7 +30,7 @@ pub enum L4MapError {
     TableTooBig { slots: usize },
 }
 
-fn map_err(name: &'static str) -> impl Fn(MapError) -> L4MapError {
+pub(crate) fn map_err(name: &'static str) -> impl Fn(MapError) -> L4MapError {
     move |source| L4MapError::Map { name, source }
 }
 
@@ -41,6 +42,7 @@ pub struct L4Maps {
     acl_v4: LpmTrie<MapData, [u8; 4], u32>,
     acl_v6: LpmTrie<MapData, [u8; 16], u32>,
     l7_ports: HashMap<MapData, u32, u32>,
+    flows: HashMap<MapData, FlowKey, FlowEntry>,
     stats: StatsMaps,
     /// Each service's installed table and its inner map, so a change
     /// writes only the slots that differ.
@@ -76,6 +78,7 @@ impl L4Maps {
             acl_v4: typed!(ebpf, maps::ACL_V4),
             acl_v6: typed!(ebpf, maps::ACL_V6),
             l7_ports: typed!(ebpf, maps::L7_PORTS),
+            flows: typed!(ebpf, maps::FLOWS),
             stats: StatsMaps {
                 service_stats: typed!(ebpf, maps::SERVICE_STATS),
                 server_stats: typed!(ebpf, maps::SERVER_STATS),
@@ -93,7 +96,8 @@ impl L4Maps {
 
     pub fn remove_service(&mut self, vip: &VipKey) -> Result<(), L4MapError> {
         match self.services.remove(vip) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(error) if not_found(&error) => Ok(()),
             Err(error) => Err(map_err(maps::SERVICES)(error)),
         }
     }
@@ -192,6 +196,15 @@ impl L4Maps {
         Ok(())
     }
 
+    /// Marks every connection-table entry of server `server_id`, both
+    /// directions, drained ([`super::drain::drain_flows`]); returns how many
+    /// it marked. The end of a drain: XDP answers the flows' next TCP
+    /// segments with a RST and removes their entries. `server_id` must not
+    /// have been given to another server yet.
+    pub fn drain_flows_of_server(&mut self, server_id: u32) -> Result<usize, L4MapError> {
+        super::drain::drain_flows(&mut self.flows, server_id)
+    }
+
     pub fn service_stats(&self, id: u32) -> Result<ServiceStats, L4MapError> {
         self.stats.service(id)
     }
@@ -274,6 +287,16 @@ impl StatsMaps {
     }
 }
 
+/// A deleted or looked-up key that is not in the map: the kernel's ENOENT,
+/// which aya reports as a syscall error, or aya's own `KeyNotFound`.
+pub(crate) fn not_found(error: &MapError) -> bool {
+    match error {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 fn replace_trie<const N: usize>(
     trie: &mut LpmTrie<MapData, [u8; N], u32>,
     entries: &[(u32, [u8; N])],
@@ -296,4 +319,23 @@ fn replace_trie<const N: usize>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enoent_and_key_not_found_are_not_found_and_nothing_else_is() {
+        let syscall = |errno| {
+            MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_delete_elem",
+                io_error: std::io::Error::from_raw_os_error(errno),
+            })
+        };
+        assert!(not_found(&syscall(libc::ENOENT)));
+        assert!(not_found(&MapError::KeyNotFound));
+        assert!(!not_found(&syscall(libc::EPERM)));
+        assert!(!not_found(&MapError::InvalidName { name: "x".into() }));
+    }
 }

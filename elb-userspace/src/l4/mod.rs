@@ -1,6 +1,7 @@
 //! The L4 data plane's userspace side: planning services, writing them into
 //! the XDP program's maps, and the userspace fallback ([`fallback`]) that
 //! serves the same services with the same choices when XDP cannot run.
+pub mod drain;
 pub mod fallback;
 pub mod ids;
 pub mod ifaddrs;

@@ -480,7 +480,9 @@ impl Bench {
                 && stats.flow_misses == misses
                 && stats.port_alloc_failures == 0
                 && stats.no_server_drops == 0
-                && stats.fib_fallbacks == 0,
+                && stats.fib_fallbacks == 0
+                && stats.tcp_resets == 0
+                && stats.drained_drops == 0,
             "{what}: the data plane's counters moved by {stats:?}, expected {hits} flow hits and \
              {misses} misses and nothing else; the figure would not be valid"
         );
@@ -540,6 +542,8 @@ fn stats_delta(after: &GlobalStats, before: &GlobalStats) -> GlobalStats {
         acl_drops: after.acl_drops - before.acl_drops,
         no_snat_drops: after.no_snat_drops - before.no_snat_drops,
         unsupported_passes: after.unsupported_passes - before.unsupported_passes,
+        tcp_resets: after.tcp_resets - before.tcp_resets,
+        drained_drops: after.drained_drops - before.drained_drops,
     }
 }
 
