@@ -249,11 +249,11 @@ fn start_l4_sync(
     dataplane: &XdpDataplane,
     l7_ports: &[u16],
     config: &ConfigService,
-    targets: &TargetRegistry,
+    targets: &Arc<TargetRegistry>,
     admin: &AdminApi,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let mut sync = L4Sync::new(maps)?;
+    let mut sync = L4Sync::new(maps)?.with_targets(Arc::clone(targets));
     for (ifindex, addrs) in interface_addresses()? {
         sync.maps_mut().set_iface_addrs(ifindex, &addrs)?;
     }

@@ -817,3 +817,34 @@ fn server_index(answer: &str) -> usize {
         other => panic!("unexpected answer {other:?}"),
     }
 }
+
+/// An XDP program on the client's end of its link while this lives (the
+/// object's drop detaches it). veth queues an XDP_TX frame for its peer
+/// but wakes the peer only if that has an XDP program of its own
+/// (`veth_xdp_flush` checks the peer's `xdp_prog`; GRO is not enough): an
+/// RST from elb would otherwise wait there until the next redirected
+/// frame. A NIC's wire has no such peer. elb's own program serves: with
+/// maps of its own, all empty, it passes everything.
+pub fn client_xdp(client: &NetNs) -> aya::Ebpf {
+    let links = client.ip(&["-o", "link", "show"]).expect("client links");
+    let dev = String::from_utf8_lossy(&links.stdout)
+        .lines()
+        .filter_map(|line| line.split(':').nth(1))
+        .filter_map(|name| name.trim().split('@').next().map(str::to_owned))
+        .find(|name| name != "lo")
+        .expect("the client's link");
+    client
+        .enter(move || -> anyhow::Result<aya::Ebpf> {
+            let mut ebpf = aya::Ebpf::load(elb_userspace::EBPF_OBJECT)?;
+            let program: &mut aya::programs::Xdp = ebpf
+                .program_mut(elb_common::maps::XDP_PROGRAM)
+                .ok_or_else(|| anyhow::anyhow!("no XDP program"))?
+                .try_into()?;
+            program.load()?;
+            let dev = std::ffi::CString::new(dev)?;
+            program.attach(dev.as_c_str(), aya::programs::XdpMode::Driver)?;
+            Ok(ebpf)
+        })
+        .expect("client namespace")
+        .expect("an XDP program on the client's link")
+}

@@ -17,8 +17,8 @@ use std::{
 
 use elb_tests::{
     l4_e2e::{
-        Conn, Dataplane, E2e, HEALTH_PORT, HealthListener, OK, VIP, connect, connect_to,
-        upstream_doc,
+        Conn, Dataplane, E2e, HEALTH_PORT, HealthListener, OK, VIP, client_xdp, connect,
+        connect_to, upstream_doc,
     },
     require_root_and_bpf,
 };
@@ -468,5 +468,23 @@ fn a_removed_server_drains_then_its_connections_close_in_the_userspace_fallback(
     removed_server_drains_then_its_connections_close(&s);
     let stats = s.e2e.stats();
     assert_eq!(stats["services"]["web"]["drain_cuts"], 1, "{stats:#}");
+    assert_eq!(s.state(2), "absent", "{:#}", s.health());
+}
+
+#[test]
+fn a_removed_server_drains_then_its_connections_are_reset_through_xdp() {
+    require_root_and_bpf!();
+    let delay = json!({"deregistration_delay": format!("{}s", DRAIN.as_secs())});
+    let s = Setup::start(Dataplane::Xdp, delay);
+    // XDP answers the drained connection's next segment with a RST; on
+    // veth, that frame needs an XDP program on the client's end to be
+    // delivered (see `client_xdp`).
+    let _client_xdp = client_xdp(&s.e2e.net.client);
+    removed_server_drains_then_its_connections_close(&s);
+    let stats = s.e2e.stats();
+    assert!(
+        stats["global"]["tcp_resets"].as_u64() >= Some(1),
+        "the connection was reset by XDP: {stats:#}"
+    );
     assert_eq!(s.state(2), "absent", "{:#}", s.health());
 }

@@ -6,20 +6,15 @@
 //! each test checks what only its data plane has.
 use std::{net::SocketAddr, time::Duration};
 
-use anyhow::Context;
-use aya::{
-    Ebpf,
-    maps::{HashMap, Map, MapData},
-    programs::{Xdp, XdpMode},
-};
+use aya::maps::{HashMap, Map, MapData};
 use elb_common::{
     counters::IPPROTO_TCP,
     l4::{FAMILY_IPV4, FlowEntry, FlowKey, flow_hash, nat_port_candidate},
-    maps::XDP_PROGRAM,
 };
 use elb_tests::{
-    l4_e2e::{CONNECTIONS, Dataplane, E2e, VIP, connect, ipv6_step, port_reuse_step, scenario},
-    netns::NetNs,
+    l4_e2e::{
+        CONNECTIONS, Dataplane, E2e, VIP, client_xdp, connect, ipv6_step, port_reuse_step, scenario,
+    },
     require_root_and_bpf,
 };
 use elb_userspace::l4::{drain::drain_flows, plan::addr16};
@@ -245,37 +240,6 @@ fn lost_entries_are_recreated_step(e2e: &E2e) {
         return;
     }
     panic!("none of 10 connections had its first NAT port candidate");
-}
-
-/// An XDP program on the client's end of its link while this lives (the
-/// object's drop detaches it). veth queues an XDP_TX frame for its peer
-/// but wakes the peer only if that has an XDP program of its own
-/// (`veth_xdp_flush` checks the peer's `xdp_prog`; GRO is not enough): an
-/// RST from elb would otherwise wait there until the next redirected
-/// frame. A NIC's wire has no such peer. elb's own program serves: with
-/// maps of its own, all empty, it passes everything.
-fn client_xdp(client: &NetNs) -> Ebpf {
-    let links = client.ip(&["-o", "link", "show"]).expect("client links");
-    let dev = String::from_utf8_lossy(&links.stdout)
-        .lines()
-        .filter_map(|line| line.split(':').nth(1))
-        .filter_map(|name| name.trim().split('@').next().map(str::to_owned))
-        .find(|name| name != "lo")
-        .expect("the client's link");
-    client
-        .enter(move || -> anyhow::Result<Ebpf> {
-            let mut ebpf = Ebpf::load(elb_userspace::EBPF_OBJECT)?;
-            let program: &mut Xdp = ebpf
-                .program_mut(XDP_PROGRAM)
-                .context("no XDP program")?
-                .try_into()?;
-            program.load()?;
-            let dev = std::ffi::CString::new(dev)?;
-            program.attach(dev.as_c_str(), XdpMode::Driver)?;
-            Ok(ebpf)
-        })
-        .expect("client namespace")
-        .expect("an XDP program on the client's link")
 }
 
 /// Through the userspace fallback: `--l4-dataplane userspace`, no XDP, the

@@ -88,6 +88,11 @@ impl<K: Eq + Hash + Clone> IdAllocator<K> {
         });
     }
 
+    /// The id `key` holds, if any.
+    pub fn id_of(&self, key: &K) -> Option<u32> {
+        self.assigned.get(key).copied()
+    }
+
     pub fn assigned(&self) -> impl Iterator<Item = (&K, u32)> {
         self.assigned.iter().map(|(k, id)| (k, *id))
     }

@@ -28,7 +28,7 @@ use super::{
 use crate::{
     cidr::Cidr,
     config::{L4Proto, L4Service, Snapshot, Upstream},
-    targets::routing::l4_step,
+    targets::{TargetRegistry, routing::l4_step},
 };
 
 pub struct L4Sync {
@@ -43,6 +43,11 @@ pub struct L4Sync {
     /// Each service's last plan and what it was made from: a Maglev table
     /// is built again only when its inputs change.
     plans: HashMap<String, CachedPlan>,
+    /// Where drains are known; None: no drains (tests, benches).
+    targets: Option<Arc<TargetRegistry>>,
+    /// Servers draining at the last apply: out of the tables, their flows
+    /// and ids kept until the drain ends.
+    draining: HashSet<SocketAddr>,
 }
 
 /// A plan with its inputs (kept alive, so pointer equality is sound).
@@ -77,7 +82,17 @@ impl L4Sync {
             services,
             servers,
             plans: HashMap::new(),
+            targets: None,
+            draining: HashSet::new(),
         })
+    }
+
+    /// Follows the drains of `targets`: a draining server keeps its id and
+    /// its established flows; when its drain ends, its flows are marked
+    /// drained (XDP resets them on their next packet) and its id is freed.
+    pub fn with_targets(mut self, targets: Arc<TargetRegistry>) -> Self {
+        self.targets = Some(targets);
+        self
     }
 
     pub fn maps_mut(&mut self) -> &mut L4Maps {
@@ -152,8 +167,12 @@ impl L4Sync {
         }
         self.services
             .release_unless(now, |vip| wanted_vips.contains(vip));
-        self.servers
-            .release_unless(now, |addr| used_servers.contains(addr));
+        let draining = self.draining_servers(snapshot);
+        self.end_drains(&draining, &used_servers)?;
+        self.servers.release_unless(now, |addr| {
+            used_servers.contains(addr) || draining.contains(addr)
+        });
+        self.draining = draining;
         self.plans
             .retain(|name, _| snapshot.services().contains_key(name));
         // New servers now; all of them again on the periodic refresh.
@@ -225,6 +244,49 @@ impl L4Sync {
                 .filter_map(|&index| ids.get(index as usize).copied())
                 .collect(),
         ))
+    }
+
+    /// The servers of the services' upstreams that drain now.
+    fn draining_servers(&self, snapshot: &Snapshot) -> HashSet<SocketAddr> {
+        let Some(targets) = &self.targets else {
+            return HashSet::new();
+        };
+        let upstreams: HashSet<&str> = snapshot
+            .services()
+            .values()
+            .map(|service| service.upstream.as_str())
+            .collect();
+        upstreams
+            .into_iter()
+            .flat_map(|upstream| targets.draining(upstream))
+            .filter_map(|server| server.parse().ok())
+            .collect()
+    }
+
+    /// Servers whose drain ended since the last apply (and that no table
+    /// uses again): their flows are marked drained while their id is
+    /// still theirs.
+    fn end_drains(
+        &mut self,
+        draining: &HashSet<SocketAddr>,
+        used: &HashSet<SocketAddr>,
+    ) -> Result<(), L4MapError> {
+        let ended: Vec<SocketAddr> = self
+            .draining
+            .iter()
+            .filter(|addr| !draining.contains(addr) && !used.contains(addr))
+            .copied()
+            .collect();
+        for addr in ended {
+            let Some(id) = self.servers.id_of(&addr) else {
+                continue;
+            };
+            let started = Instant::now();
+            let flows = self.maps.drain_flows_of_server(id)?;
+            tracing::info!(server = %addr, flows, took = ?started.elapsed(),
+                "drain over: the server's L4 flows are reset on their next packet");
+        }
+        Ok(())
     }
 
     /// The service's plan, from the cache while its inputs are the same.
