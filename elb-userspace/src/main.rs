@@ -128,7 +128,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!(%addr, workers, "listening for HTTP");
     }
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let monitor = spawn_monitor(Arc::clone(&targets), shutdown_rx.clone());
+    let monitor = spawn_monitor(Arc::clone(&targets), shutdown_rx.clone())
+        .context("starting the health-check thread")?;
     let l4 = match xdp {
         Some((dataplane, maps)) => {
             let ports: Vec<u16> = listen_addrs.iter().map(SocketAddr::port).collect();
@@ -186,7 +187,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     for worker in worker_threads {
         let _ = worker.join();
     }
-    let _ = monitor.await;
+    let _ = monitor.join();
     match l4 {
         L4Running::Xdp { dataplane, sync } => {
             let _ = sync.await;

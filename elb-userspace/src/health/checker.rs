@@ -28,6 +28,19 @@ pub fn next_delay(interval: Duration, fraction: f64) -> Duration {
     interval.mul_f64(1.0 - JITTER + 2.0 * JITTER * fraction.clamp(0.0, 1.0))
 }
 
+/// Check starts are rounded up to this grid, so checks due within the
+/// same few milliseconds share one wake-up of the monitor's thread (at
+/// 2,000 checks/s: about 200 wake-ups a second instead of nearly 1,000).
+pub const START_GRID: Duration = Duration::from_millis(5);
+
+/// `at` rounded up to the next multiple of `grid` since `epoch`.
+pub fn align_up(at: Instant, epoch: Instant, grid: Duration) -> Instant {
+    let since = at.saturating_duration_since(epoch).as_nanos();
+    let grid_ns = grid.as_nanos().max(1);
+    let aligned = since.div_ceil(grid_ns) * grid_ns;
+    epoch + Duration::from_nanos(u64::try_from(aligned).unwrap_or(u64::MAX))
+}
+
 /// Checks `server` every `check.interval` (jittered), handing each
 /// outcome to `report`, until `stop` becomes true or its sender is
 /// dropped. Stopping cancels a check in flight (its connection is closed
@@ -40,12 +53,14 @@ pub fn spawn_checker(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let checks = async move {
-            tokio::time::sleep(first_offset(check.interval, fastrand::f64())).await;
+            let epoch = grid_epoch();
+            let first = Instant::now() + first_offset(check.interval, fastrand::f64());
+            tokio::time::sleep_until(align_up(first, epoch, START_GRID)).await;
             loop {
                 let started = Instant::now();
                 report(probe(&server, &check).await);
                 let gap = next_delay(check.interval, fastrand::f64());
-                tokio::time::sleep_until(started + gap).await;
+                tokio::time::sleep_until(align_up(started + gap, epoch, START_GRID)).await;
             }
         };
         tokio::select! {
@@ -55,6 +70,12 @@ pub fn spawn_checker(
             () = checks => {}
         }
     })
+}
+
+/// One grid for every checker of the process.
+fn grid_epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 #[cfg(test)]
@@ -232,6 +253,17 @@ mod tests {
         );
     }
 
+    #[test]
+    fn starts_are_aligned_up_to_the_grid() {
+        let epoch = Instant::now();
+        let grid = Duration::from_millis(5);
+        assert_eq!(align_up(epoch, epoch, grid), epoch);
+        let at = epoch + Duration::from_millis(7);
+        assert_eq!(align_up(at, epoch, grid), epoch + Duration::from_millis(10));
+        let on = epoch + Duration::from_millis(15);
+        assert_eq!(align_up(on, epoch, grid), on);
+    }
+
     #[tokio::test]
     async fn stopping_cancels_a_check_in_flight_and_closes_its_connection() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -254,7 +286,11 @@ mod tests {
         let closed = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf))
             .await
             .expect("the check's connection is closed");
-        assert_eq!(closed.expect("eof"), 0);
+        // Checks close with a reset (no TIME_WAIT); either way it is closed.
+        match closed {
+            Ok(read) => assert_eq!(read, 0),
+            Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset),
+        }
         assert_eq!(
             reports.load(Ordering::SeqCst),
             0,

@@ -1,5 +1,6 @@
 //! One health check of one server, on a fresh connection that is closed
-//! afterwards (never pooled: a check must see what a new client would).
+//! afterwards (never pooled: a check must see what a new client would),
+//! with a reset, so checks leave no TIME_WAIT sockets behind.
 //!
 //! HTTP checks use hyper's client connection rather than a hand-written
 //! status-line reader: hyper is already the proxy's HTTP stack, it parses
@@ -120,7 +121,15 @@ async fn connect(
                     format_duration(timeout)
                 ));
             }
-            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Ok(stream)) => {
+                // Close with a reset, as HAProxy does for its checks: a
+                // check connection needs no orderly close, and a normal
+                // one leaves a TIME_WAIT socket for 60 s per check (about
+                // 120,000 of them at 2,000 checks/s, which makes every
+                // later connect slower).
+                let _ = stream.set_zero_linger();
+                return Ok(stream);
+            }
             Ok(Err(error)) => last_error = Some(error),
         }
     }
