@@ -488,3 +488,49 @@ fn a_removed_server_drains_then_its_connections_are_reset_through_xdp() {
     );
     assert_eq!(s.state(2), "absent", "{:#}", s.health());
 }
+
+/// A server added to a live service, once healthy, gets a share of new
+/// connections that grows over `slow_start` (the tables are rebuilt in
+/// steps of 10%).
+fn slow_start_raises_a_new_servers_share(dataplane: Dataplane) {
+    let s = Setup::start(
+        dataplane,
+        json!({"slow_start": "4s", "deregistration_delay": "0s"}),
+    );
+    let e2e = &s.e2e;
+    assert_eq!(
+        e2e.admin("PUT", "upstream", &upstream_doc(&[(1, 1), (2, 1)])),
+        OK
+    );
+    s.wait_state(2, "absent", Duration::from_secs(2));
+    assert_eq!(
+        e2e.admin("PUT", "upstream", &upstream_doc(&[(1, 1), (2, 1), (3, 1)])),
+        OK
+    );
+    s.wait_state(2, "healthy", Duration::from_secs(3));
+    let mut shares = Vec::new();
+    for _ in 0..4 {
+        let started = Instant::now();
+        let mut counts = [0usize; 3];
+        while started.elapsed() < Duration::from_millis(900) {
+            counts = add(counts, s.spread(20));
+        }
+        let total: usize = counts.iter().sum();
+        shares.push(counts[2] as f64 / total.max(1) as f64);
+    }
+    eprintln!("{dataplane:?}: s3's share per window: {shares:?}");
+    assert!(shares[0] < 0.2, "{shares:?}");
+    assert!(shares[3] > shares[0] + 0.1, "{shares:?}");
+}
+
+#[test]
+fn slow_start_raises_a_new_servers_share_through_xdp() {
+    require_root_and_bpf!();
+    slow_start_raises_a_new_servers_share(Dataplane::Xdp);
+}
+
+#[test]
+fn slow_start_raises_a_new_servers_share_through_the_userspace_fallback() {
+    require_root_and_bpf!();
+    slow_start_raises_a_new_servers_share(Dataplane::Userspace);
+}

@@ -326,6 +326,8 @@ impl TargetRegistry {
                     target.ramp_from = Some(now);
                     timed = true;
                 }
+                // Only its first way to healthy can be exempt.
+                target.at_start = false;
             } else {
                 target.ramp_from = None;
             }

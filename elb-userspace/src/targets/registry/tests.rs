@@ -208,3 +208,20 @@ fn check_jobs_follow_policies() {
     assert_eq!(jobs[0].server, "a:1");
     assert_eq!(jobs[0].check, Policy::default().health_check);
 }
+
+#[test]
+fn a_server_present_at_start_ramps_when_it_comes_back() {
+    let world = World::new(Some(policy(0, 10_000)));
+    let t0 = Instant::now();
+    let gates = world.configure(&[server("a:1", ""), server("b:1", "")], t0);
+    world.check("a:1", CheckState::Healthy, t0);
+    world.check("b:1", CheckState::Healthy, t0);
+    assert_eq!(gates[1].weight_permille(), 1000, "no slow start at start");
+    world.check("b:1", CheckState::Unhealthy, t0);
+    world.check("b:1", CheckState::Healthy, t0);
+    assert_eq!(
+        gates[1].weight_permille(),
+        0,
+        "back from unhealthy: it ramps"
+    );
+}
