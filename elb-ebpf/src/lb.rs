@@ -332,13 +332,7 @@ fn reopen(scratch: &mut Scratch, flow: *mut FlowEntry, service: &ServiceEntry, n
         return false;
     }
     let reply_key = &mut scratch.reply_key;
-    reply_key.src = entry.new_dst;
-    reply_key.dst = entry.new_src;
-    reply_key.src_port = entry.new_dst_port;
-    reply_key.dst_port = entry.new_src_port;
-    reply_key.proto = key.proto;
-    reply_key.family = key.family;
-    reply_key._pad = [0; 2];
+    fill_reply_key(reply_key, entry, key);
     let Some(reply) = FLOWS.get_ptr_mut(reply_key) else {
         return false;
     };
@@ -368,13 +362,7 @@ fn forget(scratch: &mut Scratch, flow: *const FlowEntry) {
     // SAFETY: see `handle`.
     let entry = unsafe { &*flow };
     let reply_key = &mut scratch.reply_key;
-    reply_key.src = entry.new_dst;
-    reply_key.dst = entry.new_src;
-    reply_key.src_port = entry.new_dst_port;
-    reply_key.dst_port = entry.new_src_port;
-    reply_key.proto = key.proto;
-    reply_key.family = key.family;
-    reply_key._pad = [0; 2];
+    fill_reply_key(reply_key, entry, key);
     if let Some(reply) = FLOWS.get_ptr(reply_key) {
         // SAFETY: see `handle`.
         let reply = unsafe { &*reply };
@@ -473,6 +461,19 @@ fn denied(family: u8, src: &[u8; 16]) -> bool {
             .get(&Key::new(32, [src[0], src[1], src[2], src[3]]))
             .is_some()
     }
+}
+
+/// The key of the reply entry of the flow `entry` translates (`key` is its
+/// forward key): the forward rewrite, reversed.
+#[inline(always)]
+fn fill_reply_key(reply_key: &mut FlowKey, entry: &FlowEntry, key: &FlowKey) {
+    reply_key.src = entry.new_dst;
+    reply_key.dst = entry.new_src;
+    reply_key.src_port = entry.new_dst_port;
+    reply_key.dst_port = entry.new_src_port;
+    reply_key.proto = key.proto;
+    reply_key.family = key.family;
+    reply_key._pad = [0; 2];
 }
 
 /// Fills `key` with the packet's 5-tuple; false if a header is cut short.

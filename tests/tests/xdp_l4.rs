@@ -215,15 +215,7 @@ fn syn_on_a_closing_flow_reopens_it_while_its_server_is_still_chosen() {
     with_service(IPPROTO_TCP, vip4(), ONE_SERVER, |fixture, maps| {
         let client = client4(40012);
         let port = first_port(client, vip4(), IPPROTO_TCP);
-        let to_server0 = |frame: &[u8]| {
-            rewritten(
-                frame,
-                LB_SERVER_SIDE_MAC,
-                server_mac(0),
-                sa(SNAT_V4, port),
-                sa(server_v4(0), 8080),
-            )
-        };
+        let to_server0 = |frame: &[u8]| nat_to_server0(frame, port);
         let syn = tcp(client, vip4(), true, false, false);
         fixture.run(&syn).expect("syn");
         let fin = tcp(client, vip4(), false, true, true);
@@ -1032,15 +1024,7 @@ fn drained_flow_gets_a_rst_and_its_port_starts_afresh() {
     with_service(IPPROTO_TCP, vip4(), ONE_SERVER, |fixture, maps| {
         let client = client4(40026);
         let port = first_port(client, vip4(), IPPROTO_TCP);
-        let to_server0 = |frame: &[u8]| {
-            rewritten(
-                frame,
-                LB_SERVER_SIDE_MAC,
-                server_mac(0),
-                sa(SNAT_V4, port),
-                sa(server_v4(0), 8080),
-            )
-        };
+        let to_server0 = |frame: &[u8]| nat_to_server0(frame, port);
         let syn = tcp(client, vip4(), true, false, false);
         assert_eq!(fixture.run(&syn).expect("syn").output, to_server0(&syn));
         let ack = tcp(client, vip4(), false, true, false);
@@ -1181,15 +1165,7 @@ fn syn_on_a_drained_closing_flow_is_not_reopened() {
     with_service(IPPROTO_TCP, vip4(), ONE_SERVER, |fixture, maps| {
         let client = client4(40029);
         let port = first_port(client, vip4(), IPPROTO_TCP);
-        let to_server0 = |frame: &[u8]| {
-            rewritten(
-                frame,
-                LB_SERVER_SIDE_MAC,
-                server_mac(0),
-                sa(SNAT_V4, port),
-                sa(server_v4(0), 8080),
-            )
-        };
+        let to_server0 = |frame: &[u8]| nat_to_server0(frame, port);
         let syn = tcp(client, vip4(), true, false, false);
         fixture.run(&syn).expect("syn");
         let fin = tcp(client, vip4(), false, true, true);
@@ -1410,4 +1386,16 @@ fn fixture_helpers_are_consistent() {
         rewritten(&frame, CLIENT_MAC, LB_CLIENT_SIDE_MAC, client4(1), vip4()),
         frame
     );
+}
+
+/// `frame` as XDP sends it to server 0 (IPv4, port 8080) from the SNAT
+/// address's NAT `port`.
+fn nat_to_server0(frame: &[u8], port: u16) -> Vec<u8> {
+    rewritten(
+        frame,
+        LB_SERVER_SIDE_MAC,
+        server_mac(0),
+        sa(SNAT_V4, port),
+        sa(server_v4(0), 8080),
+    )
 }
