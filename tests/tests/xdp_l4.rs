@@ -767,11 +767,7 @@ fn mid_stream_segments_without_an_entry_start_a_new_flow() {
         );
         assert_eq!((run.action, run.output), (XdpAction::Redirect, want));
 
-        let global = maps.global_stats().expect("stats");
-        assert_eq!(
-            (global.tcp_resets, global.flow_misses, global.flow_hits),
-            (0, 2, 1)
-        );
+        assert_resets_misses_hits(maps, (0, 2, 1), "");
         assert_eq!(flow_count(fixture), 4);
     });
 }
@@ -790,11 +786,7 @@ fn drained_flow_mid_stream_ack_is_answered_with_a_rst() {
         let run = fixture.run(&ack).expect("ack");
         assert_eq!(run.action, XdpAction::Tx, "sent back out the ingress");
         assert_eq!(run.output, rst_to(client, vip4(), 1, None));
-        let global = maps.global_stats().expect("stats");
-        assert_eq!(
-            (global.tcp_resets, global.flow_misses, global.flow_hits),
-            (1, 1, 0)
-        );
+        assert_resets_misses_hits(maps, (1, 1, 0), "");
         assert_eq!(flow_count(fixture), 0, "both entries gone");
         // The RST is nobody's traffic: only the SYN was counted.
         assert_eq!(maps.service_stats(0).expect("service").packets, 1);
@@ -1005,11 +997,7 @@ fn incoming_rst_on_a_drained_flow_is_dropped_and_ends_it() {
         short[14 + 2..14 + 4].copy_from_slice(&39u16.to_be_bytes());
         assert_eq!(fixture.run(&short).expect("short").action, XdpAction::Drop);
         assert_eq!(flow_count(fixture), 0);
-        let global = maps.global_stats().expect("stats");
-        assert_eq!(
-            (global.tcp_resets, global.flow_misses, global.flow_hits),
-            (0, 3, 0)
-        );
+        assert_resets_misses_hits(maps, (0, 3, 0), "");
     });
 }
 
@@ -1147,11 +1135,7 @@ fn syn_on_a_drained_flow_is_a_new_flow_on_a_live_server() {
         let forward = entry_at(fixture, &flow_key(client, vip4())).expect("forward");
         assert_eq!((forward.server_id, forward.flags), (1, 0));
         assert_eq!(flow_count(fixture), 2);
-        let global = maps.global_stats().expect("stats");
-        assert_eq!(
-            (global.tcp_resets, global.flow_misses, global.flow_hits),
-            (0, 2, 0)
-        );
+        assert_resets_misses_hits(maps, (0, 2, 0), "");
     });
 }
 
@@ -1398,4 +1382,15 @@ fn nat_to_server0(frame: &[u8], port: u16) -> Vec<u8> {
         sa(SNAT_V4, port),
         sa(server_v4(0), 8080),
     )
+}
+
+/// The global counters a drain fixture checks: (tcp_resets, flow_misses,
+/// flow_hits).
+fn assert_resets_misses_hits(maps: &L4Maps, expected: (u64, u64, u64), why: &str) {
+    let global = maps.global_stats().expect("stats");
+    assert_eq!(
+        (global.tcp_resets, global.flow_misses, global.flow_hits),
+        expected,
+        "{why}"
+    );
 }
