@@ -415,26 +415,6 @@ impl TargetRegistry {
             .unwrap_or_default()
     }
 
-    /// The slow-start step (thousandths, in tenths) an L4 table uses for a
-    /// server of `upstream`; full weight when unknown.
-    pub fn l4_weight(&self, upstream: &str, server: &str) -> u32 {
-        let inner = self.lock();
-        inner
-            .upstreams
-            .get(upstream)
-            .and_then(|u| u.targets.get(server))
-            .map_or(FULL_WEIGHT, |t| t.l4_step)
-    }
-
-    /// Whether a server is routable in `upstream` (for the L4 planner,
-    /// which has no gate for servers it does not know).
-    pub fn fail_open(&self, upstream: &str) -> bool {
-        self.lock()
-            .upstreams
-            .get(upstream)
-            .is_some_and(|u| u.fail_open)
-    }
-
     /// `GET /__erulb__/health`.
     pub fn report(&self, now: Instant) -> Value {
         let inner = self.lock();

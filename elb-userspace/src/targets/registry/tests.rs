@@ -188,14 +188,14 @@ fn slow_start_ramps_servers_added_later_but_not_at_start() {
     let mut changes = world.registry.subscribe();
     world.registry.tick(t0 + Duration::from_millis(2_500));
     assert_eq!(gates[1].weight_permille(), 250);
-    assert_eq!(world.registry.l4_weight("up", "b:1"), 200);
+    assert_eq!(routing::l4_step(gates[1].weight_permille()), 200);
     assert!(changes.has_changed().expect("open"), "an L4 step changed");
     changes.mark_unchanged();
     world.registry.tick(t0 + Duration::from_millis(2_600));
     assert!(!changes.has_changed().expect("open"), "same L4 step");
     world.registry.tick(t0 + Duration::from_secs(10));
     assert_eq!(gates[1].weight_permille(), 1000);
-    assert_eq!(world.registry.l4_weight("up", "b:1"), 1000);
+    assert_eq!(routing::l4_step(gates[1].weight_permille()), 1000);
 }
 
 #[test]
