@@ -87,15 +87,7 @@ async fn id_server(name: &'static str) -> SocketAddr {
 
 async fn ask_tcp(vip: SocketAddr) -> std::io::Result<String> {
     let mut stream = TcpStream::connect(vip).await?;
-    stream.write_all(b"who").await?;
-    let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf))
-        .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-    if n == 0 {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    ask_again(&mut stream).await
 }
 
 struct Harness {
