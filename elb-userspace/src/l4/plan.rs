@@ -13,6 +13,7 @@ use elb_common::{
 };
 
 use crate::{
+    config::{L4Service, Snapshot, Upstream},
     targets::{ServerGate, gate::FULL_WEIGHT, routing::l4_step},
     upstream::Server,
 };
@@ -131,6 +132,64 @@ pub fn plan_gated(
         table.map(|table| Some(ServicePlan { servers, table })),
         skipped,
     )
+}
+
+/// What a service's plan is made from, kept (so pointer equality is
+/// sound) to tell whether the plan must be made again: the service and its
+/// upstream (shared between snapshots while unchanged) and each server's
+/// gate as a plan reads it (health changes publish no snapshot).
+pub struct PlanInputs {
+    pub service: Arc<L4Service>,
+    pub upstream: Option<Arc<Upstream>>,
+    gates: Vec<(bool, u32)>,
+}
+
+impl PlanInputs {
+    pub fn of(service: &Arc<L4Service>, snapshot: &Snapshot) -> Self {
+        let upstream = snapshot.upstream(&service.upstream).cloned();
+        let gates = upstream
+            .iter()
+            .flat_map(|u| u.gates())
+            .map(|g| (g.routable(), l4_step(g.weight_permille())))
+            .collect();
+        Self {
+            service: Arc::clone(service),
+            upstream,
+            gates,
+        }
+    }
+
+    pub fn same_as(&self, other: &Self) -> bool {
+        let same_upstream = match (&self.upstream, &other.upstream) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        Arc::ptr_eq(&self.service, &other.service) && same_upstream && self.gates == other.gates
+    }
+
+    pub fn servers(&self) -> &[Server] {
+        self.upstream
+            .as_ref()
+            .map(|u| u.servers())
+            .unwrap_or_default()
+    }
+
+    pub fn gates(&self) -> &[Arc<ServerGate>] {
+        self.upstream
+            .as_ref()
+            .map(|u| u.gates())
+            .unwrap_or_default()
+    }
+
+    pub fn plan(&self) -> (Result<Option<ServicePlan>, MaglevError>, Vec<SkippedServer>) {
+        plan_gated(
+            self.service.vip,
+            self.servers(),
+            self.gates(),
+            self.service.table_size,
+        )
+    }
 }
 
 impl ServicePlan {

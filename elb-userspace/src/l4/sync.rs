@@ -22,13 +22,13 @@ use elb_common::maglev::MaglevError;
 use super::{
     ids::IdAllocator,
     maps::{L4MapError, L4Maps},
-    plan::{ServicePlan, SkippedServer, addr16, family, plan_gated},
+    plan::{PlanInputs, ServicePlan, SkippedServer, addr16, family},
     stats::{IndexedService, StatsIndex},
 };
 use crate::{
     cidr::Cidr,
-    config::{L4Proto, L4Service, Snapshot, Upstream},
-    targets::{TargetRegistry, routing::l4_step},
+    config::{L4Proto, L4Service, Snapshot},
+    targets::TargetRegistry,
 };
 
 pub struct L4Sync {
@@ -50,11 +50,9 @@ pub struct L4Sync {
     draining: HashSet<SocketAddr>,
 }
 
-/// A plan with its inputs (kept alive, so pointer equality is sound).
+/// A plan with what it was made from.
 struct CachedPlan {
-    service: Arc<L4Service>,
-    upstream: Option<Arc<Upstream>>,
-    gates: Vec<(bool, u32)>,
+    inputs: PlanInputs,
     plan: PlanResult,
 }
 
@@ -291,35 +289,17 @@ impl L4Sync {
 
     /// The service's plan, from the cache while its inputs are the same.
     fn plan(&mut self, service: &Arc<L4Service>, snapshot: &Snapshot) -> PlanResult {
-        let upstream = snapshot.upstream(&service.upstream).cloned();
-        let gates: Vec<(bool, u32)> = upstream
-            .as_ref()
-            .map(|u| {
-                u.gates()
-                    .iter()
-                    .map(|g| (g.routable(), l4_step(g.weight_permille())))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let Some(cached) = self.plans.get(&service.name) {
-            let same_upstream = match (&cached.upstream, &upstream) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                (None, None) => true,
-                _ => false,
-            };
-            if Arc::ptr_eq(&cached.service, service) && same_upstream && cached.gates == gates {
-                return cached.plan.clone();
-            }
+        let inputs = PlanInputs::of(service, snapshot);
+        if let Some(cached) = self.plans.get(&service.name)
+            && cached.inputs.same_as(&inputs)
+        {
+            return cached.plan.clone();
         }
-        let servers = upstream.as_ref().map(|u| u.servers()).unwrap_or_default();
-        let gate_arcs = upstream.as_ref().map(|u| u.gates()).unwrap_or_default();
-        let plan = plan_gated(service.vip, servers, gate_arcs, service.table_size);
+        let plan = inputs.plan();
         self.plans.insert(
             service.name.clone(),
             CachedPlan {
-                service: Arc::clone(service),
-                upstream,
-                gates,
+                inputs,
                 plan: plan.clone(),
             },
         );

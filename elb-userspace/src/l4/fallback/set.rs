@@ -12,7 +12,8 @@ use super::{
 };
 use crate::{
     cidr::Cidr,
-    config::{L4Proto, L4Service, Snapshot, Upstream},
+    config::{L4Proto, L4Service, Snapshot},
+    l4::plan::PlanInputs,
 };
 
 /// What one snapshot asks of one service name.
@@ -59,12 +60,8 @@ pub fn changes(
 struct Running {
     runtime: Arc<ServiceRuntime>,
     /// The inputs of the current route, to rebuild it only when they
-    /// change (snapshots share unchanged services and upstreams).
-    service: Arc<L4Service>,
-    upstream: Option<Arc<Upstream>>,
-    /// The gates' routability and L4 steps the route was planned with
-    /// (health changes do not change the upstream).
-    gates: Vec<(bool, u32)>,
+    /// change.
+    inputs: PlanInputs,
     /// None while the VIP is not bound.
     task: Option<Task>,
     /// The last bind error, logged once rather than on every retry.
@@ -166,14 +163,14 @@ impl ListenerSet {
     }
 
     fn start(&mut self, service: &Arc<L4Service>, snapshot: &Snapshot) {
-        let upstream = snapshot.upstream(&service.upstream).cloned();
-        let servers = upstream.as_ref().map(|u| u.servers()).unwrap_or_default();
-        let gates = upstream.as_ref().map(|u| u.gates()).unwrap_or_default();
+        let inputs = PlanInputs::of(service, snapshot);
         let mut running = Running {
-            runtime: Arc::new(ServiceRuntime::new(service, servers, gates)),
-            service: Arc::clone(service),
-            gates: gate_view(gates),
-            upstream,
+            runtime: Arc::new(ServiceRuntime::new(
+                service,
+                inputs.servers(),
+                inputs.gates(),
+            )),
+            inputs,
             task: None,
             bind_error: None,
         };
@@ -185,40 +182,20 @@ impl ListenerSet {
         let Some(running) = self.running.get_mut(&service.name) else {
             return;
         };
-        let upstream = snapshot.upstream(&service.upstream).cloned();
-        let same_upstream = match (&running.upstream, &upstream) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        };
-        let gates = upstream.as_ref().map(|u| u.gates()).unwrap_or_default();
-        let view = gate_view(gates);
-        if Arc::ptr_eq(&running.service, service) && same_upstream && running.gates == view {
+        let inputs = PlanInputs::of(service, snapshot);
+        if running.inputs.same_as(&inputs) {
             return;
         }
-        let servers = upstream.as_ref().map(|u| u.servers()).unwrap_or_default();
-        running.runtime.update(service, servers, gates);
-        running.gates = view;
+        running
+            .runtime
+            .update(service, inputs.servers(), inputs.gates());
+        running.inputs = inputs;
         tracing::info!(
             service = service.name,
             upstream = service.upstream,
             "L4 userspace: service re-planned; established flows keep their server"
         );
-        running.service = Arc::clone(service);
-        running.upstream = upstream;
     }
-}
-
-fn gate_view(gates: &[Arc<crate::targets::ServerGate>]) -> Vec<(bool, u32)> {
-    gates
-        .iter()
-        .map(|g| {
-            (
-                g.routable(),
-                crate::targets::routing::l4_step(g.weight_permille()),
-            )
-        })
-        .collect()
 }
 
 /// Binds the service's VIP and starts its task, or records why not.
