@@ -2,6 +2,7 @@
 //! `BPF_PROG_TEST_RUN` fixtures, network namespaces and the `elb` process.
 
 pub mod backend;
+pub mod desync;
 pub mod elb_process;
 pub mod etcd;
 pub mod http;
@@ -12,6 +13,8 @@ pub mod netns;
 pub mod packet;
 pub mod ports;
 pub mod privileges;
+pub mod raw_backend;
+pub mod strict_http;
 pub mod xdp_fixture;
 
 /// Returns from the calling test, printing `SKIPPED: needs root and BPF`,
