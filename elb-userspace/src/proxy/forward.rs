@@ -18,7 +18,7 @@
 //! streaming ends with an error.
 use std::{pin::pin, sync::Arc, time::Instant};
 
-use http::{Method, Request, Response, StatusCode, Uri, request::Parts};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header, request::Parts};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 
@@ -90,6 +90,17 @@ pub async fn forward(
     // Upstream connections are HTTP/1.1 keep-alive, whatever the client spoke.
     parts.version = http::Version::HTTP_11;
     let bodyless = body.is_end_stream();
+    if !bodyless
+        && body.size_hint().exact().is_none()
+        && !parts.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        // A body of unknown length (chunked) goes on chunked: hyper's
+        // client would send a GET or HEAD one as no body at all.
+        parts.headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
     let replayable = bodyless && is_idempotent(&parts.method);
     // Only a replayable request can need its head again once it was sent.
     let spare_head = replayable.then(|| clone_parts(&parts));
