@@ -63,6 +63,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: Option<HeaderValu
                 .any(|usual| token.eq_ignore_ascii_case(usual))
         })
         .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+        // `Connection: Host` must not leave the upstream request without
+        // the Host it was routed by (hop-by-hop abuse).
+        .filter(|name| name != header::HOST)
         .collect();
     for name in &named {
         headers.remove(name);
@@ -165,6 +168,18 @@ mod tests {
         let mut plain = map(&[("host", "a.com")]);
         strip_hop_by_hop(&mut plain, None);
         assert_eq!(plain.len(), 1);
+    }
+
+    #[test]
+    fn connection_cannot_remove_host() {
+        let mut headers = map(&[
+            ("connection", "Host, x-hop"),
+            ("host", "a.com"),
+            ("x-hop", "1"),
+        ]);
+        strip_hop_by_hop(&mut headers, None);
+        let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["host"]);
     }
 
     #[test]
