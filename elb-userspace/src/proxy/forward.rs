@@ -25,7 +25,7 @@ use hyper::body::{Body as _, Incoming};
 use super::{
     MAX_TRIES, Proxy,
     client_body::{BodyOutcome, BodyWatch, ClientBody},
-    headers::{ClientAddr, add_forwarded, strip_hop_by_hop, upgrade_protocol},
+    headers::{ClientAddr, add_forwarded, only_chunked_coding, strip_hop_by_hop, upgrade_protocol},
     pool::{Checkin, ConnectError, PooledBody, Sender},
     upgrade,
 };
@@ -52,6 +52,13 @@ pub async fn forward(
     client: &ClientAddr,
     choice: &BackendChoice<'_>,
 ) -> Response<Body> {
+    if !only_chunked_coding(request.headers()) {
+        // RFC 9112 6.1: a transfer coding the server does not understand.
+        return text(
+            StatusCode::NOT_IMPLEMENTED,
+            "the request's transfer coding is not supported (only chunked)",
+        );
+    }
     let target = match snapshot.upstream(choice.servername) {
         Some(upstream) => Target::Upstream(upstream),
         None if looks_like_host_port(choice.servername) => Target::Literal(choice.servername),

@@ -83,6 +83,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: Option<HeaderValu
     }
 }
 
+/// Whether a request's `Transfer-Encoding`, if any, is `chunked` alone: the
+/// only coding elb removes. hyper accepts any list that ends in `chunked`
+/// (`gzip, chunked`, `chunked, chunked`), and the body would go upstream
+/// re-chunked with the other codings silently dropped.
+pub fn only_chunked_coding(headers: &HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        // Empty list elements are allowed (RFC 9110 5.6.1).
+        .filter(|coding| !coding.is_empty());
+    match (codings.next(), codings.next()) {
+        (None, _) => true,
+        (Some(coding), None) => coding.eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => false,
+    }
+}
+
 /// A client connection's address, with the header value of its IP made
 /// once per connection rather than for every request on it.
 #[derive(Debug, Clone)]
@@ -168,6 +187,29 @@ mod tests {
         let mut plain = map(&[("host", "a.com")]);
         strip_hop_by_hop(&mut plain, None);
         assert_eq!(plain.len(), 1);
+    }
+
+    #[test]
+    fn only_a_lone_chunked_coding_is_supported() {
+        for fine in [
+            &[][..],
+            &[("transfer-encoding", "chunked")],
+            &[("transfer-encoding", "CHUNKED")],
+            &[("transfer-encoding", " ,chunked")],
+        ] {
+            assert!(only_chunked_coding(&map(fine)), "{fine:?}");
+        }
+        for unsupported in [
+            &[("transfer-encoding", "gzip, chunked")][..],
+            &[("transfer-encoding", "chunked, chunked")],
+            &[
+                ("transfer-encoding", "identity"),
+                ("transfer-encoding", "chunked"),
+            ],
+            &[("transfer-encoding", "x")],
+        ] {
+            assert!(!only_chunked_coding(&map(unsupported)), "{unsupported:?}");
+        }
     }
 
     #[test]
