@@ -202,8 +202,9 @@ struct Seen {
 fn run_case(lane: &Lane, case: &Case, split: bool) -> Result<(), String> {
     let mark = lane.log.len();
     let seen = exchange(lane.setup.elb.addr, &lane.log, case, split)?;
-    // A cut-off request reaches the backend log a moment after the close.
-    thread::sleep(Duration::from_millis(if seen.closed { 150 } else { 30 }));
+    if seen.closed {
+        settle(&lane.log);
+    }
     let seen = Seen {
         events: lane.log.since(mark),
         ..seen
@@ -222,6 +223,24 @@ fn run_case(lane: &Lane, case: &Case, split: bool) -> Result<(), String> {
         mismatches.join("\n  or: "),
         summary(&seen)
     ))
+}
+
+/// Waits until the backend log has been still for a while: a request elb
+/// cut off reaches the log only once the backend sees its connection close,
+/// a moment after elb closed the client's. (With the connection open, the
+/// probe's answer already orders everything before it.)
+fn settle(log: &RawLog) {
+    let quiet = Duration::from_millis(100);
+    let give_up = Instant::now() + Duration::from_secs(2);
+    let mut len = log.len();
+    loop {
+        thread::sleep(quiet);
+        let now = log.len();
+        if now == len || Instant::now() >= give_up {
+            return;
+        }
+        len = now;
+    }
 }
 
 /// Sends the case, reads the responses, and finds out whether elb keeps
