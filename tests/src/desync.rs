@@ -30,7 +30,9 @@
 //!
 //! Other lines: `modes: whole` (send in one write only; by default a case
 //! is also sent in small pieces), `awaits: defect N` (fails until that
-//! issue-12 defect is fixed; informational).
+//! issue-12 defect is fixed; informational), `known-failure: <why>` (a
+//! defect outside elb, in a dependency: the case must fail, and the test
+//! fails once it passes, so the line is removed then).
 use anyhow::{Context, Result, bail, ensure};
 
 /// One case file.
@@ -43,6 +45,7 @@ pub struct Case {
     pub outcomes: Vec<Outcome>,
     pub split: bool,
     pub awaits: Vec<String>,
+    pub known_failure: Option<String>,
     pub stream: Vec<u8>,
 }
 
@@ -234,6 +237,7 @@ pub fn parse_case(file: &str, text: &str) -> Result<Case> {
         outcomes: vec![Outcome::default()],
         split: true,
         awaits: Vec::new(),
+        known_failure: None,
         stream: unescape(raw.strip_suffix('\n').unwrap_or(raw))
             .with_context(|| format!("{file}: stream"))?,
     };
@@ -280,6 +284,7 @@ pub fn parse_case(file: &str, text: &str) -> Result<Case> {
             }
             "modes" if rest == "whole" => case.split = false,
             "awaits" => case.awaits.push(rest.to_owned()),
+            "known-failure" => case.known_failure = Some(rest.to_owned()),
             _ => bail!("{file}: unknown line {line:?}"),
         }
     }
