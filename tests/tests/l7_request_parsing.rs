@@ -4,7 +4,7 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use elb_tests::{
@@ -207,4 +207,77 @@ fn an_absolute_form_target_wins_over_host_and_the_backend_gets_it_as_host() {
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.echo()["server"], "secret");
     assert_eq!(answer.echo()["headers"]["host"], "secret.test");
+}
+
+// 3. Upgrade requests with a body
+
+#[test]
+fn an_upgrade_request_with_a_body_is_served_as_a_plain_request() {
+    // A short upstream timeout: the old fault was a backend waiting for a
+    // body that never came, and the client's 504 after it.
+    let s = start(&["--upstream-timeout", "3s"]);
+    let started = Instant::now();
+    let mut request = b"POST /up HTTP/1.1\r\nHost: probe.test\r\nConnection: Upgrade\r\n\
+        Upgrade: h2c\r\nContent-Length: 52\r\n\r\n"
+        .to_vec();
+    request.extend_from_slice(&[b'x'; 52]);
+    // The same connection goes on with a chunked upgrade request and then a
+    // plain one: the bodies were framed as bodies, nothing was tunnelled.
+    request.extend_from_slice(
+        b"POST /ws HTTP/1.1\r\nHost: probe.test\r\nConnection: keep-alive, Upgrade\r\n\
+        Upgrade: websocket\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
+        GET /last HTTP/1.1\r\nHost: probe.test\r\nConnection: close\r\n\r\n",
+    );
+    let answers = exchange(s.elb().addr, &request);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    let summary: Vec<_> = answers
+        .iter()
+        .map(|a| {
+            (
+                a.status,
+                a.echo()["path"].clone(),
+                a.echo()["body_len"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (200, "/up".into(), 52.into()),
+            (200, "/ws".into(), 5.into()),
+            (200, "/last".into(), 0.into())
+        ],
+        "{answers:?}"
+    );
+    for answer in &answers[..2] {
+        let headers = &answer.echo()["headers"];
+        assert!(headers.get("upgrade").is_none(), "{headers}");
+        assert!(headers.get("connection").is_none(), "{headers}");
+    }
+}
+
+#[test]
+fn an_upgrade_request_without_a_body_is_still_tunnelled() {
+    let s = start(&[]);
+    let mut stream = connect(s.elb().addr);
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: probe.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .expect("send");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("read the 101");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    stream.write_all(b"ping").expect("send through the tunnel");
+    let mut echoed = [0u8; 4];
+    stream.read_exact(&mut echoed).expect("echo");
+    assert_eq!(&echoed, b"ping");
 }
