@@ -107,7 +107,11 @@ pub struct RunArgs {
     #[arg(long, default_value = "60s", value_parser = parse_nonzero_duration)]
     pub client_body_timeout: Duration,
 
-    /// Largest request head (request line plus headers).
+    /// Largest request head, in bytes: the request line, every header line
+    /// and the empty line that ends the head, each counted with its CRLF
+    /// (and any empty lines before the request line). A head of exactly
+    /// BYTES is accepted, one byte more gets 431, however the client splits
+    /// its writes. Chunked trailers have the same limit.
     #[arg(long, default_value_t = 64 << 10, value_name = "BYTES", value_parser = clap::value_parser!(usize))]
     pub max_header_bytes: usize,
 

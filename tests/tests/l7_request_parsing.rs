@@ -4,6 +4,7 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
+    thread,
     time::{Duration, Instant},
 };
 
@@ -280,4 +281,90 @@ fn an_upgrade_request_without_a_body_is_still_tunnelled() {
     let mut echoed = [0u8; 4];
     stream.read_exact(&mut echoed).expect("echo");
     assert_eq!(&echoed, b"ping");
+}
+
+// 4. --max-header-bytes
+
+/// A request head of exactly `len` bytes (request line, headers and the
+/// empty line), padded by one header.
+fn head_of(len: usize) -> Vec<u8> {
+    let start = b"GET /pad HTTP/1.1\r\nHost: probe.test\r\nConnection: close\r\nX-Pad: ";
+    let end = b"\r\n\r\n";
+    let pad = len - start.len() - end.len();
+    let mut head = start.to_vec();
+    head.resize(start.len() + pad, b'a');
+    head.extend_from_slice(end);
+    assert_eq!(head.len(), len);
+    head
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Writes {
+    One,
+    /// 2 KB pieces with a pause between them, each its own segment.
+    Pieces,
+}
+
+/// The status elb answers to `request` written as `writes` says.
+fn status_for(addr: SocketAddr, request: &[u8], writes: Writes) -> u16 {
+    let mut stream = connect(addr);
+    match writes {
+        Writes::One => stream.write_all(request).expect("send"),
+        Writes::Pieces => {
+            for piece in request.chunks(2048) {
+                // elb may answer 431 and close before the last pieces.
+                if stream.write_all(piece).is_err() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+    let answers = parse_responses(&read_all(&mut stream));
+    answers
+        .first()
+        .unwrap_or_else(|| panic!("no answer to a {}-byte head", request.len()))
+        .status
+}
+
+fn assert_exact_limit(s: &Setup, limit: usize) {
+    for writes in [Writes::One, Writes::Pieces] {
+        let addr = s.elb().addr;
+        assert_eq!(
+            status_for(addr, &head_of(limit), writes),
+            200,
+            "a head of exactly {limit} bytes, {writes:?}"
+        );
+        assert_eq!(
+            status_for(addr, &head_of(limit + 1), writes),
+            431,
+            "a head of {} bytes, {writes:?}",
+            limit + 1
+        );
+    }
+}
+
+#[test]
+fn the_head_limit_is_exact_whatever_the_write_pattern() {
+    let s = start(&[]);
+    // The report's case: one 110,000-byte header line, the default limit.
+    let mut huge = b"GET /x HTTP/1.1\r\nHost: probe.test\r\nConnection: close\r\nX-Big: ".to_vec();
+    huge.resize(huge.len() + 110_000, b'a');
+    huge.extend_from_slice(b"\r\n\r\n");
+    for writes in [Writes::One, Writes::Pieces] {
+        assert_eq!(
+            status_for(s.elb().addr, &huge, writes),
+            431,
+            "110,000-byte header, {writes:?}"
+        );
+    }
+    assert_exact_limit(&s, 65536);
+    assert_eq!(s.secret.hits(), 0);
+}
+
+#[test]
+fn a_small_head_limit_is_exact_too() {
+    // Below hyper's smallest read buffer (8 KiB), which it cannot be set to.
+    let s = start(&["--max-header-bytes", "1000"]);
+    assert_exact_limit(&s, 1000);
 }

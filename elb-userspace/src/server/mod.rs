@@ -18,7 +18,9 @@ use crate::{
 pub struct ServerSettings {
     /// Time a client has to send the complete request head.
     pub header_read_timeout: Duration,
-    /// Largest request head (request line and headers), in bytes.
+    /// Largest request head in bytes: from the request line through the
+    /// empty line that ends the headers, CRLFs included. A head of exactly
+    /// this size is accepted, one byte more is 431.
     pub max_header_bytes: usize,
     pub max_headers: usize,
 }
@@ -151,7 +153,11 @@ async fn serve_connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size(settings.max_header_bytes)
+        // The read buffer only bounds a head roughly (one read may fill it
+        // past its size, and a head that arrived whole is then taken);
+        // max_header_size counts the parsed head exactly.
+        .max_buf_size(settings.max_header_bytes.max(MIN_READ_BUFFER))
+        .max_header_size(settings.max_header_bytes)
         .max_headers(settings.max_headers)
         .keep_alive(true);
     if let Err(err) = builder
@@ -162,3 +168,6 @@ async fn serve_connection(
         tracing::debug!(%peer, error = %err, "client connection ended with an error");
     }
 }
+
+/// hyper's smallest read buffer (it panics below it).
+const MIN_READ_BUFFER: usize = 8192;
