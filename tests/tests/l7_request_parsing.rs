@@ -2,6 +2,7 @@
 //! each), over raw sockets so that the exact bytes and the write pattern
 //! are the test's.
 use std::{
+    collections::BTreeSet,
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
     thread,
@@ -367,4 +368,87 @@ fn a_small_head_limit_is_exact_too() {
     // Below hyper's smallest read buffer (8 KiB), which it cannot be set to.
     let s = start(&["--max-header-bytes", "1000"]);
     assert_exact_limit(&s, 1000);
+}
+
+// 5. Malformed chunked bodies from the client
+
+#[test]
+fn malformed_chunked_bodies_are_400_never_502_and_take_no_server_out() {
+    let s = start(&[]);
+    let big_chunk = {
+        let mut chunk = format!("{:x}\r\n", 100_000).into_bytes();
+        chunk.resize(chunk.len() + 100_000, b'y');
+        chunk.extend_from_slice(b"\r\n");
+        chunk
+    };
+    let bodies: Vec<(&str, Vec<u8>)> = vec![
+        ("bad chunk size", b"zz\r\nAAAA\r\n0\r\n\r\n".to_vec()),
+        ("negative chunk size", b"-1\r\nA\r\n0\r\n\r\n".to_vec()),
+        (
+            "overflowing chunk size",
+            b"ffffffffffffffffffff\r\nAAAA\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
+            "overflowing size after data",
+            b"4\r\nAAAA\r\n10000000000000000\r\nA\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
+            "more data than the size",
+            b"5\r\nAAAAAAAAAA\r\n0\r\n\r\n".to_vec(),
+        ),
+        ("less data than the size", b"5\r\nAA\r\n0\r\n\r\n".to_vec()),
+        ("no CRLF after the data", b"3\r\nAAAX0\r\n\r\n".to_vec()),
+        (
+            "a bare LF in the size line",
+            b"3\nAAA\r\n0\r\n\r\n".to_vec(),
+        ),
+        ("bad size after 100 KB streamed", {
+            let mut body = big_chunk.clone();
+            body.extend_from_slice(b"zz\r\n0\r\n\r\n");
+            body
+        }),
+        ("short data after 100 KB streamed", {
+            let mut body = big_chunk;
+            body.extend_from_slice(b"5\r\nAA\r\n0\r\n\r\n");
+            body
+        }),
+    ];
+    // Twice: on fresh upstream connections, then on pooled ones.
+    for round in 0..2 {
+        for (what, body) in &bodies {
+            let mut request =
+                b"POST /x HTTP/1.1\r\nHost: probe.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    .to_vec();
+            request.extend_from_slice(body);
+            let answers = exchange(s.elb().addr, &request);
+            let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+            assert_eq!(statuses, [400], "{what} (round {round}): {answers:?}");
+        }
+        for _ in 0..4 {
+            // Warms the pool, and proves both servers still serve.
+            let answer = one_answer(
+                s.elb().addr,
+                b"GET / HTTP/1.1\r\nHost: probe.test\r\nConnection: close\r\n\r\n",
+            );
+            assert_eq!(answer.status, 200, "{answer:?}");
+        }
+    }
+    let servers: BTreeSet<String> = (0..4)
+        .map(|_| {
+            one_answer(
+                s.elb().addr,
+                b"GET / HTTP/1.1\r\nHost: probe.test\r\nConnection: close\r\n\r\n",
+            )
+            .echo()["server"]
+                .as_str()
+                .expect("server")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(servers, BTreeSet::from(["b1".into(), "b2".into()]));
+    let log = s.elb().process.log();
+    assert!(
+        !log.contains("upstream try failed"),
+        "a client's body was counted against a server:\n{log}"
+    );
 }
