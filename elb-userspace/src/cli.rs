@@ -98,7 +98,9 @@ pub struct RunArgs {
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
 
-    /// Time a client has to send its request headers.
+    /// Time a client has to send its request head; 408 after, once it has
+    /// sent part of one (an idle connection is closed without an answer).
+    /// Also the longest a keep-alive connection may idle between requests.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
 

@@ -452,3 +452,48 @@ fn malformed_chunked_bodies_are_400_never_502_and_take_no_server_out() {
         "a client's body was counted against a server:\n{log}"
     );
 }
+
+// 6. Header timeout
+
+#[test]
+fn a_request_head_that_stalls_gets_408_then_a_close() {
+    let s = start(&["--header-timeout", "1s"]);
+    let mut stream = connect(s.elb().addr);
+    stream
+        .write_all(b"GET /x HTTP/1.1\r\nHost: pro")
+        .expect("send part of a head");
+    let started = Instant::now();
+    let received = read_all(&mut stream);
+    let elapsed = started.elapsed();
+    let answers = parse_responses(&received);
+    assert_eq!(
+        answers.iter().map(|a| a.status).collect::<Vec<_>>(),
+        [408],
+        "{:?}",
+        String::from_utf8_lossy(&received)
+    );
+    assert!(answers[0].head.contains("connection: close"), "{answers:?}");
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(5),
+        "408 after {elapsed:?}"
+    );
+    assert_eq!(s.hits(), 0);
+}
+
+#[test]
+fn an_idle_connection_is_closed_without_an_answer() {
+    let s = start(&["--header-timeout", "1s"]);
+    // Nothing sent at all: nothing to answer.
+    let mut fresh = connect(s.elb().addr);
+    assert_eq!(read_all(&mut fresh), b"", "a fresh idle connection");
+    // Idle between two requests: one answer, then a plain close.
+    let mut kept = connect(s.elb().addr);
+    kept.write_all(b"GET /x HTTP/1.1\r\nHost: probe.test\r\n\r\n")
+        .expect("send");
+    let answers = parse_responses(&read_all(&mut kept));
+    assert_eq!(
+        answers.iter().map(|a| a.status).collect::<Vec<_>>(),
+        [200],
+        "{answers:?}"
+    );
+}
