@@ -89,7 +89,16 @@ pub fn is_valid_host(value: &str) -> bool {
             None => (value, ""),
         }
     };
-    is_reg_name(host) && (port.is_empty() || port.parse::<u16>().is_ok_and(|_| port.len() <= 5))
+    is_reg_name(host) && is_port(port)
+}
+
+/// Empty, or up to 5 digits no more than 65535 (u16's parser alone would
+/// also take a `+` sign).
+fn is_port(port: &str) -> bool {
+    port.is_empty()
+        || (port.len() <= 5
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u16>().is_ok())
 }
 
 fn is_reg_name(name: &str) -> bool {
@@ -236,6 +245,8 @@ mod tests {
             "probe.test:80:80",
             "probe.test:http",
             "probe.test:65536",
+            "probe.test:+80",
+            "probe.test:-1",
             "probe.test:000080",
             "[::1",
             "[not-ip]:80",
