@@ -57,6 +57,9 @@ pub struct RunArgs {
     #[arg(long, env = "ETCD", value_name = "ENDPOINTS")]
     pub etcd: Option<String>,
 
+    #[command(flatten)]
+    pub etcd_access: crate::store::etcd_access::EtcdAccessArgs,
+
     /// statsd server (UDP) for per-domain request metrics.
     #[arg(long, env = "STATSD", value_name = "HOST:PORT")]
     pub statsd: Option<String>,
