@@ -57,6 +57,9 @@ pub struct RunArgs {
     #[arg(long, env = "ETCD", value_name = "ENDPOINTS")]
     pub etcd: Option<String>,
 
+    #[command(flatten)]
+    pub etcd_access: crate::store::etcd_access::EtcdAccessArgs,
+
     /// statsd server (UDP) for per-domain request metrics.
     #[arg(long, env = "STATSD", value_name = "HOST:PORT")]
     pub statsd: Option<String>,
@@ -98,7 +101,9 @@ pub struct RunArgs {
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
 
-    /// Time a client has to send its request headers.
+    /// Time a client has to send its request head; 408 after, once it has
+    /// sent part of one (an idle connection is closed without an answer).
+    /// Also the longest a keep-alive connection may idle between requests.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
 
@@ -107,7 +112,11 @@ pub struct RunArgs {
     #[arg(long, default_value = "60s", value_parser = parse_nonzero_duration)]
     pub client_body_timeout: Duration,
 
-    /// Largest request head (request line plus headers).
+    /// Largest request head, in bytes: the request line, every header line
+    /// and the empty line that ends the head, each counted with its CRLF
+    /// (and any empty lines before the request line). A head of exactly
+    /// BYTES is accepted, one byte more gets 431, however the client splits
+    /// its writes. Chunked trailers have the same limit.
     #[arg(long, default_value_t = 64 << 10, value_name = "BYTES", value_parser = clap::value_parser!(usize))]
     pub max_header_bytes: usize,
 

@@ -68,8 +68,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let config = match &args.etcd {
         Some(endpoints) => {
-            let endpoints = parse_endpoints(endpoints).map_err(anyhow::Error::msg)?;
-            let etcd = EtcdStore::connect(&endpoints, layout.prefix()).await?;
+            let access = &args.etcd_access;
+            let endpoints = parse_endpoints(endpoints, access.tls()).map_err(anyhow::Error::msg)?;
+            let etcd = EtcdStore::connect(&endpoints, layout.prefix(), access).await?;
             let config = ConfigService::new(
                 ConfigManager::with_targets(layout, Arc::clone(&targets)),
                 Store::Etcd(Box::new(etcd.clone())),

@@ -8,7 +8,7 @@ use etcd_client::EventType;
 
 use crate::{
     config::ConfigService,
-    store::{EtcdStore, KvOp, file::read_state_file},
+    store::{EtcdStore, KvOp, StoreError, file::read_state_file},
 };
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -30,6 +30,9 @@ pub async fn start(
             log_skipped(&config.replace_from_store(kv, revision).await);
             Some(revision)
         }
+        // Wrong credentials or TLS trust: serving a stale snapshot would
+        // hide it, and retrying does not help.
+        Err(err @ StoreError::EtcdAccess { .. }) => return Err(err.into()),
         Err(err) => {
             match read_state_file(snapshot_file)? {
                 Some(snapshot) => {
@@ -67,7 +70,11 @@ async fn watch_loop(config: Arc<ConfigService>, etcd: EtcdStore, mut listed: Opt
                     revision
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, retry_in = ?backoff, "etcd unreachable; still serving the last known configuration");
+                    if matches!(err, StoreError::EtcdAccess { .. }) {
+                        tracing::error!(error = %err, retry_in = ?backoff, "etcd refuses elb; still serving the last known configuration");
+                    } else {
+                        tracing::warn!(error = %err, retry_in = ?backoff, "etcd unreachable; still serving the last known configuration");
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
@@ -78,6 +85,9 @@ async fn watch_loop(config: Arc<ConfigService>, etcd: EtcdStore, mut listed: Opt
             Ok(()) => tracing::warn!("etcd watch ended; re-listing"),
             Err(err) => {
                 tracing::warn!(error = %err, retry_in = ?backoff, "etcd watch broken; re-listing");
+                // The connection may be what broke (e.g. etcd's certificate
+                // was rotated): connect afresh, re-reading the TLS files.
+                etcd.reconnect_next_time().await;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;

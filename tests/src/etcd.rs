@@ -1,5 +1,6 @@
 //! A real etcd server (Debian's `etcd` binary) on random loopback ports with
-//! a temporary data directory; killed and removed on drop.
+//! a temporary data directory; killed and removed on drop. Optionally with
+//! TLS (certificates from [`crate::pki`]) and authentication.
 use std::{
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
@@ -8,25 +9,70 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::ports::free_port;
+use crate::{
+    pki::{Chain, ChainFiles},
+    ports::free_port,
+};
 
 pub struct Etcd {
     child: Option<Child>,
     data_dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
+    /// With TLS: etcd's files (server certificate, client CA) and
+    /// etcdctl's (client certificate), all of one chain.
+    tls: Option<ChainFiles>,
+    /// `user:password` for etcdctl once auth is enabled.
+    auth: Option<String>,
 }
 
 impl Etcd {
     pub fn start() -> Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// etcd serving TLS with `chain`'s server certificate and requiring a
+    /// client certificate signed by its CA (`--client-cert-auth`).
+    pub fn start_tls(chain: &Chain) -> Result<Self> {
+        Self::start_with(Some(chain))
+    }
+
+    fn start_with(chain: Option<&Chain>) -> Result<Self> {
+        let data_dir = tempfile::tempdir()?;
+        let tls = chain
+            .map(|chain| chain.write(&data_dir.path().join("tls")))
+            .transpose()?;
         let mut etcd = Self {
             child: None,
-            data_dir: tempfile::tempdir()?,
+            data_dir,
             client_port: free_port(),
             peer_port: free_port(),
+            tls,
+            auth: None,
         };
         etcd.spawn()?;
         Ok(etcd)
+    }
+
+    /// Restarts etcd with a new chain of trust (certificate rotation).
+    pub fn restart_with_chain(&mut self, chain: &Chain) -> Result<()> {
+        self.kill();
+        self.tls = Some(chain.write(&self.data_dir.path().join("tls"))?);
+        self.spawn()
+    }
+
+    /// Adds user `root` with `password` and turns authentication on.
+    pub fn enable_auth(&mut self, password: &str) -> Result<()> {
+        self.ctl(&[
+            "user",
+            "add",
+            "root",
+            "--interactive=false",
+            &format!("--new-user-password={password}"),
+        ])?;
+        self.ctl(&["auth", "enable"])?;
+        self.auth = Some(format!("root:{password}"));
+        Ok(())
     }
 
     /// `127.0.0.1:PORT`, the form ERU ELB's `ETCD` takes.
@@ -35,10 +81,25 @@ impl Etcd {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let log = std::fs::File::create(self.log_path())?;
-        let child = Command::new("etcd")
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut command = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .args(["--name", "default", "--data-dir"])
             .arg(self.data_dir.path().join("data"))
             .args([
@@ -93,12 +154,27 @@ impl Etcd {
 
     /// `etcdctl` (v3 API) against this server.
     pub fn ctl(&self, args: &[&str]) -> Result<Output> {
-        let output = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.endpoint()))
-            .args(args)
-            .output()
-            .context("starting etcdctl")?;
+        let mut command = Command::new("etcdctl");
+        command.env("ETCDCTL_API", "3");
+        match &self.tls {
+            Some(tls) => {
+                command
+                    .arg(format!("--endpoints=https://{}", self.endpoint()))
+                    .arg("--cacert")
+                    .arg(&tls.ca)
+                    .arg("--cert")
+                    .arg(&tls.client_cert)
+                    .arg("--key")
+                    .arg(&tls.client_key);
+            }
+            None => {
+                command.arg(format!("--endpoints={}", self.endpoint()));
+            }
+        }
+        if let Some(auth) = &self.auth {
+            command.arg(format!("--user={auth}"));
+        }
+        let output = command.args(args).output().context("starting etcdctl")?;
         if !output.status.success() {
             bail!(
                 "etcdctl {} failed: {}",

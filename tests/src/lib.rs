@@ -11,6 +11,7 @@ pub mod l4_fixture;
 pub mod l7;
 pub mod netns;
 pub mod packet;
+pub mod pki;
 pub mod ports;
 pub mod privileges;
 pub mod raw_backend;

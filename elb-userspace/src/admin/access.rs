@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 
 use http::{HeaderMap, header};
+use subtle::ConstantTimeEq;
 
 use crate::cidr::{Cidr, canonical};
 
@@ -40,9 +41,16 @@ impl AccessPolicy {
     }
 }
 
-/// Compares without an early exit, so timing does not leak the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Compares in constant time (`subtle`), so timing does not tell how much
+/// of a guess was right. The work follows the length of what was presented,
+/// which the client knows anyway; a length mismatch does not exit early.
+fn constant_time_eq(presented: &[u8], expected: &[u8]) -> bool {
+    let mut equal = (presented.len() as u64).ct_eq(&(expected.len() as u64));
+    for (i, byte) in presented.iter().enumerate() {
+        let wanted = expected.get(i).copied().unwrap_or(!*byte);
+        equal &= byte.ct_eq(&wanted);
+    }
+    equal.into()
 }
 
 #[cfg(test)]
@@ -55,6 +63,23 @@ mod tests {
             headers.insert(header::AUTHORIZATION, auth.parse().expect("header"));
         }
         headers
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(constant_time_eq(b"", b""));
+        for wrong in [
+            &b""[..],
+            b"s3cre",
+            b"s3cret ",
+            b"s3creT",
+            b"S3cret",
+            b"s3cret\0",
+        ] {
+            assert!(!constant_time_eq(wrong, b"s3cret"), "{wrong:?}");
+        }
+        assert!(!constant_time_eq(b"s3cret", b""));
     }
 
     #[test]

@@ -146,9 +146,16 @@ pub fn validate_key_segment(kind: &str, name: &str) -> Result<(), String> {
     if name.len() > 253 {
         return Err(format!("{kind} name {name:?} is longer than 253 bytes"));
     }
+    // `.` and `..` would be path components in the key
+    // (`/ELB/upstreams/../x`); `*` looks like a wildcard elb does not have.
+    if name == "." || name == ".." {
+        return Err(format!(
+            "{kind} name {name:?} is not allowed (it is a path component)"
+        ));
+    }
     if let Some(bad) = name
         .chars()
-        .find(|c| *c == '/' || c.is_whitespace() || c.is_control())
+        .find(|c| *c == '/' || *c == '*' || c.is_whitespace() || c.is_control())
     {
         return Err(format!("{kind} name {name:?} contains {bad:?}"));
     }
@@ -173,6 +180,17 @@ mod tests {
         assert_eq!(layout.zones_key(), "/ELB/zones");
         let cidr: Cidr = "10.0.0.0/8".parse().expect("cidr");
         assert_eq!(layout.acl_key(&cidr), "/ELB/acl/10.0.0.0/8");
+    }
+
+    #[test]
+    fn path_components_and_wildcards_are_not_names() {
+        for bad in [".", "..", "*", "*.example.com", "a*b"] {
+            let err = validate_key_segment("upstream", bad).expect_err(bad);
+            assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");
+        }
+        for good in ["up1", "a.b", "...", "..x", "example.com:8080"] {
+            assert_eq!(validate_key_segment("upstream", good), Ok(()), "{good}");
+        }
     }
 
     #[test]

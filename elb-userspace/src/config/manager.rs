@@ -17,7 +17,8 @@ use tokio::sync::watch;
 
 use super::{
     acl::{self, AclError, MAX_ACL_ENTRIES},
-    keys::{KeyLayout, StoreKey},
+    domain_name::normalize_domain,
+    keys::{KeyLayout, StoreKey, validate_key_segment},
     l4::{L4Service, L4ServiceError},
     policy::{Policy, PolicyError},
     snapshot::{DomainEntry, Snapshot, SnapshotHandle, Upstream},
@@ -80,6 +81,8 @@ pub enum EntryError {
     Policy(#[from] PolicyError),
     #[error("{key}: {source}")]
     Zones { key: String, source: ZonesError },
+    #[error("{key}: {message}")]
+    Name { key: String, message: String },
 }
 
 impl ConfigManager {
@@ -228,6 +231,7 @@ impl ConfigManager {
         let mut services = BTreeSet::new();
         let mut acl_changed = false;
         let mut acl_errors = Vec::new();
+        let mut name_errors = Vec::new();
         let mut policies = BTreeSet::new();
         let mut zones_changed = false;
         for key in &changed_keys {
@@ -236,7 +240,16 @@ impl ConfigManager {
                     domains.insert(domain.to_owned());
                 }
                 Some(StoreKey::Server { upstream, .. }) => {
-                    upstreams.insert(upstream.to_owned());
+                    // `..` or `*`: only a hand-written store has such names.
+                    match validate_key_segment("upstream", upstream) {
+                        Ok(()) => {
+                            upstreams.insert(upstream.to_owned());
+                        }
+                        Err(message) => name_errors.push(EntryError::Name {
+                            key: key.clone(),
+                            message,
+                        }),
+                    }
                 }
                 Some(StoreKey::Service { name }) => {
                     services.insert(name.to_owned());
@@ -255,6 +268,7 @@ impl ConfigManager {
             }
         }
         if domains.is_empty()
+            && name_errors.is_empty()
             && upstreams.is_empty()
             && services.is_empty()
             && !acl_changed
@@ -264,6 +278,7 @@ impl ConfigManager {
             return Vec::new();
         }
         let mut errors = acl_errors;
+        errors.extend(name_errors);
         for upstream in policies {
             if let Err(err) = self.update_policy(&upstream) {
                 errors.push(err);
@@ -509,8 +524,13 @@ pub fn compile_domain(
         key: key.to_owned(),
         message: e.to_string(),
     })?;
+    let host = normalize_domain(domain).map_err(|message| EntryError::Name {
+        key: key.to_owned(),
+        message,
+    })?;
     Ok(DomainEntry {
         domain: domain.to_owned(),
+        host,
         rules: rules::compile_cached(domain, &doc, regexes)?,
     })
 }

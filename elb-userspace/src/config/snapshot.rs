@@ -19,6 +19,8 @@ use crate::{
 /// One domain's compiled rules, under the name it was stored with.
 pub struct DomainEntry {
     pub domain: String,
+    /// The canonical name a `Host` matches (lower case, IDNA punycode).
+    pub host: String,
     pub rules: CompiledRules,
 }
 
@@ -76,10 +78,7 @@ impl Snapshot {
         upstreams: impl IntoIterator<Item = &'a Arc<Upstream>>,
     ) -> Self {
         Self {
-            domains: domains
-                .into_iter()
-                .map(|entry| (entry.domain.to_ascii_lowercase(), Arc::clone(entry)))
-                .collect(),
+            domains: by_host(domains),
             upstreams: upstreams
                 .into_iter()
                 .map(|upstream| (upstream.name.clone(), Arc::clone(upstream)))
@@ -131,6 +130,28 @@ impl Snapshot {
     pub fn acl(&self) -> &[Cidr] {
         &self.acl
     }
+}
+
+/// The entries by canonical host. Two stored spellings of one domain (only
+/// a hand-written store has them: admin writes merge them) resolve to the
+/// one stored in canonical form, else to the last by name.
+fn by_host<'a>(
+    domains: impl IntoIterator<Item = &'a Arc<DomainEntry>>,
+) -> HashMap<String, Arc<DomainEntry>> {
+    let mut map: HashMap<String, Arc<DomainEntry>> = HashMap::new();
+    for entry in domains {
+        match map.entry(entry.host.clone()) {
+            std::collections::hash_map::Entry::Occupied(mut slot) => {
+                if slot.get().domain != slot.get().host {
+                    slot.insert(Arc::clone(entry));
+                }
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(Arc::clone(entry));
+            }
+        }
+    }
+    map
 }
 
 /// `host:port` → `host`, `[v6]:port` → `[v6]`; `None` when there is no port.

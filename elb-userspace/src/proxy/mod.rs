@@ -3,6 +3,7 @@
 mod client_body;
 mod forward;
 pub mod headers;
+pub mod host;
 pub mod pool;
 mod upgrade;
 
@@ -11,7 +12,7 @@ use std::{sync::Arc, time::Duration};
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
-use self::{headers::ClientAddr, pool::Pool};
+use self::{headers::ClientAddr, host::RequestHost, pool::Pool};
 use crate::{
     admin::AdminApi,
     config::SnapshotHandle,
@@ -67,14 +68,35 @@ impl Proxy {
         self.pool.close_unroutable();
     }
 
-    pub async fn handle(&self, request: Request<Incoming>, client: &ClientAddr) -> Response<Body> {
+    pub async fn handle(
+        &self,
+        mut request: Request<Incoming>,
+        client: &ClientAddr,
+    ) -> Response<Body> {
+        let (host, from_target) =
+            match host::request_host(request.version(), request.uri(), request.headers()) {
+                Ok(RequestHost::Header(host)) => (host.to_owned(), false),
+                Ok(RequestHost::Target(authority)) => (authority.to_owned(), true),
+                Ok(RequestHost::None) => (String::new(), false),
+                Err(err) => {
+                    tracing::debug!(client = %client.addr, error = %err, "request refused");
+                    return text(StatusCode::BAD_REQUEST, &err.to_string());
+                }
+            };
         if AdminApi::is_admin_path(request.uri().path()) {
             return self.admin.handle(request, client.addr.ip()).await;
         }
         let started = std::time::Instant::now();
-        let Some(host) = request_host(&request) else {
+        if host.is_empty() {
             return text(StatusCode::BAD_REQUEST, "the request has no Host");
-        };
+        }
+        if from_target {
+            // Absolute-form: the upstream gets the host it was routed by
+            // (a valid host is a valid header value).
+            if let Ok(value) = http::HeaderValue::from_str(&host) {
+                request.headers_mut().insert(header::HOST, value);
+            }
+        }
         // In-flight requests keep the snapshot they started with.
         let snapshot = self.snapshot.load_full();
         let Some(domain) = snapshot.lookup_host(&host) else {
@@ -101,15 +123,4 @@ impl Proxy {
         }
         response
     }
-}
-
-/// The Host header, or the authority of an absolute-form request URI.
-fn request_host(request: &Request<Incoming>) -> Option<String> {
-    request
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()))
-        .filter(|h| !h.is_empty())
 }

@@ -1,4 +1,5 @@
 //! The HTTP listeners: accept, then serve each connection with hyper.
+mod client_io;
 mod listeners;
 
 pub use listeners::{BindError, Listeners};
@@ -8,6 +9,7 @@ use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::watch};
 
+use self::client_io::{ClientIo, Reclaimed};
 use crate::{
     l4::fallback::l7_guard::ListenerGuard,
     proxy::{Proxy, headers::ClientAddr},
@@ -18,7 +20,9 @@ use crate::{
 pub struct ServerSettings {
     /// Time a client has to send the complete request head.
     pub header_read_timeout: Duration,
-    /// Largest request head (request line and headers), in bytes.
+    /// Largest request head in bytes: from the request line through the
+    /// empty line that ends the headers, CRLFs included. A head of exactly
+    /// this size is accepted, one byte more is 431.
     pub max_header_bytes: usize,
     pub max_headers: usize,
 }
@@ -142,6 +146,7 @@ async fn serve_connection(
     settings: ServerSettings,
 ) {
     let client = Arc::new(ClientAddr::new(peer));
+    let (io, mut reclaimed) = ClientIo::new(stream);
     let service = service_fn(move |request| {
         let proxy = Arc::clone(&proxy);
         let client = Arc::clone(&client);
@@ -151,14 +156,40 @@ async fn serve_connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size(settings.max_header_bytes)
+        // The read buffer only bounds a head roughly (one read may fill it
+        // past its size, and a head that arrived whole is then taken);
+        // max_header_size counts the parsed head exactly.
+        .max_buf_size(settings.max_header_bytes.max(MIN_READ_BUFFER))
+        .max_header_size(settings.max_header_bytes)
         .max_headers(settings.max_headers)
         .keep_alive(true);
-    if let Err(err) = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades()
-        .await
-    {
-        tracing::debug!(%peer, error = %err, "client connection ended with an error");
+    let served = {
+        let connection = builder
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        connection.await
+    };
+    // The connection, and with it the socket, has been dropped by now.
+    match served {
+        Err(err) if err.is_timeout() => match reclaimed.try_recv() {
+            Ok(Reclaimed {
+                stream,
+                request_started: true,
+            }) => {
+                tracing::debug!(%peer, "request head timed out: 408");
+                client_io::answer_header_timeout(stream).await;
+            }
+            // Nothing of a request came (a new or idle keep-alive
+            // connection): no request to answer, and an unasked 408 could
+            // race a request the client is sending right now.
+            _ => tracing::debug!(%peer, "idle client connection timed out"),
+        },
+        Err(err) => {
+            tracing::debug!(%peer, error = %err, "client connection ended with an error");
+        }
+        Ok(()) => {}
     }
 }
+
+/// hyper's smallest read buffer (it panics below it).
+const MIN_READ_BUFFER: usize = 8192;

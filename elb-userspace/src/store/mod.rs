@@ -2,6 +2,7 @@
 //! state file (a single node). Both expose the same key/value view and apply
 //! a batch of operations atomically.
 pub mod etcd;
+pub mod etcd_access;
 pub mod file;
 
 use std::collections::BTreeMap;
@@ -41,6 +42,10 @@ impl KvOp {
 pub enum StoreError {
     #[error("etcd at {endpoints}: {message}")]
     Etcd { endpoints: String, message: String },
+    /// etcd refused elb (credentials, TLS) or the access files are
+    /// unusable: retrying does not help.
+    #[error("etcd at {endpoints}: {message}")]
+    EtcdAccess { endpoints: String, message: String },
     #[error("state file {path}: {message}")]
     File { path: String, message: String },
 }
