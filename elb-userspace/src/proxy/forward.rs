@@ -75,8 +75,10 @@ pub async fn forward(
     // An upgrade request with a body is served as a plain request, its
     // Upgrade dropped (RFC 9110 §7.8 lets a server ignore it; HAProxy and
     // Envoy do the same): its body is framed and forwarded as any other,
-    // never mistaken for the bytes after a 101.
-    let protocol = upgrade_protocol(&parts.headers).filter(|_| body.is_end_stream());
+    // never mistaken for the bytes after a 101. An Upgrade in an HTTP/1.0
+    // request is ignored (RFC 9110 §7.8 MUST).
+    let protocol = upgrade_protocol(&parts.headers)
+        .filter(|_| body.is_end_stream() && parts.version == http::Version::HTTP_11);
     strip_hop_by_hop(&mut parts.headers, protocol.clone());
     add_forwarded(&mut parts.headers, client, "http");
     for (name, value) in choice.headers {
