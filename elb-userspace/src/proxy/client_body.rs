@@ -13,7 +13,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU8, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -70,6 +70,8 @@ pub struct BodyWatch {
     /// [`CLIENTS_TURN`] while the body waits for the client.
     upstream_turn: AtomicU64,
     outcome: AtomicU8,
+    /// The chunked body ended with trailer fields.
+    trailers: AtomicBool,
 }
 
 impl BodyWatch {
@@ -78,7 +80,17 @@ impl BodyWatch {
             base: now,
             upstream_turn: AtomicU64::new(0),
             outcome: AtomicU8::new(BodyOutcome::Streaming as u8),
+            trailers: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the body carried trailer fields. hyper 1.12 ends trailer
+    /// lines at CRLF only while httparse also ends them at a bare LF, so the
+    /// bytes between a bare-LF trailer block's end and the next CRLFCRLF (a
+    /// pipelined request) are swallowed; the proxy closes such connections
+    /// after the answer rather than leave a client's request unanswered.
+    pub fn had_trailers(&self) -> bool {
+        self.trailers.load(Ordering::Acquire)
     }
 
     pub fn outcome(&self) -> BodyOutcome {
@@ -202,6 +214,9 @@ where
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.progressed();
+                if frame.is_trailers() {
+                    this.watch.trailers.store(true, Ordering::Release);
+                }
                 // hyper stops polling once the body says it is at its end
                 // (all of a Content-Length is in): that is the end too.
                 if this.inner.is_end_stream() {
@@ -276,6 +291,38 @@ mod tests {
     }
 
     const LONG: Duration = Duration::from_secs(30);
+
+    /// Frames given up front: data, then optionally trailers.
+    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    async fn drained_watch(frames: Vec<Frame<Bytes>>) -> Arc<BodyWatch> {
+        let (body, watch) = ClientBody::new(Frames(frames.into()), LONG);
+        body.collect().await.expect("a complete body");
+        watch
+    }
+
+    #[tokio::test]
+    async fn trailers_are_recorded_and_a_plain_body_has_none() {
+        let data = || Frame::data(Bytes::from_static(b"hello"));
+        let mut fields = http::HeaderMap::new();
+        fields.insert("x-t", http::HeaderValue::from_static("1"));
+        assert!(!drained_watch(vec![data()]).await.had_trailers());
+        let watch = drained_watch(vec![data(), Frame::trailers(fields)]).await;
+        assert!(watch.had_trailers());
+        assert_eq!(watch.outcome(), BodyOutcome::Complete);
+    }
 
     #[tokio::test]
     async fn a_complete_body_passes_through_and_is_recorded() {

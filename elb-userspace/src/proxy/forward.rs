@@ -143,7 +143,7 @@ pub async fn forward(
         match try_server(proxy, server, request, watch, &lease).await {
             Attempt::Response(response) if !is_gateway_failure(response.status()) => {
                 report_success(&target, index);
-                return response;
+                return close_after_trailers(response, watch);
             }
             Attempt::Response(response) => {
                 report_failure(&target, index);
@@ -153,7 +153,7 @@ pub async fn forward(
                     "upstream answered with a gateway error"
                 );
                 if !replayable || tried.len() == MAX_TRIES {
-                    return response;
+                    return close_after_trailers(response, watch);
                 }
                 last_failure = Some(Failure::Status(response.status()));
             }
@@ -189,6 +189,19 @@ pub async fn forward(
         Some(Failure::Status(status)) => text(status, "the upstream failed"),
         Some(Failure::Broken) | None => text(StatusCode::BAD_GATEWAY, "the upstream failed"),
     }
+}
+
+/// Asks hyper to close the client connection after `response` when the
+/// request body carried trailers (see [`BodyWatch::had_trailers`]). A
+/// server that answers before the client's trailers arrived escapes this;
+/// such an early answer is rare, and trailers in requests are too.
+fn close_after_trailers(mut response: Response<Body>, watch: Option<&BodyWatch>) -> Response<Body> {
+    if watch.is_some_and(BodyWatch::had_trailers) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 #[derive(Debug)]
