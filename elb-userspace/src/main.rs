@@ -64,6 +64,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _lock = InstanceLock::acquire(&args.run_dir, &args.name)?;
     let layout = KeyLayout::new(&args.name);
     let state_file = args.state_file();
+    // Left by a kill between a write and its rename; the lock above means
+    // no other elb of this name is writing.
+    elb_userspace::store::file::remove_stale_temp_files(&state_file);
     let targets = Arc::new(TargetRegistry::new(args.zone.clone()));
 
     let config = match &args.etcd {
