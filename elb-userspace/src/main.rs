@@ -5,7 +5,7 @@ use clap::Parser;
 use elb_userspace::{
     admin::{AdminApi, access::AccessPolicy},
     cli::{Cli, Command, L4Start, RunArgs, TeardownArgs},
-    config::{ConfigManager, ConfigService, KeyLayout},
+    config::{ConfigManager, ConfigService, KeyLayout, OwnAddrs},
     dataplane::{self, DataplaneConfig, PinLayout, XdpDataplane},
     health::monitor::spawn_monitor,
     instance_lock::InstanceLock,
@@ -68,13 +68,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // no other elb of this name is writing.
     elb_userspace::store::file::remove_stale_temp_files(&state_file);
     let targets = Arc::new(TargetRegistry::new(args.zone.clone()));
+    // Bound before the configuration loads, so that the load already knows
+    // elb's own addresses (a server that is one of them would loop).
+    let workers = args
+        .workers
+        .or_else(|| std::thread::available_parallelism().ok())
+        .map_or(1, std::num::NonZeroUsize::get);
+    let listeners = server::Listeners::bind(&args.listen, workers)?;
+    let listen_addrs = listeners.local_addrs()?;
+    let own_addrs = OwnAddrs::new(listen_addrs.clone());
 
     let config = match &args.etcd {
         Some(endpoints) => {
             let endpoints = parse_endpoints(endpoints).map_err(anyhow::Error::msg)?;
             let etcd = EtcdStore::connect(&endpoints, layout.prefix()).await?;
             let config = ConfigService::new(
-                ConfigManager::with_targets(layout, Arc::clone(&targets)),
+                ConfigManager::with_targets(layout, Arc::clone(&targets)).with_own_addrs(own_addrs),
                 Store::Etcd(Box::new(etcd.clone())),
                 Some(state_file.clone()),
             );
@@ -84,7 +93,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => {
             let (store, kv) = FileStore::open(state_file.clone())?;
             let config = ConfigService::new(
-                ConfigManager::with_targets(layout, Arc::clone(&targets)),
+                ConfigManager::with_targets(layout, Arc::clone(&targets)).with_own_addrs(own_addrs),
                 Store::File(store),
                 None,
             );
@@ -121,12 +130,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_header_bytes: args.max_header_bytes,
         max_headers: args.max_headers,
     };
-    let workers = args
-        .workers
-        .or_else(|| std::thread::available_parallelism().ok())
-        .map_or(1, std::num::NonZeroUsize::get);
-    let listeners = server::Listeners::bind(&args.listen, workers)?;
-    let listen_addrs = listeners.local_addrs()?;
     for addr in &listen_addrs {
         tracing::info!(%addr, workers, "listening for HTTP");
     }

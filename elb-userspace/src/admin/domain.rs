@@ -32,7 +32,11 @@ pub async fn put(config: &ConfigService, body: Value) -> AdminResult {
         .write(|manager| {
             for (domain, doc) in domains {
                 validate_key_segment("domain", domain)?;
-                rules::compile(domain, doc).map_err(|e| e.to_string())?;
+                let rules = rules::compile(domain, doc).map_err(|e| e.to_string())?;
+                manager
+                    .own_addrs()
+                    .check_servernames(rules.servernames())
+                    .map_err(|e| format!("domain {domain:?}: backend servername {e}"))?;
                 ops.push(KvOp::Put {
                     key: manager.layout().rule_key(domain),
                     value: doc.to_string(),

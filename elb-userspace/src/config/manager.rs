@@ -19,6 +19,7 @@ use super::{
     acl::{self, AclError, MAX_ACL_ENTRIES},
     keys::{KeyLayout, StoreKey},
     l4::{L4Service, L4ServiceError},
+    own_addrs::{OwnAddrError, OwnAddrs},
     policy::{Policy, PolicyError},
     snapshot::{DomainEntry, Snapshot, SnapshotHandle, Upstream},
     zones::{Zones, ZonesError},
@@ -57,6 +58,8 @@ pub struct ConfigManager {
     /// Bumped after every publish; see [`ConfigManager::subscribe`].
     generation: watch::Sender<u64>,
     regexes: RegexCache,
+    /// elb's listeners: a server that is one of them is refused (a loop).
+    own: OwnAddrs,
 }
 
 /// Why a stored entry could not be used.
@@ -80,6 +83,8 @@ pub enum EntryError {
     Policy(#[from] PolicyError),
     #[error("{key}: {source}")]
     Zones { key: String, source: ZonesError },
+    #[error("{key}: a backend rule's servername {source}")]
+    OwnServername { key: String, source: OwnAddrError },
 }
 
 impl ConfigManager {
@@ -103,7 +108,18 @@ impl ConfigManager {
             published: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
             generation: watch::Sender::new(0),
             regexes: RegexCache::default(),
+            own: OwnAddrs::default(),
         }
+    }
+
+    /// Refuses servers that are elb's own listeners (see [`OwnAddrs`]).
+    pub fn with_own_addrs(mut self, own: OwnAddrs) -> Self {
+        self.own = own;
+        self
+    }
+
+    pub fn own_addrs(&self) -> &OwnAddrs {
+        &self.own
     }
 
     pub fn layout(&self) -> &KeyLayout {
@@ -278,12 +294,22 @@ impl ConfigManager {
                 None => {
                     self.domains.remove(&domain);
                 }
-                Some(value) => match compile_domain(&key, &domain, value, &self.regexes) {
-                    Ok(entry) => {
-                        self.domains.insert(domain, Arc::new(entry));
+                Some(value) => {
+                    match compile_domain(&key, &domain, value, &self.regexes).and_then(|entry| {
+                        self.own
+                            .check_servernames(entry.rules.servernames())
+                            .map_err(|source| EntryError::OwnServername {
+                                key: key.clone(),
+                                source,
+                            })?;
+                        Ok(entry)
+                    }) {
+                        Ok(entry) => {
+                            self.domains.insert(domain, Arc::new(entry));
+                        }
+                        Err(err) => errors.push(err),
                     }
-                    Err(err) => errors.push(err),
-                },
+                }
             }
         }
         for name in upstreams {
@@ -292,7 +318,7 @@ impl ConfigManager {
                 self.upstreams.remove(&name);
                 continue;
             }
-            match parse_servers(&name, servers) {
+            match parse_servers(&name, servers, &self.own) {
                 Ok(servers) => {
                     let unchanged = self
                         .upstreams
@@ -519,6 +545,7 @@ pub fn compile_domain(
 pub fn parse_servers(
     upstream: &str,
     servers: Vec<(&str, &str)>,
+    own: &OwnAddrs,
 ) -> Result<Vec<Server>, EntryError> {
     servers
         .into_iter()
@@ -529,6 +556,7 @@ pub fn parse_servers(
                 message,
             };
             upstream::validate_server_address(server).map_err(|e| error(e.to_string()))?;
+            own.check(server).map_err(|e| error(e.to_string()))?;
             let params = upstream::parse_params(params).map_err(|e| error(e.to_string()))?;
             Ok(Server {
                 name: server.to_owned(),
