@@ -16,7 +16,7 @@ use elb_userspace::{
         stats::XdpStats,
         sync::{L4Sync, spawn_sync_loop},
     },
-    proxy::{Proxy, ProxySettings},
+    proxy::{Proxy, ProxySettings, via::HopMarker},
     server::{self, ServerSettings},
     statsd::StatsdClient,
     store::{EtcdStore, FileStore, Store, etcd::parse_endpoints},
@@ -124,6 +124,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         client_body_timeout: args.client_body_timeout,
         max_idle_per_server: 256,
         idle_timeout: std::time::Duration::from_secs(60),
+        hop: HopMarker::new(&args.name)?,
     };
     let server_settings = ServerSettings {
         header_read_timeout: args.header_timeout,

@@ -1,5 +1,6 @@
 //! Proxy loops: a server that is elb itself is refused when written (admin
-//! API) or loaded (store).
+//! API) or loaded (store), and a request that comes back around a loop
+//! elb cannot see at write time is answered 508 thanks to its `Via` entry.
 use std::{net::SocketAddr, time::Duration};
 
 use elb_tests::{
@@ -150,6 +151,58 @@ fn a_wildcard_listener_refuses_every_address_of_the_host() {
         assert_eq!(status, 200, "{server}: {text}");
     }
     let _ = elb.stop();
+}
+
+#[test]
+fn a_request_carrying_this_elbs_via_entry_gets_508() {
+    let s = start(&[]);
+    let backend = Backend::start("b1").expect("backend");
+    s.elb.route("probe.test", "up1", &[(backend.addr(), "")]);
+    let own = format!("1.1 elb-{}", s.elb.name);
+    let get = |via: &str| {
+        http::get(s.elb.addr, "/", &[("Host", "probe.test"), ("Via", via)]).expect("GET")
+    };
+    let looped = get(&format!("1.0 fred, {own}"));
+    assert_eq!(looped.status, 508, "{}", looped.text());
+    assert_eq!(backend.hits(), 0, "a looped request goes nowhere");
+    // Other proxies' entries, even close to ours, pass; ours is appended.
+    let passed = get(&format!("1.1 elb-{}2, 1.1 x{}", s.elb.name, &own[4..]));
+    assert_eq!(passed.status, 200, "{}", passed.text());
+    let seen = passed.json().expect("json")["headers"]["via"].clone();
+    assert_eq!(
+        seen,
+        json!(format!(
+            "1.1 elb-{}2, 1.1 x{}, {own}",
+            s.elb.name,
+            &own[4..]
+        )),
+        "{passed:?}"
+    );
+    let log = plain(&s.elb.process.log());
+    assert!(log.contains("508 Loop Detected"), "{log}");
+}
+
+/// Two elbs that send a domain to each other: neither server is its own
+/// address, so only the hop marker can stop the loop.
+#[test]
+fn a_loop_through_two_elbs_ends_with_508() {
+    let a = start(&[]);
+    let b = start(&[]);
+    a.elb.route("loop.test", "to-b", &[(b.elb.addr, "")]);
+    b.elb.route("loop.test", "to-a", &[(a.elb.addr, "")]);
+    let response = a.elb.get("loop.test", "/", None);
+    assert_eq!(response.status, 508, "{}", response.text());
+    // The request went A → B → A once: each answered one request.
+    assert!(plain(&a.elb.process.log()).contains("508 Loop Detected"));
+    // Both still serve.
+    for elb in [&a.elb, &b.elb] {
+        assert_eq!(
+            http::get(elb.addr, "/__erulb__/upstream", &[])
+                .expect("GET")
+                .status,
+            200
+        );
+    }
 }
 
 /// The log without its colour codes.

@@ -68,6 +68,7 @@ pub async fn forward(
     let protocol = upgrade_protocol(&parts.headers);
     strip_hop_by_hop(&mut parts.headers, protocol.clone());
     add_forwarded(&mut parts.headers, client, "http");
+    proxy.settings.hop.append_to(&mut parts.headers);
     for (name, value) in choice.headers {
         parts.headers.insert(name.clone(), value.clone());
     }
