@@ -16,6 +16,7 @@ use elb_userspace::{
         stats::XdpStats,
         sync::{L4Sync, spawn_sync_loop},
     },
+    limits::{self, Budgets, ClientLimit, UpstreamLimits},
     proxy::{Proxy, ProxySettings, via::HopMarker},
     server::{self, ServerSettings},
     statsd::StatsdClient,
@@ -62,6 +63,7 @@ fn main() -> std::process::ExitCode {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let l4_start = args.l4_start()?;
     let _lock = InstanceLock::acquire(&args.run_dir, &args.name)?;
+    let budgets = fd_budgets(&args);
     let layout = KeyLayout::new(&args.name);
     let state_file = args.state_file();
     // Left by a kill between a write and its rename; the lock above means
@@ -125,11 +127,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_idle_per_server: 256,
         idle_timeout: std::time::Duration::from_secs(60),
         hop: HopMarker::new(&args.name)?,
+        upstream_limits: UpstreamLimits::new(args.max_server_connections, budgets.upstream_total),
     };
     let server_settings = ServerSettings {
         header_read_timeout: args.header_timeout,
         max_header_bytes: args.max_header_bytes,
         max_headers: args.max_headers,
+        clients: ClientLimit::new(budgets.clients),
     };
     for addr in &listen_addrs {
         tracing::info!(%addr, workers, "listening for HTTP");
@@ -203,6 +207,43 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         L4Running::Userspace(l4) => l4.wait().await,
     }
     Ok(())
+}
+
+/// Raises the fd limit and splits it into the connection budgets.
+fn fd_budgets(args: &RunArgs) -> Budgets {
+    let fd_limit = match limits::fd::raise_nofile() {
+        Ok(limit) => {
+            tracing::info!(
+                soft = limit.now,
+                was = limit.before,
+                hard = limit.hard,
+                "file descriptor limit (RLIMIT_NOFILE)"
+            );
+            limit.now
+        }
+        Err(error) => {
+            // getrlimit does not fail on Linux; assume the usual default.
+            tracing::warn!(%error, "cannot read or raise RLIMIT_NOFILE; assuming 1024");
+            1024
+        }
+    };
+    let budgets = Budgets::for_fd_limit(fd_limit, args.max_connections.map(|n| n.get()));
+    tracing::info!(
+        max_connections = budgets.clients,
+        upstream_connections = budgets.upstream_total,
+        max_server_connections = args.max_server_connections,
+        "connection limits"
+    );
+    if budgets.upstream_total < budgets.clients {
+        tracing::warn!(
+            fd_limit,
+            max_connections = budgets.clients,
+            upstream_connections = budgets.upstream_total,
+            "--max-connections leaves fewer upstream connections than client ones: requests \
+             beyond them get 503 (raise the hard fd limit or lower --max-connections)"
+        );
+    }
+    budgets
 }
 
 /// The L4 data plane in use.

@@ -17,7 +17,7 @@ use crate::{
     admin::AdminApi,
     config::SnapshotHandle,
     http_util::{Body, text},
-    limits::Throttle,
+    limits::{Throttle, UpstreamLimits},
     rules::{self, Decision, RuleRequest},
     statsd::StatsdClient,
 };
@@ -37,6 +37,8 @@ pub struct ProxySettings {
     pub idle_timeout: Duration,
     /// This elb's `Via` entry (loop detection).
     pub hop: HopMarker,
+    /// Open upstream connections, shared by every worker.
+    pub upstream_limits: Arc<UpstreamLimits>,
 }
 
 /// Tries per request: the first server plus up to two others.
@@ -62,7 +64,11 @@ impl Proxy {
             snapshot,
             admin,
             statsd,
-            pool: Pool::new(settings.max_idle_per_server, settings.idle_timeout),
+            pool: Pool::new(
+                settings.max_idle_per_server,
+                settings.idle_timeout,
+                Arc::clone(&settings.upstream_limits),
+            ),
             settings,
             loops: Throttle::new(Duration::from_secs(60)),
         }

@@ -4,7 +4,7 @@
 use http::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
-use super::{Proxy, headers::strip_hop_by_hop};
+use super::{Proxy, headers::strip_hop_by_hop, pool::ConnectError};
 use crate::http_util::{Body, text};
 use http_body_util::BodyExt;
 
@@ -23,6 +23,13 @@ pub async fn forward(
         .await
     {
         Ok(sender) => sender,
+        Err(err @ ConnectError::AtLimit { .. }) => {
+            tracing::debug!(server, error = %err, "upgrade: no upstream connection slot");
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the upstream servers are at elb's connection limit",
+            );
+        }
         Err(err) => {
             tracing::warn!(server, error = %err, "upgrade: cannot reach the upstream");
             return text(StatusCode::BAD_GATEWAY, "the upstream failed");

@@ -1,5 +1,6 @@
 //! The HTTP listeners: accept, then serve each connection with hyper.
 mod listeners;
+mod refuse;
 
 pub use listeners::{BindError, Listeners};
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
@@ -10,6 +11,7 @@ use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     l4::fallback::l7_guard::ListenerGuard,
+    limits::ClientLimit,
     proxy::{Proxy, headers::ClientAddr},
 };
 
@@ -21,6 +23,8 @@ pub struct ServerSettings {
     /// Largest request head (request line and headers), in bytes.
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// Open client connections, all workers together (`--max-connections`).
+    pub clients: Arc<ClientLimit>,
 }
 
 /// Runs the data plane: one thread per worker's sockets in `listeners`,
@@ -126,11 +130,18 @@ pub async fn serve(
             let _ = stream.set_zero_linger();
             continue;
         }
+        let Some(permit) = settings.clients.try_acquire() else {
+            if let Some(refusal) = settings.clients.try_refuse() {
+                tokio::spawn(refuse::answer_busy(stream, refusal));
+            }
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let proxy = Arc::clone(&proxy);
         let settings = settings.clone();
         tokio::spawn(async move {
             serve_connection(stream, peer, proxy, settings).await;
+            drop(permit);
         });
     }
 }
