@@ -1,11 +1,15 @@
 //! Proxy loops: a server that is elb itself is refused when written (admin
 //! API) or loaded (store), and a request that comes back around a loop
 //! elb cannot see at write time is answered 508 thanks to its `Via` entry.
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use elb_tests::{
     backend::Backend,
     elb_process::ElbProcess,
+    etcd::Etcd,
     http,
     l7::{Cleanup, L7Builder, backend_doc, start_with as start},
     netns::{NetNs, unique_name},
@@ -223,4 +227,55 @@ fn plain(log: &str) -> String {
         }
     }
     out
+}
+
+/// The same from etcd, written behind elb's back: the bad server and the
+/// bad rule are logged and skipped, the previous versions keep serving.
+#[test]
+fn a_server_that_is_elb_itself_from_etcd_is_skipped() {
+    let etcd = Etcd::start().expect("etcd");
+    let elb = L7Builder::new()
+        .etcd(&etcd.endpoint())
+        .start()
+        .expect("start elb");
+    let _cleanup = Cleanup(elb.state_dir.clone());
+    let (b1, b2) = (
+        Backend::start("b1").expect("b1"),
+        Backend::start("b2").expect("b2"),
+    );
+    elb.route("loop.test", "up1", &[(b1.addr(), "")]);
+    let name = &elb.name;
+    etcd.put(&format!("/{name}/upstreams/up1/{}", elb.addr), "")
+        .expect("put");
+    etcd.put(
+        &format!("/{name}/rules/self.test"),
+        &backend_doc(&format!("localhost:{}", elb.addr.port())).to_string(),
+    )
+    .expect("put");
+    // A later good write that is served shows the bad ones were processed.
+    elb.put_upstream("up2", &[(b2.addr(), "")]);
+    etcd.put(
+        &format!("/{name}/rules/later.test"),
+        &backend_doc("up2").to_string(),
+    )
+    .expect("put");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while elb.get("later.test", "/", None).status != 200 {
+        assert!(Instant::now() < deadline, "the later write was not served");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..4 {
+        let response = elb.get("loop.test", "/", None);
+        assert_eq!(
+            response.json().expect("json")["server"],
+            "b1",
+            "{response:?}"
+        );
+    }
+    assert_eq!(elb.get("self.test", "/", None).status, 404);
+    let log = plain(&elb.process.log());
+    assert!(
+        log.contains(&format!("server \"{}\"", elb.addr)) && log.contains("self.test"),
+        "both skips are logged: {log}"
+    );
 }
