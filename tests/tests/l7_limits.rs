@@ -109,6 +109,69 @@ fn a_server_at_its_connection_cap_gets_503_and_keeps_its_health() {
     );
 }
 
+/// An upgrade to `host` through elb, switched (101).
+fn open_tunnel(elb: SocketAddr, host: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(elb).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let handshake = format!(
+        "GET /chat HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+    );
+    stream.write_all(handshake.as_bytes()).expect("handshake");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("read head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    stream
+}
+
+/// An upgraded connection (WebSocket and the like) outlives hyper's
+/// connection tasks; its tunnel keeps both descriptors, and both slots.
+#[test]
+fn upgraded_tunnels_keep_their_slots() {
+    let s = start(&["--max-connections", "2", "--max-server-connections", "1"]);
+    let (b1, b2) = (
+        Backend::start("b1").expect("b1"),
+        Backend::start("b2").expect("b2"),
+    );
+    s.elb.route("one.test", "up1", &[(b1.addr(), "")]);
+    s.elb.route("two.test", "up2", &[(b2.addr(), "")]);
+    let addr = s.elb.addr;
+    let mut first = open_tunnel(addr, "one.test");
+    // The tunnel holds b1's only connection slot.
+    let refused = http::request(
+        addr,
+        "GET",
+        "/chat",
+        &[
+            ("Host", "one.test"),
+            ("Connection", "Upgrade"),
+            ("Upgrade", "echo"),
+        ],
+        None,
+    )
+    .expect("a second upgrade to b1");
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    // Two tunnels hold both client slots: a third client gets 503.
+    let second = open_tunnel(addr, "two.test");
+    assert_eq!(status_of_new_connection(addr), Ok(503));
+    first.write_all(b"ping").expect("send");
+    let mut echoed = [0u8; 4];
+    first.read_exact(&mut echoed).expect("echo");
+    assert_eq!(&echoed, b"ping", "the tunnel still works");
+    drop((first, second));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status_of_new_connection(addr) != Ok(200) {
+        assert!(Instant::now() < deadline, "the slots did not come back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn the_soft_fd_limit_is_raised_to_the_hard_one_at_start() {
     let temp = tempfile::tempdir().expect("dir");

@@ -13,6 +13,12 @@ pub use client::{ClientLimit, ClientPermit, RefusalPermit};
 pub use episode::{Episode, Throttle};
 pub use upstream::{UpstreamLimits, UpstreamPermit};
 
+/// A client connection's slot, carried in an upgrade request's extensions:
+/// hyper's connection task ends at the upgrade, and the tunnel that goes
+/// on with the client's descriptor holds the slot from then on.
+#[derive(Debug, Clone)]
+pub struct ClientSlot(pub std::sync::Arc<ClientPermit>);
+
 /// File descriptors kept out of the connection budgets: listeners, the
 /// state file, etcd and statsd sockets, epoll, the L4 userspace proxy's
 /// control sockets, and the brief fd of a refused client.

@@ -24,7 +24,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::{
     http_util::{Body, BoxError},
-    limits::{UpstreamLimits, upstream::AtLimit},
+    limits::{UpstreamLimits, UpstreamPermit, upstream::AtLimit},
     targets::ServerGate,
 };
 
@@ -109,6 +109,19 @@ impl Pool {
         timeout: Duration,
         upgrades: bool,
     ) -> Result<Sender, ConnectError> {
+        let (sender, _slot) = self.open(server, timeout, upgrades).await?;
+        Ok(sender)
+    }
+
+    /// [`Pool::connect`], also giving out the connection's slot: its driver
+    /// task ends at an upgrade, and the tunnel that goes on with the
+    /// descriptor must hold the slot then.
+    pub async fn open(
+        &self,
+        server: &str,
+        timeout: Duration,
+        upgrades: bool,
+    ) -> Result<(Sender, Arc<UpstreamPermit>), ConnectError> {
         // Held by the connection's driver task: the slot is taken as long
         // as the connection (and its descriptor) is open.
         let permit = self
@@ -117,7 +130,8 @@ impl Pool {
             .map_err(|limit| ConnectError::AtLimit {
                 server: server.to_owned(),
                 limit,
-            })?;
+            })
+            .map(Arc::new)?;
         let stream = tokio::time::timeout(timeout, TcpStream::connect(server))
             .await
             .map_err(|_| ConnectError::Timeout {
@@ -137,6 +151,7 @@ impl Pool {
                 source,
             })?;
         let server = server.to_owned();
+        let slot = Arc::clone(&permit);
         tokio::spawn(async move {
             let _permit = permit;
             let result = if upgrades {
@@ -148,7 +163,7 @@ impl Pool {
                 tracing::debug!(server, error = %err, "upstream connection ended with an error");
             }
         });
-        Ok(sender)
+        Ok((sender, slot))
     }
 
     /// Returns a connection whose previous response is fully read.

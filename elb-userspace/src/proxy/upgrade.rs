@@ -5,7 +5,10 @@ use http::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use super::{Proxy, headers::strip_hop_by_hop, pool::ConnectError};
-use crate::http_util::{Body, text};
+use crate::{
+    http_util::{Body, text},
+    limits::ClientSlot,
+};
 use http_body_util::BodyExt;
 
 pub async fn forward(
@@ -17,12 +20,14 @@ pub async fn forward(
         return text(StatusCode::BAD_GATEWAY, "no live upstream server");
     };
     let settings = &proxy.settings;
-    let mut sender = match proxy
+    // The tunnel holds both connections' slots (see ClientSlot).
+    let client_slot = request.extensions_mut().remove::<ClientSlot>();
+    let (mut sender, upstream_slot) = match proxy
         .pool
-        .connect(server, settings.connect_timeout, true)
+        .open(server, settings.connect_timeout, true)
         .await
     {
-        Ok(sender) => sender,
+        Ok(opened) => opened,
         Err(err @ ConnectError::AtLimit { .. }) => {
             tracing::debug!(server, error = %err, "upgrade: no upstream connection slot");
             return text(
@@ -56,6 +61,7 @@ pub async fn forward(
     let upstream_upgrade = hyper::upgrade::on(&mut upstream_response);
     let server = server.clone();
     tokio::spawn(async move {
+        let _slots = (client_slot, upstream_slot);
         match tokio::try_join!(client_upgrade, upstream_upgrade) {
             Ok((client, upstream)) => {
                 let mut client = TokioIo::new(client);

@@ -11,7 +11,7 @@ use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     l4::fallback::l7_guard::ListenerGuard,
-    limits::ClientLimit,
+    limits::{ClientLimit, ClientPermit, ClientSlot},
     proxy::{Proxy, headers::ClientAddr},
 };
 
@@ -140,8 +140,7 @@ pub async fn serve(
         let proxy = Arc::clone(&proxy);
         let settings = settings.clone();
         tokio::spawn(async move {
-            serve_connection(stream, peer, proxy, settings).await;
-            drop(permit);
+            serve_connection(stream, peer, proxy, settings, Arc::new(permit)).await;
         });
     }
 }
@@ -151,9 +150,15 @@ async fn serve_connection(
     peer: SocketAddr,
     proxy: Arc<Proxy>,
     settings: ServerSettings,
+    slot: Arc<ClientPermit>,
 ) {
     let client = Arc::new(ClientAddr::new(peer));
-    let service = service_fn(move |request| {
+    let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+        if request.headers().contains_key(http::header::UPGRADE) {
+            request
+                .extensions_mut()
+                .insert(ClientSlot(Arc::clone(&slot)));
+        }
         let proxy = Arc::clone(&proxy);
         let client = Arc::clone(&client);
         async move { Ok::<_, Infallible>(proxy.handle(request, &client).await) }
