@@ -56,7 +56,15 @@ fn beyond_max_connections_new_clients_get_503_and_one_log_line() {
         assert!(Instant::now() < deadline, "no room after the clients left");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let log = plain(&s.elb.process.log());
+    // The slot is free a moment before the line is written.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = plain(&s.elb.process.log());
+        if log.contains("back under --max-connections") || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(count(&log, "back under --max-connections"), 1, "{log}");
 }
 
@@ -99,18 +107,38 @@ fn a_server_at_its_connection_cap_gets_503_and_keeps_its_health() {
     let log = plain(&s.elb.process.log());
     assert_eq!(count(&log, "upstream connection limit reached"), 1, "{log}");
 
+    // At the cap a finished connection is closed, not pooled; its slot
+    // comes back once it has closed, a moment after its response. A 502
+    // would mean the server was blamed and taken out (max_fails=1).
     backend.set_delay(Duration::ZERO);
-    let after = s.elb.get("cap.test", "/", None);
-    assert_eq!(
-        after.status,
-        200,
-        "the server was not blamed: {}",
-        after.text()
-    );
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let after = s.elb.get("cap.test", "/", None);
+        match after.status {
+            200 => break,
+            503 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => panic!("the server was blamed: {} {}", after.status, after.text()),
+        }
+    }
 }
 
-/// An upgrade to `host` through elb, switched (101).
+/// An upgrade to `host` through elb, switched (101). A connection that
+/// just closed may hold its client slot a moment longer than the client
+/// sees: a 503 is tried again for a while.
 fn open_tunnel(elb: SocketAddr, host: &str) -> TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match try_tunnel(elb, host) {
+            Ok(stream) => return stream,
+            Err(head) if head.starts_with("http/1.1 503") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(head) => panic!("no tunnel to {host}: {head}"),
+        }
+    }
+}
+
+fn try_tunnel(elb: SocketAddr, host: &str) -> Result<TcpStream, String> {
     let mut stream = TcpStream::connect(elb).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -126,8 +154,11 @@ fn open_tunnel(elb: SocketAddr, host: &str) -> TcpStream {
         head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head).to_lowercase();
-    assert!(head.starts_with("http/1.1 101"), "{head}");
-    stream
+    if head.starts_with("http/1.1 101") {
+        Ok(stream)
+    } else {
+        Err(head)
+    }
 }
 
 /// An upgraded connection (WebSocket and the like) outlives hyper's
