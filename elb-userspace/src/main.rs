@@ -64,6 +64,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let l4_start = args.l4_start()?;
     let _lock = InstanceLock::acquire(&args.run_dir, &args.name)?;
     let budgets = fd_budgets(&args);
+    let upstream_limits = UpstreamLimits::new(args.max_server_connections, budgets.upstream_total);
     let layout = KeyLayout::new(&args.name);
     let state_file = args.state_file();
     // Left by a kill between a write and its rename; the lock above means
@@ -80,12 +81,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let listen_addrs = listeners.local_addrs()?;
     let own_addrs = OwnAddrs::new(listen_addrs.clone());
 
+    let manager = ConfigManager::with_targets(layout.clone(), Arc::clone(&targets))
+        .with_own_addrs(own_addrs)
+        .with_upstream_limits(Arc::clone(&upstream_limits));
     let config = match &args.etcd {
         Some(endpoints) => {
             let endpoints = parse_endpoints(endpoints).map_err(anyhow::Error::msg)?;
             let etcd = EtcdStore::connect(&endpoints, layout.prefix()).await?;
             let config = ConfigService::new(
-                ConfigManager::with_targets(layout, Arc::clone(&targets)).with_own_addrs(own_addrs),
+                manager,
                 Store::Etcd(Box::new(etcd.clone())),
                 Some(state_file.clone()),
             );
@@ -94,11 +98,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => {
             let (store, kv) = FileStore::open(state_file.clone())?;
-            let config = ConfigService::new(
-                ConfigManager::with_targets(layout, Arc::clone(&targets)).with_own_addrs(own_addrs),
-                Store::File(store),
-                None,
-            );
+            let config = ConfigService::new(manager, Store::File(store), None);
             config.replace_from_store(kv, 0).await;
             config
         }
@@ -127,7 +127,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_idle_per_server: 256,
         idle_timeout: std::time::Duration::from_secs(60),
         hop: HopMarker::new(&args.name)?,
-        upstream_limits: UpstreamLimits::new(args.max_server_connections, budgets.upstream_total),
+        upstream_limits,
     };
     let server_settings = ServerSettings {
         header_read_timeout: args.header_timeout,

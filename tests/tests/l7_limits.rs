@@ -122,6 +122,29 @@ fn a_server_at_its_connection_cap_gets_503_and_keeps_its_health() {
     }
 }
 
+/// nginx's `max_conns=N` server parameter: the server's own cap, before
+/// `--max-server-connections`.
+#[test]
+fn a_servers_max_conns_caps_its_connections() {
+    let s = start(&["--max-server-connections", "10"]);
+    let backend = Backend::start("b1").expect("backend");
+    s.elb
+        .route("conns.test", "up1", &[(backend.addr(), "max_conns=1")]);
+    let listed = s.elb.admin_ok("GET", "upstream", None);
+    assert_eq!(listed["up1"][0]["max_conns"], 1, "{listed}");
+    backend.set_delay(Duration::from_millis(1000));
+    let addr = s.elb.addr;
+    let slow = std::thread::spawn(move || {
+        http::get(addr, "/", &[("Host", "conns.test")])
+            .expect("GET")
+            .status
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let second = s.elb.get("conns.test", "/", None);
+    assert_eq!(second.status, 503, "{}", second.text());
+    assert_eq!(slow.join().expect("slow client"), 200);
+}
+
 /// An upgrade to `host` through elb, switched (101). A connection that
 /// just closed may hold its client slot a moment longer than the client
 /// sees: a 503 is tried again for a while.

@@ -26,6 +26,7 @@ use super::{
 };
 use crate::{
     cidr::Cidr,
+    limits::UpstreamLimits,
     rules::{self, RegexCache, RuleError},
     store::{Kv, KvOp},
     targets::{TargetRegistry, UpstreamConfig},
@@ -60,6 +61,8 @@ pub struct ConfigManager {
     regexes: RegexCache,
     /// elb's listeners: a server that is one of them is refused (a loop).
     own: OwnAddrs,
+    /// Where the servers' `max_conns` go, when elb proxies.
+    upstream_limits: Option<Arc<UpstreamLimits>>,
 }
 
 /// Why a stored entry could not be used.
@@ -109,7 +112,14 @@ impl ConfigManager {
             generation: watch::Sender::new(0),
             regexes: RegexCache::default(),
             own: OwnAddrs::default(),
+            upstream_limits: None,
         }
+    }
+
+    /// Keeps `limits` told of the servers' `max_conns`.
+    pub fn with_upstream_limits(mut self, limits: Arc<UpstreamLimits>) -> Self {
+        self.upstream_limits = Some(limits);
+        self
     }
 
     /// Refuses servers that are elb's own listeners (see [`OwnAddrs`]).
@@ -515,6 +525,9 @@ impl ConfigManager {
             &self.zones.disabled,
             std::time::Instant::now(),
         );
+        if let Some(limits) = &self.upstream_limits {
+            limits.set_caps(server_caps(self.upstreams.values()));
+        }
         self.published.store(Arc::new(
             Snapshot::new(self.domains.values(), self.upstreams.values())
                 .with_l4(Arc::clone(&self.services), Arc::clone(&self.acl)),
@@ -564,6 +577,23 @@ pub fn parse_servers(
             })
         })
         .collect()
+}
+
+/// Each server address's `max_conns`; the smallest if it is in several
+/// upstreams.
+fn server_caps<'a>(upstreams: impl Iterator<Item = &'a Arc<Upstream>>) -> HashMap<String, usize> {
+    let mut caps: HashMap<String, usize> = HashMap::new();
+    for server in upstreams.flat_map(|upstream| upstream.servers()) {
+        let Ok(cap) = usize::try_from(server.params.max_conns) else {
+            continue;
+        };
+        if cap > 0 {
+            caps.entry(server.name.clone())
+                .and_modify(|current| *current = (*current).min(cap))
+                .or_insert(cap);
+        }
+    }
+    caps
 }
 
 fn same_servers(a: &[Server], b: &[Server]) -> bool {

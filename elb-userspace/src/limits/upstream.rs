@@ -1,6 +1,7 @@
-//! Open upstream connections: per server (`--max-server-connections`) and
-//! all servers together (the fd budget). Idle pooled connections count:
-//! they hold a descriptor too.
+//! Open upstream connections: per server (`max_conns=N` in the server's
+//! parameters, else `--max-server-connections`) and all servers together
+//! (the fd budget). Idle pooled connections count: they hold a descriptor
+//! too.
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -21,6 +22,8 @@ struct Open {
     total: usize,
     by_server: HashMap<String, usize>,
     total_episode: Episode,
+    /// `max_conns` of the servers that have one, by address.
+    caps: HashMap<String, usize>,
     /// Servers in an episode at their cap.
     server_episodes: HashMap<String, Episode>,
 }
@@ -28,7 +31,7 @@ struct Open {
 /// Which limit refused a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AtLimit {
-    #[error("the server has {0} open connections, --max-server-connections")]
+    #[error("the server has {0} open connections, its max_conns or --max-server-connections")]
     Server(usize),
     #[error("elb has {0} open upstream connections, all its file descriptors allow")]
     Total(usize),
@@ -55,11 +58,21 @@ impl UpstreamLimits {
         Self::new(0, usize::MAX)
     }
 
+    /// Replaces the servers' own caps (`max_conns`), by address; a server
+    /// in two upstreams has the smaller one.
+    pub fn set_caps(&self, caps: HashMap<String, usize>) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.caps != caps {
+            open.caps = caps;
+        }
+    }
+
     pub fn try_acquire(self: &Arc<Self>, server: &str) -> Result<UpstreamPermit, AtLimit> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let of_server = open.by_server.get(server).copied().unwrap_or(0);
-        let refused = if self.per_server > 0 && of_server >= self.per_server {
-            Some(AtLimit::Server(self.per_server))
+        let cap = open.cap(server, self.per_server);
+        let refused = if cap > 0 && of_server >= cap {
+            Some(AtLimit::Server(cap))
         } else if open.total >= self.total {
             Some(AtLimit::Total(self.total))
         } else {
@@ -99,7 +112,15 @@ impl UpstreamLimits {
     pub fn has_room(&self, server: &str) -> bool {
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let of_server = open.by_server.get(server).copied().unwrap_or(0);
-        (self.per_server == 0 || of_server < self.per_server) && open.total < self.total
+        let cap = open.cap(server, self.per_server);
+        (cap == 0 || of_server < cap) && open.total < self.total
+    }
+}
+
+impl Open {
+    /// The server's cap; 0: none.
+    fn cap(&self, server: &str, default: usize) -> usize {
+        self.caps.get(server).copied().unwrap_or(default)
     }
 }
 
@@ -118,7 +139,8 @@ impl Drop for UpstreamPermit {
         if of_server == 0 {
             open.by_server.remove(&self.server);
         }
-        let server_ended = (limits.per_server > 0 && of_server <= low_water(limits.per_server))
+        let cap = open.cap(&self.server, limits.per_server);
+        let server_ended = (cap > 0 && of_server <= low_water(cap))
             .then(|| {
                 let refused = open.server_episodes.get(&self.server)?.room();
                 open.server_episodes.remove(&self.server);
@@ -166,6 +188,22 @@ mod tests {
             "no entry stays for a closed server"
         );
         assert!(open.server_episodes.is_empty());
+    }
+
+    #[test]
+    fn a_servers_own_cap_comes_before_the_default() {
+        let limits = UpstreamLimits::new(1, 100);
+        limits.set_caps(HashMap::from([("big:1".to_owned(), 3)]));
+        let big: Vec<_> = (0..3)
+            .map(|_| limits.try_acquire("big:1").expect("within max_conns"))
+            .collect();
+        assert_eq!(limits.try_acquire("big:1").err(), Some(AtLimit::Server(3)));
+        let small = limits.try_acquire("small:1").expect("first");
+        assert_eq!(
+            limits.try_acquire("small:1").err(),
+            Some(AtLimit::Server(1))
+        );
+        drop((big, small));
     }
 
     #[test]
