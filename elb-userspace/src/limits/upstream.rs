@@ -4,7 +4,10 @@
 //! too.
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
 };
 
 use super::{Episode, client::low_water};
@@ -15,6 +18,11 @@ pub struct UpstreamLimits {
     per_server: usize,
     total: usize,
     open: Mutex<Open>,
+    /// Mirrors of `open.total` and "some server has a cap", written under
+    /// the lock: [`UpstreamLimits::has_room`] runs on every response and,
+    /// without caps, needs no lock.
+    open_total: AtomicUsize,
+    capped: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +58,8 @@ impl UpstreamLimits {
             per_server,
             total,
             open: Mutex::default(),
+            open_total: AtomicUsize::new(0),
+            capped: AtomicBool::new(per_server > 0),
         })
     }
 
@@ -63,6 +73,8 @@ impl UpstreamLimits {
     pub fn set_caps(&self, caps: HashMap<String, usize>) {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         if open.caps != caps {
+            self.capped
+                .store(self.per_server > 0 || !caps.is_empty(), Ordering::Release);
             open.caps = caps;
         }
     }
@@ -99,7 +111,13 @@ impl UpstreamLimits {
             return Err(refused);
         }
         open.total += 1;
-        *open.by_server.entry(server.to_owned()).or_default() += 1;
+        self.open_total.store(open.total, Ordering::Release);
+        match open.by_server.get_mut(server) {
+            Some(count) => *count += 1,
+            None => {
+                open.by_server.insert(server.to_owned(), 1);
+            }
+        }
         Ok(UpstreamPermit {
             limits: Arc::clone(self),
             server: server.to_owned(),
@@ -110,6 +128,9 @@ impl UpstreamLimits {
     /// connection is pooled idle only then, so that idle ones never hold
     /// the slots other requests wait for.
     pub fn has_room(&self, server: &str) -> bool {
+        if !self.capped.load(Ordering::Acquire) {
+            return self.open_total.load(Ordering::Acquire) < self.total;
+        }
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let of_server = open.by_server.get(server).copied().unwrap_or(0);
         let cap = open.cap(server, self.per_server);
@@ -129,6 +150,7 @@ impl Drop for UpstreamPermit {
         let limits = &self.limits;
         let mut open = limits.open.lock().unwrap_or_else(|e| e.into_inner());
         open.total = open.total.saturating_sub(1);
+        limits.open_total.store(open.total, Ordering::Release);
         let of_server = match open.by_server.get_mut(&self.server) {
             Some(count) => {
                 *count = count.saturating_sub(1);
@@ -213,6 +235,14 @@ mod tests {
             .map(|_| limits.try_acquire("a:1").expect("within the total"))
             .collect();
         assert!(limits.try_acquire("a:1").is_err());
+        assert!(!limits.has_room("b:1"), "the total is reached");
         drop(permits);
+        assert!(limits.has_room("a:1"));
+        // A cap set later takes has_room off the lock-free path.
+        limits.set_caps(HashMap::from([("a:1".to_owned(), 1)]));
+        let one = limits.try_acquire("a:1").expect("first");
+        assert!(!limits.has_room("a:1"));
+        assert!(limits.has_room("b:1"));
+        drop(one);
     }
 }
