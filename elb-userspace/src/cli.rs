@@ -124,6 +124,20 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 100)]
     pub max_headers: usize,
 
+    /// Most open client connections, all listeners together; beyond it a
+    /// new connection is answered 503 and closed. Default: half of the
+    /// file descriptors left after a reserve of 512 (elb raises its soft
+    /// fd limit to the hard one at start).
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<std::num::NonZeroUsize>,
+
+    /// Most open connections to one upstream server, idle ones included;
+    /// a request that would need one more gets another server, or 503.
+    /// 0: no per-server cap (all servers together still stay within the
+    /// file descriptors left after --max-connections).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub max_server_connections: usize,
+
     /// HTTP worker threads, each with its own event loop (default: one per
     /// CPU).
     #[arg(long, value_name = "N")]

@@ -11,6 +11,7 @@ pub mod health;
 pub mod http_util;
 pub mod instance_lock;
 pub mod l4;
+pub mod limits;
 pub mod names;
 pub mod os_error;
 pub mod proxy;

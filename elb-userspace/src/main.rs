@@ -5,7 +5,7 @@ use clap::Parser;
 use elb_userspace::{
     admin::{AdminApi, access::AccessPolicy},
     cli::{Cli, Command, L4Start, RunArgs, TeardownArgs},
-    config::{ConfigManager, ConfigService, KeyLayout},
+    config::{ConfigManager, ConfigService, KeyLayout, OwnAddrs},
     dataplane::{self, DataplaneConfig, PinLayout, XdpDataplane},
     health::monitor::spawn_monitor,
     instance_lock::InstanceLock,
@@ -16,7 +16,8 @@ use elb_userspace::{
         stats::XdpStats,
         sync::{L4Sync, spawn_sync_loop},
     },
-    proxy::{Proxy, ProxySettings},
+    limits::{self, Budgets, ClientLimit, UpstreamLimits},
+    proxy::{Proxy, ProxySettings, via::HopMarker},
     server::{self, ServerSettings},
     statsd::StatsdClient,
     store::{EtcdStore, FileStore, Store, etcd::parse_endpoints},
@@ -62,17 +63,34 @@ fn main() -> std::process::ExitCode {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let l4_start = args.l4_start()?;
     let _lock = InstanceLock::acquire(&args.run_dir, &args.name)?;
+    let budgets = fd_budgets(&args);
+    let upstream_limits = UpstreamLimits::new(args.max_server_connections, budgets.upstream_total);
     let layout = KeyLayout::new(&args.name);
     let state_file = args.state_file();
+    // Left by a kill between a write and its rename; the lock above means
+    // no other elb of this name is writing.
+    elb_userspace::store::file::remove_stale_temp_files(&state_file);
     let targets = Arc::new(TargetRegistry::new(args.zone.clone()));
+    // Bound before the configuration loads, so that the load already knows
+    // elb's own addresses (a server that is one of them would loop).
+    let workers = args
+        .workers
+        .or_else(|| std::thread::available_parallelism().ok())
+        .map_or(1, std::num::NonZeroUsize::get);
+    let listeners = server::Listeners::bind(&args.listen, workers)?;
+    let listen_addrs = listeners.local_addrs()?;
+    let own_addrs = OwnAddrs::new(listen_addrs.clone());
 
+    let manager = ConfigManager::with_targets(layout.clone(), Arc::clone(&targets))
+        .with_own_addrs(own_addrs)
+        .with_upstream_limits(Arc::clone(&upstream_limits));
     let config = match &args.etcd {
         Some(endpoints) => {
             let access = &args.etcd_access;
             let endpoints = parse_endpoints(endpoints, access.tls()).map_err(anyhow::Error::msg)?;
             let etcd = EtcdStore::connect(&endpoints, layout.prefix(), access).await?;
             let config = ConfigService::new(
-                ConfigManager::with_targets(layout, Arc::clone(&targets)),
+                manager,
                 Store::Etcd(Box::new(etcd.clone())),
                 Some(state_file.clone()),
             );
@@ -81,11 +99,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => {
             let (store, kv) = FileStore::open(state_file.clone())?;
-            let config = ConfigService::new(
-                ConfigManager::with_targets(layout, Arc::clone(&targets)),
-                Store::File(store),
-                None,
-            );
+            let config = ConfigService::new(manager, Store::File(store), None);
             config.replace_from_store(kv, 0).await;
             config
         }
@@ -113,18 +127,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         client_body_timeout: args.client_body_timeout,
         max_idle_per_server: 256,
         idle_timeout: std::time::Duration::from_secs(60),
+        hop: HopMarker::new(&args.name)?,
+        upstream_limits,
     };
     let server_settings = ServerSettings {
         header_read_timeout: args.header_timeout,
         max_header_bytes: args.max_header_bytes,
         max_headers: args.max_headers,
+        clients: ClientLimit::new(budgets.clients),
     };
-    let workers = args
-        .workers
-        .or_else(|| std::thread::available_parallelism().ok())
-        .map_or(1, std::num::NonZeroUsize::get);
-    let listeners = server::Listeners::bind(&args.listen, workers)?;
-    let listen_addrs = listeners.local_addrs()?;
     for addr in &listen_addrs {
         tracing::info!(%addr, workers, "listening for HTTP");
     }
@@ -197,6 +208,43 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         L4Running::Userspace(l4) => l4.wait().await,
     }
     Ok(())
+}
+
+/// Raises the fd limit and splits it into the connection budgets.
+fn fd_budgets(args: &RunArgs) -> Budgets {
+    let fd_limit = match limits::fd::raise_nofile() {
+        Ok(limit) => {
+            tracing::info!(
+                soft = limit.now,
+                was = limit.before,
+                hard = limit.hard,
+                "file descriptor limit (RLIMIT_NOFILE)"
+            );
+            limit.now
+        }
+        Err(error) => {
+            // getrlimit does not fail on Linux; assume the usual default.
+            tracing::warn!(%error, "cannot read or raise RLIMIT_NOFILE; assuming 1024");
+            1024
+        }
+    };
+    let budgets = Budgets::for_fd_limit(fd_limit, args.max_connections.map(|n| n.get()));
+    tracing::info!(
+        max_connections = budgets.clients,
+        upstream_connections = budgets.upstream_total,
+        max_server_connections = args.max_server_connections,
+        "connection limits"
+    );
+    if budgets.upstream_total < budgets.clients {
+        tracing::warn!(
+            fd_limit,
+            max_connections = budgets.clients,
+            upstream_connections = budgets.upstream_total,
+            "--max-connections leaves fewer upstream connections than client ones: requests \
+             beyond them get 503 (raise the hard fd limit or lower --max-connections)"
+        );
+    }
+    budgets
 }
 
 /// The L4 data plane in use.

@@ -230,11 +230,11 @@ fn bad_requests_are_refused_and_change_nothing() {
         (
             "PUT",
             "upstream",
-            json!({"up": {"127.0.0.1:2": "weight=5 max_conns=3"}})
+            json!({"up": {"127.0.0.1:2": "weight=5 slow_start=3s"}})
                 .to_string()
                 .into_bytes(),
             400,
-            "max_conns",
+            "slow_start",
         ),
         (
             "PUT",

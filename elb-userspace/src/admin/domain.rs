@@ -46,7 +46,11 @@ pub async fn put(config: &ConfigService, body: Value) -> AdminResult {
                          (Host matching is case-insensitive): send one of them"
                     ));
                 }
-                rules::compile(&canonical, doc).map_err(|e| e.to_string())?;
+                let rules = rules::compile(&canonical, doc).map_err(|e| e.to_string())?;
+                manager
+                    .own_addrs()
+                    .check_servernames(rules.servernames())
+                    .map_err(|e| format!("domain {domain:?}: backend servername {e}"))?;
                 ops.extend(
                     others
                         .get(&canonical)

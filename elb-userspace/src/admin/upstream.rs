@@ -52,6 +52,10 @@ pub async fn put(config: &ConfigService, body: Value) -> AdminResult {
                         format!("upstream {name:?}, server {server:?}: {message}")
                     };
                     validate_server_address(server).map_err(|e| error(e.to_string()))?;
+                    manager
+                        .own_addrs()
+                        .check(server)
+                        .map_err(|e| error(e.to_string()))?;
                     let params = params.as_str().ok_or_else(|| {
                         error(format!("parameters must be a string, got {params}"))
                     })?;

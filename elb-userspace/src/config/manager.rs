@@ -20,12 +20,14 @@ use super::{
     domain_name::normalize_domain,
     keys::{KeyLayout, StoreKey, validate_key_segment},
     l4::{L4Service, L4ServiceError},
+    own_addrs::{OwnAddrError, OwnAddrs},
     policy::{Policy, PolicyError},
     snapshot::{DomainEntry, Snapshot, SnapshotHandle, Upstream},
     zones::{Zones, ZonesError},
 };
 use crate::{
     cidr::Cidr,
+    limits::UpstreamLimits,
     rules::{self, RegexCache, RuleError},
     store::{Kv, KvOp},
     targets::{TargetRegistry, UpstreamConfig},
@@ -58,6 +60,10 @@ pub struct ConfigManager {
     /// Bumped after every publish; see [`ConfigManager::subscribe`].
     generation: watch::Sender<u64>,
     regexes: RegexCache,
+    /// elb's listeners: a server that is one of them is refused (a loop).
+    own: OwnAddrs,
+    /// Where the servers' `max_conns` go, when elb proxies.
+    upstream_limits: Option<Arc<UpstreamLimits>>,
 }
 
 /// Why a stored entry could not be used.
@@ -83,6 +89,8 @@ pub enum EntryError {
     Zones { key: String, source: ZonesError },
     #[error("{key}: {message}")]
     Name { key: String, message: String },
+    #[error("{key}: a backend rule's servername {source}")]
+    OwnServername { key: String, source: OwnAddrError },
 }
 
 impl ConfigManager {
@@ -106,7 +114,25 @@ impl ConfigManager {
             published: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
             generation: watch::Sender::new(0),
             regexes: RegexCache::default(),
+            own: OwnAddrs::default(),
+            upstream_limits: None,
         }
+    }
+
+    /// Keeps `limits` told of the servers' `max_conns`.
+    pub fn with_upstream_limits(mut self, limits: Arc<UpstreamLimits>) -> Self {
+        self.upstream_limits = Some(limits);
+        self
+    }
+
+    /// Refuses servers that are elb's own listeners (see [`OwnAddrs`]).
+    pub fn with_own_addrs(mut self, own: OwnAddrs) -> Self {
+        self.own = own;
+        self
+    }
+
+    pub fn own_addrs(&self) -> &OwnAddrs {
+        &self.own
     }
 
     pub fn layout(&self) -> &KeyLayout {
@@ -293,12 +319,22 @@ impl ConfigManager {
                 None => {
                     self.domains.remove(&domain);
                 }
-                Some(value) => match compile_domain(&key, &domain, value, &self.regexes) {
-                    Ok(entry) => {
-                        self.domains.insert(domain, Arc::new(entry));
+                Some(value) => {
+                    match compile_domain(&key, &domain, value, &self.regexes).and_then(|entry| {
+                        self.own
+                            .check_servernames(entry.rules.servernames())
+                            .map_err(|source| EntryError::OwnServername {
+                                key: key.clone(),
+                                source,
+                            })?;
+                        Ok(entry)
+                    }) {
+                        Ok(entry) => {
+                            self.domains.insert(domain, Arc::new(entry));
+                        }
+                        Err(err) => errors.push(err),
                     }
-                    Err(err) => errors.push(err),
-                },
+                }
             }
         }
         for name in upstreams {
@@ -307,7 +343,7 @@ impl ConfigManager {
                 self.upstreams.remove(&name);
                 continue;
             }
-            match parse_servers(&name, servers) {
+            match parse_servers(&name, servers, &self.own) {
                 Ok(servers) => {
                     let unchanged = self
                         .upstreams
@@ -504,6 +540,9 @@ impl ConfigManager {
             &self.zones.disabled,
             std::time::Instant::now(),
         );
+        if let Some(limits) = &self.upstream_limits {
+            limits.set_caps(server_caps(self.upstreams.values()));
+        }
         self.published.store(Arc::new(
             Snapshot::new(self.domains.values(), self.upstreams.values())
                 .with_l4(Arc::clone(&self.services), Arc::clone(&self.acl)),
@@ -539,6 +578,7 @@ pub fn compile_domain(
 pub fn parse_servers(
     upstream: &str,
     servers: Vec<(&str, &str)>,
+    own: &OwnAddrs,
 ) -> Result<Vec<Server>, EntryError> {
     servers
         .into_iter()
@@ -549,6 +589,7 @@ pub fn parse_servers(
                 message,
             };
             upstream::validate_server_address(server).map_err(|e| error(e.to_string()))?;
+            own.check(server).map_err(|e| error(e.to_string()))?;
             let params = upstream::parse_params(params).map_err(|e| error(e.to_string()))?;
             Ok(Server {
                 name: server.to_owned(),
@@ -556,6 +597,23 @@ pub fn parse_servers(
             })
         })
         .collect()
+}
+
+/// Each server address's `max_conns`; the smallest if it is in several
+/// upstreams.
+fn server_caps<'a>(upstreams: impl Iterator<Item = &'a Arc<Upstream>>) -> HashMap<String, usize> {
+    let mut caps: HashMap<String, usize> = HashMap::new();
+    for server in upstreams.flat_map(|upstream| upstream.servers()) {
+        let Ok(cap) = usize::try_from(server.params.max_conns) else {
+            continue;
+        };
+        if cap > 0 {
+            caps.entry(server.name.clone())
+                .and_modify(|current| *current = (*current).min(cap))
+                .or_insert(cap);
+        }
+    }
+    caps
 }
 
 fn same_servers(a: &[Server], b: &[Server]) -> bool {

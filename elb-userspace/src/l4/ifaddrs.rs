@@ -3,7 +3,7 @@
 use std::{
     collections::BTreeMap,
     ffi::CStr,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use elb_common::l4::{IFACE_HAS_V4, IFACE_HAS_V6, IfaceAddrs};
@@ -52,6 +52,42 @@ pub fn interface_addresses() -> std::io::Result<BTreeMap<u32, IfaceAddrs>> {
     unsafe { libc::freeifaddrs(list) };
     by_index.retain(|_, addrs| addrs.flags != 0);
     Ok(by_index)
+}
+
+/// Every address of every interface, as the kernel lists them.
+pub fn all_addresses() -> std::io::Result<Vec<IpAddr>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list`; it is freed below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut addrs = Vec::new();
+    let mut cursor = list;
+    while !cursor.is_null() {
+        // SAFETY: a node of the list getifaddrs returned.
+        let entry = unsafe { &*cursor };
+        cursor = entry.ifa_next;
+        if entry.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_addr points at a sockaddr of the family it says.
+        match i32::from(unsafe { (*entry.ifa_addr).sa_family }) {
+            libc::AF_INET => {
+                let sin = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };
+                addrs.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                    sin.sin_addr.s_addr,
+                ))));
+            }
+            libc::AF_INET6 => {
+                let sin6 = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in6) };
+                addrs.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+            }
+            _ => {}
+        }
+    }
+    // SAFETY: the list came from getifaddrs.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(addrs)
 }
 
 #[cfg(test)]

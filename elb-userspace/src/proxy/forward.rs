@@ -81,6 +81,7 @@ pub async fn forward(
         .filter(|_| body.is_end_stream() && parts.version == http::Version::HTTP_11);
     strip_hop_by_hop(&mut parts.headers, protocol.clone());
     add_forwarded(&mut parts.headers, client, "http");
+    proxy.settings.hop.append_to(&mut parts.headers);
     for (name, value) in choice.headers {
         parts.headers.insert(name.clone(), value.clone());
     }
@@ -158,8 +159,14 @@ pub async fn forward(
                 last_failure = Some(Failure::Status(response.status()));
             }
             Attempt::NotSent(error, request) => {
-                report_failure(&target, index);
-                tracing::warn!(server, error = %error, "upstream try failed before sending");
+                if let ConnectError::AtLimit { .. } = error {
+                    // elb's own limit, not the server's failure; logged by
+                    // the limit once per episode.
+                    tracing::debug!(server, error = %error, "no upstream connection slot");
+                } else {
+                    report_failure(&target, index);
+                    tracing::warn!(server, error = %error, "upstream try failed before sending");
+                }
                 last_failure = Some(Failure::from_connect(&error));
                 unsent = Some(request);
             }
@@ -186,6 +193,10 @@ pub async fn forward(
     }
     match last_failure {
         Some(Failure::Timeout) => text(StatusCode::GATEWAY_TIMEOUT, "the upstream timed out"),
+        Some(Failure::AtLimit) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the upstream servers are at elb's connection limit",
+        ),
         Some(Failure::Status(status)) => text(status, "the upstream failed"),
         Some(Failure::Broken) | None => text(StatusCode::BAD_GATEWAY, "the upstream failed"),
     }
@@ -207,6 +218,8 @@ fn close_after_trailers(mut response: Response<Body>, watch: Option<&BodyWatch>)
 #[derive(Debug)]
 enum Failure {
     Timeout,
+    /// A connection limit of elb's, not the server's failure.
+    AtLimit,
     Broken,
     Status(StatusCode),
 }
@@ -215,6 +228,7 @@ impl Failure {
     fn from_connect(error: &ConnectError) -> Self {
         match error {
             ConnectError::Timeout { .. } => Self::Timeout,
+            ConnectError::AtLimit { .. } => Self::AtLimit,
             _ => Self::Broken,
         }
     }

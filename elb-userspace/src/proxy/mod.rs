@@ -6,17 +6,19 @@ pub mod headers;
 pub mod host;
 pub mod pool;
 mod upgrade;
+pub mod via;
 
 use std::{sync::Arc, time::Duration};
 
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
-use self::{headers::ClientAddr, host::RequestHost, pool::Pool};
+use self::{headers::ClientAddr, host::RequestHost, pool::Pool, via::HopMarker};
 use crate::{
     admin::AdminApi,
     config::SnapshotHandle,
     http_util::{Body, text},
+    limits::{Throttle, UpstreamLimits},
     rules::{self, Decision, RuleRequest},
     statsd::StatsdClient,
 };
@@ -34,6 +36,10 @@ pub struct ProxySettings {
     pub client_body_timeout: Duration,
     pub max_idle_per_server: usize,
     pub idle_timeout: Duration,
+    /// This elb's `Via` entry (loop detection).
+    pub hop: HopMarker,
+    /// Open upstream connections, shared by every worker.
+    pub upstream_limits: Arc<UpstreamLimits>,
 }
 
 /// Tries per request: the first server plus up to two others.
@@ -45,6 +51,7 @@ pub struct Proxy {
     statsd: Option<StatsdClient>,
     pool: Arc<Pool>,
     settings: ProxySettings,
+    loops: Throttle,
 }
 
 impl Proxy {
@@ -58,8 +65,13 @@ impl Proxy {
             snapshot,
             admin,
             statsd,
-            pool: Pool::new(settings.max_idle_per_server, settings.idle_timeout),
+            pool: Pool::new(
+                settings.max_idle_per_server,
+                settings.idle_timeout,
+                Arc::clone(&settings.upstream_limits),
+            ),
             settings,
+            loops: Throttle::new(Duration::from_secs(60)),
         }
     }
 
@@ -87,6 +99,9 @@ impl Proxy {
             return self.admin.handle(request, client.addr.ip()).await;
         }
         let started = std::time::Instant::now();
+        if self.settings.hop.seen_in(request.headers()) {
+            return self.loop_detected(&request, started);
+        }
         if host.is_empty() {
             return text(StatusCode::BAD_REQUEST, "the request has no Host");
         }
@@ -122,5 +137,29 @@ impl Proxy {
             statsd.record_request(&host, response.status().as_u16(), started.elapsed());
         }
         response
+    }
+}
+
+impl Proxy {
+    /// 508 for a request that already passed through this elb.
+    fn loop_detected(
+        &self,
+        request: &Request<Incoming>,
+        now: std::time::Instant,
+    ) -> Response<Body> {
+        if let Some(count) = self.loops.event(now) {
+            tracing::warn!(
+                host = ?request.headers().get(header::HOST),
+                path = request.uri().path(),
+                via = ?request.headers().get(header::VIA),
+                requests = count,
+                "a request came back to this elb (its Via entry is there): 508 Loop Detected; \
+                 a server or a name in the configuration leads back to elb"
+            );
+        }
+        text(
+            StatusCode::LOOP_DETECTED,
+            "the request came back to this elb: the configuration has a proxy loop",
+        )
     }
 }

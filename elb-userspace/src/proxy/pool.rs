@@ -24,6 +24,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::{
     http_util::{Body, BoxError},
+    limits::{UpstreamLimits, UpstreamPermit, upstream::AtLimit},
     targets::ServerGate,
 };
 
@@ -44,6 +45,9 @@ pub enum ConnectError {
         #[source]
         source: hyper::Error,
     },
+    /// Not the server's failure: elb would go over a connection limit.
+    #[error("no new connection to {server}: {limit}")]
+    AtLimit { server: String, limit: AtLimit },
 }
 
 pub type Sender = SendRequest<Body>;
@@ -60,14 +64,21 @@ pub struct Pool {
     idle: Mutex<HashMap<String, Vec<Idle>>>,
     max_idle_per_server: usize,
     idle_timeout: Duration,
+    /// Shared by every worker's pool: open connections per server and in all.
+    limits: Arc<UpstreamLimits>,
 }
 
 impl Pool {
-    pub fn new(max_idle_per_server: usize, idle_timeout: Duration) -> Arc<Self> {
+    pub fn new(
+        max_idle_per_server: usize,
+        idle_timeout: Duration,
+        limits: Arc<UpstreamLimits>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             idle: Mutex::new(HashMap::new()),
             max_idle_per_server,
             idle_timeout,
+            limits,
         })
     }
 
@@ -98,6 +109,29 @@ impl Pool {
         timeout: Duration,
         upgrades: bool,
     ) -> Result<Sender, ConnectError> {
+        let (sender, _slot) = self.open(server, timeout, upgrades).await?;
+        Ok(sender)
+    }
+
+    /// [`Pool::connect`], also giving out the connection's slot: its driver
+    /// task ends at an upgrade, and the tunnel that goes on with the
+    /// descriptor must hold the slot then.
+    pub async fn open(
+        &self,
+        server: &str,
+        timeout: Duration,
+        upgrades: bool,
+    ) -> Result<(Sender, Arc<UpstreamPermit>), ConnectError> {
+        // Held by the connection's driver task: the slot is taken as long
+        // as the connection (and its descriptor) is open.
+        let permit = self
+            .limits
+            .try_acquire(server)
+            .map_err(|limit| ConnectError::AtLimit {
+                server: server.to_owned(),
+                limit,
+            })
+            .map(Arc::new)?;
         let stream = tokio::time::timeout(timeout, TcpStream::connect(server))
             .await
             .map_err(|_| ConnectError::Timeout {
@@ -117,7 +151,9 @@ impl Pool {
                 source,
             })?;
         let server = server.to_owned();
+        let slot = Arc::clone(&permit);
         tokio::spawn(async move {
+            let _permit = permit;
             let result = if upgrades {
                 connection.with_upgrades().await
             } else {
@@ -127,12 +163,15 @@ impl Pool {
                 tracing::debug!(server, error = %err, "upstream connection ended with an error");
             }
         });
-        Ok(sender)
+        Ok((sender, slot))
     }
 
     /// Returns a connection whose previous response is fully read.
     fn give_back(&self, server: String, sender: Sender, gate: Option<Arc<ServerGate>>) {
-        if sender.is_closed() || gate.as_ref().is_some_and(|g| !g.routable()) {
+        if sender.is_closed()
+            || gate.as_ref().is_some_and(|g| !g.routable())
+            || !self.limits.has_room(&server)
+        {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());

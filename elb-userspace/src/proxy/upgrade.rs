@@ -4,8 +4,11 @@
 use http::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
-use super::{Proxy, headers::strip_hop_by_hop};
-use crate::http_util::{Body, text};
+use super::{Proxy, headers::strip_hop_by_hop, pool::ConnectError};
+use crate::{
+    http_util::{Body, text},
+    limits::ClientSlot,
+};
 use http_body_util::BodyExt;
 
 pub async fn forward(
@@ -17,12 +20,21 @@ pub async fn forward(
         return text(StatusCode::BAD_GATEWAY, "no live upstream server");
     };
     let settings = &proxy.settings;
-    let mut sender = match proxy
+    // The tunnel holds both connections' slots (see ClientSlot).
+    let client_slot = request.extensions_mut().remove::<ClientSlot>();
+    let (mut sender, upstream_slot) = match proxy
         .pool
-        .connect(server, settings.connect_timeout, true)
+        .open(server, settings.connect_timeout, true)
         .await
     {
-        Ok(sender) => sender,
+        Ok(opened) => opened,
+        Err(err @ ConnectError::AtLimit { .. }) => {
+            tracing::debug!(server, error = %err, "upgrade: no upstream connection slot");
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the upstream servers are at elb's connection limit",
+            );
+        }
         Err(err) => {
             tracing::warn!(server, error = %err, "upgrade: cannot reach the upstream");
             return text(StatusCode::BAD_GATEWAY, "the upstream failed");
@@ -49,6 +61,7 @@ pub async fn forward(
     let upstream_upgrade = hyper::upgrade::on(&mut upstream_response);
     let server = server.clone();
     tokio::spawn(async move {
+        let _slots = (client_slot, upstream_slot);
         match tokio::try_join!(client_upgrade, upstream_upgrade) {
             Ok((client, upstream)) => {
                 let mut client = TokioIo::new(client);

@@ -1,6 +1,7 @@
 //! The HTTP listeners: accept, then serve each connection with hyper.
 mod client_io;
 mod listeners;
+mod refuse;
 
 pub use listeners::{BindError, Listeners};
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
@@ -12,6 +13,7 @@ use tokio::{net::TcpListener, sync::watch};
 use self::client_io::{ClientIo, Reclaimed};
 use crate::{
     l4::fallback::l7_guard::ListenerGuard,
+    limits::{ClientLimit, ClientPermit, ClientSlot},
     proxy::{Proxy, headers::ClientAddr},
 };
 
@@ -25,6 +27,8 @@ pub struct ServerSettings {
     /// this size is accepted, one byte more is 431.
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// Open client connections, all workers together (`--max-connections`).
+    pub clients: Arc<ClientLimit>,
 }
 
 /// Runs the data plane: one thread per worker's sockets in `listeners`,
@@ -130,11 +134,17 @@ pub async fn serve(
             let _ = stream.set_zero_linger();
             continue;
         }
+        let Some(permit) = settings.clients.try_acquire() else {
+            if let Some(refusal) = settings.clients.try_refuse() {
+                tokio::spawn(refuse::answer_busy(stream, refusal));
+            }
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let proxy = Arc::clone(&proxy);
         let settings = settings.clone();
         tokio::spawn(async move {
-            serve_connection(stream, peer, proxy, settings).await;
+            serve_connection(stream, peer, proxy, settings, Arc::new(permit)).await;
         });
     }
 }
@@ -144,10 +154,19 @@ async fn serve_connection(
     peer: SocketAddr,
     proxy: Arc<Proxy>,
     settings: ServerSettings,
+    slot: Arc<ClientPermit>,
 ) {
     let client = Arc::new(ClientAddr::new(peer));
     let (io, mut reclaimed) = ClientIo::new(stream);
-    let service = service_fn(move |request| {
+    // The client's slot lasts until this function returns (a 408's linger
+    // included); an upgraded tunnel keeps its own clone until it ends.
+    let tunnel_slot = Arc::clone(&slot);
+    let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+        if request.headers().contains_key(http::header::UPGRADE) {
+            request
+                .extensions_mut()
+                .insert(ClientSlot(Arc::clone(&tunnel_slot)));
+        }
         let proxy = Arc::clone(&proxy);
         let client = Arc::clone(&client);
         async move { Ok::<_, Infallible>(proxy.handle(request, &client).await) }
@@ -189,6 +208,7 @@ async fn serve_connection(
         }
         Ok(()) => {}
     }
+    drop(slot);
 }
 
 /// hyper's smallest read buffer (it panics below it).

@@ -56,11 +56,7 @@ pub fn write_state_file(path: &Path, revision: i64, kv: &Kv) -> Result<(), Store
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)
         .map_err(|e| file_error(path, format!("cannot create {}: {e}", dir.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
-        std::process::id()
-    ));
+    let tmp = dir.join(format!("{}{}", temp_prefix(path), std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(&text)?;
@@ -72,6 +68,57 @@ pub fn write_state_file(path: &Path, revision: i64, kv: &Kv) -> Result<(), Store
         let _ = std::fs::remove_file(&tmp);
         file_error(path, format!("cannot write: {e}"))
     })
+}
+
+/// `.<file name>.tmp-`: what [`write_state_file`]'s temp files for `path`
+/// start with; the writer's pid follows.
+fn temp_prefix(path: &Path) -> String {
+    format!(
+        ".{}.tmp-",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
+    )
+}
+
+/// Removes the temp files a writer of `path` left when it was killed
+/// between creating and renaming one. Only this file's temp files go
+/// (`.<name>.tmp-<pid>`), and not one whose pid is a live process: that
+/// writer may still be about to rename it. Returns the paths removed.
+pub fn remove_stale_temp_files(path: &Path) -> Vec<PathBuf> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let prefix = temp_prefix(path);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        // No directory yet: nothing was ever written there.
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if Path::new("/proc").join(pid).exists() {
+            tracing::debug!(file = %entry.path().display(), "temp file of a live process kept");
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => {
+                tracing::info!(file = %entry.path().display(), "removed a stale state temp file");
+                removed.push(entry.path());
+            }
+            Err(error) => tracing::warn!(
+                file = %entry.path().display(),
+                %error,
+                "cannot remove a stale state temp file"
+            ),
+        }
+    }
+    removed
 }
 
 fn file_error(path: &Path, message: String) -> StoreError {
@@ -151,6 +198,37 @@ mod tests {
         drop(store);
         let (_, kv) = FileStore::open(path).expect("reopen");
         assert_eq!(kv.get("/ELB/rules/a").map(String::as_str), Some("{}"));
+    }
+
+    #[test]
+    fn stale_temp_files_of_this_file_go_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ELB.json");
+        // A pid above the kernel's pid_max (2^22) is never live.
+        let stale = dir.path().join(".ELB.json.tmp-99999999");
+        let live = dir
+            .path()
+            .join(format!(".ELB.json.tmp-{}", std::process::id()));
+        let others = [
+            ".OTHER.json.tmp-99999999",
+            ".ELB.json.tmp-",
+            ".ELB.json.tmp-12x",
+            "ELB.json.tmp-99999999",
+            ".ELB.json.bak",
+        ];
+        for file in [&stale, &live] {
+            std::fs::write(file, "{").expect("write");
+        }
+        for other in others {
+            std::fs::write(dir.path().join(other), "{").expect("write");
+        }
+        assert_eq!(remove_stale_temp_files(&path), std::slice::from_ref(&stale));
+        assert!(!stale.exists());
+        assert!(live.exists(), "a live writer's file stays");
+        for other in others {
+            assert!(dir.path().join(other).exists(), "{other} is not ours");
+        }
+        assert!(remove_stale_temp_files(&dir.path().join("none/ELB.json")).is_empty());
     }
 
     #[test]

@@ -225,3 +225,48 @@ fn policies_and_zones_from_the_store_route_and_bad_ones_keep_the_previous() {
     assert!(m.zones().disabled.is_empty());
     assert!(m.policies().is_empty());
 }
+
+/// A manager whose elb listens on 127.0.0.1:18080.
+fn listening_manager() -> ConfigManager {
+    let listen = vec!["127.0.0.1:18080".parse().expect("addr")];
+    manager().with_own_addrs(OwnAddrs::with_local(listen, Arc::new(|_| false)))
+}
+
+#[test]
+fn a_stored_server_that_is_elb_itself_is_skipped() {
+    let mut m = listening_manager();
+    m.apply(&[put("/ELB/upstreams/up1/127.0.0.1:9001", "")]);
+    let skipped = m.apply(&[put("/ELB/upstreams/up1/127.0.0.1:18080", "")]);
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    let message = skipped[0].to_string();
+    assert!(
+        message.contains("\"127.0.0.1:18080\"") && message.contains("own listening address"),
+        "{message}"
+    );
+    let servers: Vec<_> = m.upstreams()["up1"]
+        .servers()
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    assert_eq!(servers, ["127.0.0.1:9001"], "the previous version serves");
+}
+
+#[test]
+fn a_stored_rule_whose_servername_is_elb_itself_is_skipped() {
+    let mut m = listening_manager();
+    let doc = |servername: &str| {
+        serde_json::json!({"init": "b", "rules": {"b": {"type": "backend",
+            "args": {"servername": servername}}}})
+        .to_string()
+    };
+    let skipped = m.apply(&[put("/ELB/rules/a.test", &doc("localhost:18080"))]);
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(
+        skipped[0].to_string().contains("localhost:18080"),
+        "{}",
+        skipped[0]
+    );
+    assert!(m.domains().is_empty());
+    assert!(m.apply(&[put("/ELB/rules/a.test", &doc("up1"))]).is_empty());
+    assert!(m.domains().contains_key("a.test"));
+}

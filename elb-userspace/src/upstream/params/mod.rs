@@ -1,4 +1,5 @@
-//! nginx `server` parameters: `weight=N max_fails=N fail_timeout=TIME backup down`.
+//! nginx `server` parameters: `weight=N max_fails=N fail_timeout=TIME backup down`,
+//! plus `max_conns=N` (nginx's too) and `zone=NAME`.
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -29,6 +30,9 @@ pub struct ServerParams {
     pub down: bool,
     /// Availability zone (`zone=us-east-1a`); see `--zone` and `cross_zone`.
     pub zone: Option<String>,
+    /// Most open connections elb keeps to this server (`max_conns=N`, as
+    /// nginx); 0: `--max-server-connections` applies.
+    pub max_conns: u32,
 }
 
 impl Default for ServerParams {
@@ -41,6 +45,7 @@ impl Default for ServerParams {
             backup: false,
             down: false,
             zone: None,
+            max_conns: 0,
         }
     }
 }
@@ -54,6 +59,7 @@ struct Seen {
     backup: bool,
     down: bool,
     zone: bool,
+    max_conns: bool,
 }
 
 /// Parses whitespace-separated nginx `server` parameters; `""` gives the defaults.
@@ -92,6 +98,10 @@ pub fn parse_params(text: &str) -> Result<ServerParams, ParamsError> {
                 mark_seen(&mut seen.down, token, "down")?;
                 refuse_value(token, value, "down")?;
                 params.down = true;
+            }
+            "max_conns" => {
+                mark_seen(&mut seen.max_conns, token, "max_conns")?;
+                params.max_conns = parse_count(token, value)?;
             }
             "zone" => {
                 mark_seen(&mut seen.zone, token, "zone")?;
@@ -202,6 +212,9 @@ impl ServerParams {
             text.push_str(" zone=");
             text.push_str(zone);
         }
+        if self.max_conns > 0 {
+            text.push_str(&format!(" max_conns={}", self.max_conns));
+        }
         text
     }
 
@@ -229,6 +242,9 @@ impl ServerParams {
         }
         if let Some(zone) = &self.zone {
             object.insert("zone".into(), json!(zone));
+        }
+        if self.max_conns > 0 {
+            object.insert("max_conns".into(), json!(self.max_conns));
         }
         Value::Object(object)
     }

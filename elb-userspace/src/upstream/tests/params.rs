@@ -10,6 +10,7 @@ fn params(weight: u32, max_fails: u32, fail_timeout_ms: u64) -> ServerParams {
         backup: false,
         down: false,
         zone: None,
+        max_conns: 0,
     }
 }
 
@@ -124,4 +125,24 @@ fn zone_is_a_name_and_round_trips() {
     for bad in ["zone=", "zone", "zone=a/b", "zone=a zone=b"] {
         assert!(parse_params(bad).is_err(), "{bad}");
     }
+}
+
+#[test]
+fn max_conns_as_nginx_writes_it() {
+    let params = parse_params("weight=2 max_conns=100").expect("parse");
+    assert_eq!(params.max_conns, 100);
+    assert_eq!(
+        params.to_nginx_string(),
+        "weight=2 max_fails=1 fail_timeout=10s max_conns=100"
+    );
+    assert_eq!(params.to_json("a:1")["max_conns"], 100);
+    assert_eq!(parse_params(&params.to_nginx_string()), Ok(params));
+    // 0, the default, leaves --max-server-connections in charge and is
+    // not written out.
+    let default = parse_params("max_conns=0").expect("parse");
+    assert_eq!(default, ServerParams::default());
+    assert!(default.to_json("a:1").get("max_conns").is_none());
+    assert!(parse_params("max_conns=1 max_conns=2").is_err());
+    assert!(parse_params("max_conns=-1").is_err());
+    assert!(parse_params("max_conns").is_err());
 }

@@ -10,7 +10,7 @@ fn message(text: &str) -> String {
 #[test]
 fn unknown_parameters() {
     for token in [
-        "max_conns=1",
+        "max_conn=1",
         "slow_start=10s",
         "foo",
         "Weight=2",
@@ -25,9 +25,9 @@ fn unknown_parameters() {
         );
     }
     assert_eq!(
-        message("max_conns=1"),
-        "unknown server parameter \"max_conns=1\" (supported: weight=N, max_fails=N, \
-         fail_timeout=TIME, backup, down, zone=NAME)"
+        message("slow_start=10s"),
+        "unknown server parameter \"slow_start=10s\" (supported: weight=N, max_fails=N, \
+         fail_timeout=TIME, backup, down, zone=NAME, max_conns=N)"
     );
 }
 

@@ -21,6 +21,7 @@ fn any_parseable_params() -> impl Strategy<Value = ServerParams> {
                 backup,
                 down,
                 zone: None,
+                max_conns: 0,
             },
         )
 }
@@ -69,6 +70,7 @@ fn any_workload() -> impl Strategy<Value = (Vec<ServerParams>, Vec<Step>)> {
             backup,
             down,
             zone: None,
+            max_conns: 0,
         });
     prop::collection::vec(server_params, 0..6).prop_flat_map(|params| {
         let count = params.len();
