@@ -13,6 +13,7 @@ pub mod packet;
 pub mod ports;
 pub mod privileges;
 pub mod xdp_fixture;
+pub mod xdp_fuzz;
 
 /// Returns from the calling test, printing `SKIPPED: needs root and BPF`,
 /// unless the process is root and the kernel has BPF.
