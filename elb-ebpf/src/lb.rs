@@ -84,8 +84,10 @@ pub fn handle(ctx: &XdpContext, packet: &L4Packet) -> u32 {
                 stats::global(|s| s.drained_drops += 1);
                 return DROP;
             }
+            // An expired reply entry still serves while its flow's client
+            // side is alive (the server was silent, the client was not).
             // SAFETY: as above.
-            if !unsafe { expired(&*flow, key.proto, now()) } {
+            if !unsafe { abandoned(&*flow, key, &mut scratch.owner_key, now()) } {
                 stats::global(|s| s.flow_hits += 1);
                 return follow(ctx, packet, flow, &mut scratch.fib, false);
             }
@@ -282,7 +284,7 @@ fn new_flow(
     reply_key.proto = key.proto;
     reply_key.family = key.family;
     reply_key._pad = [0; 2];
-    let Some(nat_port) = allocate_port(reply_key, entry, hash, now) else {
+    let Some(nat_port) = allocate_port(reply_key, &mut scratch.owner_key, entry, hash, now) else {
         stats::global(|s| s.port_alloc_failures += 1);
         return None;
     };
@@ -379,11 +381,12 @@ fn forget(scratch: &mut Scratch, flow: *const FlowEntry) {
 }
 
 /// Inserts the reply entry at the first free NAT port, claiming the reverse
-/// tuple with `BPF_NOEXIST` so two flows never share one. An expired entry
-/// in the way is taken over.
+/// tuple with `BPF_NOEXIST` so two flows never share one. An entry in the
+/// way is taken over only when its flow is over ([`abandoned`]).
 #[inline(never)]
 fn allocate_port(
     reply_key: &mut FlowKey,
+    owner_key: &mut FlowKey,
     reply: &FlowEntry,
     hash: u32,
     now: u64,
@@ -396,7 +399,7 @@ fn allocate_port(
         }
         if let Some(existing) = FLOWS.get_ptr(reply_key) {
             // SAFETY: see `handle`.
-            if unsafe { expired(&*existing, reply_key.proto, now) }
+            if unsafe { abandoned(&*existing, reply_key, owner_key, now) }
                 && FLOWS.insert(reply_key, reply, BPF_ANY as u64).is_ok()
             {
                 return Some(port);
@@ -404,6 +407,36 @@ fn allocate_port(
         }
     }
     None
+}
+
+/// Whether the flow of the reply entry `existing` (at `reply_key`) is
+/// over, so that its replies go to the kernel and its NAT port may be taken
+/// over: the entry has expired, and its flow's client-side entry is gone,
+/// has expired, is drained or no longer NATs to this port. A reply entry
+/// expires on its own while the server is silent (one-way UDP, TCP after
+/// the server's FIN) and the client keeps the flow alive, still sending
+/// from this port; taking the port then would give the server's next
+/// packets to another client, and two flows one server-side tuple.
+/// `owner_key` is room for the client-side key. Not inlined: its two
+/// callers' stacks stay as they were.
+#[inline(never)]
+fn abandoned(existing: &FlowEntry, reply_key: &FlowKey, owner_key: &mut FlowKey, now: u64) -> bool {
+    if !expired(existing, reply_key.proto, now) {
+        return false;
+    }
+    // The reply's rewrite, reversed, is the client-side key.
+    fill_reply_key(owner_key, existing, reply_key);
+    let Some(owner) = FLOWS.get_ptr(owner_key) else {
+        return true;
+    };
+    // SAFETY: see `handle`.
+    let owner = unsafe { &*owner };
+    let holds_port = owner.flags & (FLOW_REPLY | FLOW_DRAINED) == 0
+        && owner.new_src == reply_key.dst
+        && owner.new_src_port == reply_key.dst_port
+        && owner.new_dst == reply_key.src
+        && owner.new_dst_port == reply_key.src_port;
+    !holds_port || expired(owner, reply_key.proto, now)
 }
 
 #[inline(always)]
@@ -463,8 +496,9 @@ fn denied(family: u8, src: &[u8; 16]) -> bool {
     }
 }
 
-/// The key of the reply entry of the flow `entry` translates (`key` is its
-/// forward key): the forward rewrite, reversed.
+/// The key of the other direction of the flow `entry` translates (`key`
+/// is the entry's own key): the entry's rewrite, reversed. For a forward
+/// entry that is its reply entry's key, and the other way round.
 #[inline(always)]
 fn fill_reply_key(reply_key: &mut FlowKey, entry: &FlowEntry, key: &FlowKey) {
     reply_key.src = entry.new_dst;
