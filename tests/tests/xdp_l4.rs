@@ -18,7 +18,7 @@ use elb_tests::{
     l4_fixture::*,
     packet::PAYLOAD,
     require_root_and_bpf,
-    xdp_fixture::{XdpAction, XdpFixture},
+    xdp_fixture::{XdpAction, XdpFixture, monotonic_coarse_ns},
 };
 use elb_userspace::l4::{maps::L4Maps, plan::addr16};
 use etherparse::{
@@ -433,17 +433,6 @@ fn denied_sources_are_dropped_at_vips_and_l7_ports_only() {
             XdpAction::Redirect
         );
     });
-}
-
-/// bpf_ktime_get_coarse_ns's clock, to plant live entries.
-fn monotonic_coarse_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Plants a reply entry holding `nat_port`: live, or one that closed longer

@@ -16,10 +16,15 @@ pub mod world;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use elb_common::{
+    counters::IPPROTO_TCP,
+    l4::{FLOW_CLOSING, FlowKey, TCP_CLOSING_NS, UDP_IDLE_NS},
+};
+use elb_userspace::l4::plan::{addr16, family};
 
 use crate::{
     l4_fixture::L4Net,
-    xdp_fixture::{XdpAction, XdpFixture},
+    xdp_fixture::{XdpAction, XdpFixture, monotonic_coarse_ns},
 };
 use check::{Verdict, check, hex};
 use generate::Generator;
@@ -35,6 +40,9 @@ pub struct Config {
     /// Every this many packets one random server's flows are drained
     /// (their next client segment is answered with a RST); 0: never.
     pub drain_every: u64,
+    /// Every this many packets a few bound flows are aged past their idle
+    /// timeout (one direction or both, [`age_some`]); 0: never.
+    pub age_every: u64,
     /// Violations printed in full (all are counted).
     pub max_reports: u64,
 }
@@ -46,6 +54,7 @@ impl Config {
             packets,
             seed,
             drain_every: 50_000,
+            age_every: 1_000,
             max_reports: 20,
         }
     }
@@ -69,6 +78,8 @@ pub struct Summary {
     pub resets: u64,
     pub bindings: usize,
     pub drains: u64,
+    /// Flow entries aged past their timeout.
+    pub aged: u64,
     pub elapsed: Duration,
 }
 
@@ -87,7 +98,7 @@ impl Summary {
 
     pub fn detail(&self) -> String {
         format!(
-            "fuzz_xdp: {:.1} s, {:.0} packets/s; to servers {}, to clients {}, NAT'd but passed up {}, RSTs {}, aborted {}; {} NAT bindings seen, {} drains",
+            "fuzz_xdp: {:.1} s, {:.0} packets/s; to servers {}, to clients {}, NAT'd but passed up {}, RSTs {}, aborted {}; {} NAT bindings seen, {} drains, {} entries aged",
             self.elapsed.as_secs_f64(),
             self.packets_per_second(),
             self.to_server,
@@ -96,7 +107,8 @@ impl Summary {
             self.resets,
             self.aborted,
             self.bindings,
-            self.drains
+            self.drains,
+            self.aged
         )
     }
 }
@@ -135,6 +147,9 @@ fn fuzz(config: &Config, client_if: u32, server_if: u32) -> Result<Summary> {
             maps.drain_flows_of_server(id)
                 .with_context(|| format!("draining server {id}"))?;
             s.drains += 1;
+        }
+        if config.age_every > 0 && s.packets > 0 && s.packets % config.age_every == 0 {
+            s.aged += age_some(&mut fixture, &model, &mut generator)?;
         }
         let packet = generator.next(&world, &model);
         let run = fixture
@@ -188,4 +203,63 @@ fn fuzz(config: &Config, client_if: u32, server_if: u32) -> Result<Summary> {
     s.elapsed = start.elapsed();
     s.bindings = model.len();
     Ok(s)
+}
+
+/// Bound flows aged at each [`Config::age_every`].
+const AGED_PER_ROUND: u64 = 16;
+
+/// Ages the entries of a few bound flows past their idle timeout, as time
+/// would: only the reply entry (a silent server), only the client's, or
+/// both; TCP entries as closed (a FIN) more than `TCP_CLOSING_NS` ago, UDP
+/// ones idle for more than `UDP_IDLE_NS` (TCP's idle timeout is an hour,
+/// beyond a fresh machine's uptime). So expiry, NAT port takeover and
+/// reopening happen within a short run. Returns how many entries it aged;
+/// none when the uptime is too short to express the age.
+fn age_some(fixture: &mut XdpFixture, model: &Model, generator: &mut Generator) -> Result<u64> {
+    let mut aged = 0;
+    if model.is_empty() {
+        return Ok(0);
+    }
+    let now = monotonic_coarse_ns();
+    for _ in 0..AGED_PER_ROUND {
+        let index = generator.draw(model.len() as u64) as usize;
+        let (reply, binding) = model.nth(index).expect("the model is not empty");
+        let key = |src: std::net::SocketAddr, dst: std::net::SocketAddr| FlowKey {
+            src: addr16(src.ip()),
+            dst: addr16(dst.ip()),
+            src_port: src.port().to_be_bytes(),
+            dst_port: dst.port().to_be_bytes(),
+            proto: reply.proto,
+            family: family(src.ip()),
+            _pad: [0; 2],
+        };
+        let keys = match generator.draw(4) {
+            0 | 1 => vec![key(reply.server, reply.nat)],
+            2 => vec![key(binding.client, binding.vip)],
+            _ => vec![
+                key(reply.server, reply.nat),
+                key(binding.client, binding.vip),
+            ],
+        };
+        let tcp = reply.proto == IPPROTO_TCP;
+        let age = if tcp { TCP_CLOSING_NS } else { UDP_IDLE_NS } + 1_000_000_000;
+        let Some(last_seen) = now.checked_sub(age) else {
+            return Ok(aged);
+        };
+        let mut flows = fixture.flows()?;
+        for key in keys {
+            let Ok(mut entry) = flows.get(&key, 0) else {
+                continue;
+            };
+            entry.last_seen = last_seen;
+            if tcp {
+                entry.flags |= FLOW_CLOSING;
+            }
+            flows
+                .insert(&key, &entry, 0)
+                .context("ageing a flow entry")?;
+            aged += 1;
+        }
+    }
+    Ok(aged)
 }
