@@ -26,7 +26,7 @@ use crate::{
     l4_fixture::L4Net,
     xdp_fixture::{XdpAction, XdpFixture, monotonic_coarse_ns},
 };
-use check::{Verdict, check, hex};
+use check::{Verdict, check, hex, verify_with_etherparse};
 use generate::Generator;
 use model::Model;
 use world::World;
@@ -75,6 +75,9 @@ pub struct Summary {
     pub to_client: u64,
     /// NAT'd and passed to the kernel (no next hop in XDP).
     pub nat_passed_up: u64,
+    /// NAT'd although its lengths or checksums were wrong (allowed: they
+    /// stay wrong, and the receiver drops it; counted to show the case).
+    pub nat_malformed: u64,
     pub resets: u64,
     pub bindings: usize,
     pub drains: u64,
@@ -98,12 +101,13 @@ impl Summary {
 
     pub fn detail(&self) -> String {
         format!(
-            "fuzz_xdp: {:.1} s, {:.0} packets/s; to servers {}, to clients {}, NAT'd but passed up {}, RSTs {}, aborted {}; {} NAT bindings seen, {} drains, {} entries aged",
+            "fuzz_xdp: {:.1} s, {:.0} packets/s; to servers {}, to clients {}, NAT'd but passed up {}, NAT'd malformed {}, RSTs {}, aborted {}; {} NAT bindings seen, {} drains, {} entries aged",
             self.elapsed.as_secs_f64(),
             self.packets_per_second(),
             self.to_server,
             self.to_client,
             self.nat_passed_up,
+            self.nat_malformed,
             self.resets,
             self.aborted,
             self.bindings,
@@ -163,7 +167,15 @@ fn fuzz(config: &Config, client_if: u32, server_if: u32) -> Result<Summary> {
             XdpAction::Pass if run.output == packet.frame => s.passed += 1,
             _ => s.rewritten += 1,
         }
-        match check(&world, &model, &packet.frame, run.action, &run.output) {
+        let verdict = check(&world, &model, &packet.frame, run.action, &run.output);
+        if matches!(
+            verdict,
+            Ok(Verdict::ToServer { .. } | Verdict::ToClient { .. })
+        ) && verify_with_etherparse(&packet.frame).is_err()
+        {
+            s.nat_malformed += 1;
+        }
+        match verdict {
             Ok(Verdict::ToServer {
                 key,
                 binding,
