@@ -3,8 +3,10 @@
 //!
 //! - the action is XDP_PASS, XDP_DROP, XDP_TX or XDP_REDIRECT, never
 //!   XDP_ABORTED;
-//! - a frame passed unmodified is always fine; a modified one may only be
-//!   a NAT'd packet for a VIP or a known reply (the kernel forwards it when
+//! - a frame passed unmodified is fine, except a VIP's packet with
+//!   readable ports from an allowed source: that one is NAT'd, answered
+//!   or dropped, never left to the kernel; a modified one may only be a
+//!   NAT'd packet for a VIP or a known reply (the kernel forwards it when
 //!   XDP has no next hop);
 //! - only packets for a VIP or a known reply are forwarded (TX / REDIRECT);
 //!   only packets for a VIP or a known reply, or from a deny-listed source,
@@ -121,6 +123,9 @@ pub fn check(
     }
     match (action, expected) {
         (XdpAction::Aborted, _) => Err("the program returned XDP_ABORTED".into()),
+        (XdpAction::Pass, Expect::Vip(_)) if output == input => {
+            Err("passed a VIP's packet to the kernel untouched".into())
+        }
         (XdpAction::Pass, _) if output == input => Ok(Verdict::Passed),
         (XdpAction::Drop, Expect::Vip(_) | Expect::Reply(_)) => Ok(Verdict::Dropped),
         (XdpAction::Drop, _) => Err(
