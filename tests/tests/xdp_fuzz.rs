@@ -250,6 +250,9 @@ fn checker_refuses_broken_nat() {
         )
         .is_err()
     );
+    // A VIP's packet left to the kernel as it came.
+    let untouched = check(&world, &Model::default(), &input, XdpAction::Pass, &input);
+    assert!(untouched.is_err_and(|why| why.contains("untouched")));
 }
 
 #[test]
