@@ -144,8 +144,12 @@ fn to_service(
                 return reset::answer(ctx, packet, &scratch.key);
             }
         } else {
+            // An expired client-side entry still serves while the server
+            // side of its flow is alive (the client was silent, the server
+            // was not).
             // SAFETY: see `handle`.
-            let expired = unsafe { expired(&*flow, key.proto, now) };
+            let expired = unsafe { expired(&*flow, key.proto, now) }
+                && !server_side_alive(scratch, flow, now);
             let syn_only = is_connection_start(packet.tcp_flags);
             if !expired && !(syn_only && flags & FLOW_CLOSING != 0) {
                 stats::global(|s| s.flow_hits += 1);
@@ -353,6 +357,32 @@ fn reopen(scratch: &mut Scratch, flow: *mut FlowEntry, service: &ServiceEntry, n
     true
 }
 
+/// Whether the server side of the flow whose client-side entry is `flow`
+/// (at `scratch.key`) is alive: its reply entry maps back to this client,
+/// is not drained and has not expired. A client-side entry expires on its
+/// own while the client is silent and the server is not (a UDP stream to
+/// the client); the flow then keeps its server and NAT port, as one timeout
+/// for both directions (conntrack's) would.
+#[inline(never)]
+fn server_side_alive(scratch: &mut Scratch, flow: *const FlowEntry, now: u64) -> bool {
+    let key = &scratch.key;
+    // SAFETY: see `handle`.
+    let entry = unsafe { &*flow };
+    let reply_key = &mut scratch.reply_key;
+    fill_reply_key(reply_key, entry, key);
+    let Some(reply) = FLOWS.get_ptr(reply_key) else {
+        return false;
+    };
+    // SAFETY: see `handle`.
+    let reply = unsafe { &*reply };
+    reply.flags & (FLOW_REPLY | FLOW_DRAINED) == FLOW_REPLY
+        && reply.new_dst == key.src
+        && reply.new_dst_port == key.src_port
+        && reply.new_src == key.dst
+        && reply.new_src_port == key.dst_port
+        && !expired(reply, key.proto, now)
+}
+
 /// Deletes a drained flow's entries: the reply entry (its key is the
 /// forward entry's rewrite, reversed) if it still maps back to this
 /// client, since an expired one may have been taken over by another flow;
@@ -411,32 +441,42 @@ fn allocate_port(
 
 /// Whether the flow of the reply entry `existing` (at `reply_key`) is
 /// over, so that its replies go to the kernel and its NAT port may be taken
-/// over: the entry has expired, and its flow's client-side entry is gone,
-/// has expired, is drained or no longer NATs to this port. A reply entry
-/// expires on its own while the server is silent (one-way UDP, TCP after
-/// the server's FIN) and the client keeps the flow alive, still sending
-/// from this port; taking the port then would give the server's next
-/// packets to another client, and two flows one server-side tuple.
-/// `owner_key` is room for the client-side key. Not inlined: its two
-/// callers' stacks stay as they were.
-#[inline(never)]
+/// over: the entry has expired, and so has the flow's client side
+/// ([`client_side_alive`]). A reply entry expires on its own while the
+/// server is silent (one-way UDP, TCP after the server's FIN) and the
+/// client keeps the flow alive, still sending from this port; taking the
+/// port then would give the server's next packets to another client, and
+/// two flows one server-side tuple. `owner_key` is room for the
+/// client-side key.
+#[inline(always)]
 fn abandoned(existing: &FlowEntry, reply_key: &FlowKey, owner_key: &mut FlowKey, now: u64) -> bool {
-    if !expired(existing, reply_key.proto, now) {
-        return false;
-    }
+    expired(existing, reply_key.proto, now)
+        && !client_side_alive(existing, reply_key, owner_key, now)
+}
+
+/// Whether the client-side entry of the reply entry `existing`'s flow is
+/// there, still NATs to this port (not drained) and has not expired. Not
+/// inlined: it runs only for expired entries, off the hot paths.
+#[inline(never)]
+fn client_side_alive(
+    existing: &FlowEntry,
+    reply_key: &FlowKey,
+    owner_key: &mut FlowKey,
+    now: u64,
+) -> bool {
     // The reply's rewrite, reversed, is the client-side key.
     fill_reply_key(owner_key, existing, reply_key);
     let Some(owner) = FLOWS.get_ptr(owner_key) else {
-        return true;
+        return false;
     };
     // SAFETY: see `handle`.
     let owner = unsafe { &*owner };
-    let holds_port = owner.flags & (FLOW_REPLY | FLOW_DRAINED) == 0
+    owner.flags & (FLOW_REPLY | FLOW_DRAINED) == 0
         && owner.new_src == reply_key.dst
         && owner.new_src_port == reply_key.dst_port
         && owner.new_dst == reply_key.src
-        && owner.new_dst_port == reply_key.src_port;
-    !holds_port || expired(owner, reply_key.proto, now)
+        && owner.new_dst_port == reply_key.src_port
+        && !expired(owner, reply_key.proto, now)
 }
 
 #[inline(always)]

@@ -1358,6 +1358,55 @@ fn a_live_flow_keeps_its_nat_port_when_its_reply_entry_idles_out() {
     });
 }
 
+/// The other direction of the same fault: a flow's client-side entry
+/// idles out while its server keeps sending (a UDP stream to a silent
+/// client). The client's next datagram made a new flow on another NAT
+/// port, so the server saw a new peer. It keeps the flow's port.
+#[test]
+fn a_live_flow_keeps_its_nat_port_when_its_client_side_idles_out() {
+    require_root_and_bpf!();
+    let vip = sa(VIP_V4, 53);
+    with_service(IPPROTO_UDP, vip, &[(0, 0, 5353)], move |fixture, maps| {
+        let server = sa(server_v4(0), 5353);
+        let client = client4(40101);
+        let port = first_port(client, vip, IPPROTO_UDP);
+        let query = udp_from(CLIENT_MAC, LB_CLIENT_SIDE_MAC, client, vip);
+        let run = fixture.run(&query).expect("client's datagram");
+        assert_eq!(run.output, nat_to(&query, port, server));
+
+        let forward_key = udp_key(client, vip);
+        let mut forward = entry_at(fixture, &forward_key).expect("client-side entry");
+        forward.last_seen = monotonic_coarse_ns()
+            .checked_sub(UDP_IDLE_NS + 1_000_000_000)
+            .expect("uptime above 31 s");
+        fixture
+            .flows()
+            .expect("flows")
+            .insert(&forward_key, &forward, 0)
+            .expect("age the client-side entry");
+        // The server has just sent.
+        let stream = udp_from(server_mac(0), LB_SERVER_SIDE_MAC, server, sa(SNAT_V4, port));
+        let run = fixture.run(&stream).expect("server's datagram");
+        assert_eq!(
+            (run.action, run.output),
+            (
+                XdpAction::Redirect,
+                rewritten(&stream, LB_CLIENT_SIDE_MAC, CLIENT_MAC, vip, client)
+            )
+        );
+
+        let run = fixture.run(&query).expect("client again");
+        assert_eq!(
+            run.output,
+            nat_to(&query, port, server),
+            "the client keeps its NAT port"
+        );
+        let global = maps.global_stats().expect("stats");
+        assert_eq!((global.flow_misses, global.flow_hits), (1, 2));
+        assert_eq!(flow_count(fixture), 2, "no second flow");
+    });
+}
+
 /// `frame` as XDP sends it to `server` (behind server 0's MAC) from the
 /// SNAT address's NAT `port`.
 fn nat_to(frame: &[u8], port: u16, server: SocketAddr) -> Vec<u8> {
