@@ -84,8 +84,10 @@ pub fn handle(ctx: &XdpContext, packet: &L4Packet) -> u32 {
                 stats::global(|s| s.drained_drops += 1);
                 return DROP;
             }
+            // An expired reply entry still serves while its flow's client
+            // side is alive (the server was silent, the client was not).
             // SAFETY: as above.
-            if !unsafe { expired(&*flow, key.proto, now()) } {
+            if !unsafe { abandoned(&*flow, key, &mut scratch.owner_key, now()) } {
                 stats::global(|s| s.flow_hits += 1);
                 return follow(ctx, packet, flow, &mut scratch.fib, false);
             }
@@ -142,8 +144,12 @@ fn to_service(
                 return reset::answer(ctx, packet, &scratch.key);
             }
         } else {
+            // An expired client-side entry still serves while the server
+            // side of its flow is alive (the client was silent, the server
+            // was not).
             // SAFETY: see `handle`.
-            let expired = unsafe { expired(&*flow, key.proto, now) };
+            let expired = unsafe { expired(&*flow, key.proto, now) }
+                && !server_side_alive(scratch, flow, now);
             let syn_only = is_connection_start(packet.tcp_flags);
             if !expired && !(syn_only && flags & FLOW_CLOSING != 0) {
                 stats::global(|s| s.flow_hits += 1);
@@ -282,7 +288,7 @@ fn new_flow(
     reply_key.proto = key.proto;
     reply_key.family = key.family;
     reply_key._pad = [0; 2];
-    let Some(nat_port) = allocate_port(reply_key, entry, hash, now) else {
+    let Some(nat_port) = allocate_port(reply_key, &mut scratch.owner_key, entry, hash, now) else {
         stats::global(|s| s.port_alloc_failures += 1);
         return None;
     };
@@ -351,6 +357,32 @@ fn reopen(scratch: &mut Scratch, flow: *mut FlowEntry, service: &ServiceEntry, n
     true
 }
 
+/// Whether the server side of the flow whose client-side entry is `flow`
+/// (at `scratch.key`) is alive: its reply entry maps back to this client,
+/// is not drained and has not expired. A client-side entry expires on its
+/// own while the client is silent and the server is not (a UDP stream to
+/// the client); the flow then keeps its server and NAT port, as one timeout
+/// for both directions (conntrack's) would.
+#[inline(never)]
+fn server_side_alive(scratch: &mut Scratch, flow: *const FlowEntry, now: u64) -> bool {
+    let key = &scratch.key;
+    // SAFETY: see `handle`.
+    let entry = unsafe { &*flow };
+    let reply_key = &mut scratch.reply_key;
+    fill_reply_key(reply_key, entry, key);
+    let Some(reply) = FLOWS.get_ptr(reply_key) else {
+        return false;
+    };
+    // SAFETY: see `handle`.
+    let reply = unsafe { &*reply };
+    reply.flags & (FLOW_REPLY | FLOW_DRAINED) == FLOW_REPLY
+        && reply.new_dst == key.src
+        && reply.new_dst_port == key.src_port
+        && reply.new_src == key.dst
+        && reply.new_src_port == key.dst_port
+        && !expired(reply, key.proto, now)
+}
+
 /// Deletes a drained flow's entries: the reply entry (its key is the
 /// forward entry's rewrite, reversed) if it still maps back to this
 /// client, since an expired one may have been taken over by another flow;
@@ -379,11 +411,12 @@ fn forget(scratch: &mut Scratch, flow: *const FlowEntry) {
 }
 
 /// Inserts the reply entry at the first free NAT port, claiming the reverse
-/// tuple with `BPF_NOEXIST` so two flows never share one. An expired entry
-/// in the way is taken over.
+/// tuple with `BPF_NOEXIST` so two flows never share one. An entry in the
+/// way is taken over only when its flow is over ([`abandoned`]).
 #[inline(never)]
 fn allocate_port(
     reply_key: &mut FlowKey,
+    owner_key: &mut FlowKey,
     reply: &FlowEntry,
     hash: u32,
     now: u64,
@@ -396,7 +429,7 @@ fn allocate_port(
         }
         if let Some(existing) = FLOWS.get_ptr(reply_key) {
             // SAFETY: see `handle`.
-            if unsafe { expired(&*existing, reply_key.proto, now) }
+            if unsafe { abandoned(&*existing, reply_key, owner_key, now) }
                 && FLOWS.insert(reply_key, reply, BPF_ANY as u64).is_ok()
             {
                 return Some(port);
@@ -404,6 +437,46 @@ fn allocate_port(
         }
     }
     None
+}
+
+/// Whether the flow of the reply entry `existing` (at `reply_key`) is
+/// over, so that its replies go to the kernel and its NAT port may be taken
+/// over: the entry has expired, and so has the flow's client side
+/// ([`client_side_alive`]). A reply entry expires on its own while the
+/// server is silent (one-way UDP, TCP after the server's FIN) and the
+/// client keeps the flow alive, still sending from this port; taking the
+/// port then would give the server's next packets to another client, and
+/// two flows one server-side tuple. `owner_key` is room for the
+/// client-side key.
+#[inline(always)]
+fn abandoned(existing: &FlowEntry, reply_key: &FlowKey, owner_key: &mut FlowKey, now: u64) -> bool {
+    expired(existing, reply_key.proto, now)
+        && !client_side_alive(existing, reply_key, owner_key, now)
+}
+
+/// Whether the client-side entry of the reply entry `existing`'s flow is
+/// there, still NATs to this port (not drained) and has not expired. Not
+/// inlined: it runs only for expired entries, off the hot paths.
+#[inline(never)]
+fn client_side_alive(
+    existing: &FlowEntry,
+    reply_key: &FlowKey,
+    owner_key: &mut FlowKey,
+    now: u64,
+) -> bool {
+    // The reply's rewrite, reversed, is the client-side key.
+    fill_reply_key(owner_key, existing, reply_key);
+    let Some(owner) = FLOWS.get_ptr(owner_key) else {
+        return false;
+    };
+    // SAFETY: see `handle`.
+    let owner = unsafe { &*owner };
+    owner.flags & (FLOW_REPLY | FLOW_DRAINED) == 0
+        && owner.new_src == reply_key.dst
+        && owner.new_src_port == reply_key.dst_port
+        && owner.new_dst == reply_key.src
+        && owner.new_dst_port == reply_key.src_port
+        && !expired(owner, reply_key.proto, now)
 }
 
 #[inline(always)]
@@ -463,8 +536,9 @@ fn denied(family: u8, src: &[u8; 16]) -> bool {
     }
 }
 
-/// The key of the reply entry of the flow `entry` translates (`key` is its
-/// forward key): the forward rewrite, reversed.
+/// The key of the other direction of the flow `entry` translates (`key`
+/// is the entry's own key): the entry's rewrite, reversed. For a forward
+/// entry that is its reply entry's key, and the other way round.
 #[inline(always)]
 fn fill_reply_key(reply_key: &mut FlowKey, entry: &FlowEntry, key: &FlowKey) {
     reply_key.src = entry.new_dst;

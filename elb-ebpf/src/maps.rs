@@ -64,6 +64,9 @@ pub static GLOBAL_STATS: PerCpuArray<GlobalStats, 1> = PerCpuArray::new();
 pub struct Scratch {
     pub key: FlowKey,
     pub reply_key: FlowKey,
+    /// The client-side key of the flow holding a NAT port a new flow
+    /// wants (`lb::allocate_port`).
+    pub owner_key: FlowKey,
     pub entry: FlowEntry,
     pub fib: FibParams,
 }

@@ -17,6 +17,7 @@ pub mod privileges;
 pub mod raw_backend;
 pub mod strict_http;
 pub mod xdp_fixture;
+pub mod xdp_fuzz;
 
 /// Returns from the calling test, printing `SKIPPED: needs root and BPF`,
 /// unless the process is root and the kernel has BPF.

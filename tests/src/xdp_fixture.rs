@@ -119,3 +119,14 @@ impl XdpFixture {
             .context("slot missing")
     }
 }
+
+/// `bpf_ktime_get_coarse_ns`'s clock, to plant entries with a given age.
+pub fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -11,14 +11,14 @@ use elb_common::{
     counters::{IPPROTO_TCP, IPPROTO_UDP},
     l4::{
         FLOW_CLOSING, FLOW_DRAINED, FLOW_REPLY, FlowEntry, FlowKey, NAT_PORT_TRIES, TCP_CLOSING_NS,
-        flow_hash, nat_port_candidate,
+        UDP_IDLE_NS, flow_hash, nat_port_candidate,
     },
 };
 use elb_tests::{
     l4_fixture::*,
     packet::PAYLOAD,
     require_root_and_bpf,
-    xdp_fixture::{XdpAction, XdpFixture},
+    xdp_fixture::{XdpAction, XdpFixture, monotonic_coarse_ns},
 };
 use elb_userspace::l4::{maps::L4Maps, plan::addr16};
 use etherparse::{
@@ -433,17 +433,6 @@ fn denied_sources_are_dropped_at_vips_and_l7_ports_only() {
             XdpAction::Redirect
         );
     });
-}
-
-/// bpf_ktime_get_coarse_ns's clock, to plant live entries.
-fn monotonic_coarse_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Plants a reply entry holding `nat_port`: live, or one that closed longer
@@ -1299,6 +1288,135 @@ fn udp_on_a_drained_flow_moves_to_a_live_server() {
             (0, 2, 1, 1)
         );
     });
+}
+
+/// A client port whose flow's first NAT port candidate is `port`, for a
+/// flow from `CLIENT_V4` to `vip`, other than `not`.
+fn client_with_first_port(vip: SocketAddr, proto: u8, port: u16, not: u16) -> SocketAddr {
+    (1..=u16::MAX)
+        .filter(|&p| p != not)
+        .map(client4)
+        .find(|&c| first_port(c, vip, proto) == port)
+        .expect("some client port hashes to any NAT port")
+}
+
+/// Found by the XDP fuzzer (`fuzz_xdp`, a known reply translated to
+/// another client than the one whose flow holds its NAT port): a flow's
+/// reply entry idles out when its server is silent (one-way UDP; TCP after
+/// the server's FIN), while the client keeps the flow alive. A new flow
+/// whose first port candidate is that port then took it over, and the
+/// server's next packets for the old flow went to the new client, while
+/// the old client kept sending from the same NAT port (two flows on one
+/// server-side tuple). An idle reply entry may only be taken over once its
+/// flow is idle in both directions.
+#[test]
+fn a_live_flow_keeps_its_nat_port_when_its_reply_entry_idles_out() {
+    require_root_and_bpf!();
+    let vip = sa(VIP_V4, 53);
+    with_service(IPPROTO_UDP, vip, &[(0, 0, 5353)], move |fixture, _maps| {
+        let server = sa(server_v4(0), 5353);
+        let old = client4(40100);
+        let port = first_port(old, vip, IPPROTO_UDP);
+        let query = udp_from(CLIENT_MAC, LB_CLIENT_SIDE_MAC, old, vip);
+        let run = fixture.run(&query).expect("old client's datagram");
+        assert_eq!(run.output, nat_to(&query, port, server));
+
+        // The server has been silent for longer than the UDP idle time;
+        // the client has just sent (its own entry is fresh).
+        let reply_key = udp_key(server, sa(SNAT_V4, port));
+        let mut reply = entry_at(fixture, &reply_key).expect("reply entry");
+        reply.last_seen = monotonic_coarse_ns()
+            .checked_sub(UDP_IDLE_NS + 1_000_000_000)
+            .expect("uptime above 31 s");
+        fixture
+            .flows()
+            .expect("flows")
+            .insert(&reply_key, &reply, 0)
+            .expect("age the reply entry");
+
+        let new = client_with_first_port(vip, IPPROTO_UDP, port, old.port());
+        let datagram = udp_from(CLIENT_MAC, LB_CLIENT_SIDE_MAC, new, vip);
+        let run = fixture.run(&datagram).expect("new client's datagram");
+        assert_eq!(run.action, XdpAction::Redirect);
+        let hash = flow_hash_of(new, vip, IPPROTO_UDP);
+        assert_eq!(
+            run.output,
+            nat_to(&datagram, nat_port_candidate(hash, 1), server),
+            "the new flow takes the next candidate, not the live flow's port"
+        );
+
+        let answer = udp_from(server_mac(0), LB_SERVER_SIDE_MAC, server, sa(SNAT_V4, port));
+        let run = fixture.run(&answer).expect("server's late answer");
+        assert_eq!(run.action, XdpAction::Redirect);
+        assert_eq!(
+            run.output,
+            rewritten(&answer, LB_CLIENT_SIDE_MAC, CLIENT_MAC, vip, old),
+            "the answer goes to the client whose flow holds the port"
+        );
+        let run = fixture.run(&query).expect("old client again");
+        assert_eq!(run.output, nat_to(&query, port, server));
+    });
+}
+
+/// The other direction of the same fault: a flow's client-side entry
+/// idles out while its server keeps sending (a UDP stream to a silent
+/// client). The client's next datagram made a new flow on another NAT
+/// port, so the server saw a new peer. It keeps the flow's port.
+#[test]
+fn a_live_flow_keeps_its_nat_port_when_its_client_side_idles_out() {
+    require_root_and_bpf!();
+    let vip = sa(VIP_V4, 53);
+    with_service(IPPROTO_UDP, vip, &[(0, 0, 5353)], move |fixture, maps| {
+        let server = sa(server_v4(0), 5353);
+        let client = client4(40101);
+        let port = first_port(client, vip, IPPROTO_UDP);
+        let query = udp_from(CLIENT_MAC, LB_CLIENT_SIDE_MAC, client, vip);
+        let run = fixture.run(&query).expect("client's datagram");
+        assert_eq!(run.output, nat_to(&query, port, server));
+
+        let forward_key = udp_key(client, vip);
+        let mut forward = entry_at(fixture, &forward_key).expect("client-side entry");
+        forward.last_seen = monotonic_coarse_ns()
+            .checked_sub(UDP_IDLE_NS + 1_000_000_000)
+            .expect("uptime above 31 s");
+        fixture
+            .flows()
+            .expect("flows")
+            .insert(&forward_key, &forward, 0)
+            .expect("age the client-side entry");
+        // The server has just sent.
+        let stream = udp_from(server_mac(0), LB_SERVER_SIDE_MAC, server, sa(SNAT_V4, port));
+        let run = fixture.run(&stream).expect("server's datagram");
+        assert_eq!(
+            (run.action, run.output),
+            (
+                XdpAction::Redirect,
+                rewritten(&stream, LB_CLIENT_SIDE_MAC, CLIENT_MAC, vip, client)
+            )
+        );
+
+        let run = fixture.run(&query).expect("client again");
+        assert_eq!(
+            run.output,
+            nat_to(&query, port, server),
+            "the client keeps its NAT port"
+        );
+        let global = maps.global_stats().expect("stats");
+        assert_eq!((global.flow_misses, global.flow_hits), (1, 2));
+        assert_eq!(flow_count(fixture), 2, "no second flow");
+    });
+}
+
+/// `frame` as XDP sends it to `server` (behind server 0's MAC) from the
+/// SNAT address's NAT `port`.
+fn nat_to(frame: &[u8], port: u16, server: SocketAddr) -> Vec<u8> {
+    rewritten(
+        frame,
+        LB_SERVER_SIDE_MAC,
+        server_mac(0),
+        sa(SNAT_V4, port),
+        server,
+    )
 }
 
 /// The drain on a table of 100,000 entries (a quarter of them the drained
