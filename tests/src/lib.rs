@@ -12,6 +12,7 @@ pub mod netns;
 pub mod packet;
 pub mod ports;
 pub mod privileges;
+pub mod soak;
 pub mod xdp_fixture;
 
 /// Returns from the calling test, printing `SKIPPED: needs root and BPF`,
