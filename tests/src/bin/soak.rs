@@ -6,7 +6,7 @@
 //! if an idempotent request failed, elb's descriptors grew, or (on runs of
 //! 10 minutes or more) its RSS grew more than 5% after warm-up.
 //!
-//! Usage: `soak [--minutes M | --seconds S] [--seed N] [--rate R]`.
+//! Usage: `soak [--minutes M | --seconds S] [--seed N] [--rate R] [--samples FILE.csv]`.
 //! `ELB_BIN` names the elb binary (default: `elb` next to this one).
 //! `soak --backend NAME ADDR` is one backend process (the runner starts
 //! four, so that `kill -9` kills a real process).
@@ -51,6 +51,8 @@ struct Args {
     seed: u64,
     /// Requests per second over all clients.
     rate: f64,
+    /// Where to write every RSS and fd sample (CSV), if anywhere.
+    samples: Option<std::path::PathBuf>,
 }
 
 fn args() -> Result<Args> {
@@ -58,6 +60,7 @@ fn args() -> Result<Args> {
         duration: Duration::from_secs(60),
         seed: 1,
         rate: 200.0,
+        samples: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -76,8 +79,9 @@ fn args() -> Result<Args> {
             "--seconds" => args.duration = Duration::from_secs_f64(number()?),
             "--rate" => args.rate = number()?,
             "--seed" => args.seed = value.parse().with_context(|| format!("--seed {value}"))?,
+            "--samples" => args.samples = Some(value.into()),
             other => bail!(
-                "unknown flag {other}; usage: soak [--minutes M | --seconds S] [--seed N] [--rate R]"
+                "unknown flag {other}; usage: soak [--minutes M | --seconds S] [--seed N] [--rate R] [--samples FILE.csv]"
             ),
         }
     }
@@ -342,6 +346,19 @@ fn soak() -> Result<bool> {
             "{KEEP_ALIVE_CLIENTS} keep-alive clients + {NEW_CONNECTION_CLIENTS} with a new connection per request, {BACKENDS} backends"
         ),
     };
+    if let Some(path) = &args.samples {
+        let mut csv = String::from("seconds,rss_kib,anon_kib,fds\n");
+        for s in &records.samples {
+            csv.push_str(&format!(
+                "{:.1},{},{},{}\n",
+                s.at.as_secs_f64(),
+                s.rss_kib,
+                s.anon_kib,
+                s.fds
+            ));
+        }
+        std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;
+    }
     let summary = report::summarize(&records);
     let problems = report::verdict(&summary, phases.total);
     println!(
@@ -403,17 +420,22 @@ fn sample_elb(pid: u32, shared: &Shared) -> Vec<Sample> {
     let mut samples = Vec::new();
     while !shared.stop_load.load(Ordering::Relaxed) {
         let at = shared.now();
-        let rss_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|status| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            });
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| -> Option<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        };
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64);
-        if let (Some(rss_kib), Ok(fds)) = (rss_kib, fds) {
-            samples.push(Sample { at, rss_kib, fds });
+        if let (Some(rss_kib), Some(anon_kib), Ok(fds)) = (field("VmRSS:"), field("RssAnon:"), fds)
+        {
+            samples.push(Sample {
+                at,
+                rss_kib,
+                anon_kib,
+                fds,
+            });
         }
         std::thread::sleep(Duration::from_secs(1));
     }

@@ -18,6 +18,9 @@ pub struct Outcome {
 pub struct Sample {
     pub at: Duration,
     pub rss_kib: u64,
+    /// The anonymous part of the RSS (heap, stacks), without the pages of
+    /// the binary itself, which grow as new code paths first run.
+    pub anon_kib: u64,
     pub fds: u64,
 }
 
@@ -99,6 +102,8 @@ pub struct Summary {
     pub rss_final_kib: u64,
     pub rss_max_kib: u64,
     pub rss_growth_pct: f64,
+    pub anon_baseline_kib: u64,
+    pub anon_final_kib: u64,
     pub fds_min: u64,
     pub fds_baseline_max: u64,
     pub fds_final: u64,
@@ -158,6 +163,8 @@ pub fn summarize(records: &Records) -> Summary {
         .collect();
     let rss_baseline_kib = median_u64(baseline.iter().map(|s| s.rss_kib));
     let rss_final_kib = median_u64(last.iter().map(|s| s.rss_kib));
+    let anon_baseline_kib = median_u64(baseline.iter().map(|s| s.anon_kib));
+    let anon_final_kib = median_u64(last.iter().map(|s| s.anon_kib));
     let fds_baseline_max = baseline.iter().map(|s| s.fds).max().unwrap_or(0);
     let fds_final = median_u64(last.iter().map(|s| s.fds));
     let count = |prefix: &str| {
@@ -184,6 +191,8 @@ pub fn summarize(records: &Records) -> Summary {
         } else {
             (rss_final_kib as f64 / rss_baseline_kib as f64 - 1.0) * 100.0
         },
+        anon_baseline_kib,
+        anon_final_kib,
         fds_min: records.samples.iter().map(|s| s.fds).min().unwrap_or(0),
         fds_baseline_max,
         fds_final,
@@ -313,6 +322,12 @@ pub fn markdown(records: &Records, summary: &Summary) -> String {
     );
     let _ = writeln!(
         out,
+        "| of which anonymous (heap, stacks) | {:.1} MiB → {:.1} MiB | |",
+        summary.anon_baseline_kib as f64 / 1024.0,
+        summary.anon_final_kib as f64 / 1024.0
+    );
+    let _ = writeln!(
+        out,
         "| elb fds | {} at the end, at most {} after warm-up; range {}–{} over the run (**{}**) | flat (+{FD_SLACK}) |",
         summary.fds_final,
         summary.fds_baseline_max,
@@ -321,16 +336,17 @@ pub fn markdown(records: &Records, summary: &Summary) -> String {
         if summary.fds_flat { "flat" } else { "grew" }
     );
     let _ = writeln!(out);
-    let _ = writeln!(out, "| t (s) | RSS (MiB) | fds |");
-    let _ = writeln!(out, "|---|---|---|");
+    let _ = writeln!(out, "| t (s) | RSS (MiB) | anonymous (MiB) | fds |");
+    let _ = writeln!(out, "|---|---|---|---|");
     let step = (records.samples.len() / 12).max(1);
     for (i, sample) in records.samples.iter().enumerate() {
         if i % step == 0 || i + 1 == records.samples.len() {
             let _ = writeln!(
                 out,
-                "| {:.0} | {:.1} | {} |",
+                "| {:.0} | {:.1} | {:.1} | {} |",
                 secs(sample.at),
                 sample.rss_kib as f64 / 1024.0,
+                sample.anon_kib as f64 / 1024.0,
                 sample.fds
             );
         }
@@ -357,6 +373,8 @@ pub fn summary_json(
         "rss_baseline_kib": summary.rss_baseline_kib,
         "rss_final_kib": summary.rss_final_kib,
         "rss_growth_pct": summary.rss_growth_pct,
+        "anon_baseline_kib": summary.anon_baseline_kib,
+        "anon_final_kib": summary.anon_final_kib,
         "fds_baseline_max": summary.fds_baseline_max,
         "fds_final": summary.fds_final,
         "fds_flat": summary.fds_flat,
@@ -418,6 +436,7 @@ mod tests {
         Sample {
             at: Duration::from_secs(at),
             rss_kib,
+            anon_kib: rss_kib,
             fds,
         }
     }
