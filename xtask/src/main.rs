@@ -57,6 +57,9 @@ enum Task {
         /// Requests per second over all clients (default 200).
         #[arg(long)]
         rate: Option<f64>,
+        /// Also write every RSS and fd sample of elb to this CSV file.
+        #[arg(long)]
+        samples: Option<PathBuf>,
     },
     /// Set up if needed, build, check formatting and lints, run every test.
     Test {
@@ -80,9 +83,9 @@ fn main() -> std::process::ExitCode {
             seconds,
             seed,
             rate,
-        } => {
-            soak::runner_args(minutes, seconds, seed, rate).and_then(|args| soak::run(&root, &args))
-        }
+            samples,
+        } => soak::runner_args(minutes, seconds, seed, rate, samples.as_deref())
+            .and_then(|args| soak::run(&root, &args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -8,12 +8,14 @@ use anyhow::{Result, bail};
 
 use crate::{bench, cmd, setup};
 
-/// The runner's arguments: `--seconds S` plus the optional seed and rate.
+/// The runner's arguments: `--seconds S` plus the optional seed, rate and
+/// samples file.
 pub fn runner_args(
     minutes: Option<f64>,
     seconds: Option<f64>,
     seed: Option<u64>,
     rate: Option<f64>,
+    samples: Option<&Path>,
 ) -> Result<Vec<String>> {
     let seconds = match (minutes, seconds) {
         (Some(_), Some(_)) => bail!("give --minutes or --seconds, not both"),
@@ -27,6 +29,9 @@ pub fn runner_args(
     }
     if let Some(rate) = rate {
         args.extend(["--rate".to_owned(), rate.to_string()]);
+    }
+    if let Some(samples) = samples {
+        args.extend(["--samples".to_owned(), samples.display().to_string()]);
     }
     Ok(args)
 }

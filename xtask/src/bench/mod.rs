@@ -32,7 +32,7 @@ pub fn run(root: &Path, name: &str, rounds: usize) -> Result<()> {
 pub(crate) fn build_runner(root: &Path, bin: &str) -> Result<std::path::PathBuf> {
     crate::cmd::cargo(root)
         .args(["build", "--release", "--package", "elb-tests", "--bin", bin])
-        .run(&format!("building the bench runner {bin}"))?;
+        .run(&format!("building the runner {bin}"))?;
     Ok(root.join("target/release").join(bin))
 }
 
