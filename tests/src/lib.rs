@@ -15,6 +15,7 @@ pub mod pki;
 pub mod ports;
 pub mod privileges;
 pub mod raw_backend;
+pub mod soak;
 pub mod strict_http;
 pub mod xdp_fixture;
 pub mod xdp_fuzz;

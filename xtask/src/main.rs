@@ -3,6 +3,7 @@ mod bench;
 mod cmd;
 mod ebpf;
 mod setup;
+mod soak;
 mod test;
 
 use std::path::PathBuf;
@@ -40,6 +41,26 @@ enum Task {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Mixed load through a release elb while backends and etcd are killed
+    /// and the configuration churns; prints a Markdown table. Fails on a
+    /// failed idempotent request, growing fds, or (≥ 10 min) RSS growth > 5%.
+    Soak {
+        /// Length of the run (fractions allowed); default 10.
+        #[arg(long, conflicts_with = "seconds")]
+        minutes: Option<f64>,
+        /// Length of the run in seconds, instead of --minutes.
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Seed of the fault plan and the request mix (default 1).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Requests per second over all clients (default 200).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Also write every RSS and fd sample of elb to this CSV file.
+        #[arg(long)]
+        samples: Option<PathBuf>,
+    },
     /// Set up if needed, build, check formatting and lints, run every test.
     Test {
         /// Extra arguments for `cargo test`, e.g. `-- --nocapture`.
@@ -57,6 +78,14 @@ fn main() -> std::process::ExitCode {
         Task::Run { args } => run_elb(&root, &args),
         Task::Test { args } => test::run(&root, &args),
         Task::Bench { name, rounds } => bench::run(&root, &name, rounds),
+        Task::Soak {
+            minutes,
+            seconds,
+            seed,
+            rate,
+            samples,
+        } => soak::runner_args(minutes, seconds, seed, rate, samples.as_deref())
+            .and_then(|args| soak::run(&root, &args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -6,7 +6,7 @@ use anyhow::Result;
 use crate::{
     cmd,
     ebpf::{self, TARGET},
-    setup,
+    setup, soak,
 };
 
 pub fn run(root: &Path, extra_args: &[String]) -> Result<()> {
@@ -55,5 +55,7 @@ pub fn run(root: &Path, extra_args: &[String]) -> Result<()> {
         .args(["test", "--workspace", "--all-targets"])
         .args(extra_args)
         .env("ELB_BIN", root.join("target/debug/elb"))
-        .run("running the tests")
+        .run("running the tests")?;
+    // A short soak: mixed load while backends and etcd are killed.
+    soak::run_debug(root, 60)
 }

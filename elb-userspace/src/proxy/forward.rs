@@ -2,10 +2,12 @@
 //!
 //! A try fails on a connect error or timeout, a response timeout (504), a
 //! broken connection, or a 502/504 answer; it is then retried on another
-//! server, up to [`MAX_TRIES`]. Once a request with a body has been written
-//! upstream its body is gone, so only body-less idempotent requests are
-//! retried after that point; a request that never left (connect failed,
-//! stale pooled connection) is retried whatever its method.
+//! server, up to [`MAX_TRIES`]. Once a streamed body has been written
+//! upstream it is gone, so after that point only idempotent requests
+//! (RFC 9110 §9.2.2) are retried: body-less ones, and ones whose body of at
+//! most [`REPLAY_BODY_LIMIT`] bytes was read whole before the first try. A
+//! request that never left (connect failed, stale pooled connection) is
+//! retried whatever its method.
 //!
 //! Passive health counts only what the server did wrong. A request body the
 //! client sent malformed or truncated (400), or stalled past the client
@@ -16,7 +18,13 @@
 //! A server whose drain ends (see [`crate::targets`]) has its requests
 //! cut: one still waiting for its answer gets a 502, a response still
 //! streaming ends with an error.
-use std::{pin::pin, sync::Arc, time::Instant};
+use std::{
+    pin::pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header, request::Parts};
 use http_body_util::BodyExt;
@@ -33,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{Snapshot, Upstream},
-    http_util::{Body, empty, text},
+    http_util::{Body, empty, full, text},
     rules::BackendChoice,
     targets::ServerGate,
 };
@@ -103,8 +111,7 @@ pub async fn forward(
 
     // Upstream connections are HTTP/1.1 keep-alive, whatever the client spoke.
     parts.version = http::Version::HTTP_11;
-    let bodyless = body.is_end_stream();
-    if !bodyless
+    if !body.is_end_stream()
         && body.size_hint().exact().is_none()
         && !parts.headers.contains_key(header::CONTENT_LENGTH)
     {
@@ -115,25 +122,38 @@ pub async fn forward(
             HeaderValue::from_static("chunked"),
         );
     }
-    let replayable = bodyless && is_idempotent(&parts.method);
-    // Only a replayable request can need its head again once it was sent.
-    let spare_head = replayable.then(|| clone_parts(&parts));
-    // Only a body can be the client's fault; body-less requests skip the
-    // watch and its allocation.
-    let (body, watch) = if bodyless {
-        (body.map_err(Into::into).boxed(), None)
-    } else {
-        let (body, watch) = ClientBody::new(body, proxy.settings.client_body_timeout);
-        (body.boxed(), Some(watch))
+    let idempotent = is_idempotent(&parts.method);
+    let timeout = proxy.settings.client_body_timeout;
+    let payload = match Payload::read(body, idempotent, timeout).await {
+        Ok(payload) => payload,
+        Err(fault) => return fault.response(),
     };
+    // Only a replayable request can need its head (and held body) again
+    // once it was sent.
+    let spare = match &payload {
+        Payload::Held(bytes) if idempotent => Some((clone_parts(&parts), bytes.clone())),
+        _ => None,
+    };
+    // Only a streamed body can be the client's fault; the others skip the
+    // watch and its allocation.
+    let (body, watch) = match payload {
+        Payload::Held(bytes) => (full(bytes), None),
+        Payload::Streamed(body) => {
+            let (body, watch) = ClientBody::new(body, timeout);
+            (body.boxed(), Some(watch))
+        }
+    };
+    let replayable = spare.is_some();
     let watch = watch.as_deref();
     let mut unsent = Some(Request::from_parts(parts, body));
     let mut tried = Vec::with_capacity(MAX_TRIES);
     let mut last_failure = None;
     while tried.len() < MAX_TRIES {
-        let request = match (unsent.take(), &spare_head) {
+        let request = match (unsent.take(), &spare) {
             (Some(request), _) => request,
-            (None, Some(head)) => Request::from_parts(clone_parts(head), empty()),
+            (None, Some((head, bytes))) => {
+                Request::from_parts(clone_parts(head), replay_body(bytes))
+            }
             (None, None) => break,
         };
         let Some((index, server)) = pick(&target, &tried) else {
@@ -213,6 +233,56 @@ fn close_after_trailers(mut response: Response<Body>, watch: Option<&BodyWatch>)
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
+}
+
+/// Largest request body of an idempotent request that is read whole
+/// before the first try, so that it can be sent to another server if that
+/// one fails after receiving it (nginx buffers bodies for the same reason).
+/// Larger bodies, and bodies of unknown length (chunked), stream.
+pub const REPLAY_BODY_LIMIT: u64 = 64 * 1024;
+
+/// The client's request body as it goes upstream.
+enum Payload {
+    /// Complete in memory: no body, or a small one of an idempotent request.
+    Held(Bytes),
+    Streamed(Incoming),
+}
+
+impl Payload {
+    async fn read(
+        body: Incoming,
+        idempotent: bool,
+        timeout: Duration,
+    ) -> Result<Self, ClientFault> {
+        if body.is_end_stream() {
+            return Ok(Self::Held(Bytes::new()));
+        }
+        let small = body
+            .size_hint()
+            .exact()
+            .is_some_and(|len| len <= REPLAY_BODY_LIMIT);
+        if !(idempotent && small) {
+            return Ok(Self::Streamed(body));
+        }
+        // Read through the watch: a malformed, cut or stalled body is the
+        // client's fault (400 / 408), and no server is involved yet.
+        let (watched, watch) = ClientBody::new(body, timeout);
+        match watched.collect().await {
+            Ok(collected) => Ok(Self::Held(collected.to_bytes())),
+            Err(_) => {
+                Err(ClientFault::of(Some(watch.as_ref())).unwrap_or(ClientFault::InvalidBody))
+            }
+        }
+    }
+}
+
+/// The held body for another try (an empty one stays absent, as sent first).
+fn replay_body(bytes: &Bytes) -> Body {
+    if bytes.is_empty() {
+        empty()
+    } else {
+        full(bytes.clone())
+    }
 }
 
 #[derive(Debug)]

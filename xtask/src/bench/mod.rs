@@ -28,11 +28,11 @@ pub fn run(root: &Path, name: &str, rounds: usize) -> Result<()> {
     }
 }
 
-/// Builds a bench runner of the tests crate (release), returning its path.
-fn build_runner(root: &Path, bin: &str) -> Result<std::path::PathBuf> {
+/// Builds a runner of the tests crate (release), returning its path.
+pub(crate) fn build_runner(root: &Path, bin: &str) -> Result<std::path::PathBuf> {
     crate::cmd::cargo(root)
         .args(["build", "--release", "--package", "elb-tests", "--bin", bin])
-        .run(&format!("building the bench runner {bin}"))?;
+        .run(&format!("building the runner {bin}"))?;
     Ok(root.join("target/release").join(bin))
 }
 
