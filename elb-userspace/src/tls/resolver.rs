@@ -64,8 +64,10 @@ impl ResolvesServerCert for SniResolver {
         let set = self.source.cert_set();
         let chosen = set.choose(hello.server_name(), &self.default_name);
         if chosen.is_none() {
-            // rustls then aborts the handshake.
-            tracing::warn!(
+            // rustls then aborts the handshake. Debug, not warn: any client
+            // can cause one per handshake; the listener reports a missing
+            // default certificate.
+            tracing::debug!(
                 sni = hello.server_name(),
                 default = self.default_name,
                 "no certificate for this handshake: no SNI match and the default certificate does not exist"

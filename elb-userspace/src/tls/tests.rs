@@ -192,6 +192,13 @@ impl ServerCertVerifier for AnyCert {
 }
 
 fn client(versions: &[&'static rustls::SupportedProtocolVersion]) -> TlsConnector {
+    client_with(versions, rustls::client::Resumption::default())
+}
+
+fn client_with(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    resumption: rustls::client::Resumption,
+) -> TlsConnector {
     let provider = certs::provider();
     let mut config = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(versions)
@@ -200,6 +207,7 @@ fn client(versions: &[&'static rustls::SupportedProtocolVersion]) -> TlsConnecto
         .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.resumption = resumption;
     TlsConnector::from(Arc::new(config))
 }
 
@@ -307,4 +315,54 @@ async fn no_default_and_no_match_fails_the_handshake() {
     let name = ServerName::try_from("other.test").expect("name");
     assert!(connector.connect(name, client_io).await.is_err());
     assert!(server.await.expect("server task"), "the server refuses too");
+}
+
+#[tokio::test]
+async fn sessions_resume_by_tls13_tickets_tls12_tickets_and_tls12_session_ids() {
+    use rustls::{
+        HandshakeKind,
+        client::{Resumption, Tls12Resumption},
+    };
+    let site = generate(&["site.test"]);
+    let source = Arc::new(ArcSwap::new(cert_set(&[("site", &site)])));
+    let config = server_config(source, "site").expect("config");
+    assert!(config.ticketer.enabled(), "stateless tickets are on");
+    let acceptor = TlsAcceptor::from(config);
+    for (what, versions, tls12) in [
+        (
+            "TLS 1.3 tickets",
+            &rustls::version::TLS13,
+            Tls12Resumption::Disabled,
+        ),
+        (
+            "TLS 1.2 tickets",
+            &rustls::version::TLS12,
+            Tls12Resumption::SessionIdOrTickets,
+        ),
+        // Session IDs resume only from the server's session cache.
+        (
+            "TLS 1.2 session IDs",
+            &rustls::version::TLS12,
+            Tls12Resumption::SessionIdOnly,
+        ),
+    ] {
+        let connector = client_with(
+            &[versions],
+            Resumption::in_memory_sessions(16).tls12_resumption(tls12),
+        );
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let (_, _, mut stream, _server) = handshake(&acceptor, &connector, "site.test").await;
+            kinds.push(stream.get_ref().1.handshake_kind());
+            // A round trip, so the client reads TLS 1.3's tickets.
+            stream.write_all(b"x").await.expect("write");
+            let mut echoed = [0u8; 1];
+            stream.read_exact(&mut echoed).await.expect("echo");
+        }
+        assert_eq!(
+            kinds,
+            [Some(HandshakeKind::Full), Some(HandshakeKind::Resumed)],
+            "{what}"
+        );
+    }
 }
