@@ -366,3 +366,31 @@ async fn sessions_resume_by_tls13_tickets_tls12_tickets_and_tls12_session_ids() 
         );
     }
 }
+
+/// The path a TLS listener takes: the published snapshot as the source, so
+/// a store change serves the next handshake.
+#[tokio::test]
+async fn the_published_snapshot_is_a_certificate_source() {
+    use crate::{
+        config::{ConfigManager, KeyLayout},
+        store::KvOp,
+    };
+    let (first, second) = (generate(&["site.test"]), generate(&["site.test"]));
+    let put = |g: &Generated| KvOp::Put {
+        key: "/ELB/certs/site".to_owned(),
+        value: json!({"cert": g.cert_pem, "key": g.key_pem}).to_string(),
+    };
+    let mut manager = ConfigManager::new(KeyLayout::new("ELB"));
+    assert!(manager.apply(&[put(&first)]).is_empty());
+    let acceptor =
+        TlsAcceptor::from(server_config(manager.snapshot_handle(), "site").expect("server config"));
+    let connector = client(&[&rustls::version::TLS13]);
+    let (leaf, _, _, _) = handshake(&acceptor, &connector, "other.test").await;
+    assert_eq!(leaf, first.der, "the default certificate");
+    assert!(manager.apply(&[put(&second)]).is_empty());
+    let (leaf, _, _, _) = handshake(&acceptor, &connector, "site.test").await;
+    assert_eq!(
+        leaf, second.der,
+        "the stored change serves the next handshake"
+    );
+}
