@@ -21,6 +21,7 @@ pub mod statsd;
 pub mod store;
 pub mod sync;
 pub mod targets;
+pub mod tls;
 pub mod upstream;
 
 /// The XDP program built by `cargo xtask build-ebpf`, embedded at build time.

@@ -5,7 +5,8 @@
 //! hand-edited entries) with what is serving. One transaction: keys that are
 //! not serving are deleted, the rest rewritten: rules, upstreams (server
 //! parameters in canonical `k=v` form), L4 services, ACL entries, health
-//! policies and the zones document (all in canonical form).
+//! policies, the zones document (all in canonical form) and TLS
+//! certificates (as they were given).
 use super::{AdminResult, ok};
 use crate::config::ConfigService;
 
@@ -47,7 +48,13 @@ pub async fn put(config: &ConfigService) -> AdminResult {
                 .iter()
                 .map(|(name, policy)| (layout.policy_key(name), policy.to_json().to_string()))
                 .collect();
+            let certs = manager
+                .certs()
+                .iter()
+                .map(|(name, cert)| (layout.cert_key(name), cert.to_document().to_string()))
+                .collect();
             let mut ops = manager.replace_prefix_ops(layout.rules_prefix(), rules);
+            ops.extend(manager.replace_prefix_ops(layout.certs_prefix(), certs));
             ops.extend(manager.replace_prefix_ops(layout.policies_prefix(), policies));
             let zones_key = layout.zones_key().to_owned();
             if manager.zones().disabled.is_empty() {

@@ -4,6 +4,7 @@
 //! applied.
 pub mod access;
 mod acl;
+mod cert;
 mod domain;
 mod dump;
 mod policy;
@@ -259,6 +260,14 @@ impl AdminApi {
                 policy::delete(config, self.json_body(request).await?).await
             }
             ("policy", _) => Err(AdminError::method_not_allowed(
+                &method,
+                &path,
+                "GET, PUT, DELETE",
+            )),
+            ("cert", &Method::GET) => cert::get(config).await,
+            ("cert", &Method::PUT) => cert::put(config, self.json_body(request).await?).await,
+            ("cert", &Method::DELETE) => cert::delete(config, self.json_body(request).await?).await,
+            ("cert", _) => Err(AdminError::method_not_allowed(
                 &method,
                 &path,
                 "GET, PUT, DELETE",

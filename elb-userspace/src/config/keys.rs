@@ -3,7 +3,8 @@
 //! elb's own additions: `/$ELBNAME/services/$service` (an L4 service) and
 //! `/$ELBNAME/acl/$cidr` (a deny-list entry; the CIDR text has a '/'),
 //! `/$ELBNAME/policies/$upstream` (a target-health policy) and
-//! `/$ELBNAME/zones` (the disabled availability zones).
+//! `/$ELBNAME/zones` (the disabled availability zones) and
+//! `/$ELBNAME/certs/$name` (a TLS certificate and its key).
 use crate::cidr::Cidr;
 
 /// What a key under the prefix stands for.
@@ -27,6 +28,9 @@ pub enum StoreKey<'a> {
         upstream: &'a str,
     },
     Zones,
+    Cert {
+        name: &'a str,
+    },
 }
 
 /// Builds and parses keys for one ELB name.
@@ -39,6 +43,7 @@ pub struct KeyLayout {
     acl: String,
     policies: String,
     zones: String,
+    certs: String,
 }
 
 impl KeyLayout {
@@ -51,6 +56,7 @@ impl KeyLayout {
             acl: format!("{prefix}acl/"),
             policies: format!("{prefix}policies/"),
             zones: format!("{prefix}zones"),
+            certs: format!("{prefix}certs/"),
             prefix,
         }
     }
@@ -82,6 +88,14 @@ impl KeyLayout {
 
     pub fn policy_key(&self, upstream: &str) -> String {
         format!("{}{upstream}", self.policies)
+    }
+
+    pub fn certs_prefix(&self) -> &str {
+        &self.certs
+    }
+
+    pub fn cert_key(&self, name: &str) -> String {
+        format!("{}{name}", self.certs)
     }
 
     /// `/$ELBNAME/zones`: the one zones document.
@@ -124,6 +138,9 @@ impl KeyLayout {
         if let Some(upstream) = key.strip_prefix(&self.policies) {
             return (!upstream.is_empty() && !upstream.contains('/'))
                 .then_some(StoreKey::Policy { upstream });
+        }
+        if let Some(name) = key.strip_prefix(&self.certs) {
+            return (!name.is_empty() && !name.contains('/')).then_some(StoreKey::Cert { name });
         }
         if key == self.zones {
             return Some(StoreKey::Zones);
@@ -178,6 +195,7 @@ mod tests {
         assert_eq!(layout.service_key("web"), "/ELB/services/web");
         assert_eq!(layout.policy_key("up1"), "/ELB/policies/up1");
         assert_eq!(layout.zones_key(), "/ELB/zones");
+        assert_eq!(layout.cert_key("main"), "/ELB/certs/main");
         let cidr: Cidr = "10.0.0.0/8".parse().expect("cidr");
         assert_eq!(layout.acl_key(&cidr), "/ELB/acl/10.0.0.0/8");
     }
@@ -217,6 +235,10 @@ mod tests {
         );
         assert_eq!(layout.parse("/ELB/zones"), Some(StoreKey::Zones));
         assert_eq!(
+            layout.parse("/ELB/certs/main"),
+            Some(StoreKey::Cert { name: "main" })
+        );
+        assert_eq!(
             layout.parse("/ELB/acl/2001:db8::/32"),
             Some(StoreKey::Acl {
                 cidr: "2001:db8::/32"
@@ -236,6 +258,8 @@ mod tests {
             "/ELB/policies/",
             "/ELB/policies/a/b",
             "/ELB/zones/x",
+            "/ELB/certs/",
+            "/ELB/certs/a/b",
         ] {
             assert_eq!(layout.parse(foreign), None, "{foreign}");
         }

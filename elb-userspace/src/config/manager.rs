@@ -31,6 +31,7 @@ use crate::{
     rules::{self, RegexCache, RuleError},
     store::{Kv, KvOp},
     targets::{TargetRegistry, UpstreamConfig},
+    tls::{CertError, CertSet, Certificate},
     upstream::{self, Server},
 };
 
@@ -54,6 +55,10 @@ pub struct ConfigManager {
     /// exist yet).
     policies: BTreeMap<String, Arc<Policy>>,
     zones: Zones,
+    /// TLS certificates by name, and the SNI index over them (a new `Arc`
+    /// only when one changes).
+    certs: BTreeMap<String, Arc<Certificate>>,
+    cert_set: Arc<CertSet>,
     /// Health, drains and gates of every server; synced before each publish.
     targets: Arc<TargetRegistry>,
     published: SnapshotHandle,
@@ -89,6 +94,8 @@ pub enum EntryError {
     Zones { key: String, source: ZonesError },
     #[error("{key}: {message}")]
     Name { key: String, message: String },
+    #[error("{key}: {source}")]
+    Cert { key: String, source: CertError },
     #[error("{key}: a backend rule's servername {source}")]
     OwnServername { key: String, source: OwnAddrError },
 }
@@ -103,6 +110,8 @@ impl ConfigManager {
         Self {
             policies: BTreeMap::new(),
             zones: Zones::default(),
+            certs: BTreeMap::new(),
+            cert_set: Arc::default(),
             targets,
             layout,
             kv: Kv::new(),
@@ -167,6 +176,11 @@ impl ConfigManager {
 
     pub fn zones(&self) -> &Zones {
         &self.zones
+    }
+
+    /// The serving TLS certificates by name.
+    pub fn certs(&self) -> &BTreeMap<String, Arc<Certificate>> {
+        &self.certs
     }
 
     pub fn targets(&self) -> &Arc<TargetRegistry> {
@@ -260,6 +274,7 @@ impl ConfigManager {
         let mut name_errors = Vec::new();
         let mut policies = BTreeSet::new();
         let mut zones_changed = false;
+        let mut certs = BTreeSet::new();
         for key in &changed_keys {
             match self.layout.parse(key) {
                 Some(StoreKey::Rule { domain }) => {
@@ -284,6 +299,15 @@ impl ConfigManager {
                     policies.insert(upstream.to_owned());
                 }
                 Some(StoreKey::Zones) => zones_changed = true,
+                Some(StoreKey::Cert { name }) => match validate_key_segment("certificate", name) {
+                    Ok(()) => {
+                        certs.insert(name.to_owned());
+                    }
+                    Err(message) => name_errors.push(EntryError::Name {
+                        key: key.clone(),
+                        message,
+                    }),
+                },
                 Some(StoreKey::Acl { cidr }) => {
                     acl_changed = true;
                     if let Err(err) = self.update_acl_key(key, cidr) {
@@ -300,6 +324,7 @@ impl ConfigManager {
             && !acl_changed
             && policies.is_empty()
             && !zones_changed
+            && certs.is_empty()
         {
             return Vec::new();
         }
@@ -312,6 +337,9 @@ impl ConfigManager {
         }
         if zones_changed && let Err(err) = self.update_zones() {
             errors.push(err);
+        }
+        if !certs.is_empty() {
+            errors.extend(self.update_certs(&certs));
         }
         for domain in domains {
             let key = self.layout.rule_key(&domain);
@@ -408,6 +436,29 @@ impl ConfigManager {
             })?,
         };
         Ok(())
+    }
+
+    /// Re-reads the named certificates; a bad one keeps the previous
+    /// version. Expiry is judged now, when the document is read.
+    fn update_certs(&mut self, names: &BTreeSet<String>) -> Vec<EntryError> {
+        let now = std::time::SystemTime::now();
+        let mut errors = Vec::new();
+        for name in names {
+            let key = self.layout.cert_key(name);
+            match self.kv.get(&key) {
+                None => {
+                    self.certs.remove(name);
+                }
+                Some(value) => match Certificate::parse(name, value, now) {
+                    Ok(cert) => {
+                        self.certs.insert(name.clone(), Arc::new(cert));
+                    }
+                    Err(source) => errors.push(EntryError::Cert { key, source }),
+                },
+            }
+        }
+        self.cert_set = Arc::new(CertSet::from_certificates(self.certs.values()));
+        errors
     }
 
     /// Re-reads one ACL key into `acl_keys`.
@@ -545,7 +596,8 @@ impl ConfigManager {
         }
         self.published.store(Arc::new(
             Snapshot::new(self.domains.values(), self.upstreams.values())
-                .with_l4(Arc::clone(&self.services), Arc::clone(&self.acl)),
+                .with_l4(Arc::clone(&self.services), Arc::clone(&self.acl))
+                .with_certs(Arc::clone(&self.cert_set)),
         ));
         // After the store: whoever sees the new generation sees the snapshot.
         self.generation.send_modify(|generation| *generation += 1);

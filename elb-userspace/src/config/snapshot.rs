@@ -13,6 +13,7 @@ use crate::{
     cidr::Cidr,
     rules::CompiledRules,
     targets::ServerGate,
+    tls::CertSet,
     upstream::{Balancer, Server},
 };
 
@@ -67,6 +68,8 @@ pub struct Snapshot {
     /// publishing an L7 change does not copy the (possibly large) L4 state.
     services: Arc<BTreeMap<String, Arc<L4Service>>>,
     acl: Arc<[Cidr]>,
+    /// The usable certificates; shared between snapshots while unchanged.
+    certs: Arc<CertSet>,
 }
 
 /// Where the current snapshot is published.
@@ -85,7 +88,18 @@ impl Snapshot {
                 .collect(),
             services: Arc::default(),
             acl: Arc::default(),
+            certs: Arc::default(),
         }
+    }
+
+    /// Adds the certificates TLS handshakes choose from.
+    pub fn with_certs(mut self, certs: Arc<CertSet>) -> Self {
+        self.certs = certs;
+        self
+    }
+
+    pub fn certs(&self) -> &Arc<CertSet> {
+        &self.certs
     }
 
     /// Adds the L4 services and the deny-list (sorted, deduplicated).

@@ -3,6 +3,7 @@
 //! The same format holds elb's local snapshot of etcd.
 use std::{
     io::Write,
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
 };
 
@@ -58,7 +59,13 @@ pub fn write_state_file(path: &Path, revision: i64, kv: &Kv) -> Result<(), Store
         .map_err(|e| file_error(path, format!("cannot create {}: {e}", dir.display())))?;
     let tmp = dir.join(format!("{}{}", temp_prefix(path), std::process::id()));
     let write = || -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
+        // Owner only: the state holds TLS private keys (`/certs/`).
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         file.write_all(&text)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -180,6 +187,19 @@ impl FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_state_file_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ELB.json");
+        write_state_file(&path, 0, &Kv::new()).expect("write");
+        let mode = std::fs::metadata(&path)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
 
     #[tokio::test]
     async fn commits_survive_reopening() {

@@ -270,3 +270,54 @@ fn a_stored_rule_whose_servername_is_elb_itself_is_skipped() {
     assert!(m.apply(&[put("/ELB/rules/a.test", &doc("up1"))]).is_empty());
     assert!(m.domains().contains_key("a.test"));
 }
+
+fn cert_doc(names: &[&str]) -> String {
+    let generated =
+        rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .expect("certificate");
+    serde_json::json!({
+        "cert": generated.cert.pem(),
+        "key": generated.signing_key.serialize_pem(),
+    })
+    .to_string()
+}
+
+fn served_names(manager: &ConfigManager, sni: &str) -> Option<Vec<String>> {
+    let snapshot = manager.snapshot_handle().load_full();
+    snapshot
+        .certs()
+        .choose(Some(sni), "none")
+        .map(|cert| cert.dns_names.clone())
+}
+
+#[test]
+fn certificates_from_the_store_reach_the_snapshot_and_bad_ones_keep_the_previous() {
+    let mut m = manager();
+    let skipped = m.apply(&[put("/ELB/certs/main", &cert_doc(&["a.test"]))]);
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(served_names(&m, "a.test"), Some(vec!["a.test".to_owned()]));
+
+    let bad = m.apply(&[put("/ELB/certs/main", r#"{"cert": "x", "key": "y"}"#)]);
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    let message = bad[0].to_string();
+    assert!(
+        message.contains("/ELB/certs/main") && message.contains("CERTIFICATE"),
+        "{message}"
+    );
+    assert_eq!(
+        served_names(&m, "a.test"),
+        Some(vec!["a.test".to_owned()]),
+        "the previous certificate keeps serving"
+    );
+
+    let bad_name = m.apply(&[put("/ELB/certs/..", &cert_doc(&["b.test"]))]);
+    assert_eq!(bad_name.len(), 1, "{bad_name:?}");
+    assert_eq!(served_names(&m, "b.test"), None);
+
+    m.apply(&[put("/ELB/certs/main", &cert_doc(&["c.test"]))]);
+    assert_eq!(served_names(&m, "a.test"), None);
+    assert_eq!(served_names(&m, "c.test"), Some(vec!["c.test".to_owned()]));
+    m.apply(&[del("/ELB/certs/main")]);
+    assert!(m.certs().is_empty());
+    assert_eq!(served_names(&m, "c.test"), None);
+}
