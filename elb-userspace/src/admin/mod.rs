@@ -6,6 +6,7 @@ pub mod access;
 mod acl;
 mod domain;
 mod dump;
+mod listener;
 mod policy;
 mod service;
 mod upstream;
@@ -42,6 +43,8 @@ pub struct AdminApi {
     /// What the L4 data plane has applied; writes answer once it carries
     /// them.
     l4_applied: OnceLock<watch::Receiver<Applied>>,
+    /// The configured listeners' live state, once the server runs them.
+    listener_board: OnceLock<crate::server::ListenerBoard>,
 }
 
 /// How long a write waits for the L4 data plane to carry it.
@@ -113,6 +116,7 @@ impl AdminApi {
             max_body,
             l4_stats: OnceLock::new(),
             l4_applied: OnceLock::new(),
+            listener_board: OnceLock::new(),
         }
     }
 
@@ -156,6 +160,12 @@ impl AdminApi {
                 ),
             )),
         }
+    }
+
+    /// Where `GET /__erulb__/listener` reads each listener's state; the
+    /// first call wins.
+    pub fn set_listener_board(&self, board: crate::server::ListenerBoard) {
+        let _ = self.listener_board.set(board);
     }
 
     /// Where `/__erulb__/stats` reads from; the first call wins.
@@ -241,6 +251,18 @@ impl AdminApi {
                 service::delete(config, self.json_body(request).await?).await
             }
             ("service", _) => Err(AdminError::method_not_allowed(
+                &method,
+                &path,
+                "GET, PUT, DELETE",
+            )),
+            ("listener", &Method::GET) => listener::get(config, self.listener_board.get()).await,
+            ("listener", &Method::PUT) => {
+                listener::put(config, self.json_body(request).await?).await
+            }
+            ("listener", &Method::DELETE) => {
+                listener::delete(config, self.json_body(request).await?).await
+            }
+            ("listener", _) => Err(AdminError::method_not_allowed(
                 &method,
                 &path,
                 "GET, PUT, DELETE",

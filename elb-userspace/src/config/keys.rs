@@ -3,7 +3,8 @@
 //! elb's own additions: `/$ELBNAME/services/$service` (an L4 service) and
 //! `/$ELBNAME/acl/$cidr` (a deny-list entry; the CIDR text has a '/'),
 //! `/$ELBNAME/policies/$upstream` (a target-health policy) and
-//! `/$ELBNAME/zones` (the disabled availability zones).
+//! `/$ELBNAME/zones` (the disabled availability zones) and
+//! `/$ELBNAME/listeners/$name` (an L7 listener).
 use crate::cidr::Cidr;
 
 /// What a key under the prefix stands for.
@@ -27,6 +28,9 @@ pub enum StoreKey<'a> {
         upstream: &'a str,
     },
     Zones,
+    Listener {
+        name: &'a str,
+    },
 }
 
 /// Builds and parses keys for one ELB name.
@@ -39,6 +43,7 @@ pub struct KeyLayout {
     acl: String,
     policies: String,
     zones: String,
+    listeners: String,
 }
 
 impl KeyLayout {
@@ -51,6 +56,7 @@ impl KeyLayout {
             acl: format!("{prefix}acl/"),
             policies: format!("{prefix}policies/"),
             zones: format!("{prefix}zones"),
+            listeners: format!("{prefix}listeners/"),
             prefix,
         }
     }
@@ -78,6 +84,14 @@ impl KeyLayout {
 
     pub fn policies_prefix(&self) -> &str {
         &self.policies
+    }
+
+    pub fn listeners_prefix(&self) -> &str {
+        &self.listeners
+    }
+
+    pub fn listener_key(&self, name: &str) -> String {
+        format!("{}{name}", self.listeners)
     }
 
     pub fn policy_key(&self, upstream: &str) -> String {
@@ -124,6 +138,10 @@ impl KeyLayout {
         if let Some(upstream) = key.strip_prefix(&self.policies) {
             return (!upstream.is_empty() && !upstream.contains('/'))
                 .then_some(StoreKey::Policy { upstream });
+        }
+        if let Some(name) = key.strip_prefix(&self.listeners) {
+            return (!name.is_empty() && !name.contains('/'))
+                .then_some(StoreKey::Listener { name });
         }
         if key == self.zones {
             return Some(StoreKey::Zones);
@@ -178,6 +196,13 @@ mod tests {
         assert_eq!(layout.service_key("web"), "/ELB/services/web");
         assert_eq!(layout.policy_key("up1"), "/ELB/policies/up1");
         assert_eq!(layout.zones_key(), "/ELB/zones");
+        assert_eq!(layout.listener_key("web"), "/ELB/listeners/web");
+        assert_eq!(
+            layout.parse("/ELB/listeners/web"),
+            Some(StoreKey::Listener { name: "web" })
+        );
+        assert_eq!(layout.parse("/ELB/listeners/"), None);
+        assert_eq!(layout.parse("/ELB/listeners/a/b"), None);
         let cidr: Cidr = "10.0.0.0/8".parse().expect("cidr");
         assert_eq!(layout.acl_key(&cidr), "/ELB/acl/10.0.0.0/8");
     }

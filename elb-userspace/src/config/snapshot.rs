@@ -8,7 +8,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 
-use super::l4::L4Service;
+use super::{l4::L4Service, listener::Listener};
 use crate::{
     cidr::Cidr,
     rules::CompiledRules,
@@ -67,6 +67,9 @@ pub struct Snapshot {
     /// publishing an L7 change does not copy the (possibly large) L4 state.
     services: Arc<BTreeMap<String, Arc<L4Service>>>,
     acl: Arc<[Cidr]>,
+    /// The L7 listeners from the store (not `--listen`), shared like
+    /// `services`.
+    listeners: Arc<BTreeMap<String, Arc<Listener>>>,
 }
 
 /// Where the current snapshot is published.
@@ -85,6 +88,7 @@ impl Snapshot {
                 .collect(),
             services: Arc::default(),
             acl: Arc::default(),
+            listeners: Arc::default(),
         }
     }
 
@@ -97,6 +101,18 @@ impl Snapshot {
         self.services = services;
         self.acl = acl;
         self
+    }
+
+    /// Adds the configured L7 listeners.
+    pub fn with_listeners(mut self, listeners: Arc<BTreeMap<String, Arc<Listener>>>) -> Self {
+        self.listeners = listeners;
+        self
+    }
+
+    /// The configured listeners by name; the same allocation until one
+    /// changes.
+    pub fn listeners(&self) -> &Arc<BTreeMap<String, Arc<Listener>>> {
+        &self.listeners
     }
 
     /// The domain for a Host header: the exact value first, then without

@@ -1,0 +1,132 @@
+//! `/__erulb__/listener`: L7 listeners, in the style of `/__erulb__/service`.
+//! GET adds each listener's live state (`status`, `error`) from the server.
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use serde_json::Value;
+
+use super::{AdminResult, delete_existing, expect_object, expect_string_list, ok};
+use crate::{
+    config::{ConfigManager, ConfigService, KeyLayout, Listener, ListenerProtocol},
+    http_util::json,
+    server::ListenerBoard,
+    store::KvOp,
+};
+
+pub async fn get(config: &ConfigService, board: Option<&ListenerBoard>) -> AdminResult {
+    let listeners = config.read(|manager| manager.listeners().clone()).await;
+    let body: serde_json::Map<String, Value> = listeners
+        .iter()
+        .map(|(name, listener)| {
+            let mut doc = listener.to_json();
+            if let (Some(object), Some(board)) = (doc.as_object_mut(), board) {
+                let state = board.state(name, listener.address);
+                object.insert("status".into(), Value::String(state.status.into()));
+                if let Some(error) = state.error {
+                    object.insert("error".into(), Value::String(error));
+                }
+            }
+            (name.clone(), doc)
+        })
+        .collect();
+    Ok(json(http::StatusCode::OK, &Value::Object(body)))
+}
+
+/// Adds or replaces every listener in the body, all or nothing.
+pub async fn put(config: &ConfigService, body: Value) -> AdminResult {
+    let listeners = expect_object(
+        &body,
+        "listener: {\"address\", \"protocol\", \"http2\", \"default_certificate\"}",
+    )?;
+    config
+        .write(|manager| {
+            let mut parsed = Vec::with_capacity(listeners.len());
+            for (name, doc) in listeners {
+                let listener = Listener::from_value(name, doc).map_err(|e| e.to_string())?;
+                if listener.protocol == ListenerProtocol::Https {
+                    // Stored but not serving would look configured while
+                    // refusing every client; a 400 says it at once.
+                    return Err(format!(
+                        "listener {name:?}: https listeners are not available yet (TLS \
+                         certificates are not supported in this version); use \"protocol\": \
+                         \"http\""
+                    ));
+                }
+                if listener.http2 {
+                    return Err(format!(
+                        "listener {name:?}: \"http2\" (h2c) is not available yet; leave it \
+                         false"
+                    ));
+                }
+                check_no_loop(manager, &listener)?;
+                parsed.push(listener);
+            }
+            check_unique_addresses(manager, &parsed)?;
+            let ops = parsed
+                .iter()
+                .map(|listener| KvOp::Put {
+                    key: manager.layout().listener_key(&listener.name),
+                    value: listener.to_json().to_string(),
+                })
+                .collect();
+            Ok((ops, ()))
+        })
+        .await?;
+    ok()
+}
+
+/// Deletes the named listeners; unknown names are ignored (as for services).
+pub async fn delete(config: &ConfigService, body: Value) -> AdminResult {
+    let names = expect_string_list(&body, "listener names")?;
+    delete_existing(config, &names, KeyLayout::listener_key).await
+}
+
+/// No two listeners, nor a listener and `--listen`, on one address.
+fn check_unique_addresses(manager: &ConfigManager, parsed: &[Listener]) -> Result<(), String> {
+    let mut claimed: BTreeMap<SocketAddr, String> = manager
+        .static_addrs()
+        .listen()
+        .iter()
+        .map(|addr| (*addr, "the static listener (--listen)".to_owned()))
+        .collect();
+    let replaced: Vec<&str> = parsed.iter().map(|l| l.name.as_str()).collect();
+    for listener in manager.listeners().values() {
+        if !replaced.contains(&listener.name.as_str()) {
+            claimed.insert(listener.address, format!("listener {:?}", listener.name));
+        }
+    }
+    for listener in parsed {
+        if let Some(other) = claimed.get(&listener.address) {
+            return Err(format!(
+                "listener {:?}: address {} is already used by {other}",
+                listener.name, listener.address
+            ));
+        }
+        claimed.insert(listener.address, format!("listener {:?}", listener.name));
+    }
+    Ok(())
+}
+
+/// A listener on an address a configured server points at would make
+/// that server elb itself (a proxy loop).
+fn check_no_loop(manager: &ConfigManager, listener: &Listener) -> Result<(), String> {
+    let own = manager.static_addrs().only(listener.address);
+    let servers = manager
+        .upstreams()
+        .values()
+        .flat_map(|upstream| upstream.servers().iter().map(|s| s.name.as_str()));
+    let servernames = manager
+        .domains()
+        .values()
+        .flat_map(|domain| domain.rules.servernames())
+        .filter(|name| crate::upstream::validate_server_address(name).is_ok());
+    for server in servers.chain(servernames) {
+        if own.reached_by(server).is_some() {
+            return Err(format!(
+                "listener {:?}: server {server} is configured and would reach this listener's \
+                 address {}; requests sent there would come back to elb in a loop",
+                listener.name, listener.address
+            ));
+        }
+    }
+    Ok(())
+}
