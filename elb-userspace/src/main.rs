@@ -317,7 +317,7 @@ fn start_l4_sync(
     for (ifindex, addrs) in interface_addresses()? {
         sync.maps_mut().set_iface_addrs(ifindex, &addrs)?;
     }
-    sync.maps_mut().set_l7_ports(l7_ports)?;
+    sync.set_static_l7_ports(l7_ports)?;
     let interfaces = dataplane
         .interfaces()
         .iter()
