@@ -89,7 +89,7 @@ fn a_listener_added_live_serves_and_get_reports_it() {
     let (s, _backend) = setup();
     let addr = loopback(free_port());
     put_listener(&s.elb, "extra", addr);
-    wait_served(addr, Duration::from_secs(5));
+    // The 200 comes once the listener listens: no waiting needed.
     assert_eq!(
         served_by(&get_on(addr, "/").expect("GET on the new listener")),
         "b1"
@@ -294,15 +294,8 @@ fn a_listener_whose_port_is_taken_fails_with_the_reason_then_serves_once_freed()
     let blocker = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = blocker.local_addr().expect("addr");
     put_listener(&s.elb, "blocked", addr);
-    let started = Instant::now();
-    let view = loop {
-        let view = listener_view(&s.elb, "blocked");
-        if view["status"] != "starting" {
-            break view;
-        }
-        assert!(started.elapsed() < Duration::from_secs(5), "{view}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    // The 200 comes once elb has tried: the failure is already known.
+    let view = listener_view(&s.elb, "blocked");
     assert_eq!(view["status"], "failed", "{view}");
     let error = view["error"].as_str().expect("a reason");
     assert!(

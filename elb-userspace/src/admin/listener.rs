@@ -31,8 +31,34 @@ pub async fn get(config: &ConfigService, board: Option<&ListenerBoard>) -> Admin
     Ok(json(http::StatusCode::OK, &Value::Object(body)))
 }
 
+/// How long a write waits for its listeners to be opened (or closed).
+const OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// After a write: answers once the server has acted on it, so a client may
+/// connect to a new listener right after the 200 (GET then shows
+/// `serving`, or `failed` with the reason).
+async fn await_server(config: &ConfigService, board: Option<&ListenerBoard>) -> AdminResult {
+    if let Some(board) = board {
+        let wanted = *config.subscribe().borrow();
+        if !board.wait_applied(wanted, OPEN_WAIT).await {
+            return Err(super::AdminError::new(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "the change is stored, but the server has not acted on it within {}s",
+                    OPEN_WAIT.as_secs()
+                ),
+            ));
+        }
+    }
+    ok()
+}
+
 /// Adds or replaces every listener in the body, all or nothing.
-pub async fn put(config: &ConfigService, body: Value) -> AdminResult {
+pub async fn put(
+    config: &ConfigService,
+    board: Option<&ListenerBoard>,
+    body: Value,
+) -> AdminResult {
     let listeners = expect_object(
         &body,
         "listener: {\"address\", \"protocol\", \"http2\", \"default_certificate\"}",
@@ -71,13 +97,18 @@ pub async fn put(config: &ConfigService, body: Value) -> AdminResult {
             Ok((ops, ()))
         })
         .await?;
-    ok()
+    await_server(config, board).await
 }
 
 /// Deletes the named listeners; unknown names are ignored (as for services).
-pub async fn delete(config: &ConfigService, body: Value) -> AdminResult {
+pub async fn delete(
+    config: &ConfigService,
+    board: Option<&ListenerBoard>,
+    body: Value,
+) -> AdminResult {
     let names = expect_string_list(&body, "listener names")?;
-    delete_existing(config, &names, KeyLayout::listener_key).await
+    delete_existing(config, &names, KeyLayout::listener_key).await?;
+    await_server(config, board).await
 }
 
 /// No two listeners, nor a listener and `--listen`, on one address.

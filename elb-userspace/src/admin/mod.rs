@@ -63,7 +63,7 @@ impl AdminError {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
@@ -257,10 +257,12 @@ impl AdminApi {
             )),
             ("listener", &Method::GET) => listener::get(config, self.listener_board.get()).await,
             ("listener", &Method::PUT) => {
-                listener::put(config, self.json_body(request).await?).await
+                let body = self.json_body(request).await?;
+                listener::put(config, self.listener_board.get(), body).await
             }
             ("listener", &Method::DELETE) => {
-                listener::delete(config, self.json_body(request).await?).await
+                let body = self.json_body(request).await?;
+                listener::delete(config, self.listener_board.get(), body).await
             }
             ("listener", _) => Err(AdminError::method_not_allowed(
                 &method,

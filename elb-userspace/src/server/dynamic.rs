@@ -47,12 +47,34 @@ struct Entry {
 
 /// Each configured listener's live state, by name; written by the
 /// supervisor, read by the admin API.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ListenerBoard {
     entries: Arc<Mutex<HashMap<String, Entry>>>,
+    /// The configuration generation the supervisor last acted on.
+    applied: Arc<watch::Sender<u64>>,
+}
+
+impl Default for ListenerBoard {
+    fn default() -> Self {
+        Self {
+            entries: Arc::default(),
+            applied: Arc::new(watch::Sender::new(0)),
+        }
+    }
 }
 
 impl ListenerBoard {
+    /// Waits (at most `limit`) until the supervisor has acted on
+    /// configuration generation `generation`: a listener written by then
+    /// is listening, or failed. Returns whether it got there.
+    pub async fn wait_applied(&self, generation: u64, limit: Duration) -> bool {
+        let mut applied = self.applied.subscribe();
+        matches!(
+            tokio::time::timeout(limit, applied.wait_for(|g| *g >= generation)).await,
+            Ok(Ok(_))
+        )
+    }
+
     /// The state of listener `name` at `address`; `starting` if the
     /// supervisor has not acted on that address yet.
     pub fn state(&self, name: &str, address: SocketAddr) -> ListenerState {
@@ -108,8 +130,11 @@ pub fn spawn_supervisor(
             failing: BTreeMap::new(),
         };
         loop {
+            // Generation before snapshot: the snapshot is at least as new.
+            let generation = *changes.borrow_and_update();
             let desired = Arc::clone(snapshot.load().listeners());
             supervisor.reconcile(&desired, Instant::now());
+            supervisor.board.applied.send_replace(generation);
             let retry = supervisor.next_retry();
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return },
