@@ -118,6 +118,13 @@ fn bad_listeners_get_400_naming_what_and_nothing_changes() {
             ),
         ),
         (
+            json!({"two": {"address": format!("0.0.0.0:{}", s.elb.addr.port()), "protocol": "http"}}),
+            format!(
+                "listener \"two\": address 0.0.0.0:{} overlaps {static_addr} of the static listener (--listen)",
+                s.elb.addr.port()
+            ),
+        ),
+        (
             json!({"two": {"address": addr.to_string(), "protocol": "http"}}),
             format!("listener \"two\": address {addr} is already used by listener \"one\""),
         ),

@@ -1,12 +1,15 @@
 //! `/__erulb__/listener`: L7 listeners, in the style of `/__erulb__/service`.
 //! GET adds each listener's live state (`status`, `error`) from the server.
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::net::SocketAddr;
 
 use serde_json::Value;
 
 use super::{AdminResult, delete_existing, expect_object, expect_string_list, ok};
 use crate::{
-    config::{ConfigManager, ConfigService, KeyLayout, Listener, ListenerProtocol},
+    config::{
+        ConfigManager, ConfigService, KeyLayout, Listener, ListenerProtocol,
+        listener::addresses_overlap,
+    },
     http_util::json,
     server::ListenerBoard,
     store::KvOp,
@@ -111,9 +114,11 @@ pub async fn delete(
     await_server(config, board).await
 }
 
-/// No two listeners, nor a listener and `--listen`, on one address.
+/// No two listeners, nor a listener and `--listen`, on one address or on
+/// addresses that overlap (a wildcard and an address it covers): the second
+/// could never bind.
 fn check_unique_addresses(manager: &ConfigManager, parsed: &[Listener]) -> Result<(), String> {
-    let mut claimed: BTreeMap<SocketAddr, String> = manager
+    let mut claimed: Vec<(SocketAddr, String)> = manager
         .static_addrs()
         .listen()
         .iter()
@@ -122,17 +127,28 @@ fn check_unique_addresses(manager: &ConfigManager, parsed: &[Listener]) -> Resul
     let replaced: Vec<&str> = parsed.iter().map(|l| l.name.as_str()).collect();
     for listener in manager.listeners().values() {
         if !replaced.contains(&listener.name.as_str()) {
-            claimed.insert(listener.address, format!("listener {:?}", listener.name));
+            claimed.push((listener.address, format!("listener {:?}", listener.name)));
         }
     }
     for listener in parsed {
-        if let Some(other) = claimed.get(&listener.address) {
-            return Err(format!(
-                "listener {:?}: address {} is already used by {other}",
-                listener.name, listener.address
-            ));
+        let address = listener.address;
+        if let Some((other_address, other)) = claimed
+            .iter()
+            .find(|(other, _)| addresses_overlap(address, *other))
+        {
+            return Err(if *other_address == address {
+                format!(
+                    "listener {:?}: address {address} is already used by {other}",
+                    listener.name
+                )
+            } else {
+                format!(
+                    "listener {:?}: address {address} overlaps {other_address} of {other}",
+                    listener.name
+                )
+            });
         }
-        claimed.insert(listener.address, format!("listener {:?}", listener.name));
+        claimed.push((address, format!("listener {:?}", listener.name)));
     }
     Ok(())
 }

@@ -174,6 +174,16 @@ impl Listener {
     }
 }
 
+/// Whether listening on `a` and on `b` would conflict: the same port and
+/// the same IP, or a wildcard that covers the other (`[::]` binds
+/// dual-stack, so it covers IPv4 too).
+pub fn addresses_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |wide: SocketAddr, narrow: SocketAddr| {
+        wide.ip().is_unspecified() && (wide.is_ipv6() || narrow.is_ipv4())
+    };
+    a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
+}
+
 fn required_str<'v>(
     object: &'v Map<String, Value>,
     listener: &str,
@@ -226,6 +236,21 @@ mod tests {
             "default_certificate": "main"}))
         .expect_err("cert on http");
         assert!(err.contains("only an https listener"), "{err}");
+    }
+
+    #[test]
+    fn wildcards_overlap_what_they_cover() {
+        let overlap =
+            |a: &str, b: &str| addresses_overlap(a.parse().expect("a"), b.parse().expect("b"));
+        assert!(overlap("127.0.0.1:80", "127.0.0.1:80"));
+        assert!(overlap("0.0.0.0:80", "127.0.0.1:80"));
+        assert!(overlap("127.0.0.1:80", "0.0.0.0:80"));
+        assert!(overlap("[::]:80", "10.0.0.1:80"));
+        assert!(overlap("[::]:80", "0.0.0.0:80"));
+        assert!(overlap("[::1]:80", "[::]:80"));
+        assert!(!overlap("0.0.0.0:80", "[::1]:80"));
+        assert!(!overlap("127.0.0.1:80", "127.0.0.2:80"));
+        assert!(!overlap("0.0.0.0:80", "0.0.0.0:81"));
     }
 
     #[test]
