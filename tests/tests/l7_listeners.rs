@@ -296,6 +296,47 @@ fn removal_closes_idle_connections_at_once_and_busy_ones_at_the_drain_bound() {
 }
 
 #[test]
+fn an_upgraded_tunnel_on_a_removed_listener_ends_at_the_drain_bound() {
+    use std::io::{Read, Write};
+    let (s, _backend) = setup();
+    let addr = loopback(free_port());
+    put_listener(&s.elb, "extra", addr);
+    let mut tunnel = TcpStream::connect(addr).expect("connect");
+    tunnel
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        tunnel,
+        "GET /chat HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+    )
+    .expect("handshake");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tunnel.read_exact(&mut byte).expect("read head");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s.elb.admin_ok("DELETE", "listener", Some(json!(["extra"])));
+    let removed = Instant::now();
+    // Still spliced during the drain, closed at its bound.
+    tunnel.write_all(b"ping").expect("send");
+    let mut echoed = [0u8; 4];
+    tunnel.read_exact(&mut echoed).expect("echo");
+    assert_eq!(&echoed, b"ping");
+    time_to_close(&mut tunnel, Duration::from_secs(9));
+    let closed_after = removed.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(4500) && closed_after < Duration::from_secs(8),
+        "tunnel closed after {closed_after:?}"
+    );
+}
+
+#[test]
 fn a_listener_whose_port_is_taken_fails_with_the_reason_then_serves_once_freed() {
     let (s, _backend) = setup();
     let blocker = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

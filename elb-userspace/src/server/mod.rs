@@ -36,6 +36,20 @@ pub struct ServerSettings {
     pub clients: Arc<ClientLimit>,
 }
 
+/// In an upgrade request's extensions when it came on a configured
+/// listener: the tunnel that follows ends [`DRAIN_BOUND`] after the
+/// listener is removed (a tunnel has no request boundary to wait for).
+#[derive(Debug, Clone)]
+pub struct ListenerStop(pub watch::Receiver<bool>);
+
+impl ListenerStop {
+    /// Resolves [`DRAIN_BOUND`] after the listener's removal.
+    pub async fn drained(mut self) {
+        stop_requested(Some(&mut self.0)).await;
+        tokio::time::sleep(DRAIN_BOUND).await;
+    }
+}
+
 /// A worker's orders from the configured-listener supervisor.
 pub enum WorkerCommand {
     /// Serve this worker's socket of a listener until `stop` turns true,
@@ -249,11 +263,15 @@ async fn serve_connection(
     // The client's slot lasts until this function returns (a 408's linger
     // included); an upgraded tunnel keeps its own clone until it ends.
     let tunnel_slot = Arc::clone(&slot);
+    let tunnel_stop = stop.clone().map(ListenerStop);
     let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
         if request.headers().contains_key(http::header::UPGRADE) {
             request
                 .extensions_mut()
                 .insert(ClientSlot(Arc::clone(&tunnel_slot)));
+            if let Some(stop) = &tunnel_stop {
+                request.extensions_mut().insert(stop.clone());
+            }
         }
         let proxy = Arc::clone(&proxy);
         let client = Arc::clone(&client);
