@@ -176,7 +176,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         L4Running::Xdp { .. } => None,
         L4Running::Userspace(l4) => Some(l4.listener_guard()),
     };
-    let worker_threads = server::spawn_workers(
+    let workers = server::spawn_workers(
         listeners,
         || {
             Proxy::new(
@@ -191,12 +191,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         &targets.subscribe(),
         &shutdown_rx,
     )?;
+    let board = server::ListenerBoard::default();
+    admin.set_listener_board(board.clone());
+    let supervisor = server::spawn_supervisor(
+        config.snapshot().clone(),
+        config.subscribe(),
+        workers.control,
+        board,
+        shutdown_rx.clone(),
+    );
     tracing::info!(name = args.name, "elb running");
 
     wait_for_shutdown_signal().await?;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
-    for worker in worker_threads {
+    let _ = supervisor.await;
+    for worker in workers.threads {
         let _ = worker.join();
     }
     let _ = monitor.join();
@@ -307,7 +317,7 @@ fn start_l4_sync(
     for (ifindex, addrs) in interface_addresses()? {
         sync.maps_mut().set_iface_addrs(ifindex, &addrs)?;
     }
-    sync.maps_mut().set_l7_ports(l7_ports)?;
+    sync.set_static_l7_ports(l7_ports)?;
     let interfaces = dataplane
         .interfaces()
         .iter()

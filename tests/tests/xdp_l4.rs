@@ -435,6 +435,67 @@ fn denied_sources_are_dropped_at_vips_and_l7_ports_only() {
     });
 }
 
+#[test]
+fn configured_listener_ports_get_the_deny_list_too() {
+    require_root_and_bpf!();
+    let net = L4Net::new().expect("fixture network");
+    let (client_ifindex, server_ifindex) = (net.client_ifindex, net.server_ifindex);
+    let result = net.lb.enter(move || {
+        use std::{collections::BTreeMap, sync::Arc};
+
+        use elb_userspace::{
+            cidr::Cidr,
+            config::{Listener, ListenerProtocol, Snapshot},
+            l4::sync::L4Sync,
+        };
+        let mut fixture = XdpFixture::load().expect("load XDP fixture");
+        let mut maps = fixture.l4_maps().expect("L4 maps");
+        write_iface_addrs(&mut maps, client_ifindex, server_ifindex).expect("iface addrs");
+        let mut sync = L4Sync::new(maps).expect("sync");
+        sync.set_static_l7_ports(&[8080]).expect("static ports");
+        let node = std::net::Ipv4Addr::new(10, 77, 0, 1);
+        let to_listener = tcp(client4(40007), sa(node, 9090), true, false, false);
+        let acl: Arc<[Cidr]> = Arc::from(vec!["10.77.0.0/24".parse::<Cidr>().expect("cidr")]);
+        let with_listener = |port: Option<u16>| {
+            let listeners = port.map(|port| {
+                let listener = Listener {
+                    name: "extra".into(),
+                    address: sa(std::net::Ipv4Addr::UNSPECIFIED, port),
+                    protocol: ListenerProtocol::Http,
+                    http2: false,
+                    default_certificate: None,
+                };
+                ("extra".to_owned(), Arc::new(listener))
+            });
+            Snapshot::default()
+                .with_l4(Arc::default(), Arc::clone(&acl))
+                .with_listeners(Arc::new(listeners.into_iter().collect::<BTreeMap<_, _>>()))
+        };
+        sync.apply(&with_listener(None)).expect("apply");
+        assert_eq!(
+            fixture.run(&to_listener).expect("run").action,
+            XdpAction::Pass
+        );
+        sync.apply(&with_listener(Some(9090))).expect("apply");
+        assert_eq!(
+            fixture.run(&to_listener).expect("run").action,
+            XdpAction::Drop
+        );
+        let to_static = tcp(client4(40007), sa(node, 8080), true, false, false);
+        assert_eq!(
+            fixture.run(&to_static).expect("run").action,
+            XdpAction::Drop
+        );
+        sync.apply(&with_listener(None)).expect("apply");
+        assert_eq!(
+            fixture.run(&to_listener).expect("run").action,
+            XdpAction::Pass
+        );
+    });
+    drop(net);
+    result.expect("fixture thread");
+}
+
 /// Plants a reply entry holding `nat_port`: live, or one that closed longer
 /// than `TCP_CLOSING_NS` ago. (An idle entry with an old `last_seen` would
 /// need an uptime above `TCP_IDLE_NS`, an hour: not so on a fresh CI

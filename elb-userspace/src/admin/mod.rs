@@ -7,6 +7,7 @@ mod acl;
 mod cert;
 mod domain;
 mod dump;
+mod listener;
 mod policy;
 mod service;
 mod upstream;
@@ -43,6 +44,8 @@ pub struct AdminApi {
     /// What the L4 data plane has applied; writes answer once it carries
     /// them.
     l4_applied: OnceLock<watch::Receiver<Applied>>,
+    /// The configured listeners' live state, once the server runs them.
+    listener_board: OnceLock<crate::server::ListenerBoard>,
 }
 
 /// How long a write waits for the L4 data plane to carry it.
@@ -61,7 +64,7 @@ impl AdminError {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
@@ -114,6 +117,7 @@ impl AdminApi {
             max_body,
             l4_stats: OnceLock::new(),
             l4_applied: OnceLock::new(),
+            listener_board: OnceLock::new(),
         }
     }
 
@@ -157,6 +161,12 @@ impl AdminApi {
                 ),
             )),
         }
+    }
+
+    /// Where `GET /__erulb__/listener` reads each listener's state; the
+    /// first call wins.
+    pub fn set_listener_board(&self, board: crate::server::ListenerBoard) {
+        let _ = self.listener_board.set(board);
     }
 
     /// Where `/__erulb__/stats` reads from; the first call wins.
@@ -242,6 +252,20 @@ impl AdminApi {
                 service::delete(config, self.json_body(request).await?).await
             }
             ("service", _) => Err(AdminError::method_not_allowed(
+                &method,
+                &path,
+                "GET, PUT, DELETE",
+            )),
+            ("listener", &Method::GET) => listener::get(config, self.listener_board.get()).await,
+            ("listener", &Method::PUT) => {
+                let body = self.json_body(request).await?;
+                listener::put(config, self.listener_board.get(), body).await
+            }
+            ("listener", &Method::DELETE) => {
+                let body = self.json_body(request).await?;
+                listener::delete(config, self.listener_board.get(), body).await
+            }
+            ("listener", _) => Err(AdminError::method_not_allowed(
                 &method,
                 &path,
                 "GET, PUT, DELETE",

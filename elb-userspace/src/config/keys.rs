@@ -4,7 +4,8 @@
 //! `/$ELBNAME/acl/$cidr` (a deny-list entry; the CIDR text has a '/'),
 //! `/$ELBNAME/policies/$upstream` (a target-health policy) and
 //! `/$ELBNAME/zones` (the disabled availability zones) and
-//! `/$ELBNAME/certs/$name` (a TLS certificate and its key).
+//! `/$ELBNAME/certs/$name` (a TLS certificate and its key) and
+//! `/$ELBNAME/listeners/$name` (an L7 listener).
 use crate::cidr::Cidr;
 
 /// What a key under the prefix stands for.
@@ -31,6 +32,9 @@ pub enum StoreKey<'a> {
     Cert {
         name: &'a str,
     },
+    Listener {
+        name: &'a str,
+    },
 }
 
 /// Builds and parses keys for one ELB name.
@@ -44,6 +48,7 @@ pub struct KeyLayout {
     policies: String,
     zones: String,
     certs: String,
+    listeners: String,
 }
 
 impl KeyLayout {
@@ -57,6 +62,7 @@ impl KeyLayout {
             policies: format!("{prefix}policies/"),
             zones: format!("{prefix}zones"),
             certs: format!("{prefix}certs/"),
+            listeners: format!("{prefix}listeners/"),
             prefix,
         }
     }
@@ -84,6 +90,14 @@ impl KeyLayout {
 
     pub fn policies_prefix(&self) -> &str {
         &self.policies
+    }
+
+    pub fn listeners_prefix(&self) -> &str {
+        &self.listeners
+    }
+
+    pub fn listener_key(&self, name: &str) -> String {
+        format!("{}{name}", self.listeners)
     }
 
     pub fn policy_key(&self, upstream: &str) -> String {
@@ -142,6 +156,10 @@ impl KeyLayout {
         if let Some(name) = key.strip_prefix(&self.certs) {
             return (!name.is_empty() && !name.contains('/')).then_some(StoreKey::Cert { name });
         }
+        if let Some(name) = key.strip_prefix(&self.listeners) {
+            return (!name.is_empty() && !name.contains('/'))
+                .then_some(StoreKey::Listener { name });
+        }
         if key == self.zones {
             return Some(StoreKey::Zones);
         }
@@ -196,6 +214,13 @@ mod tests {
         assert_eq!(layout.policy_key("up1"), "/ELB/policies/up1");
         assert_eq!(layout.zones_key(), "/ELB/zones");
         assert_eq!(layout.cert_key("main"), "/ELB/certs/main");
+        assert_eq!(layout.listener_key("web"), "/ELB/listeners/web");
+        assert_eq!(
+            layout.parse("/ELB/listeners/web"),
+            Some(StoreKey::Listener { name: "web" })
+        );
+        assert_eq!(layout.parse("/ELB/listeners/"), None);
+        assert_eq!(layout.parse("/ELB/listeners/a/b"), None);
         let cidr: Cidr = "10.0.0.0/8".parse().expect("cidr");
         assert_eq!(layout.acl_key(&cidr), "/ELB/acl/10.0.0.0/8");
     }

@@ -20,6 +20,7 @@ use super::{
     domain_name::normalize_domain,
     keys::{KeyLayout, StoreKey, validate_key_segment},
     l4::{L4Service, L4ServiceError},
+    listener::{Listener, ListenerError},
     own_addrs::{OwnAddrError, OwnAddrs},
     policy::{Policy, PolicyError},
     snapshot::{DomainEntry, Snapshot, SnapshotHandle, Upstream},
@@ -37,6 +38,8 @@ use crate::{
 
 /// The L4 services by name, as the snapshot holds them.
 type Services = Arc<BTreeMap<String, Arc<L4Service>>>;
+/// The configured L7 listeners by name, as the snapshot holds them.
+type Listeners = Arc<BTreeMap<String, Arc<Listener>>>;
 
 pub struct ConfigManager {
     layout: KeyLayout,
@@ -65,8 +68,13 @@ pub struct ConfigManager {
     /// Bumped after every publish; see [`ConfigManager::subscribe`].
     generation: watch::Sender<u64>,
     regexes: RegexCache,
-    /// elb's listeners: a server that is one of them is refused (a loop).
+    /// elb's listeners, static and configured: a server that is one of
+    /// them is refused (a loop).
     own: OwnAddrs,
+    /// The `--listen` addresses alone; `own` adds the configured ones.
+    static_own: OwnAddrs,
+    /// Replaced (new `Arc`) only when a listener changes.
+    listeners: Listeners,
     /// Where the servers' `max_conns` go, when elb proxies.
     upstream_limits: Option<Arc<UpstreamLimits>>,
 }
@@ -96,6 +104,14 @@ pub enum EntryError {
     Name { key: String, message: String },
     #[error("{key}: {source}")]
     Cert { key: String, source: CertError },
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+    #[error("listener {name:?}: address {address} is already {other}'s")]
+    ListenerAddress {
+        name: String,
+        address: std::net::SocketAddr,
+        other: String,
+    },
     #[error("{key}: a backend rule's servername {source}")]
     OwnServername { key: String, source: OwnAddrError },
 }
@@ -124,6 +140,8 @@ impl ConfigManager {
             generation: watch::Sender::new(0),
             regexes: RegexCache::default(),
             own: OwnAddrs::default(),
+            static_own: OwnAddrs::default(),
+            listeners: Listeners::default(),
             upstream_limits: None,
         }
     }
@@ -136,8 +154,19 @@ impl ConfigManager {
 
     /// Refuses servers that are elb's own listeners (see [`OwnAddrs`]).
     pub fn with_own_addrs(mut self, own: OwnAddrs) -> Self {
+        self.static_own = own.clone();
         self.own = own;
         self
+    }
+
+    /// The `--listen` addresses alone (no configured listener).
+    pub fn static_addrs(&self) -> &OwnAddrs {
+        &self.static_own
+    }
+
+    /// The configured L7 listeners that are in effect.
+    pub fn listeners(&self) -> &BTreeMap<String, Arc<Listener>> {
+        &self.listeners
     }
 
     pub fn own_addrs(&self) -> &OwnAddrs {
@@ -275,6 +304,7 @@ impl ConfigManager {
         let mut policies = BTreeSet::new();
         let mut zones_changed = false;
         let mut certs = BTreeSet::new();
+        let mut listeners = BTreeSet::new();
         for key in &changed_keys {
             match self.layout.parse(key) {
                 Some(StoreKey::Rule { domain }) => {
@@ -308,6 +338,9 @@ impl ConfigManager {
                         message,
                     }),
                 },
+                Some(StoreKey::Listener { name }) => {
+                    listeners.insert(name.to_owned());
+                }
                 Some(StoreKey::Acl { cidr }) => {
                     acl_changed = true;
                     if let Err(err) = self.update_acl_key(key, cidr) {
@@ -325,11 +358,17 @@ impl ConfigManager {
             && policies.is_empty()
             && !zones_changed
             && certs.is_empty()
+            && listeners.is_empty()
         {
             return Vec::new();
         }
         let mut errors = acl_errors;
         errors.extend(name_errors);
+        // Before the servers: a server that is a new listener's address
+        // would loop.
+        if !listeners.is_empty() {
+            errors.extend(self.rebuild_listeners(&listeners));
+        }
         for upstream in policies {
             if let Err(err) = self.update_policy(&upstream) {
                 errors.push(err);
@@ -578,6 +617,80 @@ impl ConfigManager {
         errors
     }
 
+    /// Recomputes the listeners from the store (they are few). A bad
+    /// definition keeps its previous version; of two on one address (only
+    /// a hand-written store has them), the one already serving keeps it,
+    /// else the first by name; a `--listen` address is never taken.
+    fn rebuild_listeners(&mut self, changed: &BTreeSet<String>) -> Vec<EntryError> {
+        let previous = Arc::clone(&self.listeners);
+        let prefix = self.layout.listeners_prefix();
+        let mut errors = Vec::new();
+        let mut candidates = Vec::new();
+        for (key, value) in self
+            .kv
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+        {
+            let Some(StoreKey::Listener { name }) = self.layout.parse(key) else {
+                continue;
+            };
+            match Listener::parse(name, value) {
+                Ok(listener) => candidates.push(match previous.get(name) {
+                    Some(current) if **current == listener => Arc::clone(current),
+                    _ => Arc::new(listener),
+                }),
+                Err(err) => {
+                    if changed.contains(name) {
+                        errors.push(err.into());
+                    }
+                    candidates.extend(previous.get(name).cloned());
+                }
+            }
+        }
+        let serving = |listener: &Arc<Listener>| {
+            previous
+                .get(&listener.name)
+                .is_some_and(|current| Arc::ptr_eq(current, listener))
+        };
+        candidates.sort_by_key(|listener| !serving(listener));
+        let mut claimed: HashMap<std::net::SocketAddr, String> = self
+            .static_own
+            .listen()
+            .iter()
+            .map(|addr| (*addr, "--listen".to_owned()))
+            .collect();
+        let mut listeners = BTreeMap::new();
+        for listener in candidates {
+            match claimed.entry(listener.address) {
+                hash_map::Entry::Vacant(slot) => {
+                    slot.insert(format!("listener {:?}", listener.name));
+                    listeners.insert(listener.name.clone(), listener);
+                }
+                hash_map::Entry::Occupied(slot) => {
+                    if changed.contains(&listener.name) {
+                        errors.push(EntryError::ListenerAddress {
+                            name: listener.name.clone(),
+                            address: listener.address,
+                            other: slot.get().clone(),
+                        });
+                    }
+                }
+            }
+        }
+        let unchanged = listeners.len() == previous.len()
+            && listeners
+                .iter()
+                .zip(previous.iter())
+                .all(|((a, x), (b, y))| a == b && Arc::ptr_eq(x, y));
+        if !unchanged {
+            self.listeners = Arc::new(listeners);
+            self.own = self
+                .static_own
+                .with_more(self.listeners.values().map(|l| l.address));
+        }
+        errors
+    }
+
     fn publish(&self) {
         // Gates first: a snapshot is never visible with stale routing.
         self.targets.sync(
@@ -597,7 +710,8 @@ impl ConfigManager {
         self.published.store(Arc::new(
             Snapshot::new(self.domains.values(), self.upstreams.values())
                 .with_l4(Arc::clone(&self.services), Arc::clone(&self.acl))
-                .with_certs(Arc::clone(&self.cert_set)),
+                .with_certs(Arc::clone(&self.cert_set))
+                .with_listeners(Arc::clone(&self.listeners)),
         ));
         // After the store: whoever sees the new generation sees the snapshot.
         self.generation.send_modify(|generation| *generation += 1);

@@ -8,6 +8,7 @@ pub mod acl;
 pub mod domain_name;
 pub mod keys;
 pub mod l4;
+pub mod listener;
 pub mod manager;
 pub mod own_addrs;
 pub mod policy;
@@ -17,6 +18,7 @@ pub mod zones;
 
 pub use keys::{KeyLayout, StoreKey};
 pub use l4::{L4Proto, L4Service, L4ServiceError};
+pub use listener::{Listener, ListenerError, ListenerProtocol};
 pub use manager::ConfigManager;
 pub use own_addrs::OwnAddrs;
 pub use service::{ConfigService, WriteError};

@@ -64,6 +64,20 @@ impl OwnAddrs {
         Self { listen, is_local }
     }
 
+    /// These addresses plus `more` (the configured listeners), checked
+    /// against the same host addresses.
+    pub fn with_more(&self, more: impl IntoIterator<Item = SocketAddr>) -> Self {
+        let mut listen = self.listen.clone();
+        listen.extend(more);
+        Self::with_local(listen, Arc::clone(&self.is_local))
+    }
+
+    /// Only `addr`, checked against the same host addresses: which
+    /// servers a new listener would make loop.
+    pub fn only(&self, addr: SocketAddr) -> Self {
+        Self::with_local(vec![addr], Arc::clone(&self.is_local))
+    }
+
     pub fn listen(&self) -> &[SocketAddr] {
         &self.listen
     }

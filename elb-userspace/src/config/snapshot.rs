@@ -8,7 +8,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 
-use super::l4::L4Service;
+use super::{l4::L4Service, listener::Listener};
 use crate::{
     cidr::Cidr,
     rules::CompiledRules,
@@ -70,6 +70,9 @@ pub struct Snapshot {
     acl: Arc<[Cidr]>,
     /// The usable certificates; shared between snapshots while unchanged.
     certs: Arc<CertSet>,
+    /// The L7 listeners from the store (not `--listen`), shared like
+    /// `services`.
+    listeners: Arc<BTreeMap<String, Arc<Listener>>>,
 }
 
 /// Where the current snapshot is published.
@@ -89,6 +92,7 @@ impl Snapshot {
             services: Arc::default(),
             acl: Arc::default(),
             certs: Arc::default(),
+            listeners: Arc::default(),
         }
     }
 
@@ -111,6 +115,18 @@ impl Snapshot {
         self.services = services;
         self.acl = acl;
         self
+    }
+
+    /// Adds the configured L7 listeners.
+    pub fn with_listeners(mut self, listeners: Arc<BTreeMap<String, Arc<Listener>>>) -> Self {
+        self.listeners = listeners;
+        self
+    }
+
+    /// The configured listeners by name; the same allocation until one
+    /// changes.
+    pub fn listeners(&self) -> &Arc<BTreeMap<String, Arc<Listener>>> {
+        &self.listeners
     }
 
     /// The domain for a Host header: the exact value first, then without

@@ -48,6 +48,10 @@ pub struct L4Sync {
     /// Servers draining at the last apply: out of the tables, their flows
     /// and ids kept until the drain ends.
     draining: HashSet<SocketAddr>,
+    /// The `--listen` ports; the configured listeners' are added on apply.
+    static_l7_ports: Vec<u16>,
+    /// The L7 ports in the map (where XDP applies the deny-list to TCP).
+    l7_ports: Vec<u16>,
 }
 
 /// A plan with what it was made from.
@@ -82,7 +86,33 @@ impl L4Sync {
             plans: HashMap::new(),
             targets: None,
             draining: HashSet::new(),
+            static_l7_ports: Vec::new(),
+            l7_ports: Vec::new(),
         })
+    }
+
+    /// The static (`--listen`) L7 ports, written at once; each apply adds
+    /// the configured listeners' ports, so the deny-list covers them too.
+    pub fn set_static_l7_ports(&mut self, ports: &[u16]) -> Result<(), L4MapError> {
+        self.static_l7_ports = ports.to_vec();
+        let wanted = self.wanted_l7_ports(None);
+        self.write_l7_ports(wanted)
+    }
+
+    fn wanted_l7_ports(&self, snapshot: Option<&Snapshot>) -> Vec<u16> {
+        let mut ports = self.static_l7_ports.clone();
+        if let Some(snapshot) = snapshot {
+            ports.extend(snapshot.listeners().values().map(|l| l.address.port()));
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+
+    fn write_l7_ports(&mut self, wanted: Vec<u16>) -> Result<(), L4MapError> {
+        self.maps.set_l7_ports(&wanted)?;
+        self.l7_ports = wanted;
+        Ok(())
     }
 
     /// Follows the drains of `targets`: a draining server keeps its id and
@@ -179,6 +209,10 @@ impl L4Sync {
         prime(&new);
         self.server_addrs = used_servers.iter().copied().collect();
         self.index.store(Arc::new(index));
+        let l7_ports = self.wanted_l7_ports(Some(snapshot));
+        if l7_ports != self.l7_ports {
+            self.write_l7_ports(l7_ports)?;
+        }
         self.apply_acl(snapshot.acl())
     }
 

@@ -8,6 +8,7 @@ use super::{Proxy, headers::strip_hop_by_hop, pool::ConnectError};
 use crate::{
     http_util::{Body, text},
     limits::ClientSlot,
+    server::ListenerStop,
 };
 use http_body_util::BodyExt;
 
@@ -22,6 +23,7 @@ pub async fn forward(
     let settings = &proxy.settings;
     // The tunnel holds both connections' slots (see ClientSlot).
     let client_slot = request.extensions_mut().remove::<ClientSlot>();
+    let listener_stop = request.extensions_mut().remove::<ListenerStop>();
     let (mut sender, upstream_slot) = match proxy
         .pool
         .open(server, settings.connect_timeout, true)
@@ -66,8 +68,20 @@ pub async fn forward(
             Ok((client, upstream)) => {
                 let mut client = TokioIo::new(client);
                 let mut upstream = TokioIo::new(upstream);
-                if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                    tracing::debug!(server, error = %err, "upgraded connection ended");
+                let spliced = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+                let removed = async {
+                    match listener_stop {
+                        Some(stop) => stop.drained().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    ended = spliced => if let Err(err) = ended {
+                        tracing::debug!(server, error = %err, "upgraded connection ended");
+                    },
+                    () = removed => {
+                        tracing::debug!(server, "upgraded connection closed: its listener was removed");
+                    }
                 }
             }
             Err(err) => tracing::warn!(server, error = %err, "upgrade failed"),

@@ -1,14 +1,19 @@
 //! The HTTP listeners: accept, then serve each connection with hyper.
 mod client_io;
+mod dynamic;
 mod listeners;
 mod refuse;
 
+pub use dynamic::{DRAIN_BOUND, ListenerBoard, ListenerState, spawn_supervisor};
 pub use listeners::{BindError, Listeners};
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, watch},
+};
 
 use self::client_io::{ClientIo, Reclaimed};
 use crate::{
@@ -31,6 +36,37 @@ pub struct ServerSettings {
     pub clients: Arc<ClientLimit>,
 }
 
+/// In an upgrade request's extensions when it came on a configured
+/// listener: the tunnel that follows ends [`DRAIN_BOUND`] after the
+/// listener is removed (a tunnel has no request boundary to wait for).
+#[derive(Debug, Clone)]
+pub struct ListenerStop(pub watch::Receiver<bool>);
+
+impl ListenerStop {
+    /// Resolves [`DRAIN_BOUND`] after the listener's removal.
+    pub async fn drained(mut self) {
+        stop_requested(Some(&mut self.0)).await;
+        tokio::time::sleep(DRAIN_BOUND).await;
+    }
+}
+
+/// A worker's orders from the configured-listener supervisor.
+pub enum WorkerCommand {
+    /// Serve this worker's socket of a listener until `stop` turns true,
+    /// then drain its connections (see [`DRAIN_BOUND`]).
+    Serve {
+        name: String,
+        listener: std::net::TcpListener,
+        stop: watch::Receiver<bool>,
+    },
+}
+
+/// The running workers: their threads, and a channel to each.
+pub struct Workers {
+    pub threads: Vec<std::thread::JoinHandle<()>>,
+    pub control: Vec<mpsc::UnboundedSender<WorkerCommand>>,
+}
+
 /// Runs the data plane: one thread per worker's sockets in `listeners`,
 /// each with a single-threaded runtime and its own [`Proxy`] (so its own
 /// upstream connections). A request then never hops between threads, as in
@@ -38,6 +74,7 @@ pub struct ServerSettings {
 /// `guard`: the deny-list to apply at accept, when XDP does not.
 /// `gate_changes`: the target registry's generation; each worker then
 /// closes its idle connections to servers that may no longer take requests.
+/// Each worker also serves the sockets sent through its `control` channel.
 pub fn spawn_workers(
     listeners: Listeners,
     make_proxy: impl Fn() -> Proxy,
@@ -45,10 +82,13 @@ pub fn spawn_workers(
     guard: Option<&ListenerGuard>,
     gate_changes: &watch::Receiver<u64>,
     shutdown: &watch::Receiver<bool>,
-) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
+) -> anyhow::Result<Workers> {
     let per_worker = listeners.into_per_worker();
     let mut handles = Vec::with_capacity(per_worker.len());
+    let mut control = Vec::with_capacity(per_worker.len());
     for (worker, listeners) in per_worker.into_iter().enumerate() {
+        let (commands, mut orders) = mpsc::unbounded_channel();
+        control.push(commands);
         let proxy = Arc::new(make_proxy());
         let settings = settings.clone();
         let guard = guard.cloned();
@@ -66,6 +106,46 @@ pub fn spawn_workers(
                         gate_changes,
                         shutdown.clone(),
                     ));
+                    tokio::spawn({
+                        let proxy = Arc::clone(&proxy);
+                        let settings = settings.clone();
+                        let guard = guard.clone();
+                        let mut shutdown = shutdown.clone();
+                        async move {
+                            loop {
+                                let order = tokio::select! {
+                                    order = orders.recv() => order,
+                                    _ = shutdown.changed() => None,
+                                };
+                                let Some(WorkerCommand::Serve {
+                                    name,
+                                    listener,
+                                    stop,
+                                }) = order
+                                else {
+                                    return;
+                                };
+                                match TcpListener::from_std(listener) {
+                                    Ok(listener) => {
+                                        tokio::spawn(serve(
+                                            listener,
+                                            Arc::clone(&proxy),
+                                            settings.clone(),
+                                            guard.clone(),
+                                            shutdown.clone(),
+                                            Some(stop),
+                                        ));
+                                    }
+                                    Err(err) => tracing::error!(
+                                        worker,
+                                        listener = name,
+                                        error = %err,
+                                        "cannot serve a configured listener"
+                                    ),
+                                }
+                            }
+                        }
+                    });
                     let mut tasks = Vec::new();
                     for listener in listeners {
                         match TcpListener::from_std(listener) {
@@ -75,6 +155,7 @@ pub fn spawn_workers(
                                 settings.clone(),
                                 guard.clone(),
                                 shutdown.clone(),
+                                None,
                             ))),
                             Err(err) => {
                                 tracing::error!(worker, error = %err, "cannot serve a listener")
@@ -88,7 +169,10 @@ pub fn spawn_workers(
             })?;
         handles.push(handle);
     }
-    Ok(handles)
+    Ok(Workers {
+        threads: handles,
+        control,
+    })
 }
 
 async fn close_idle_on_gate_changes(
@@ -107,14 +191,18 @@ async fn close_idle_on_gate_changes(
     }
 }
 
-/// Serves connections until `shutdown` turns true.
+/// Serves connections until `shutdown` turns true, or `stop` (a
+/// configured listener's) does: then the socket is closed at once and
+/// each connection drains (see [`DRAIN_BOUND`]).
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     settings: ServerSettings,
     guard: Option<ListenerGuard>,
     mut shutdown: watch::Receiver<bool>,
+    stop: Option<watch::Receiver<bool>>,
 ) {
+    let mut stopped = stop.clone();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -127,6 +215,7 @@ pub async fn serve(
                 }
             },
             _ = shutdown.changed() => return,
+            () = stop_requested(stopped.as_mut()) => return,
         };
         if guard.as_ref().is_some_and(|g| g.refuses(peer.ip())) {
             tracing::debug!(%peer, "HTTP client denied by the ACL");
@@ -143,9 +232,21 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let proxy = Arc::clone(&proxy);
         let settings = settings.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
-            serve_connection(stream, peer, proxy, settings, Arc::new(permit)).await;
+            serve_connection(stream, peer, proxy, settings, Arc::new(permit), stop).await;
         });
+    }
+}
+
+/// Resolves when `stop` turns true or its sender is gone (the listener was
+/// removed); never without one (a static listener).
+async fn stop_requested(stop: Option<&mut watch::Receiver<bool>>) {
+    match stop {
+        Some(stop) => {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -155,17 +256,22 @@ async fn serve_connection(
     proxy: Arc<Proxy>,
     settings: ServerSettings,
     slot: Arc<ClientPermit>,
+    mut stop: Option<watch::Receiver<bool>>,
 ) {
     let client = Arc::new(ClientAddr::new(peer));
     let (io, mut reclaimed) = ClientIo::new(stream);
     // The client's slot lasts until this function returns (a 408's linger
     // included); an upgraded tunnel keeps its own clone until it ends.
     let tunnel_slot = Arc::clone(&slot);
+    let tunnel_stop = stop.clone().map(ListenerStop);
     let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
         if request.headers().contains_key(http::header::UPGRADE) {
             request
                 .extensions_mut()
                 .insert(ClientSlot(Arc::clone(&tunnel_slot)));
+            if let Some(stop) = &tunnel_stop {
+                request.extensions_mut().insert(stop.clone());
+            }
         }
         let proxy = Arc::clone(&proxy);
         let client = Arc::clone(&client);
@@ -186,7 +292,22 @@ async fn serve_connection(
         let connection = builder
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
-        connection.await
+        tokio::pin!(connection);
+        tokio::select! {
+            served = connection.as_mut() => served,
+            () = stop_requested(stop.as_mut()) => {
+                // The listener was removed: finish the request in flight
+                // (hyper closes an idle connection at once), then close.
+                connection.as_mut().graceful_shutdown();
+                match tokio::time::timeout(DRAIN_BOUND, connection.as_mut()).await {
+                    Ok(served) => served,
+                    Err(_) => {
+                        tracing::debug!(%peer, "removed listener: connection closed at the drain bound");
+                        Ok(())
+                    }
+                }
+            }
+        }
     };
     // The connection, and with it the socket, has been dropped by now.
     match served {

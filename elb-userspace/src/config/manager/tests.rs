@@ -321,3 +321,76 @@ fn certificates_from_the_store_reach_the_snapshot_and_bad_ones_keep_the_previous
     assert!(m.certs().is_empty());
     assert_eq!(served_names(&m, "c.test"), None);
 }
+
+fn listener_doc(address: &str) -> String {
+    serde_json::json!({"address": address, "protocol": "http"}).to_string()
+}
+
+fn listener_addrs(manager: &ConfigManager) -> Vec<(String, String)> {
+    let snapshot = manager.snapshot_handle().load_full();
+    snapshot
+        .listeners()
+        .iter()
+        .map(|(name, listener)| (name.clone(), listener.address.to_string()))
+        .collect()
+}
+
+#[test]
+fn stored_listeners_are_published_and_bad_or_clashing_ones_skipped() {
+    let mut m = listening_manager();
+    let skipped = m.apply(&[put("/ELB/listeners/a", &listener_doc("127.0.0.1:9080"))]);
+    assert!(skipped.is_empty(), "{skipped:?}");
+    // A bad document keeps the previous version.
+    let skipped = m.apply(&[put(
+        "/ELB/listeners/a",
+        r#"{"address": "x", "protocol": "http"}"#,
+    )]);
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(
+        skipped[0].to_string().contains("listener \"a\""),
+        "{}",
+        skipped[0]
+    );
+    // The static address and a taken one are not given to another.
+    let skipped = m.apply(&[
+        put("/ELB/listeners/b", &listener_doc("127.0.0.1:9080")),
+        put("/ELB/listeners/c", &listener_doc("127.0.0.1:18080")),
+    ]);
+    let messages: Vec<String> = skipped.iter().map(ToString::to_string).collect();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert!(messages[0].contains("listener \"a\"'s") || messages[1].contains("listener \"a\"'s"));
+    assert!(
+        messages.iter().any(|m| m.contains("--listen")),
+        "{messages:?}"
+    );
+    assert_eq!(
+        listener_addrs(&m),
+        [("a".to_owned(), "127.0.0.1:9080".to_owned())]
+    );
+    // Once the address is free, the stored listener waiting for it gets it.
+    m.apply(&[del("/ELB/listeners/a")]);
+    assert_eq!(
+        listener_addrs(&m),
+        [("b".to_owned(), "127.0.0.1:9080".to_owned())]
+    );
+}
+
+#[test]
+fn a_configured_listener_is_one_of_elbs_own_addresses() {
+    let mut m = listening_manager();
+    m.apply(&[put("/ELB/listeners/a", &listener_doc("127.0.0.1:9080"))]);
+    let skipped = m.apply(&[put("/ELB/upstreams/up1/127.0.0.1:9080", "")]);
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(
+        skipped[0]
+            .to_string()
+            .contains("own listening address 127.0.0.1:9080"),
+        "{}",
+        skipped[0]
+    );
+    m.apply(&[del("/ELB/listeners/a")]);
+    assert!(
+        m.apply(&[put("/ELB/upstreams/up1/127.0.0.1:9080", "max_fails=1")])
+            .is_empty()
+    );
+}
