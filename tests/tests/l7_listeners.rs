@@ -437,6 +437,12 @@ fn listeners_written_to_etcd_are_served_and_bad_ones_skipped() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(listener_view(&elb, "viaetcd")["address"], addr.to_string());
     wait_served(addr, Duration::from_secs(1));
+    // dump puts the serving version back into etcd.
+    elb.admin_ok("PUT", "dump", None);
+    let stored = etcd.get_prefix(&key).expect("etcdctl get");
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let document: serde_json::Value = serde_json::from_str(&stored[0].1).expect("JSON");
+    assert_eq!(document["address"], addr.to_string(), "{document}");
     etcd.ctl(&["del", &key]).expect("etcdctl del");
     wait_refused(addr, Duration::from_secs(5));
 }

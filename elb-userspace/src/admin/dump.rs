@@ -5,8 +5,8 @@
 //! hand-edited entries) with what is serving. One transaction: keys that are
 //! not serving are deleted, the rest rewritten: rules, upstreams (server
 //! parameters in canonical `k=v` form), L4 services, ACL entries, health
-//! policies, the zones document (all in canonical form) and TLS
-//! certificates (as they were given).
+//! policies, the zones document, L7 listeners (all in canonical form) and
+//! TLS certificates (as they were given).
 use super::{AdminResult, ok};
 use crate::config::ConfigService;
 
@@ -53,7 +53,13 @@ pub async fn put(config: &ConfigService) -> AdminResult {
                 .iter()
                 .map(|(name, cert)| (layout.cert_key(name), cert.to_document().to_string()))
                 .collect();
+            let listeners = manager
+                .listeners()
+                .iter()
+                .map(|(name, listener)| (layout.listener_key(name), listener.to_json().to_string()))
+                .collect();
             let mut ops = manager.replace_prefix_ops(layout.rules_prefix(), rules);
+            ops.extend(manager.replace_prefix_ops(layout.listeners_prefix(), listeners));
             ops.extend(manager.replace_prefix_ops(layout.certs_prefix(), certs));
             ops.extend(manager.replace_prefix_ops(layout.policies_prefix(), policies));
             let zones_key = layout.zones_key().to_owned();
