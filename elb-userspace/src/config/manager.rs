@@ -543,36 +543,17 @@ impl ConfigManager {
     fn rebuild_services(&mut self, changed: &BTreeSet<String>) -> Vec<EntryError> {
         let previous = Arc::clone(&self.services);
         let prefix = self.layout.services_prefix();
-        let mut errors = Vec::new();
-        let mut candidates = Vec::new();
-        for (key, value) in self
+        let documents = self
             .kv
             .range(prefix.to_owned()..)
             .take_while(|(k, _)| k.starts_with(prefix))
-        {
-            let Some(StoreKey::Service { name }) = self.layout.parse(key) else {
-                continue;
-            };
-            match L4Service::parse(name, value) {
-                Ok(service) => candidates.push(match previous.get(name) {
-                    Some(current) if **current == service => Arc::clone(current),
-                    _ => Arc::new(service),
-                }),
-                Err(err) => {
-                    if changed.contains(name) {
-                        errors.push(err.into());
-                    }
-                    candidates.extend(previous.get(name).cloned());
-                }
-            }
-        }
-        let unchanged = |service: &Arc<L4Service>| {
-            previous
-                .get(&service.name)
-                .is_some_and(|current| Arc::ptr_eq(current, service))
-        };
-        // Stable sort: within each group the order stays by name.
-        candidates.sort_by_key(|service| !unchanged(service));
+            .filter_map(|(key, value)| match self.layout.parse(key) {
+                Some(StoreKey::Service { name }) => Some((name, value.as_str())),
+                _ => None,
+            });
+        let (candidates, errors) =
+            documents::candidates(documents, L4Service::parse, &previous, changed);
+        let mut errors: Vec<EntryError> = errors.into_iter().map(Into::into).collect();
         let mut claimed: HashMap<_, String> = HashMap::new();
         let mut services = BTreeMap::new();
         for candidate in candidates {
@@ -606,12 +587,7 @@ impl ConfigManager {
                 }
             }
         }
-        let unchanged_map = services.len() == previous.len()
-            && services
-                .iter()
-                .zip(previous.iter())
-                .all(|((a, x), (b, y))| a == b && Arc::ptr_eq(x, y));
-        if !unchanged_map {
+        if !documents::same_entries(&services, &previous) {
             self.services = Arc::new(services);
         }
         errors
@@ -624,35 +600,17 @@ impl ConfigManager {
     fn rebuild_listeners(&mut self, changed: &BTreeSet<String>) -> Vec<EntryError> {
         let previous = Arc::clone(&self.listeners);
         let prefix = self.layout.listeners_prefix();
-        let mut errors = Vec::new();
-        let mut candidates = Vec::new();
-        for (key, value) in self
+        let documents = self
             .kv
             .range(prefix.to_owned()..)
             .take_while(|(k, _)| k.starts_with(prefix))
-        {
-            let Some(StoreKey::Listener { name }) = self.layout.parse(key) else {
-                continue;
-            };
-            match Listener::parse(name, value) {
-                Ok(listener) => candidates.push(match previous.get(name) {
-                    Some(current) if **current == listener => Arc::clone(current),
-                    _ => Arc::new(listener),
-                }),
-                Err(err) => {
-                    if changed.contains(name) {
-                        errors.push(err.into());
-                    }
-                    candidates.extend(previous.get(name).cloned());
-                }
-            }
-        }
-        let serving = |listener: &Arc<Listener>| {
-            previous
-                .get(&listener.name)
-                .is_some_and(|current| Arc::ptr_eq(current, listener))
-        };
-        candidates.sort_by_key(|listener| !serving(listener));
+            .filter_map(|(key, value)| match self.layout.parse(key) {
+                Some(StoreKey::Listener { name }) => Some((name, value.as_str())),
+                _ => None,
+            });
+        let (candidates, errors) =
+            documents::candidates(documents, Listener::parse, &previous, changed);
+        let mut errors: Vec<EntryError> = errors.into_iter().map(Into::into).collect();
         let mut claimed: HashMap<std::net::SocketAddr, String> = self
             .static_own
             .listen()
@@ -677,12 +635,7 @@ impl ConfigManager {
                 }
             }
         }
-        let unchanged = listeners.len() == previous.len()
-            && listeners
-                .iter()
-                .zip(previous.iter())
-                .all(|((a, x), (b, y))| a == b && Arc::ptr_eq(x, y));
-        if !unchanged {
+        if !documents::same_entries(&listeners, &previous) {
             self.listeners = Arc::new(listeners);
             self.own = self
                 .static_own
@@ -789,5 +742,6 @@ fn same_servers(a: &[Server], b: &[Server]) -> bool {
             .all(|(x, y)| x.name == y.name && x.params == y.params)
 }
 
+mod documents;
 #[cfg(test)]
 mod tests;
