@@ -137,6 +137,26 @@ impl ElbProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The log without its colour codes (`ESC [ ... m`), for matching
+    /// fields such as `requests=3`.
+    pub fn plain_log(&self) -> String {
+        let log = self.log();
+        let mut out = String::with_capacity(log.len());
+        let mut chars = log.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for c in chars.by_ref() {
+                    if c == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
     /// Waits until `ready()` holds, failing early (with the log) if elb exits.
     pub fn wait_until(&mut self, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
         let deadline = Instant::now() + timeout;

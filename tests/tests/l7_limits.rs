@@ -47,7 +47,7 @@ fn beyond_max_connections_new_clients_get_503_and_one_log_line() {
     for _ in 0..3 {
         assert_eq!(status_of_new_connection(addr), Ok(503));
     }
-    let log = plain(&s.elb.process.log());
+    let log = s.elb.process.plain_log();
     assert_eq!(count(&log, "reached --max-connections"), 1, "{log}");
 
     drop(held);
@@ -59,7 +59,7 @@ fn beyond_max_connections_new_clients_get_503_and_one_log_line() {
     // The slot is free a moment before the line is written.
     let deadline = Instant::now() + Duration::from_secs(5);
     let log = loop {
-        let log = plain(&s.elb.process.log());
+        let log = s.elb.process.plain_log();
         if log.contains("back under --max-connections") || Instant::now() > deadline {
             break log;
         }
@@ -104,7 +104,7 @@ fn a_server_at_its_connection_cap_gets_503_and_keeps_its_health() {
             );
         }
     }
-    let log = plain(&s.elb.process.log());
+    let log = s.elb.process.plain_log();
     assert_eq!(count(&log, "upstream connection limit reached"), 1, "{log}");
 
     // At the cap a finished connection is closed, not pooled; its slot
@@ -258,28 +258,9 @@ fn the_soft_fd_limit_is_raised_to_the_hard_one_at_start() {
         .expect("Max open files line");
     let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
     assert_eq!(numbers, ["4096", "4096"], "{open_files}");
-    let log = plain(&elb.log());
+    let log = elb.plain_log();
     assert!(log.contains("soft=4096 was=1024 hard=4096"), "{log}");
     // The default budget comes from it: (4096 - 512) / 2.
     assert!(log.contains("max_connections=1792"), "{log}");
     let _ = elb.stop();
-}
-
-/// The log without its colour codes.
-fn plain(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // ESC [ ... m
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

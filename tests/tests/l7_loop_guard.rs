@@ -84,7 +84,7 @@ fn a_stored_server_that_is_elb_itself_is_skipped_at_load() {
     std::fs::write(elb.state_dir.join("state.json"), state.to_string()).expect("write state");
 
     let elb = L7Builder::same_as(&elb).start().expect("restart elb");
-    let log = plain(&elb.process.log());
+    let log = elb.process.plain_log();
     assert!(
         log.contains("skipping a bad entry") && log.contains(&format!("server \"{}\"", elb.addr)),
         "{log}"
@@ -182,7 +182,7 @@ fn a_request_carrying_this_elbs_via_entry_gets_508() {
         )),
         "{passed:?}"
     );
-    let log = plain(&s.elb.process.log());
+    let log = s.elb.process.plain_log();
     assert!(log.contains("508 Loop Detected"), "{log}");
 }
 
@@ -198,7 +198,7 @@ fn a_loop_through_two_elbs_ends_with_508() {
     let response = a.elb.get("loop.test", "/", None);
     assert_eq!(response.status, 508, "{}", response.text());
     // The request went A → B → A once: each answered one request.
-    assert!(plain(&a.elb.process.log()).contains("508 Loop Detected"));
+    assert!(a.elb.process.plain_log().contains("508 Loop Detected"));
     // Both still serve.
     for elb in [&a.elb, &b.elb] {
         assert_eq!(
@@ -208,25 +208,6 @@ fn a_loop_through_two_elbs_ends_with_508() {
             200
         );
     }
-}
-
-/// The log without its colour codes.
-fn plain(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // ESC [ ... m
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The same from etcd, written behind elb's back: the bad server and the
@@ -273,7 +254,7 @@ fn a_server_that_is_elb_itself_from_etcd_is_skipped() {
         );
     }
     assert_eq!(elb.get("self.test", "/", None).status, 404);
-    let log = plain(&elb.process.log());
+    let log = elb.process.plain_log();
     assert!(
         log.contains(&format!("server \"{}\"", elb.addr)) && log.contains("self.test"),
         "both skips are logged: {log}"
