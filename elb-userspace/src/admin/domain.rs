@@ -31,8 +31,7 @@ pub async fn put(config: &ConfigService, body: Value) -> AdminResult {
     config
         .write(|manager| {
             for (domain, doc) in domains {
-                validate_key_segment("domain", domain)?;
-                rules::compile(domain, doc).map_err(|e| e.to_string())?;
+                validate(domain, doc)?;
                 ops.push(KvOp::Put {
                     key: manager.layout().rule_key(domain),
                     value: doc.to_string(),
@@ -42,6 +41,13 @@ pub async fn put(config: &ConfigService, body: Value) -> AdminResult {
         })
         .await?;
     ok()
+}
+
+/// One domain of a PUT body: its name and its rule document.
+pub fn validate(domain: &str, doc: &Value) -> Result<(), String> {
+    validate_key_segment("domain", domain)?;
+    rules::compile(domain, doc).map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 pub async fn delete(config: &ConfigService, body: Value) -> AdminResult {
