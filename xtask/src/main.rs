@@ -2,6 +2,7 @@
 mod bench;
 mod cmd;
 mod ebpf;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -40,6 +41,17 @@ enum Task {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Run every fuzz target (libFuzzer targets in fuzz/, then the XDP
+    /// packet fuzzer) for a time budget each; print a Markdown table of
+    /// executions, exec/s and crashes; fail on a crash.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Only this target (see `cd fuzz && cargo fuzz list`, or `xdp`).
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Set up if needed, build, check formatting and lints, run every test.
     Test {
         /// Extra arguments for `cargo test`, e.g. `-- --nocapture`.
@@ -57,6 +69,13 @@ fn main() -> std::process::ExitCode {
         Task::Run { args } => run_elb(&root, &args),
         Task::Test { args } => test::run(&root, &args),
         Task::Bench { name, rounds } => bench::run(&root, &name, rounds),
+        Task::Fuzz { time, target } => fuzz::run(
+            &root,
+            &fuzz::Options {
+                seconds: time,
+                target,
+            },
+        ),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

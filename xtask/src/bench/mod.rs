@@ -29,7 +29,7 @@ pub fn run(root: &Path, name: &str, rounds: usize) -> Result<()> {
 }
 
 /// Builds a bench runner of the tests crate (release), returning its path.
-fn build_runner(root: &Path, bin: &str) -> Result<std::path::PathBuf> {
+pub(crate) fn build_runner(root: &Path, bin: &str) -> Result<std::path::PathBuf> {
     crate::cmd::cargo(root)
         .args(["build", "--release", "--package", "elb-tests", "--bin", bin])
         .run(&format!("building the bench runner {bin}"))?;
