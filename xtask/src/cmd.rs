@@ -88,3 +88,26 @@ pub fn cargo(root: &Path) -> Step {
 pub fn exec(program: &Path, args: &[String]) -> std::io::Error {
     Command::new(program).args(args).exec()
 }
+
+impl Step {
+    /// Runs with stdout and stderr appended to `log`, for output that is
+    /// parsed afterwards; returns the exit status, whatever it is.
+    pub fn run_logged(mut self, what: &str, log: &Path) -> Result<std::process::ExitStatus> {
+        eprintln!(
+            "xtask: {what}: {} (output in {})",
+            describe(&self.command),
+            log.display()
+        );
+        let file = std::fs::File::create(log)
+            .with_context(|| format!("{what}: cannot create {}", log.display()))?;
+        let err = file
+            .try_clone()
+            .with_context(|| format!("{what}: cannot reopen {}", log.display()))?;
+        self.command
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .status()
+            .with_context(|| format!("{what}: cannot start {}", describe(&self.command)))
+    }
+}

@@ -78,8 +78,13 @@ fn build_object(
 
     let built = target_dir.join(TARGET).join(profile).join("elb");
     std::fs::create_dir_all(object.parent().context("object path has a parent")?)?;
-    std::fs::copy(&built, object)
-        .with_context(|| format!("copying {} to {}", built.display(), object.display()))?;
+    // Only a changed object is copied: a new mtime makes elb-userspace's
+    // build script run again, and everything that embeds it rebuild.
+    let bytes = std::fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
+    if std::fs::read(object).ok().as_deref() != Some(bytes.as_slice()) {
+        std::fs::write(object, &bytes)
+            .with_context(|| format!("copying {} to {}", built.display(), object.display()))?;
+    }
     eprintln!("xtask: eBPF object: {}", object.display());
     Ok(object.to_path_buf())
 }

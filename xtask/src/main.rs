@@ -2,6 +2,7 @@
 mod bench;
 mod cmd;
 mod ebpf;
+mod fuzz;
 mod setup;
 mod soak;
 mod test;
@@ -61,6 +62,20 @@ enum Task {
         #[arg(long)]
         samples: Option<PathBuf>,
     },
+    /// Run every fuzz target (libFuzzer targets in fuzz/, then the XDP
+    /// packet fuzzer) for a time budget each; print a Markdown table of
+    /// executions, exec/s and crashes; fail on a crash.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Only this target (see `cd fuzz && cargo fuzz list`, or `xdp`).
+        #[arg(long)]
+        target: Option<String>,
+        /// cargo-fuzz's sanitizer (`address`, or `none` for speed).
+        #[arg(long, default_value = "address")]
+        sanitizer: String,
+    },
     /// Set up if needed, build, check formatting and lints, run every test.
     Test {
         /// Extra arguments for `cargo test`, e.g. `-- --nocapture`.
@@ -86,6 +101,19 @@ fn main() -> std::process::ExitCode {
             samples,
         } => soak::runner_args(minutes, seconds, seed, rate, samples.as_deref())
             .and_then(|args| soak::run(&root, &args)),
+        Task::Fuzz {
+            time,
+            target,
+            sanitizer,
+        } => fuzz::run(
+            &root,
+            &fuzz::Options {
+                seconds: time,
+                target,
+                with_xdp: true,
+                sanitizer,
+            },
+        ),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

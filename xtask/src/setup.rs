@@ -43,6 +43,7 @@ const EBPF_COMPONENTS: &[&str] = &["rust-src", "clippy", "rustfmt"];
 enum Requirement {
     EbpfToolchain(String),
     BpfLinker,
+    CargoFuzz,
     AptPackages(Vec<String>),
 }
 
@@ -53,6 +54,7 @@ impl Requirement {
                 format!("Rust {channel} with {}", EBPF_COMPONENTS.join(", "))
             }
             Self::BpfLinker => format!("bpf-linker {BPF_LINKER_VERSION}"),
+            Self::CargoFuzz => "cargo-fuzz".to_owned(),
             Self::AptPackages(packages) => format!("Debian packages {}", packages.join(" ")),
         }
     }
@@ -66,6 +68,8 @@ pub fn run(root: &Path) -> Result<()> {
     })?;
     // bpf-linker links against the nightly's LLVM, so it comes second.
     report(&Requirement::BpfLinker, || install_bpf_linker(&channel))?;
+    // `cargo xtask fuzz` and the fuzz step of `cargo xtask test`.
+    report(&Requirement::CargoFuzz, install_cargo_fuzz)?;
     let missing_packages = missing_apt_packages();
     if missing_packages.is_empty() {
         eprintln!(
@@ -87,6 +91,7 @@ pub fn ensure(root: &Path) -> Result<()> {
     let channel = ebpf_toolchain(root)?;
     let ready = is_satisfied(&Requirement::EbpfToolchain(channel))
         && is_satisfied(&Requirement::BpfLinker)
+        && is_satisfied(&Requirement::CargoFuzz)
         && missing_apt_packages().is_empty();
     if ready { Ok(()) } else { run(root) }
 }
@@ -125,16 +130,35 @@ fn is_satisfied(requirement: &Requirement) -> bool {
             .args(["--version"])
             .probe()
             .is_some_and(|out| out.contains(BPF_LINKER_VERSION)),
+        // `cargo fuzz --version` needs no nightly; any version will do.
+        Requirement::CargoFuzz => Step::new(cargo_program())
+            .args(["fuzz", "--version"])
+            .probe()
+            .is_some_and(|out| out.starts_with("cargo-fuzz")),
         Requirement::AptPackages(packages) => packages.iter().all(|p| apt_installed(p)),
     }
+}
+
+fn cargo_program() -> std::ffi::OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+fn install_cargo_fuzz() -> Result<()> {
+    Step::new(cargo_program())
+        .args(["install", "cargo-fuzz", "--locked"])
+        .run("installing cargo-fuzz")
 }
 
 /// The eBPF toolchain channel, read from elb-ebpf/rust-toolchain.toml so it
 /// is written down in one place.
 pub fn ebpf_toolchain(root: &Path) -> Result<String> {
-    let path = root.join("elb-ebpf/rust-toolchain.toml");
+    toolchain_channel(&root.join("elb-ebpf/rust-toolchain.toml"))
+}
+
+/// The `channel` a rust-toolchain.toml names.
+pub fn toolchain_channel(path: &Path) -> Result<String> {
     let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     text.lines()
         .filter_map(|line| line.trim().strip_prefix("channel"))
         .filter_map(|rest| rest.trim().strip_prefix('='))
@@ -181,7 +205,7 @@ fn install_bpf_linker(channel: &str) -> Result<()> {
         std::os::unix::fs::symlink(&libllvm, &link)
             .with_context(|| format!("linking {} to {}", link.display(), libllvm.display()))?;
     }
-    Step::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    Step::new(cargo_program())
         .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
         .args(["--locked", "--force"])
         .env("LLVM_PREFIX", &prefix)

@@ -6,8 +6,14 @@ use anyhow::Result;
 use crate::{
     cmd,
     ebpf::{self, TARGET},
-    setup, soak,
+    fuzz, setup, soak,
 };
+
+/// Seconds each fuzz target runs in CI, from its committed seeds: long
+/// enough to replay the seeds and mutate past them, short enough that the
+/// fuzz step (building the targets from scratch with ASan included) stays
+/// within about five minutes.
+const CI_FUZZ_SECONDS: u64 = 10;
 
 pub fn run(root: &Path, extra_args: &[String]) -> Result<()> {
     setup::ensure(root)?;
@@ -16,6 +22,11 @@ pub fn run(root: &Path, extra_args: &[String]) -> Result<()> {
     cmd::cargo(root)
         .args(["fmt", "--all", "--check"])
         .run("checking formatting")?;
+    // The fuzz crate is a workspace of its own (nightly only).
+    ebpf::ebpf_cargo(root)?
+        .current_dir(&root.join("fuzz"))
+        .args(["fmt", "--check"])
+        .run("checking formatting of the fuzz crate")?;
     ebpf::ebpf_cargo(root)?
         .args(["fmt", "--check"])
         .run("checking formatting of the eBPF crate")?;
@@ -56,6 +67,16 @@ pub fn run(root: &Path, extra_args: &[String]) -> Result<()> {
         .args(extra_args)
         .env("ELB_BIN", root.join("target/debug/elb"))
         .run("running the tests")?;
+    fuzz::run(
+        root,
+        &fuzz::Options {
+            seconds: CI_FUZZ_SECONDS,
+            target: None,
+            // The XDP fuzzer ran above, as the `xdp_fuzz` test.
+            with_xdp: false,
+            sanitizer: "address".to_owned(),
+        },
+    )?;
     // A short soak: mixed load while backends and etcd are killed.
     soak::run_debug(root, 60)
 }

@@ -82,7 +82,7 @@ pub async fn delete(config: &ConfigService, body: Value) -> AdminResult {
 
 /// The body's entries, sorted and deduplicated; a 400 naming the first bad
 /// one.
-fn parse_body(body: &Value) -> Result<Vec<Cidr>, AdminError> {
+pub fn parse_body(body: &Value) -> Result<Vec<Cidr>, AdminError> {
     let texts = expect_string_list(body, "CIDRs like \"10.0.0.0/8\"")?;
     if texts.len() > MAX_ACL_ENTRIES {
         return Err(AdminError::bad_request(

@@ -39,14 +39,13 @@ pub async fn put(config: &ConfigService, body: Value) -> AdminResult {
             let mut seen: HashMap<String, &str> = HashMap::new();
             let others = other_spellings(manager);
             for (domain, doc) in domains {
-                let canonical = normalize_domain(domain)?;
+                let (canonical, rules) = validate(domain, doc)?;
                 if let Some(first) = seen.insert(canonical.clone(), domain) {
                     return Err(format!(
                         "domains {first:?} and {domain:?} are the same domain {canonical:?} \
                          (Host matching is case-insensitive): send one of them"
                     ));
                 }
-                let rules = rules::compile(&canonical, doc).map_err(|e| e.to_string())?;
                 manager
                     .own_addrs()
                     .check_servernames(rules.servernames())
@@ -67,6 +66,14 @@ pub async fn put(config: &ConfigService, body: Value) -> AdminResult {
         })
         .await?;
     ok()
+}
+
+/// One domain of a PUT body, checked on its own: its canonical name (the
+/// key it is stored under) and its compiled rules.
+pub fn validate(domain: &str, doc: &Value) -> Result<(String, rules::CompiledRules), String> {
+    let canonical = normalize_domain(domain)?;
+    let rules = rules::compile(&canonical, doc).map_err(|e| e.to_string())?;
+    Ok((canonical, rules))
 }
 
 /// Deletes each named domain under every spelling stored; a name that is

@@ -3,14 +3,14 @@
 //! through [`ConfigService::write`]: validated, one store transaction, then
 //! applied.
 pub mod access;
-mod acl;
+pub mod acl;
 mod cert;
-mod domain;
+pub mod domain;
 mod dump;
 mod listener;
 mod policy;
 mod service;
-mod upstream;
+pub mod upstream;
 
 use std::{
     net::IpAddr,
@@ -70,6 +70,14 @@ impl AdminError {
             message: message.into(),
             allow: None,
         }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
     }
 
     fn method_not_allowed(method: &Method, path: &str, allow: &'static str) -> Self {
@@ -404,7 +412,7 @@ async fn delete_existing(
 }
 
 /// The body as a JSON object, or a 400 naming what was expected.
-fn expect_object<'v>(
+pub fn expect_object<'v>(
     body: &'v Value,
     what: &str,
 ) -> Result<&'v serde_json::Map<String, Value>, AdminError> {
@@ -413,7 +421,7 @@ fn expect_object<'v>(
 }
 
 /// The body as a JSON array of strings, or a 400 naming the bad element.
-fn expect_string_list(body: &Value, what: &str) -> Result<Vec<String>, AdminError> {
+pub fn expect_string_list(body: &Value, what: &str) -> Result<Vec<String>, AdminError> {
     let items = body.as_array().ok_or_else(|| {
         AdminError::bad_request(format!("the body must be a JSON array of {what}"))
     })?;

@@ -37,42 +37,25 @@ pub async fn put(config: &ConfigService, body: Value) -> AdminResult {
         .write(|manager| {
             let mut ops = Vec::new();
             for (name, servers) in upstreams {
-                validate_key_segment("upstream", name)?;
-                let servers = servers.as_object().ok_or_else(|| {
-                    format!("upstream {name:?}: expected an object of \"host:port\": \"params\"")
-                })?;
-                if servers.is_empty() {
-                    return Err(format!(
-                        "upstream {name:?} has no servers (to remove it, DELETE it)"
-                    ));
-                }
-                let mut entries = Vec::with_capacity(servers.len());
-                for (server, params) in servers {
-                    let error = |message: String| {
-                        format!("upstream {name:?}, server {server:?}: {message}")
-                    };
-                    validate_server_address(server).map_err(|e| error(e.to_string()))?;
+                let entries = validate(name, servers)?;
+                for (server, _) in &entries {
                     manager
                         .own_addrs()
                         .check(server)
-                        .map_err(|e| error(e.to_string()))?;
-                    let params = params.as_str().ok_or_else(|| {
-                        error(format!("parameters must be a string, got {params}"))
-                    })?;
-                    parse_params(params).map_err(|e| error(e.to_string()))?;
-                    entries.push((
-                        manager.layout().server_key(name, server),
-                        params.trim().to_owned(),
-                    ));
+                        .map_err(|e| format!("upstream {name:?}, server {server:?}: {e}"))?;
                 }
                 // L4 services forward to addresses: keep their upstreams usable.
                 for service in manager.services().values() {
                     if service.upstream == *name {
                         service
-                            .check_servers(servers.keys().map(String::as_str))
+                            .check_servers(entries.iter().map(|(server, _)| server.as_str()))
                             .map_err(|e| e.to_string())?;
                     }
                 }
+                let entries = entries
+                    .into_iter()
+                    .map(|(server, params)| (manager.layout().server_key(name, &server), params))
+                    .collect();
                 ops.extend(
                     manager.replace_prefix_ops(&manager.layout().upstream_prefix(name), entries),
                 );
@@ -81,6 +64,31 @@ pub async fn put(config: &ConfigService, body: Value) -> AdminResult {
         })
         .await?;
     ok()
+}
+
+/// One upstream of a PUT body: `{"host:port": "params"}`, checked, as the
+/// `(server, params)` pairs to store.
+pub fn validate(name: &str, servers: &Value) -> Result<Vec<(String, String)>, String> {
+    validate_key_segment("upstream", name)?;
+    let servers = servers.as_object().ok_or_else(|| {
+        format!("upstream {name:?}: expected an object of \"host:port\": \"params\"")
+    })?;
+    if servers.is_empty() {
+        return Err(format!(
+            "upstream {name:?} has no servers (to remove it, DELETE it)"
+        ));
+    }
+    let mut entries = Vec::with_capacity(servers.len());
+    for (server, params) in servers {
+        let error = |message: String| format!("upstream {name:?}, server {server:?}: {message}");
+        validate_server_address(server).map_err(|e| error(e.to_string()))?;
+        let params = params
+            .as_str()
+            .ok_or_else(|| error(format!("parameters must be a string, got {params}")))?;
+        parse_params(params).map_err(|e| error(e.to_string()))?;
+        entries.push((server.clone(), params.trim().to_owned()));
+    }
+    Ok(entries)
 }
 
 /// Deletes the named upstreams; replies `{name: existed}`.

@@ -28,7 +28,7 @@ pub fn run(root: &Path, name: &str, rounds: usize) -> Result<()> {
     }
 }
 
-/// Builds a runner of the tests crate (release), returning its path.
+/// Builds a bench runner of the tests crate (release), returning its path.
 pub(crate) fn build_runner(root: &Path, bin: &str) -> Result<std::path::PathBuf> {
     crate::cmd::cargo(root)
         .args(["build", "--release", "--package", "elb-tests", "--bin", bin])
