@@ -14,7 +14,7 @@
 use elb_userspace::{
     admin::{self, AdminError},
     config::{
-        KeyLayout, L4Service, StoreKey, acl,
+        KeyLayout, L4Service, OwnAddrs, StoreKey, acl,
         manager::{compile_domain, parse_servers},
         policy::Policy,
         zones::Zones,
@@ -138,6 +138,8 @@ fn upstream_put(layout: &KeyLayout, body: &Value) {
                 .iter()
                 .map(|(s, p)| (s.as_str(), p.as_str()))
                 .collect(),
+            // No listeners here: no server is elb's own address.
+            &OwnAddrs::new(Vec::new()),
         )
         .expect("the store reads the servers the admin API accepted");
     }

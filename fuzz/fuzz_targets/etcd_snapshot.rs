@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use elb_userspace::{
     config::{
-        ConfigManager, KeyLayout, L4Service, StoreKey, acl,
+        ConfigManager, KeyLayout, L4Service, StoreKey, acl, keys,
         manager::{compile_domain, parse_servers},
     },
     rules::RegexCache,
@@ -93,7 +93,10 @@ fn check_serves_the_valid_entries(manager: &ConfigManager, layout: &KeyLayout, k
                     domains.insert(domain.to_owned());
                 }
             }
-            Some(StoreKey::Server { upstream, .. }) => {
+            // `..` or `*` as an upstream name is skipped, like a bad server.
+            Some(StoreKey::Server { upstream, .. })
+                if keys::validate_key_segment("upstream", upstream).is_ok() =>
+            {
                 upstreams.insert(upstream.to_owned());
             }
             Some(StoreKey::Acl { cidr }) => acl_entries.extend(acl::parse_entry(cidr).ok()),
@@ -119,7 +122,7 @@ fn check_serves_the_valid_entries(manager: &ConfigManager, layout: &KeyLayout, k
             .take_while(|(k, _)| k.starts_with(&prefix))
             .filter_map(|(k, v)| Some((k.strip_prefix(&prefix)?, v.as_str())))
             .collect();
-        parse_servers(name, servers).is_ok()
+        parse_servers(name, servers, manager.own_addrs()).is_ok()
     });
     let served: BTreeSet<String> = manager.upstreams().keys().cloned().collect();
     assert_eq!(served, upstreams, "served upstreams");

@@ -24,11 +24,11 @@ use std::{
 };
 
 use elb_userspace::{
-    config::{DomainEntry, Snapshot},
+    config::{DomainEntry, Snapshot, manager::compile_domain},
     proxy::headers::{
         ClientAddr, X_FORWARDED_FOR, add_forwarded, strip_hop_by_hop, upgrade_protocol,
     },
-    rules,
+    rules::{self, RegexCache},
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Uri, header};
 use libfuzzer_sys::fuzz_target;
@@ -124,10 +124,10 @@ fn snapshot() -> &'static Snapshot {
         ]
         .into_iter()
         .map(|domain| {
-            Arc::new(DomainEntry {
-                domain: domain.to_owned(),
-                rules: rules::compile(domain, &doc).expect("a fixed document"),
-            })
+            Arc::new(
+                compile_domain(domain, domain, &doc.to_string(), &RegexCache::default())
+                    .expect("a fixed document"),
+            )
         })
         .collect();
         Snapshot::new(&entries, &[])
@@ -153,6 +153,8 @@ fn check_hop_by_hop(headers: &HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|token| token.trim().to_ascii_lowercase())
+        // `Connection: Host` never strips the Host elb routed by.
+        .filter(|token| token != "host")
         .collect();
     let upgrade = upgrade_protocol(headers);
     let mut stripped = headers.clone();
