@@ -120,7 +120,10 @@ fn check_serves_the_valid_entries(manager: &ConfigManager, layout: &KeyLayout, k
         let servers: Vec<(&str, &str)> = kv
             .range(prefix.clone()..)
             .take_while(|(k, _)| k.starts_with(&prefix))
-            .filter_map(|(k, v)| Some((k.strip_prefix(&prefix)?, v.as_str())))
+            .filter_map(|(k, v)| match layout.parse(k) {
+                Some(StoreKey::Server { server, .. }) => Some((server, v.as_str())),
+                _ => None,
+            })
             .collect();
         parse_servers(name, servers, manager.own_addrs()).is_ok()
     });

@@ -440,12 +440,19 @@ impl ConfigManager {
         errors
     }
 
+    /// The server keys under the upstream's prefix. A deeper key
+    /// (`/ELB/upstreams/up1/a/b`, hand-written) is no server: counting it
+    /// made the upstream bad once its real servers were deleted, so a
+    /// running elb kept serving them while a restarted one had none.
     fn servers_of(&self, upstream: &str) -> Vec<(&str, &str)> {
         let prefix = self.layout.upstream_prefix(upstream);
         self.kv
             .range(prefix.clone()..)
             .take_while(|(k, _)| k.starts_with(&prefix))
-            .filter_map(|(k, v)| Some((k.strip_prefix(&prefix)?, v.as_str())))
+            .filter_map(|(k, v)| match self.layout.parse(k) {
+                Some(StoreKey::Server { server, .. }) => Some((server, v.as_str())),
+                _ => None,
+            })
             .collect()
     }
 

@@ -394,3 +394,24 @@ fn a_configured_listener_is_one_of_elbs_own_addresses() {
             .is_empty()
     );
 }
+
+#[test]
+fn a_deeper_key_under_an_upstream_is_no_server_and_deleting_the_servers_removes_it() {
+    // Found by the etcd_snapshot fuzz target: a running elb and a restarted
+    // one disagreed.
+    let mut m = manager();
+    m.apply(&[put("/ELB/upstreams/up1/127.0.0.1:8088", "weight=3")]);
+    m.apply(&[put("/ELB/upstreams/up1/[::0]:80/web", "x")]);
+    assert!(m.upstreams().contains_key("up1"));
+    let errors = m.apply(&[KvOp::DeletePrefix {
+        prefix: "/ELB/upstreams/up1/127.0.0.1:".to_owned(),
+    }]);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(
+        !m.upstreams().contains_key("up1"),
+        "the deleted server serves on"
+    );
+    let mut restarted = manager();
+    restarted.replace_all(m.kv().clone());
+    assert!(!restarted.upstreams().contains_key("up1"));
+}
