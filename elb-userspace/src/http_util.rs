@@ -51,3 +51,16 @@ fn with_content_type(
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
+
+/// "a string", "an object"...: what a JSON value is, for error messages.
+pub fn json_kind(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

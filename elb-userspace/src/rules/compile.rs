@@ -5,6 +5,7 @@ use http::{HeaderName, HeaderValue};
 
 use super::pattern::Pattern;
 use super::regex_cache::RegexCache;
+use crate::http_util::json_kind;
 use serde_json::{Map, Value};
 
 use super::error::RuleError;
@@ -42,7 +43,7 @@ pub fn compile_cached(
     let Value::Object(top) = doc else {
         return Err(document_error(format!(
             "the rule document must be a JSON object, got {}",
-            describe(doc)
+            json_kind(doc)
         )));
     };
     let init = match top.get("init") {
@@ -51,7 +52,7 @@ pub fn compile_cached(
         Some(other) => {
             return Err(document_error(format!(
                 r#""init" must be a string naming a rule, got {}"#,
-                describe(other)
+                json_kind(other)
             )));
         }
     };
@@ -61,7 +62,7 @@ pub fn compile_cached(
         Some(other) => {
             return Err(document_error(format!(
                 r#""rules" must be a JSON object of named rules, got {}"#,
-                describe(other)
+                json_kind(other)
             )));
         }
     };
@@ -123,7 +124,7 @@ fn compile_rule(
     let Value::Object(rule) = rule else {
         return Err(rule_error(format!(
             "a rule must be a JSON object, got {}",
-            describe(rule)
+            json_kind(rule)
         )));
     };
     let rule_type = match rule.get("type") {
@@ -137,7 +138,7 @@ fn compile_rule(
         Some(other) => {
             return Err(rule_error(format!(
                 r#""type" must be a string, got {}"#,
-                describe(other)
+                json_kind(other)
             )));
         }
     };
@@ -147,7 +148,7 @@ fn compile_rule(
         Some(other) => {
             return Err(rule_error(format!(
                 r#""args" must be a JSON object, got {}"#,
-                describe(other)
+                json_kind(other)
             )));
         }
     };
@@ -195,7 +196,7 @@ impl Args<'_> {
             None => Err(self.error(r#""pattern" is missing"#.to_owned())),
             Some(other) => Err(self.error(format!(
                 r#""pattern" must be a string, got {}"#,
-                describe(other)
+                json_kind(other)
             ))),
         }
     }
@@ -207,7 +208,7 @@ impl Args<'_> {
             Some(Value::Bool(flag)) => Ok(*flag),
             Some(other) => Err(self.error(format!(
                 "{key:?} must be true or false, got {}",
-                describe(other)
+                json_kind(other)
             ))),
         }
     }
@@ -252,7 +253,7 @@ impl Args<'_> {
             },
             Some(other) => Err(self.error(format!(
                 "{key:?} must be a string naming a rule, got {}",
-                describe(other)
+                json_kind(other)
             ))),
         }
     }
@@ -267,7 +268,7 @@ impl Args<'_> {
             Some(other) => {
                 return Err(self.error(format!(
                     r#""servername" must be a non-empty string, got {}"#,
-                    describe(other)
+                    json_kind(other)
                 )));
             }
         };
@@ -311,7 +312,7 @@ impl Args<'_> {
             other => {
                 return Err(self.error(format!(
                     "header {key:?} must be a string, number or boolean, got {}",
-                    describe(other)
+                    json_kind(other)
                 )));
             }
         };
@@ -379,16 +380,4 @@ fn find_cycle(nodes: &[Node]) -> Option<Vec<NodeIndex>> {
         }
     }
     None
-}
-
-/// "a string", "an object"...: what a JSON value is, for error messages.
-fn describe(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }

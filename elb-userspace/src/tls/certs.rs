@@ -7,6 +7,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use crate::http_util::json_kind;
 use rustls::{
     crypto::CryptoProvider,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
@@ -73,7 +74,7 @@ impl Certificate {
         let object = value.as_object().ok_or_else(|| {
             fail(format!(
                 "the document must be {{\"cert\": \"<PEM chain>\", \"key\": \"<PEM key>\"}}, got {}",
-                kind_of(value)
+                json_kind(value)
             ))
         })?;
         if let Some(field) = object
@@ -161,17 +162,6 @@ fn error(name: &str, reason: String) -> CertError {
     CertError {
         name: name.to_owned(),
         reason,
-    }
-}
-
-fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
