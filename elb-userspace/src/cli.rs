@@ -110,6 +110,11 @@ pub struct RunArgs {
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
 
+    /// On SIGTERM (or SIGINT), the longest elb waits for in-flight requests
+    /// after it stopped accepting; a second signal exits at once.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
     /// Time a client has to send its request head; 408 after, once it has
     /// sent part of one (an idle connection is closed without an answer).
     /// Also the longest a keep-alive connection may idle between requests.

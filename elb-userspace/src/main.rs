@@ -144,6 +144,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_header_bytes: args.max_header_bytes,
         max_headers: args.max_headers,
         clients: ClientLimit::new(budgets.clients),
+        drain_timeout: args.drain_timeout,
     };
     for addr in &listen_addrs {
         tracing::info!(%addr, workers, "listening for HTTP");
@@ -212,22 +213,42 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     tracing::info!(name = args.name, "elb running");
 
-    wait_for_shutdown_signal().await?;
-    tracing::info!("shutting down");
+    let mut signals = ShutdownSignals::install()?;
+    signals.next().await;
+    tracing::info!(
+        drain_timeout = ?args.drain_timeout,
+        "shutting down: no new connections; requests in flight finish (a second SIGTERM exits now)"
+    );
     let _ = shutdown_tx.send(true);
-    let _ = supervisor.await;
-    for worker in workers.threads {
-        let _ = worker.join();
-    }
-    let _ = monitor.join();
-    match l4 {
-        L4Running::Xdp { dataplane, sync } => {
-            let _ = sync.await;
-            dataplane.release(&args.name);
+    let stopped = async {
+        let _ = supervisor.await;
+        // Worker threads end once their connections have drained.
+        let _ = tokio::task::spawn_blocking(move || {
+            for worker in workers.threads {
+                let _ = worker.join();
+            }
+            let _ = monitor.join();
+        })
+        .await;
+        match l4 {
+            L4Running::Xdp { dataplane, sync } => {
+                let _ = sync.await;
+                dataplane.release(&args.name);
+            }
+            L4Running::Userspace(l4) => l4.wait().await,
         }
-        L4Running::Userspace(l4) => l4.wait().await,
+    };
+    tokio::select! {
+        () = stopped => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        () = signals.next() => {
+            tracing::warn!("second signal: exiting now, connections still open are cut");
+            // Not a return: the runtime would wait for the blocked joins.
+            std::process::exit(0);
+        }
     }
-    Ok(())
 }
 
 /// Raises the fd limit and splits it into the connection budgets.
@@ -372,12 +393,24 @@ fn teardown(args: &TeardownArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    tokio::select! {
-        _ = interrupt.recv() => {}
-        _ = terminate.recv() => {}
+/// SIGTERM and SIGINT: the first starts the drain, a second exits.
+struct ShutdownSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+        })
     }
-    Ok(())
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
 }

@@ -469,6 +469,11 @@ fn a_rotated_certificate_serves_new_handshakes_at_once_under_traffic() {
         }
         std::thread::sleep(Duration::from_millis(300));
     }
+    // Enough traffic to tell, however slow curl starts on a busy machine.
+    let waiting = Instant::now();
+    while done.load(Ordering::Relaxed) < 10 && waiting.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     stop.store(true, Ordering::Relaxed);
     traffic.join().expect("traffic thread");
     assert_eq!(failed.load(Ordering::Relaxed), 0, "failed requests");
