@@ -2,7 +2,8 @@
 //! server parameters: hyper behind tokio-rustls (certificates from
 //! [`crate::pki`]). Each answers with JSON naming itself, the HTTP version
 //! it got, the SNI name of the handshake, the path and headers; `/health`
-//! answers 200. It counts accepted connections (h2 multiplexing shows as
+//! answers 200; `/trailers` answers a body then the trailers
+//! `grpc-status: 0` and `grpc-message: fine` (as a gRPC server ends a call). It counts accepted connections (h2 multiplexing shows as
 //! few of them).
 use std::{
     collections::BTreeMap,
@@ -16,7 +17,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::{
     Request, Response,
     body::Incoming,
@@ -186,14 +187,24 @@ where
     }
 }
 
-async fn respond(
-    request: Request<Incoming>,
-    state: &State,
-    sni: Option<&str>,
-) -> Response<Full<Bytes>> {
+type Reply = Response<BoxBody<Bytes, Infallible>>;
+
+async fn respond(request: Request<Incoming>, state: &State, sni: Option<&str>) -> Reply {
     state.hits.fetch_add(1, Ordering::Relaxed);
     if request.uri().path() == "/health" {
-        return Response::new(Full::new(Bytes::from_static(b"health\n")));
+        return Response::new(Full::new(Bytes::from_static(b"health\n")).boxed());
+    }
+    if request.uri().path() == "/trailers" {
+        let mut trailers = hyper::HeaderMap::new();
+        trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+        trailers.insert(
+            "grpc-message",
+            hyper::header::HeaderValue::from_static("fine"),
+        );
+        let body = Full::new(Bytes::from_static(b"payload"))
+            .with_trailers(async move { Some(Ok(trailers)) })
+            .boxed();
+        return Response::new(body);
     }
     // `?delay_ms=N`: holds the answer (concurrent requests in flight).
     if let Some(ms) = request
@@ -225,6 +236,6 @@ async fn respond(
     let _ = request.into_body().collect().await;
     Response::builder()
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap_or_default()
+        .body(Full::new(Bytes::from(body.to_string())).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
 }

@@ -372,3 +372,58 @@ fn https_health_checks_use_the_upstream_tls_client() {
         assert_eq!(report(&get(&s.elb, "/"))["server"], "good");
     }
 }
+
+#[test]
+fn trailers_from_an_h2_server_reach_an_h2_client() {
+    let backend = backend("grpc-like", None, true);
+    let s = start_with(&[]);
+    route(&s.elb, &[(backend.addr().to_string(), "h2")]);
+    let h2c = SocketAddr::from(([127, 0, 0, 1], elb_tests::ports::free_port()));
+    s.elb.admin_ok(
+        "PUT",
+        "listener",
+        Some(json!({"clear": {"address": h2c.to_string(), "protocol": "http", "http2": true}})),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (body, trailers) = runtime.block_on(async {
+        // The listener opens live: retry the connection for a moment.
+        let started = Instant::now();
+        let tcp = loop {
+            match tokio::net::TcpStream::connect(h2c).await {
+                Ok(tcp) => break tcp,
+                Err(error) => {
+                    assert!(started.elapsed() < Duration::from_secs(5), "{error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        let (sender, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut sender = sender.ready().await.expect("ready");
+        let request = http::Request::get(format!("http://{HOST}/trailers"))
+            .header("te", "trailers")
+            .body(())
+            .expect("request");
+        let (response, _) = sender.send_request(request, true).expect("send");
+        let response = response.await.expect("response");
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.expect("data");
+            let _ = body.flow_control().release_capacity(chunk.len());
+            bytes.extend_from_slice(&chunk);
+        }
+        let trailers = body.trailers().await.expect("trailers");
+        (bytes, trailers)
+    });
+    assert_eq!(body, b"payload");
+    let trailers = trailers.expect("the server's trailers");
+    assert_eq!(trailers.get("grpc-status").expect("grpc-status"), "0");
+    assert_eq!(trailers.get("grpc-message").expect("grpc-message"), "fine");
+}
