@@ -64,6 +64,15 @@ pub struct RunArgs {
     #[arg(long, env = "STATSD", value_name = "HOST:PORT")]
     pub statsd: Option<String>,
 
+    /// Access log: a line per request to this file (appended; reopened on
+    /// SIGUSR1, for logrotate), or `-` for standard output. Off by default.
+    #[arg(long, value_name = "PATH|-")]
+    pub access_log: Option<String>,
+
+    /// The access log's line format.
+    #[arg(long, value_enum, default_value = "combined", requires = "access_log")]
+    pub access_log_format: crate::access_log::Format,
+
     /// The embedded store's file (default /var/lib/elb/<name>.json); with
     /// etcd, the local snapshot of etcd's state (default
     /// /var/lib/elb/<name>.etcd-snapshot.json).

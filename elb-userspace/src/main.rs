@@ -3,6 +3,7 @@ use std::{net::SocketAddr, sync::Arc};
 use anyhow::Context;
 use clap::Parser;
 use elb_userspace::{
+    access_log::{self, AccessLog},
     admin::{AdminApi, access::AccessPolicy},
     cli::{Cli, Command, L4Start, RunArgs, TeardownArgs},
     config::{ConfigManager, ConfigService, KeyLayout, OwnAddrs},
@@ -113,6 +114,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => None,
     };
 
+    let access_log = match &args.access_log {
+        Some(target) => Some(AccessLog::start(
+            access_log::Target::parse(target),
+            args.access_log_format,
+        )?),
+        None => None,
+    };
+
     let xdp = start_xdp(&args, l4_start)?;
 
     let admin = Arc::new(AdminApi::new(
@@ -188,6 +197,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 statsd.clone(),
                 proxy_settings.clone(),
             )
+            .with_access_log(access_log.clone())
         },
         &server_settings,
         guard.as_ref(),

@@ -54,6 +54,16 @@ enum Target<'a> {
     Literal(&'a str),
 }
 
+/// In a response's extensions when access logging is on: which upstream
+/// and server it came from (or failed at), and how long the server took.
+#[derive(Debug, Clone)]
+pub struct UpstreamUsed {
+    pub upstream: String,
+    pub server: Option<String>,
+    /// From the last try's start (connecting included) to its response head.
+    pub upstream_time: Option<Duration>,
+}
+
 pub async fn forward(
     proxy: &Proxy,
     snapshot: &Snapshot,
@@ -139,6 +149,7 @@ pub async fn forward(
     let mut unsent = Some(Request::from_parts(parts, body));
     let mut tried = Vec::with_capacity(MAX_TRIES);
     let mut last_failure = None;
+    let mut last_server = None;
     while tried.len() < MAX_TRIES {
         let request = match (unsent.take(), &spare) {
             (Some(request), _) => request,
@@ -154,12 +165,16 @@ pub async fn forward(
         let lease = lease(&target, index);
         let mut request = request;
         shape(&mut request, server, transport, te_trailers);
+        let try_started = Instant::now();
+        last_server = Some(server);
         match try_server(proxy, server, transport, request, watch, &lease).await {
             Attempt::Response(response) if !is_gateway_failure(response.status()) => {
                 report_success(&target, index);
+                let response = used(proxy, response, choice, server, Some(try_started));
                 return close_after_trailers(response, watch, client_version);
             }
             Attempt::Response(response) => {
+                let response = used(proxy, response, choice, server, Some(try_started));
                 report_failure(&target, index);
                 tracing::warn!(
                     server,
@@ -201,18 +216,57 @@ pub async fn forward(
             }
         }
     }
-    if tried.is_empty() {
-        return text(StatusCode::BAD_GATEWAY, "no live upstream server");
+    let response = if tried.is_empty() {
+        text(StatusCode::BAD_GATEWAY, "no live upstream server")
+    } else {
+        match last_failure {
+            Some(Failure::Timeout) => text(StatusCode::GATEWAY_TIMEOUT, "the upstream timed out"),
+            Some(Failure::AtLimit) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the upstream servers are at elb's connection limit",
+            ),
+            Some(Failure::Status(status)) => text(status, "the upstream failed"),
+            Some(Failure::Broken) | None => text(StatusCode::BAD_GATEWAY, "the upstream failed"),
+        }
+    };
+    match last_server {
+        Some(server) => used(proxy, response, choice, server, None),
+        None => used_upstream(proxy, response, choice),
     }
-    match last_failure {
-        Some(Failure::Timeout) => text(StatusCode::GATEWAY_TIMEOUT, "the upstream timed out"),
-        Some(Failure::AtLimit) => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the upstream servers are at elb's connection limit",
-        ),
-        Some(Failure::Status(status)) => text(status, "the upstream failed"),
-        Some(Failure::Broken) | None => text(StatusCode::BAD_GATEWAY, "the upstream failed"),
+}
+
+/// Tags `response` with [`UpstreamUsed`] when access logging is on.
+fn used(
+    proxy: &Proxy,
+    mut response: Response<Body>,
+    choice: &BackendChoice<'_>,
+    server: &str,
+    try_started: Option<Instant>,
+) -> Response<Body> {
+    if proxy.access_log.is_some() {
+        response.extensions_mut().insert(UpstreamUsed {
+            upstream: choice.servername.to_owned(),
+            server: Some(server.to_owned()),
+            upstream_time: try_started.map(|started| started.elapsed()),
+        });
     }
+    response
+}
+
+/// [`used`] when no server was tried.
+fn used_upstream(
+    proxy: &Proxy,
+    mut response: Response<Body>,
+    choice: &BackendChoice<'_>,
+) -> Response<Body> {
+    if proxy.access_log.is_some() {
+        response.extensions_mut().insert(UpstreamUsed {
+            upstream: choice.servername.to_owned(),
+            server: None,
+            upstream_time: None,
+        });
+    }
+    response
 }
 
 /// Asks hyper to close the client connection after `response` when the
