@@ -1,5 +1,6 @@
-//! Certificates made by the test (rcgen): a CA, an etcd server certificate
-//! for 127.0.0.1, and a client certificate, as PEM files in a directory.
+//! Certificates made by the test (rcgen): a CA, a server certificate (for
+//! etcd on 127.0.0.1, or for given names), and a client certificate, as PEM
+//! files in a directory.
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -30,6 +31,12 @@ pub struct ChainFiles {
 impl Chain {
     /// A new CA (named after `tag`) and the two leaf certificates it signs.
     pub fn new(tag: &str) -> Result<Self> {
+        Self::with_server_names(tag, "etcd", &["127.0.0.1", "localhost"])
+    }
+
+    /// [`Chain::new`] with a server certificate for `names` (common name
+    /// `cn`), e.g. a host name a TLS listener serves.
+    pub fn with_server_names(tag: &str, cn: &str, names: &[&str]) -> Result<Self> {
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -48,8 +55,8 @@ impl Chain {
             Ok((cert.pem(), key.serialize_pem()))
         };
         let (server_cert, server_key) = leaf(
-            vec!["127.0.0.1".into(), "localhost".into()],
-            "etcd",
+            names.iter().map(|name| (*name).to_owned()).collect(),
+            cn,
             ExtendedKeyUsagePurpose::ServerAuth,
         )?;
         // Not an etcd user name: with auth enabled, etcd would take a
