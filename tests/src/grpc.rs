@@ -36,6 +36,13 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use tokio::{net::TcpListener, runtime::Runtime, sync::mpsc, time::Instant};
+use tokio_rustls::{
+    TlsAcceptor,
+    rustls::{
+        self,
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    },
+};
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{
     Code, Request, Response, Status, Streaming,
@@ -351,7 +358,7 @@ impl Mirror for Handler {
 }
 
 /// A gRPC server on a loopback port, speaking HTTP/2 with prior knowledge
-/// (h2c). Dropping it closes the listener and every connection.
+/// (h2c) or over TLS. Dropping it closes the listener and every connection.
 pub struct GrpcServer {
     name: String,
     addr: SocketAddr,
@@ -361,6 +368,16 @@ pub struct GrpcServer {
 
 impl GrpcServer {
     pub fn start(name: &str, service: Service) -> Result<Self> {
+        Self::start_with(name, service, None)
+    }
+
+    /// [`GrpcServer::start`] over TLS with this PEM certificate chain and
+    /// key, offering ALPN `h2` only (as gRPC servers do).
+    pub fn start_tls(name: &str, service: Service, cert_pem: &str, key_pem: &str) -> Result<Self> {
+        Self::start_with(name, service, Some(tls_acceptor(cert_pem, key_pem)?))
+    }
+
+    fn start_with(name: &str, service: Service, tls: Option<TlsAcceptor>) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -383,10 +400,18 @@ impl GrpcServer {
             while let Ok((stream, _)) = listener.accept().await {
                 counters.connections.fetch_add(1, Ordering::Relaxed);
                 let service = TowerToHyperService::new(routes.clone());
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    let _ = match tls {
+                        None => http2.serve_connection(TokioIo::new(stream), service).await,
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => {
+                                http2.serve_connection(TokioIo::new(stream), service).await
+                            }
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });
@@ -443,6 +468,22 @@ impl Drop for GrpcServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+fn tls_acceptor(cert_pem: &str, key_pem: &str) -> Result<TlsAcceptor> {
+    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("the gRPC server's certificate PEM")?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).context("the gRPC server's key PEM")?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// A client channel to `addr` over h2c (HTTP/2 with prior knowledge), with

@@ -2,10 +2,11 @@
 //! elb listener (h2c with prior knowledge, or TLS with ALPN h2) and elb speaks
 //! HTTP/2 to real tonic servers (the upstream server parameter `h2`).
 //!
-//! Each check runs three ways: straight to the servers (`direct_*`, so a
-//! failure through elb is elb's), through an h2c listener and through an https
-//! listener. The routing table sends each gRPC service to its own upstream by
-//! path prefix (`/package.Service/Method`).
+//! Each check runs straight to the servers (`direct_*`, so a failure through
+//! elb is elb's), through an h2c listener and through an https listener (to
+//! upstreams with `h2`), and to upstreams over TLS (`tls h2`, ALPN h2, verified
+//! with `--upstream-ca`). The routing table sends each gRPC service to its own
+//! upstream by path prefix (`/package.Service/Method`).
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
@@ -47,11 +48,36 @@ fn runtime() -> Runtime {
         .expect("client runtime")
 }
 
-fn servers() -> (GrpcServer, GrpcServer) {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// HTTP/2 with prior knowledge (through elb: an `http` listener with
+    /// `"http2": true`; to an upstream: server parameter `h2`).
+    H2c,
+    /// TLS with ALPN h2 (an `https` listener; server parameters `tls h2`).
+    Tls,
+}
+
+/// The gRPC servers, over `transport` with a certificate from `chain`.
+fn servers(transport: Transport, chain: &Chain) -> (GrpcServer, GrpcServer) {
+    let start = |name, service| match transport {
+        Transport::H2c => GrpcServer::start(name, service),
+        Transport::Tls => {
+            GrpcServer::start_tls(name, service, &chain.server_cert, &chain.server_key)
+        }
+    };
     (
-        GrpcServer::start("echo-1", Service::Echo).expect("echo gRPC server"),
-        GrpcServer::start("mirror-1", Service::Mirror).expect("mirror gRPC server"),
+        start("echo-1", Service::Echo).expect("echo gRPC server"),
+        start("mirror-1", Service::Mirror).expect("mirror gRPC server"),
     )
+}
+
+/// A client channel to `addr` over `transport`, trusting `ca`.
+async fn channel(transport: Transport, addr: SocketAddr, ca: &str) -> Channel {
+    let channel = match transport {
+        Transport::H2c => grpc::channel_h2c(addr, AUTHORITY).await,
+        Transport::Tls => grpc::channel_tls(addr, AUTHORITY, ca).await,
+    };
+    channel.unwrap_or_else(|e| panic!("connect to {addr}: {e:#}"))
 }
 
 fn text(text: &str) -> EchoRequest {
@@ -324,21 +350,19 @@ async fn routing(t: &Target<'_>) {
 
 // --- straight to the servers: the harness itself works ---
 
-/// Runs `check` against the two servers directly over h2c.
+/// Runs `check` against the two servers directly, over h2c or TLS.
 macro_rules! direct {
-    ($($name:ident: $check:ident;)*) => {$(
+    ($($name:ident: $check:ident, $transport:ident;)*) => {$(
         #[test]
         fn $name() {
-            let (echo_server, mirror_server) = servers();
-            let runtime = runtime();
-            runtime.block_on(async {
+            let transport = Transport::$transport;
+            let chain = Chain::with_server_names("direct", AUTHORITY, &[AUTHORITY])
+                .expect("test PKI");
+            let (echo_server, mirror_server) = servers(transport, &chain);
+            runtime().block_on(async {
                 let target = Target {
-                    echo: grpc::channel_h2c(echo_server.addr(), AUTHORITY)
-                        .await
-                        .expect("connect to the Echo server"),
-                    mirror: grpc::channel_h2c(mirror_server.addr(), AUTHORITY)
-                        .await
-                        .expect("connect to the Mirror server"),
+                    echo: channel(transport, echo_server.addr(), &chain.ca).await,
+                    mirror: channel(transport, mirror_server.addr(), &chain.ca).await,
                     echo_server: &echo_server,
                     mirror_server: &mirror_server,
                     forwarded_proto: None,
@@ -350,24 +374,26 @@ macro_rules! direct {
 }
 
 direct! {
-    direct_unary: unary;
-    direct_server_streaming: server_streaming;
-    direct_bidi: bidi;
-    direct_errors: errors;
-    direct_deadline: deadline;
-    direct_cancellation: cancellation;
-    direct_routing: routing;
+    direct_unary: unary, H2c;
+    direct_server_streaming: server_streaming, H2c;
+    direct_bidi: bidi, H2c;
+    direct_errors: errors, H2c;
+    direct_deadline: deadline, H2c;
+    direct_cancellation: cancellation, H2c;
+    direct_routing: routing, H2c;
+    direct_tls_unary: unary, Tls;
+    direct_tls_bidi: bidi, Tls;
+    direct_tls_errors: errors, Tls;
 }
 
 /// A server answers UNIMPLEMENTED for the other service: a call routed to
 /// the wrong upstream cannot pass the routing check.
 #[test]
 fn direct_other_service_is_unimplemented() {
-    let (echo_server, _mirror_server) = servers();
+    let chain = Chain::with_server_names("direct", AUTHORITY, &[AUTHORITY]).expect("test PKI");
+    let (echo_server, _mirror_server) = servers(Transport::H2c, &chain);
     runtime().block_on(async {
-        let channel = grpc::channel_h2c(echo_server.addr(), AUTHORITY)
-            .await
-            .expect("connect to the Echo server");
+        let channel = channel(Transport::H2c, echo_server.addr(), &chain.ca).await;
         let status = MirrorClient::new(channel)
             .unary(text("lost"))
             .await
@@ -378,34 +404,44 @@ fn direct_other_service_is_unimplemented() {
 
 // --- through elb ---
 
-#[derive(Clone, Copy)]
-enum Transport {
-    /// An `http` listener with `"http2": true`: HTTP/2 prior knowledge.
-    H2c,
-    /// An `https` listener: TLS with ALPN h2.
-    Tls,
-}
-
-/// elb with a listener for `transport`, routing `AUTHORITY` by service:
+/// elb with a `client`-side listener, routing `AUTHORITY` by service:
 /// `/elbtest.Mirror/` to upstream `grpc-mirror`, the rest to `grpc-echo`,
-/// both speaking HTTP/2 (`h2`) to their gRPC server.
+/// each speaking HTTP/2 to its gRPC server over `upstream`.
 struct Fixture {
     setup: Setup,
     echo_server: GrpcServer,
     mirror_server: GrpcServer,
     listener: SocketAddr,
-    transport: Transport,
+    client: Transport,
     /// The CA the TLS client trusts.
     ca: String,
+    /// Holds the CA file elb verifies TLS upstreams with.
+    _upstream_ca: tempfile::TempDir,
 }
 
 impl Fixture {
-    fn start(transport: Transport) -> Self {
-        let setup = start_with(&[]);
-        let (echo_server, mirror_server) = servers();
+    fn start(client: Transport, upstream: Transport) -> Self {
+        // The upstreams' certificate is for 127.0.0.1: the name elb sets as
+        // SNI and verifies, as the servers are given by address.
+        let upstream_chain = Chain::new("grpc-upstream").expect("upstream PKI");
+        let upstream_ca = tempfile::tempdir().expect("temp dir");
+        let ca_file = upstream_chain
+            .write(upstream_ca.path())
+            .expect("upstream PKI files")
+            .ca;
+        let ca_file = ca_file.to_string_lossy().into_owned();
+        let setup = match upstream {
+            Transport::H2c => start_with(&[]),
+            Transport::Tls => start_with(&["--upstream-ca", &ca_file]),
+        };
+        let (echo_server, mirror_server) = servers(upstream, &upstream_chain);
+        let params = match upstream {
+            Transport::H2c => "h2",
+            Transport::Tls => "tls h2",
+        };
         let elb = &setup.elb;
-        elb.put_upstream("grpc-echo", &[(echo_server.addr(), "h2")]);
-        elb.put_upstream("grpc-mirror", &[(mirror_server.addr(), "h2")]);
+        elb.put_upstream("grpc-echo", &[(echo_server.addr(), params)]);
+        elb.put_upstream("grpc-mirror", &[(mirror_server.addr(), params)]);
         elb.admin_ok(
             "PUT",
             "domain",
@@ -417,7 +453,7 @@ impl Fixture {
         );
         let listener = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let chain = Chain::with_server_names("grpc", AUTHORITY, &[AUTHORITY]).expect("test PKI");
-        let listener_doc = match transport {
+        let listener_doc = match client {
             Transport::H2c => {
                 json!({"address": listener.to_string(), "protocol": "http", "http2": true})
             }
@@ -438,27 +474,20 @@ impl Fixture {
             echo_server,
             mirror_server,
             listener,
-            transport,
+            client,
             ca: chain.ca,
+            _upstream_ca: upstream_ca,
         }
     }
 
-    async fn channel(&self) -> Channel {
-        let channel = match self.transport {
-            Transport::H2c => grpc::channel_h2c(self.listener, AUTHORITY).await,
-            Transport::Tls => grpc::channel_tls(self.listener, AUTHORITY, &self.ca).await,
-        };
-        channel.unwrap_or_else(|e| panic!("connect to elb's listener {}: {e:#}", self.listener))
-    }
-
     async fn target(&self) -> Target<'_> {
-        let channel = self.channel().await;
+        let channel = channel(self.client, self.listener, &self.ca).await;
         Target {
             echo: channel.clone(),
             mirror: channel,
             echo_server: &self.echo_server,
             mirror_server: &self.mirror_server,
-            forwarded_proto: Some(match self.transport {
+            forwarded_proto: Some(match self.client {
                 Transport::H2c => "http",
                 Transport::Tls => "https",
             }),
@@ -466,12 +495,13 @@ impl Fixture {
     }
 }
 
-/// Runs `check` through elb, over each transport.
+/// Runs `check` through elb: client to elb over the first transport, elb
+/// to the gRPC servers over the second.
 macro_rules! through_elb {
-    ($($name:ident: $check:ident, $transport:ident;)*) => {$(
+    ($($name:ident: $check:ident, $client:ident -> $upstream:ident;)*) => {$(
         #[test]
         fn $name() {
-            let fixture = Fixture::start(Transport::$transport);
+            let fixture = Fixture::start(Transport::$client, Transport::$upstream);
             runtime().block_on(async {
                 $check(&fixture.target().await).await;
             });
@@ -485,18 +515,25 @@ macro_rules! through_elb {
 }
 
 through_elb! {
-    h2c_unary: unary, H2c;
-    h2c_server_streaming: server_streaming, H2c;
-    h2c_bidi: bidi, H2c;
-    h2c_errors: errors, H2c;
-    h2c_deadline: deadline, H2c;
-    h2c_cancellation: cancellation, H2c;
-    h2c_routing: routing, H2c;
-    tls_unary: unary, Tls;
-    tls_server_streaming: server_streaming, Tls;
-    tls_bidi: bidi, Tls;
-    tls_errors: errors, Tls;
-    tls_deadline: deadline, Tls;
-    tls_cancellation: cancellation, Tls;
-    tls_routing: routing, Tls;
+    h2c_unary: unary, H2c -> H2c;
+    h2c_server_streaming: server_streaming, H2c -> H2c;
+    h2c_bidi: bidi, H2c -> H2c;
+    h2c_errors: errors, H2c -> H2c;
+    h2c_deadline: deadline, H2c -> H2c;
+    h2c_cancellation: cancellation, H2c -> H2c;
+    h2c_routing: routing, H2c -> H2c;
+    tls_unary: unary, Tls -> H2c;
+    tls_server_streaming: server_streaming, Tls -> H2c;
+    tls_bidi: bidi, Tls -> H2c;
+    tls_errors: errors, Tls -> H2c;
+    tls_deadline: deadline, Tls -> H2c;
+    tls_cancellation: cancellation, Tls -> H2c;
+    tls_routing: routing, Tls -> H2c;
+    tls_upstream_unary: unary, H2c -> Tls;
+    tls_upstream_server_streaming: server_streaming, H2c -> Tls;
+    tls_upstream_bidi: bidi, H2c -> Tls;
+    tls_upstream_errors: errors, H2c -> Tls;
+    tls_upstream_deadline: deadline, H2c -> Tls;
+    tls_upstream_cancellation: cancellation, H2c -> Tls;
+    tls_to_tls_upstream_routing: routing, Tls -> Tls;
 }
