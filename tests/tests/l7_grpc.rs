@@ -328,6 +328,58 @@ async fn cancellation(t: &Target<'_>) {
     assert_eq!(t.echo_server.cancelled(), 1);
 }
 
+/// Many calls at once on one client connection (HTTP/2 streams side by
+/// side): unary calls and server streams, each answer on its own stream.
+async fn concurrent(t: &Target<'_>) {
+    const UNARY: usize = 100;
+    const STREAMS: u32 = 10;
+    const PER_STREAM: u32 = 100;
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..UNARY {
+        let mut client = EchoClient::new(t.echo.clone());
+        calls.spawn(async move {
+            let reply = client.unary(text(&format!("c{i}"))).await;
+            let reply = reply.unwrap_or_else(|e| panic!("unary call {i}: {e:?}"));
+            assert_eq!(reply.into_inner().text, format!("c{i}"));
+        });
+    }
+    for i in 0..STREAMS {
+        let mut client = EchoClient::new(t.echo.clone());
+        calls.spawn(async move {
+            let request = EchoRequest {
+                text: format!("s{i}"),
+                count: PER_STREAM,
+                ..EchoRequest::default()
+            };
+            let mut stream = client
+                .count(request)
+                .await
+                .unwrap_or_else(|e| panic!("stream {i}: {e:?}"))
+                .into_inner();
+            let mut seen = 0;
+            while let Some(reply) = stream.message().await.expect("a reply or OK") {
+                assert_eq!(reply.text, format!("s{i} #{seen}"), "stream {i}");
+                seen += 1;
+            }
+            assert_eq!(seen, PER_STREAM, "stream {i}");
+        });
+    }
+    let finished = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(done) = calls.join_next().await {
+            done.expect("a call task");
+        }
+    })
+    .await;
+    assert!(finished.is_ok(), "calls unfinished after 30 s");
+    // How many connections the server saw (elb's pool per server): shown,
+    // not judged here.
+    eprintln!(
+        "{} calls over {} upstream connection(s)",
+        t.echo_server.calls().len(),
+        t.echo_server.connections()
+    );
+}
+
 /// Each service goes to its own server; a server never sees the other's.
 async fn routing(t: &Target<'_>) {
     let mut echo = EchoClient::new(t.echo.clone());
@@ -381,6 +433,7 @@ direct! {
     direct_deadline: deadline, H2c;
     direct_cancellation: cancellation, H2c;
     direct_routing: routing, H2c;
+    direct_concurrent: concurrent, H2c;
     direct_tls_unary: unary, Tls;
     direct_tls_bidi: bidi, Tls;
     direct_tls_errors: errors, Tls;
@@ -522,6 +575,7 @@ through_elb! {
     h2c_deadline: deadline, H2c -> H2c;
     h2c_cancellation: cancellation, H2c -> H2c;
     h2c_routing: routing, H2c -> H2c;
+    h2c_concurrent: concurrent, H2c -> H2c;
     tls_unary: unary, Tls -> H2c;
     tls_server_streaming: server_streaming, Tls -> H2c;
     tls_bidi: bidi, Tls -> H2c;
@@ -529,11 +583,13 @@ through_elb! {
     tls_deadline: deadline, Tls -> H2c;
     tls_cancellation: cancellation, Tls -> H2c;
     tls_routing: routing, Tls -> H2c;
+    tls_concurrent: concurrent, Tls -> H2c;
     tls_upstream_unary: unary, H2c -> Tls;
     tls_upstream_server_streaming: server_streaming, H2c -> Tls;
     tls_upstream_bidi: bidi, H2c -> Tls;
     tls_upstream_errors: errors, H2c -> Tls;
     tls_upstream_deadline: deadline, H2c -> Tls;
     tls_upstream_cancellation: cancellation, H2c -> Tls;
+    tls_upstream_concurrent: concurrent, H2c -> Tls;
     tls_to_tls_upstream_routing: routing, Tls -> Tls;
 }
