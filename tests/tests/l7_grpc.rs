@@ -19,7 +19,7 @@ use elb_tests::{
         proto::{echo_client::EchoClient, mirror_client::MirrorClient},
     },
     l7::{Setup, start_with},
-    pki::Chain,
+    pki::Authority,
     ports::free_port,
 };
 use serde_json::json;
@@ -57,8 +57,26 @@ enum Transport {
     Tls,
 }
 
+/// A test CA and a server certificate it signed.
+struct Pki {
+    ca: String,
+    server_cert: String,
+    server_key: String,
+}
+
+/// A new CA (named after `tag`) and a server certificate for `name`.
+fn pki(tag: &str, name: &str) -> Pki {
+    let authority = Authority::new(tag).expect("test CA");
+    let (server_cert, server_key) = authority.server(&[name], name).expect("server certificate");
+    Pki {
+        ca: authority.ca,
+        server_cert,
+        server_key,
+    }
+}
+
 /// The gRPC servers, over `transport` with a certificate from `chain`.
-fn servers(transport: Transport, chain: &Chain) -> (GrpcServer, GrpcServer) {
+fn servers(transport: Transport, chain: &Pki) -> (GrpcServer, GrpcServer) {
     let start = |name, service| match transport {
         Transport::H2c => GrpcServer::start(name, service),
         Transport::Tls => {
@@ -408,8 +426,7 @@ macro_rules! direct {
         #[test]
         fn $name() {
             let transport = Transport::$transport;
-            let chain = Chain::with_server_names("direct", AUTHORITY, &[AUTHORITY])
-                .expect("test PKI");
+            let chain = pki("direct", AUTHORITY);
             let (echo_server, mirror_server) = servers(transport, &chain);
             runtime().block_on(async {
                 let target = Target {
@@ -443,7 +460,7 @@ direct! {
 /// the wrong upstream cannot pass the routing check.
 #[test]
 fn direct_other_service_is_unimplemented() {
-    let chain = Chain::with_server_names("direct", AUTHORITY, &[AUTHORITY]).expect("test PKI");
+    let chain = pki("direct", AUTHORITY);
     let (echo_server, _mirror_server) = servers(Transport::H2c, &chain);
     runtime().block_on(async {
         let channel = channel(Transport::H2c, echo_server.addr(), &chain.ca).await;
@@ -476,12 +493,10 @@ impl Fixture {
     fn start(client: Transport, upstream: Transport) -> Self {
         // The upstreams' certificate is for 127.0.0.1: the name elb sets as
         // SNI and verifies, as the servers are given by address.
-        let upstream_chain = Chain::new("grpc-upstream").expect("upstream PKI");
+        let upstream_chain = pki("grpc-upstream", "127.0.0.1");
         let upstream_ca = tempfile::tempdir().expect("temp dir");
-        let ca_file = upstream_chain
-            .write(upstream_ca.path())
-            .expect("upstream PKI files")
-            .ca;
+        let ca_file = upstream_ca.path().join("ca.pem");
+        std::fs::write(&ca_file, &upstream_chain.ca).expect("write the upstream CA");
         let ca_file = ca_file.to_string_lossy().into_owned();
         let setup = match upstream {
             Transport::H2c => start_with(&[]),
@@ -505,7 +520,7 @@ impl Fixture {
                 "echo": {"type": "backend", "args": {"servername": "grpc-echo"}}}}})),
         );
         let listener = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let chain = Chain::with_server_names("grpc", AUTHORITY, &[AUTHORITY]).expect("test PKI");
+        let chain = pki("grpc", AUTHORITY);
         let listener_doc = match client {
             Transport::H2c => {
                 json!({"address": listener.to_string(), "protocol": "http", "http2": true})
