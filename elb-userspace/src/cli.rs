@@ -93,9 +93,15 @@ pub struct RunArgs {
     #[arg(long, env = "ELB_ZONE", value_name = "ZONE", value_parser = parse_zone)]
     pub zone: Option<String>,
 
-    /// Upstream connect timeout.
+    /// Upstream connect timeout (for a `tls` server, the TLS handshake has
+    /// as long again).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+
+    /// CA certificates (PEM) that `tls` upstream servers and `HTTPS:`
+    /// health checks are verified against, instead of the system's.
+    #[arg(long, value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
 
     /// Time an upstream has to answer with response headers (504 after).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]

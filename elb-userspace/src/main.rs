@@ -23,6 +23,7 @@ use elb_userspace::{
     store::{EtcdStore, FileStore, Store, etcd::parse_endpoints},
     sync,
     targets::TargetRegistry,
+    tls::UpstreamTls,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -65,6 +66,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _lock = InstanceLock::acquire(&args.run_dir, &args.name)?;
     let budgets = fd_budgets(&args);
     let upstream_limits = UpstreamLimits::new(args.max_server_connections, budgets.upstream_total);
+    let upstream_tls = Arc::new(UpstreamTls::load(args.upstream_ca.as_deref())?);
     let layout = KeyLayout::new(&args.name);
     let state_file = args.state_file();
     // Left by a kill between a write and its rename; the lock above means
@@ -129,6 +131,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         idle_timeout: std::time::Duration::from_secs(60),
         hop: HopMarker::new(&args.name)?,
         upstream_limits,
+        upstream_tls: Arc::clone(&upstream_tls),
     };
     let server_settings = ServerSettings {
         header_read_timeout: args.header_timeout,
@@ -140,7 +143,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!(%addr, workers, "listening for HTTP");
     }
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let monitor = spawn_monitor(Arc::clone(&targets), shutdown_rx.clone())
+    let monitor = spawn_monitor(Arc::clone(&targets), upstream_tls, shutdown_rx.clone())
         .context("starting the health-check thread")?;
     let l4 = match xdp {
         Some((dataplane, maps)) => {

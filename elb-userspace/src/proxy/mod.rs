@@ -21,6 +21,7 @@ use crate::{
     limits::{Throttle, UpstreamLimits},
     rules::{self, Decision, RuleRequest},
     statsd::StatsdClient,
+    tls::UpstreamTls,
 };
 
 /// Timeouts and limits of the proxy towards upstreams.
@@ -40,6 +41,8 @@ pub struct ProxySettings {
     pub hop: HopMarker,
     /// Open upstream connections, shared by every worker.
     pub upstream_limits: Arc<UpstreamLimits>,
+    /// The TLS client for `tls` servers (`--upstream-ca` or system roots).
+    pub upstream_tls: Arc<UpstreamTls>,
 }
 
 /// Tries per request: the first server plus up to two others.
@@ -69,6 +72,7 @@ impl Proxy {
                 settings.max_idle_per_server,
                 settings.idle_timeout,
                 Arc::clone(&settings.upstream_limits),
+                Arc::clone(&settings.upstream_tls),
             ),
             settings,
             loops: Throttle::new(Duration::from_secs(60)),
