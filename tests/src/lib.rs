@@ -5,6 +5,7 @@ pub mod backend;
 pub mod desync;
 pub mod elb_process;
 pub mod etcd;
+pub mod grpc;
 pub mod http;
 pub mod l4_e2e;
 pub mod l4_fixture;
