@@ -613,3 +613,46 @@ through_elb! {
     tls_upstream_concurrent: concurrent, H2c -> Tls;
     tls_to_tls_upstream_routing: routing, Tls -> Tls;
 }
+
+/// One routing table, one listener, three kinds of client: HTTP/1.1 and
+/// HTTP/2 (curl) reach the web upstream, gRPC (tonic) its services; the
+/// same rules choose for all of them.
+#[test]
+fn http1_http2_and_grpc_clients_share_one_routing_table() {
+    let fixture = Fixture::start(Transport::H2c, Transport::H2c);
+    let web = elb_tests::backend::Backend::start("web").expect("web backend");
+    let elb = &fixture.setup.elb;
+    elb.put_upstream("web", &[(web.addr(), "")]);
+    elb.admin_ok(
+        "PUT",
+        "domain",
+        Some(json!({AUTHORITY: {"init": "mirror?", "rules": {
+            "mirror?": {"type": "path",
+                "args": {"pattern": "/elbtest.Mirror/", "succ": "mirror", "fail": "echo?"}},
+            "echo?": {"type": "path",
+                "args": {"pattern": "/elbtest.Echo/", "succ": "echo", "fail": "web"}},
+            "mirror": {"type": "backend", "args": {"servername": "grpc-mirror"}},
+            "echo": {"type": "backend", "args": {"servername": "grpc-echo"}},
+            "web": {"type": "backend", "args": {"servername": "web"}}}}})),
+    );
+    let port = fixture.listener.port();
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2-prior-knowledge", "2")] {
+        let output = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", flag, "-w", "\n%{http_version}"])
+            .arg("--resolve")
+            .arg(format!("{AUTHORITY}:{port}:127.0.0.1"))
+            .arg(format!("http://{AUTHORITY}:{port}/page"))
+            .output()
+            .expect("run curl");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let (body, got_version) = stdout.rsplit_once('\n').expect("curl's -w line");
+        assert_eq!(got_version, version, "{flag}: {stdout}");
+        let echo: serde_json::Value = serde_json::from_str(body).expect("the web backend's JSON");
+        assert_eq!(echo["server"], "web", "{flag}: {body}");
+        assert_eq!(echo["path"], "/page");
+    }
+    runtime().block_on(async {
+        routing(&fixture.target().await).await;
+    });
+    assert_eq!(web.hits(), 2, "the gRPC calls went to their services only");
+}
