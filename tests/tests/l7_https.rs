@@ -407,52 +407,86 @@ fn statsd_and_log_lines_name_the_listener() {
     assert!(failure.contains("listener{name=tls}"), "{failure}");
 }
 
+/// Requests in a loop on background threads (one per client; a client
+/// returns whether its request succeeded), counted, until [`Traffic::finish`].
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+type Client = Box<dyn Fn(u32) -> bool + Send>;
+
+impl Traffic {
+    fn start(clients: Vec<Client>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (done, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let threads = clients
+            .into_iter()
+            .map(|client| {
+                let (stop, done, failed) =
+                    (Arc::clone(&stop), Arc::clone(&done), Arc::clone(&failed));
+                std::thread::spawn(move || {
+                    // Bounded: a test that forgets to stop still ends.
+                    for i in 0..5_000 {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let counter = if client(i) { &done } else { &failed };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            done,
+            failed,
+            threads,
+        }
+    }
+
+    /// Stops once at least `enough` requests succeeded (however slowly
+    /// clients start on a busy machine; 20 s at most); none may have failed.
+    fn finish(self, enough: u64) {
+        let waiting = Instant::now();
+        while self.done.load(Ordering::Relaxed) < enough
+            && waiting.elapsed() < Duration::from_secs(20)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().expect("traffic thread");
+        }
+        assert_eq!(self.failed.load(Ordering::Relaxed), 0, "failed requests");
+        assert!(
+            self.done.load(Ordering::Relaxed) >= enough,
+            "too little traffic"
+        );
+    }
+}
+
+/// New TLS connections through curl to the https listener, HTTP/2 or 1.1.
+fn https_client(site: &Arc<Site>, flag: &'static str) -> Client {
+    let site = Arc::clone(site);
+    Box::new(move |_| {
+        let got = curl(site.https, Some(&site.ca()), HOST, "/", &[flag]);
+        let version = if flag == "--http2" { "2" } else { "1.1" };
+        got.status == 200 && got.version == version
+    })
+}
+
 #[test]
 fn a_rotated_certificate_serves_new_handshakes_at_once_under_traffic() {
     let site = Arc::new(Site::start(&[]));
     let backend = Backend::start("rot").expect("backend");
     site.elb().route(HOST, "rot", &[(backend.addr(), "")]);
-    // Traffic on new TLS connections all along, HTTP/1.1 and HTTP/2.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (done, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let traffic = {
-        let (site, stop, done, failed) = (
-            Arc::clone(&site),
-            Arc::clone(&stop),
-            Arc::clone(&done),
-            Arc::clone(&failed),
-        );
-        std::thread::spawn(move || {
-            let ca = site.ca();
-            for i in 0..2_000u32 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let flag = if i % 2 == 0 { "--http2" } else { "--http1.1" };
-                let output = Command::new("curl")
-                    .args([
-                        "-sS",
-                        "--max-time",
-                        "10",
-                        "-o",
-                        "/dev/null",
-                        "-w",
-                        "%{http_code}",
-                    ])
-                    .arg("--resolve")
-                    .arg(format!("{HOST}:{}:127.0.0.1", site.https.port()))
-                    .arg("--cacert")
-                    .arg(&ca)
-                    .arg(flag)
-                    .arg(format!("https://{HOST}:{}/", site.https.port()))
-                    .output();
-                match output {
-                    Ok(out) if out.stdout == b"200" => done.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        })
-    };
+    let traffic = Traffic::start(vec![
+        https_client(&site, "--http2"),
+        https_client(&site, "--http1.1"),
+    ]);
     for round in 0..4 {
         let cn = format!("wild-{round}");
         site.put_cert("wild", &["*.example.com"], &cn);
@@ -469,15 +503,7 @@ fn a_rotated_certificate_serves_new_handshakes_at_once_under_traffic() {
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    // Enough traffic to tell, however slow curl starts on a busy machine.
-    let waiting = Instant::now();
-    while done.load(Ordering::Relaxed) < 10 && waiting.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    stop.store(true, Ordering::Relaxed);
-    traffic.join().expect("traffic thread");
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "failed requests");
-    assert!(done.load(Ordering::Relaxed) >= 10, "too little traffic");
+    traffic.finish(10);
 }
 
 #[test]
@@ -485,37 +511,15 @@ fn https_listeners_come_and_go_under_traffic_with_no_failed_request_elsewhere() 
     let site = Arc::new(Site::start(&[]));
     let backend = Backend::start("live").expect("backend");
     site.elb().route(HOST, "live", &[(backend.addr(), "")]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (done, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     // HTTP/2 over TLS on the permanent https listener, HTTP/1.1 on --listen.
-    let traffic: Vec<_> = [true, false]
-        .into_iter()
-        .map(|tls| {
-            let (site, stop, done, failed) = (
-                Arc::clone(&site),
-                Arc::clone(&stop),
-                Arc::clone(&done),
-                Arc::clone(&failed),
-            );
-            std::thread::spawn(move || {
-                for _ in 0..5_000 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let ok = if tls {
-                        let ca = site.ca();
-                        let got = curl(site.https, Some(&ca), HOST, "/", &["--http2"]);
-                        got.status == 200 && got.version == "2"
-                    } else {
-                        let response = http::get(site.elb().addr, "/", &[("Host", HOST)]);
-                        matches!(response, Ok(r) if r.status == 200)
-                    };
-                    let counter = if ok { &done } else { &failed };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
+    let static_addr = site.elb().addr;
+    let traffic = Traffic::start(vec![
+        https_client(&site, "--http2"),
+        Box::new(move |_| {
+            let response = http::get(static_addr, "/", &[("Host", HOST)]);
+            matches!(response, Ok(r) if r.status == 200)
+        }),
+    ]);
     for round in 0..6 {
         let addr = loopback(free_port());
         let name = format!("extra{round}");
@@ -546,12 +550,7 @@ fn https_listeners_come_and_go_under_traffic_with_no_failed_request_elsewhere() 
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    for thread in traffic {
-        thread.join().expect("traffic thread");
-    }
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "failed requests");
-    assert!(done.load(Ordering::Relaxed) >= 10, "too little traffic");
+    traffic.finish(10);
 }
 
 /// The h2 client, raw: frames as a flooding client would send them.
