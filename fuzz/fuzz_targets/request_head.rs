@@ -195,11 +195,7 @@ fn check_hop_by_hop(headers: &HeaderMap) {
 
 fn check_forwarded(mut headers: HeaderMap) {
     let ip: IpAddr = "192.0.2.7".parse().expect("a fixed address");
-    add_forwarded(
-        &mut headers,
-        &ClientAddr::new(SocketAddr::new(ip, 4000)),
-        "http",
-    );
+    add_forwarded(&mut headers, &ClientAddr::new(SocketAddr::new(ip, 4000)));
     let forwarded_for = headers
         .get(X_FORWARDED_FOR)
         .expect("X-Forwarded-For is always set");

@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: setup, eBPF build, run, test and benchmarks.
 mod bench;
 mod cmd;
+mod dist;
 mod ebpf;
 mod fuzz;
 mod setup;
@@ -35,6 +36,9 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// A release tarball: the binary, the systemd unit, the default
+    /// configuration and the README (target/dist/).
+    Dist,
     /// Run a benchmark comparison and print a Markdown table (l7, l7-instructions, xdp, l4, health).
     Bench {
         name: String,
@@ -96,6 +100,7 @@ fn main() -> std::process::ExitCode {
         Task::BuildEbpf { release } => ebpf::build(&root, release).map(|_| ()),
         Task::Run { args } => run_elb(&root, &args),
         Task::Test { args } => test::run(&root, &args),
+        Task::Dist => dist::run(&root).map(|_| ()),
         Task::Bench { name, rounds } => bench::run(&root, &name, rounds),
         Task::Soak {
             minutes,
