@@ -407,6 +407,64 @@ fn statsd_and_log_lines_name_the_listener() {
     assert!(failure.contains("listener{name=tls}"), "{failure}");
 }
 
+/// `h2load`'s summary line: `requests: N total, N started, N done, N
+/// succeeded, N failed, N errored, N timeout`.
+fn h2load(args: &[&str]) -> String {
+    let output = Command::new("h2load")
+        .args(args)
+        .output()
+        .expect("run h2load (Debian: nghttp2-client)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "h2load {args:?}: {stdout}");
+    stdout
+        .lines()
+        .find(|line| line.starts_with("requests:"))
+        .unwrap_or_else(|| panic!("no summary from h2load: {stdout}"))
+        .to_owned()
+}
+
+#[test]
+fn h2load_multiplexes_streams_over_tls_and_h2c() {
+    let site = Site::start(&[]);
+    let backend = Backend::start("load").expect("backend");
+    site.elb().route(HOST, "load", &[(backend.addr(), "")]);
+    // 4 connections × 32 concurrent streams, bounded by the request count.
+    // (`:authority` sets the Host too; `-H host:` would add a second one.)
+    for url in [
+        format!("https://{}/", site.https),
+        format!("http://{}/", site.clear),
+    ] {
+        let summary = h2load(&[
+            "-n",
+            "4000",
+            "-c",
+            "4",
+            "-m",
+            "32",
+            "--header",
+            &format!(":authority: {HOST}"),
+            &url,
+        ]);
+        assert_eq!(
+            summary,
+            "requests: 4000 total, 4000 started, 4000 done, 4000 succeeded, 0 failed, 0 errored, 0 timeout",
+            "{url}"
+        );
+    }
+    // HTTP/1.1 keep-alive through the same listener (h2load --h1).
+    let summary = h2load(&[
+        "--h1",
+        "-n",
+        "1000",
+        "-c",
+        "4",
+        "--header",
+        &format!(":authority: {HOST}"),
+        &format!("https://{}/", site.https),
+    ]);
+    assert!(summary.contains("1000 succeeded, 0 failed"), "{summary}");
+}
+
 /// Requests in a loop on background threads (one per client; a client
 /// returns whether its request succeeded), counted, until [`Traffic::finish`].
 struct Traffic {
