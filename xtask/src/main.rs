@@ -35,7 +35,7 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run a benchmark comparison and print a Markdown table (l7, l7-instructions, xdp, l4, health).
+    /// Run a benchmark comparison and print a Markdown table (l7, l7-instructions, tls, xdp, l4, health).
     Bench {
         name: String,
         /// Alternating timed rounds per contender; figures are medians.
