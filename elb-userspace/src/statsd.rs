@@ -1,6 +1,8 @@
 //! statsd metrics sink (`STATSD=HOST:PORT`): per proxied request, a counter
 //! for the host, a counter for its status code and a timer for its cost,
-//! batched into UDP datagrams.
+//! batched into UDP datagrams. A request that came on a configured listener
+//! also counts under `listeners.<name>` (total and status code); the
+//! `--listen` listeners add nothing, so ERU ELB's lines stay as they were.
 //!
 //! The request path only does a non-blocking `try_reserve` on a bounded
 //! queue; one background task formats, batches and sends, so a slow or dead
@@ -76,6 +78,8 @@ struct RequestMetric {
     host: String,
     status: u16,
     cost_ms: u128,
+    /// The configured listener that served it, sanitised.
+    listener: Option<String>,
 }
 
 /// Knobs the tests need to shrink; production uses the constants.
@@ -138,13 +142,14 @@ impl StatsdClient {
 
     /// Queues the metrics of one request. Never blocks and never fails: if
     /// the queue is full the request's metrics are dropped and counted.
-    pub fn record_request(&self, host: &str, status: u16, cost: Duration) {
+    pub fn record_request(&self, host: &str, listener: Option<&str>, status: u16, cost: Duration) {
         // Reserve before sanitising so a full queue costs no allocation.
         match self.queue.try_reserve() {
             Ok(permit) => permit.send(RequestMetric {
                 host: sanitize_host(host),
                 status,
                 cost_ms: cost.as_millis(),
+                listener: listener.map(sanitize_name),
             }),
             // Closed only if the flusher died (runtime shutting down): the
             // metric is lost all the same, so count it.
@@ -225,6 +230,13 @@ pub fn sanitize_host(host: &str) -> String {
     sanitized
 }
 
+/// A listener's name as one statsd name segment.
+fn sanitize_name(name: &str) -> String {
+    name.chars()
+        .map(|c| if breaks_statsd_name(c) { '_' } else { c })
+        .collect()
+}
+
 /// "name:80" → "name", "[v6]:80" and "[v6]" → "v6"; a bare IPv6 address has
 /// several colons and no port, so it is left alone.
 fn strip_port(host: &str) -> &str {
@@ -285,7 +297,7 @@ impl Flusher {
                         for kind in LineKind::ALL {
                             line.clear();
                             self.format_line(&mut line, kind, &metric);
-                            if self.push_line(&line).await {
+                            if !line.is_empty() && self.push_line(&line).await {
                                 flush_timer.as_mut().reset(Instant::now() + self.flush_interval);
                                 timer_armed = true;
                             }
@@ -299,13 +311,25 @@ impl Flusher {
         }
     }
 
+    /// Writes nothing for a listener line of a `--listen` request.
     fn format_line(&self, line: &mut String, kind: LineKind, metric: &RequestMetric) {
         let (prefix, host) = (&self.prefix, &metric.host);
         // Writing to a String cannot fail.
-        let _ = match kind {
-            LineKind::Total => write!(line, "{prefix}.{host}.total:1|c"),
-            LineKind::Status => write!(line, "{prefix}.{host}.status.{}:1|c", metric.status),
-            LineKind::Cost => write!(line, "{prefix}.{host}.cost:{}|ms", metric.cost_ms),
+        let _ = match (kind, &metric.listener) {
+            (LineKind::Total, _) => write!(line, "{prefix}.{host}.total:1|c"),
+            (LineKind::Status, _) => {
+                write!(line, "{prefix}.{host}.status.{}:1|c", metric.status)
+            }
+            (LineKind::Cost, _) => write!(line, "{prefix}.{host}.cost:{}|ms", metric.cost_ms),
+            (LineKind::ListenerTotal, Some(name)) => {
+                write!(line, "{prefix}.listeners.{name}.total:1|c")
+            }
+            (LineKind::ListenerStatus, Some(name)) => write!(
+                line,
+                "{prefix}.listeners.{name}.status.{}:1|c",
+                metric.status
+            ),
+            (LineKind::ListenerTotal | LineKind::ListenerStatus, None) => Ok(()),
         };
     }
 
@@ -360,10 +384,18 @@ enum LineKind {
     Total,
     Status,
     Cost,
+    ListenerTotal,
+    ListenerStatus,
 }
 
 impl LineKind {
-    const ALL: [Self; 3] = [Self::Total, Self::Status, Self::Cost];
+    const ALL: [Self; 5] = [
+        Self::Total,
+        Self::Status,
+        Self::Cost,
+        Self::ListenerTotal,
+        Self::ListenerStatus,
+    ];
 }
 
 /// Allows one event per interval and counts the ones it suppressed.
@@ -502,7 +534,12 @@ mod tests {
     async fn lines_are_exactly_as_specified() {
         let (socket, target) = receiver().await;
         let client = StatsdClient::start(&target, PREFIX).await.unwrap();
-        client.record_request("Example.com:8080", 503, Duration::from_micros(1_234_999));
+        client.record_request(
+            "Example.com:8080",
+            None,
+            503,
+            Duration::from_micros(1_234_999),
+        );
 
         let datagram = recv_datagram(&socket, PATIENCE).await;
         assert_eq!(
@@ -519,6 +556,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_configured_listener_adds_its_own_lines() {
+        let (socket, target) = receiver().await;
+        let client = StatsdClient::start(&target, PREFIX).await.unwrap();
+        client.record_request("a.com", Some("web.tls"), 200, Duration::from_millis(3));
+        let datagram = recv_datagram(&socket, PATIENCE).await;
+        assert_eq!(
+            std::str::from_utf8(&datagram).unwrap(),
+            "elb-test.eru.a_com.total:1|c\n\
+             elb-test.eru.a_com.status.200:1|c\n\
+             elb-test.eru.a_com.cost:3|ms\n\
+             elb-test.eru.listeners.web_tls.total:1|c\n\
+             elb-test.eru.listeners.web_tls.status.200:1|c"
+        );
+    }
+
+    #[tokio::test]
     async fn cost_is_rounded_down_to_whole_milliseconds() {
         let (socket, target) = receiver().await;
         let client = StatsdClient::start(&target, PREFIX).await.unwrap();
@@ -529,7 +582,7 @@ mod tests {
             (Duration::from_secs(90), 90_000),
         ];
         for (cost, _) in costs {
-            client.record_request("a", 200, cost);
+            client.record_request("a", None, 200, cost);
         }
         let received = counts(recv_lines(&socket, 3 * costs.len()).await);
         let expected = counts(
@@ -582,7 +635,7 @@ mod tests {
             ("", "unknown"),
         ];
         for (host, _) in cases {
-            client.record_request(host, 200, Duration::from_millis(5));
+            client.record_request(host, None, 200, Duration::from_millis(5));
         }
         let received = counts(recv_lines(&socket, 3 * cases.len()).await);
         let expected = counts(
@@ -612,7 +665,7 @@ mod tests {
                 // Varying lengths so lines end at every offset of a datagram.
                 let host = format!("{}.example.com:80", "x".repeat(100 + usize::from(i) * 3));
                 let status = 200 + round;
-                client.record_request(&host, status, Duration::from_millis(u64::from(i)));
+                client.record_request(&host, None, status, Duration::from_millis(u64::from(i)));
                 expected.extend(expected_lines(&sanitize_host(&host), status, u128::from(i)));
             }
             while received.len() < expected.len() {
@@ -632,7 +685,7 @@ mod tests {
         let (socket, target) = receiver().await;
         let client = StatsdClient::start(&target, PREFIX).await.unwrap();
         let recorded = Instant::now();
-        client.record_request("one.example", 200, Duration::from_millis(1));
+        client.record_request("one.example", None, 200, Duration::from_millis(1));
         let datagram = recv_datagram(&socket, Duration::from_millis(200)).await;
         assert!(recorded.elapsed() <= Duration::from_millis(200));
         assert_eq!(
@@ -653,8 +706,8 @@ mod tests {
             .await
             .unwrap();
         let clone = client.clone();
-        client.record_request("a", 200, Duration::ZERO);
-        clone.record_request("b", 404, Duration::ZERO);
+        client.record_request("a", None, 200, Duration::ZERO);
+        clone.record_request("b", None, 404, Duration::ZERO);
         drop(client);
         // The clone keeps the flusher waiting.
         let mut buf = [0u8; 2048];
@@ -684,7 +737,7 @@ mod tests {
             .unwrap();
         let clone = client.clone();
         for _ in 0..10 {
-            client.record_request("full", 200, Duration::ZERO);
+            client.record_request("full", None, 200, Duration::ZERO);
         }
         assert_eq!(client.dropped(), 8);
         assert_eq!(clone.dropped(), 8, "clones share the counter");
@@ -729,7 +782,7 @@ mod tests {
         };
         let target = format!("[::1]:{}", socket.local_addr().unwrap().port());
         let client = StatsdClient::start(&target, PREFIX).await.unwrap();
-        client.record_request("v6", 200, Duration::ZERO);
+        client.record_request("v6", None, 200, Duration::ZERO);
         assert_eq!(recv_lines(&socket, 3).await, expected_lines("v6", 200, 0));
     }
 

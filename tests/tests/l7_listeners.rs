@@ -131,15 +131,13 @@ fn bad_listeners_get_400_naming_what_and_nothing_changes() {
         (
             json!({"tls": {"address": "127.0.0.1:1443", "protocol": "https",
                 "http2": true, "default_certificate": "main"}}),
-            "listener \"tls\": https listeners are not available yet".to_owned(),
+            "listener \"tls\": default_certificate \"main\" does not exist (upload it to \
+             /__erulb__/cert first)"
+                .to_owned(),
         ),
         (
             json!({"tls": {"address": "127.0.0.1:1443", "protocol": "https"}}),
             "listener \"tls\": field \"default_certificate\" is missing".to_owned(),
-        ),
-        (
-            json!({"h2c": {"address": "127.0.0.1:1080", "protocol": "http", "http2": true}}),
-            "listener \"h2c\": \"http2\" (h2c) is not available yet".to_owned(),
         ),
         (
             json!({"x": {"address": "127.0.0.1", "protocol": "http"}}),

@@ -7,9 +7,9 @@ use std::time::SystemTime;
 
 use serde_json::Value;
 
-use super::{AdminResult, delete_existing, expect_object, expect_string_list, get_view, named, ok};
+use super::{AdminResult, expect_object, expect_string_list, get_view, named, ok};
 use crate::{
-    config::{ConfigService, KeyLayout, keys::validate_key_segment},
+    config::{ConfigService, keys::validate_key_segment},
     store::KvOp,
     tls::Certificate,
 };
@@ -42,8 +42,31 @@ pub async fn put(config: &ConfigService, body: Value) -> AdminResult {
     ok()
 }
 
-/// Deletes the named certificates; unknown names are ignored.
+/// Deletes the named certificates; unknown names are ignored. A listener's
+/// default certificate is refused (400 naming the listener): its
+/// handshakes without a matching SNI name would all fail.
 pub async fn delete(config: &ConfigService, body: Value) -> AdminResult {
     let names = expect_string_list(&body, "certificate names")?;
-    delete_existing(config, &names, KeyLayout::cert_key).await
+    config
+        .write(|manager| {
+            // Checked inside the write: a listener written meanwhile counts.
+            if let Some((cert, listener)) = manager.listeners().values().find_map(|listener| {
+                let cert = listener.default_certificate.as_ref()?;
+                names.contains(cert).then_some((cert, &listener.name))
+            }) {
+                return Err(format!(
+                    "certificate {cert:?} is the default_certificate of listener \
+                     {listener:?}; change or delete the listener first"
+                ));
+            }
+            let ops = names
+                .iter()
+                .map(|name| manager.layout().cert_key(name))
+                .filter(|key| manager.kv().contains_key(key))
+                .map(|key| KvOp::Delete { key })
+                .collect();
+            Ok((ops, ()))
+        })
+        .await?;
+    ok()
 }

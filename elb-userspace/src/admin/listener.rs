@@ -6,10 +6,7 @@ use serde_json::Value;
 
 use super::{AdminResult, delete_existing, expect_object, expect_string_list, ok};
 use crate::{
-    config::{
-        ConfigManager, ConfigService, KeyLayout, Listener, ListenerProtocol,
-        listener::addresses_overlap,
-    },
+    config::{ConfigManager, ConfigService, KeyLayout, Listener, listener::addresses_overlap},
     http_util::json,
     server::ListenerBoard,
     store::KvOp,
@@ -71,21 +68,7 @@ pub async fn put(
             let mut parsed = Vec::with_capacity(listeners.len());
             for (name, doc) in listeners {
                 let listener = Listener::from_value(name, doc).map_err(|e| e.to_string())?;
-                if listener.protocol == ListenerProtocol::Https {
-                    // Stored but not serving would look configured while
-                    // refusing every client; a 400 says it at once.
-                    return Err(format!(
-                        "listener {name:?}: https listeners are not available yet (TLS \
-                         certificates are not supported in this version); use \"protocol\": \
-                         \"http\""
-                    ));
-                }
-                if listener.http2 {
-                    return Err(format!(
-                        "listener {name:?}: \"http2\" (h2c) is not available yet; leave it \
-                         false"
-                    ));
-                }
+                check_certificate(manager, &listener)?;
                 check_no_loop(manager, &listener)?;
                 parsed.push(listener);
             }
@@ -112,6 +95,19 @@ pub async fn delete(
     let names = expect_string_list(&body, "listener names")?;
     delete_existing(config, &names, KeyLayout::listener_key).await?;
     await_server(config, board).await
+}
+
+/// An https listener's default certificate must be stored first: without
+/// it every handshake without a matching SNI name would fail.
+fn check_certificate(manager: &ConfigManager, listener: &Listener) -> Result<(), String> {
+    match &listener.default_certificate {
+        Some(cert) if !manager.certs().contains_key(cert) => Err(format!(
+            "listener {:?}: default_certificate {cert:?} does not exist (upload it to \
+             /__erulb__/cert first)",
+            listener.name
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// No two listeners, nor a listener and `--listen`, on one address or on

@@ -80,6 +80,7 @@ pub async fn forward(
     };
 
     let (mut parts, body) = request.into_parts();
+    let client_version = parts.version;
     // An upgrade request with a body is served as a plain request, its
     // Upgrade dropped (RFC 9110 §7.8 lets a server ignore it; HAProxy and
     // Envoy do the same): its body is framed and forwarded as any other,
@@ -88,7 +89,7 @@ pub async fn forward(
     let protocol = upgrade_protocol(&parts.headers)
         .filter(|_| body.is_end_stream() && parts.version == http::Version::HTTP_11);
     strip_hop_by_hop(&mut parts.headers, protocol.clone());
-    add_forwarded(&mut parts.headers, client, "http");
+    add_forwarded(&mut parts.headers, client);
     proxy.settings.hop.append_to(&mut parts.headers);
     for (name, value) in choice.headers {
         parts.headers.insert(name.clone(), value.clone());
@@ -164,7 +165,7 @@ pub async fn forward(
         match try_server(proxy, server, request, watch, &lease).await {
             Attempt::Response(response) if !is_gateway_failure(response.status()) => {
                 report_success(&target, index);
-                return close_after_trailers(response, watch);
+                return close_after_trailers(response, watch, client_version);
             }
             Attempt::Response(response) => {
                 report_failure(&target, index);
@@ -174,7 +175,7 @@ pub async fn forward(
                     "upstream answered with a gateway error"
                 );
                 if !replayable || tried.len() == MAX_TRIES {
-                    return close_after_trailers(response, watch);
+                    return close_after_trailers(response, watch, client_version);
                 }
                 last_failure = Some(Failure::Status(response.status()));
             }
@@ -226,8 +227,13 @@ pub async fn forward(
 /// request body carried trailers (see [`BodyWatch::had_trailers`]). A
 /// server that answers before the client's trailers arrived escapes this;
 /// such an early answer is rare, and trailers in requests are too.
-fn close_after_trailers(mut response: Response<Body>, watch: Option<&BodyWatch>) -> Response<Body> {
-    if watch.is_some_and(BodyWatch::had_trailers) {
+/// HTTP/1 only: HTTP/2 frames its trailers, and has no `Connection`.
+fn close_after_trailers(
+    mut response: Response<Body>,
+    watch: Option<&BodyWatch>,
+    client_version: http::Version,
+) -> Response<Body> {
+    if client_version < http::Version::HTTP_2 && watch.is_some_and(BodyWatch::had_trailers) {
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

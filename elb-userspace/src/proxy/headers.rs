@@ -1,5 +1,5 @@
 //! Request and response header rewriting between client and upstream.
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
@@ -102,12 +102,17 @@ pub fn only_chunked_coding(headers: &HeaderMap) -> bool {
     }
 }
 
-/// A client connection's address, with the header value of its IP made
-/// once per connection rather than for every request on it.
+/// A client connection: its address (with the header value of its IP made
+/// once per connection rather than for every request on it), and the
+/// listener it came on.
 #[derive(Debug, Clone)]
 pub struct ClientAddr {
     pub addr: SocketAddr,
     ip_text: HeaderValue,
+    /// The configured listener's name; `None` for `--listen`.
+    pub listener: Option<Arc<str>>,
+    /// `https` over TLS, else `http` (`X-Forwarded-Proto`).
+    pub scheme: &'static str,
 }
 
 impl ClientAddr {
@@ -116,13 +121,27 @@ impl ClientAddr {
         // header value, so the fallback is never taken.
         let ip_text = HeaderValue::try_from(addr.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self { addr, ip_text }
+        Self {
+            addr,
+            ip_text,
+            listener: None,
+            scheme: "http",
+        }
+    }
+
+    /// The connection came on configured listener `listener`, over TLS
+    /// when `tls`.
+    pub fn on_listener(mut self, listener: Option<Arc<str>>, tls: bool) -> Self {
+        self.listener = listener;
+        self.scheme = if tls { "https" } else { "http" };
+        self
     }
 }
 
 /// Adds the client's address to `X-Forwarded-For` and sets `X-Real-IP` and
-/// `X-Forwarded-Proto`, as nginx's usual proxy configuration does.
-pub fn add_forwarded(headers: &mut HeaderMap, client: &ClientAddr, scheme: &'static str) {
+/// `X-Forwarded-Proto` (the client's scheme), as nginx's usual proxy
+/// configuration does.
+pub fn add_forwarded(headers: &mut HeaderMap, client: &ClientAddr) {
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
         Some(previous) if !previous.trim_ascii().is_empty() => {
             let mut joined = Vec::with_capacity(previous.len() + 2 + client.ip_text.len());
@@ -138,7 +157,7 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: &ClientAddr, scheme: &'sta
         headers.insert(X_FORWARDED_FOR, value);
     }
     headers.insert(X_REAL_IP, client.ip_text.clone());
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.scheme));
 }
 
 #[cfg(test)]
@@ -242,7 +261,7 @@ mod tests {
     fn forwarded_headers_append_and_set() {
         let mut headers = map(&[("x-forwarded-for", "1.1.1.1"), ("x-real-ip", "spoofed")]);
         let client = ClientAddr::new("10.0.0.9:4000".parse().expect("addr"));
-        add_forwarded(&mut headers, &client, "http");
+        add_forwarded(&mut headers, &client);
         assert_eq!(
             headers.get("x-forwarded-for").expect("xff"),
             "1.1.1.1, 10.0.0.9"
@@ -252,8 +271,14 @@ mod tests {
 
         let mut fresh = HeaderMap::new();
         let client = ClientAddr::new("[::1]:4000".parse().expect("addr"));
-        add_forwarded(&mut fresh, &client, "http");
+        add_forwarded(&mut fresh, &client);
         assert_eq!(fresh.get("x-forwarded-for").expect("xff"), "::1");
         assert_eq!(fresh.get("x-real-ip").expect("real ip"), "::1");
+
+        let mut tls = map(&[("x-forwarded-proto", "http")]);
+        let client = ClientAddr::new("10.0.0.9:4000".parse().expect("addr"))
+            .on_listener(Some("web".into()), true);
+        add_forwarded(&mut tls, &client);
+        assert_eq!(tls.get("x-forwarded-proto").expect("proto"), "https");
     }
 }

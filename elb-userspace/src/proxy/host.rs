@@ -48,7 +48,13 @@ pub fn request_host<'a>(
                 .filter(|h| is_valid_host(h))
                 .ok_or(HostError::InvalidHeader)?,
         ),
-        None if version >= Version::HTTP_11 => return Err(HostError::Missing),
+        // HTTP/2 carries the host as `:authority`, in the target (RFC 9113
+        // §8.3.1); Host is then optional.
+        None if version == Version::HTTP_11
+            || (version > Version::HTTP_11 && uri.authority().is_none()) =>
+        {
+            return Err(HostError::Missing);
+        }
         None => None,
     };
     // Absolute-form (a scheme and an authority); an authority-form CONNECT
@@ -198,6 +204,24 @@ mod tests {
             Err(HostError::Missing),
             "HTTP/1.1 needs a Host even with an absolute-form target"
         );
+    }
+
+    #[test]
+    fn http2_takes_the_authority_and_needs_no_host() {
+        let v2 = Version::HTTP_2;
+        assert_eq!(
+            host_of(v2, "https://probe.test/x", &[]),
+            Ok("Target(\"probe.test\")".into())
+        );
+        assert_eq!(
+            host_of(v2, "https://probe.test/x", &[b"other.test"]),
+            Ok("Target(\"probe.test\")".into())
+        );
+        assert_eq!(
+            host_of(v2, "/x", &[b"probe.test"]),
+            Ok("Header(\"probe.test\")".into())
+        );
+        assert_eq!(host_of(v2, "/x", &[]), Err(HostError::Missing));
     }
 
     #[test]

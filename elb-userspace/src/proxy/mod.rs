@@ -134,7 +134,12 @@ impl Proxy {
         };
         let response = forward::forward(self, &snapshot, request, client, &choice).await;
         if let Some(statsd) = &self.statsd {
-            statsd.record_request(&host, response.status().as_u16(), started.elapsed());
+            statsd.record_request(
+                &host,
+                client.listener.as_deref(),
+                response.status().as_u16(),
+                started.elapsed(),
+            );
         }
         response
     }

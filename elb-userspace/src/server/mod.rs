@@ -1,21 +1,29 @@
-//! The HTTP listeners: accept, then serve each connection with hyper.
+//! The HTTP listeners: accept, then serve each connection with hyper:
+//! HTTP/1.1, or HTTP/2 (ALPN over TLS, prior knowledge on plaintext).
 mod client_io;
 mod dynamic;
+mod entrance;
+mod h2;
 mod listeners;
 mod refuse;
 
 pub use dynamic::{DRAIN_BOUND, ListenerBoard, ListenerState, spawn_supervisor};
+pub use entrance::Entrance;
+pub use h2::{ABANDONED_MIN, MAX_CONCURRENT_STREAMS};
 pub use listeners::{BindError, Listeners};
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
+use bytes::Bytes;
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
-    net::TcpListener,
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
     sync::{mpsc, watch},
 };
+use tracing::Instrument;
 
-use self::client_io::{ClientIo, Reclaimed};
+use self::client_io::{ClientIo, Reclaimed, Sniffed, sniff_preface};
 use crate::{
     l4::fallback::l7_guard::ListenerGuard,
     limits::{ClientLimit, ClientPermit, ClientSlot},
@@ -57,6 +65,7 @@ pub enum WorkerCommand {
     Serve {
         name: String,
         listener: std::net::TcpListener,
+        entrance: Arc<Entrance>,
         stop: watch::Receiver<bool>,
     },
 }
@@ -120,6 +129,7 @@ pub fn spawn_workers(
                                 let Some(WorkerCommand::Serve {
                                     name,
                                     listener,
+                                    entrance,
                                     stop,
                                 }) = order
                                 else {
@@ -129,6 +139,7 @@ pub fn spawn_workers(
                                     Ok(listener) => {
                                         tokio::spawn(serve(
                                             listener,
+                                            entrance,
                                             Arc::clone(&proxy),
                                             settings.clone(),
                                             guard.clone(),
@@ -147,10 +158,12 @@ pub fn spawn_workers(
                         }
                     });
                     let mut tasks = Vec::new();
+                    let entrance = Arc::new(Entrance::static_http());
                     for listener in listeners {
                         match TcpListener::from_std(listener) {
                             Ok(listener) => tasks.push(tokio::spawn(serve(
                                 listener,
+                                Arc::clone(&entrance),
                                 Arc::clone(&proxy),
                                 settings.clone(),
                                 guard.clone(),
@@ -196,6 +209,7 @@ async fn close_idle_on_gate_changes(
 /// each connection drains (see [`DRAIN_BOUND`]).
 pub async fn serve(
     listener: TcpListener,
+    entrance: Arc<Entrance>,
     proxy: Arc<Proxy>,
     settings: ServerSettings,
     guard: Option<ListenerGuard>,
@@ -230,12 +244,24 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let proxy = Arc::clone(&proxy);
-        let settings = settings.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            serve_connection(stream, peer, proxy, settings, Arc::new(permit), stop).await;
-        });
+        let connection = Connection {
+            peer,
+            proxy: Arc::clone(&proxy),
+            settings: settings.clone(),
+            slot: Arc::new(permit),
+            stop: stop.clone(),
+            entrance: Arc::clone(&entrance),
+        };
+        match &entrance.listener {
+            // Log lines from its requests name the configured listener.
+            Some(name) => {
+                let span = tracing::info_span!("listener", name = %name);
+                tokio::spawn(connection.serve(stream).instrument(span));
+            }
+            None => {
+                tokio::spawn(connection.serve(stream));
+            }
+        }
     }
 }
 
@@ -250,86 +276,155 @@ async fn stop_requested(stop: Option<&mut watch::Receiver<bool>>) {
     }
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+/// One accepted client connection and what serving it needs.
+struct Connection {
     peer: SocketAddr,
     proxy: Arc<Proxy>,
     settings: ServerSettings,
+    /// The client's slot (`--max-connections`): held until `serve`
+    /// returns (a 408's linger included); an upgraded tunnel keeps its own
+    /// clone until it ends.
     slot: Arc<ClientPermit>,
-    mut stop: Option<watch::Receiver<bool>>,
-) {
-    let client = Arc::new(ClientAddr::new(peer));
-    let (io, mut reclaimed) = ClientIo::new(stream);
-    // The client's slot lasts until this function returns (a 408's linger
-    // included); an upgraded tunnel keeps its own clone until it ends.
-    let tunnel_slot = Arc::clone(&slot);
-    let tunnel_stop = stop.clone().map(ListenerStop);
-    let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
-        if request.headers().contains_key(http::header::UPGRADE) {
-            request
-                .extensions_mut()
-                .insert(ClientSlot(Arc::clone(&tunnel_slot)));
-            if let Some(stop) = &tunnel_stop {
-                request.extensions_mut().insert(stop.clone());
-            }
-        }
-        let proxy = Arc::clone(&proxy);
-        let client = Arc::clone(&client);
-        async move { Ok::<_, Infallible>(proxy.handle(request, &client).await) }
-    });
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
-        // The read buffer only bounds a head roughly (one read may fill it
-        // past its size, and a head that arrived whole is then taken);
-        // max_header_size counts the parsed head exactly.
-        .max_buf_size(settings.max_header_bytes.max(MIN_READ_BUFFER))
-        .max_header_size(settings.max_header_bytes)
-        .max_headers(settings.max_headers)
-        .keep_alive(true);
-    let served = {
-        let connection = builder
-            .serve_connection(TokioIo::new(io), service)
-            .with_upgrades();
-        tokio::pin!(connection);
-        tokio::select! {
-            served = connection.as_mut() => served,
-            () = stop_requested(stop.as_mut()) => {
-                // The listener was removed: finish the request in flight
-                // (hyper closes an idle connection at once), then close.
-                connection.as_mut().graceful_shutdown();
-                match tokio::time::timeout(DRAIN_BOUND, connection.as_mut()).await {
-                    Ok(served) => served,
+    stop: Option<watch::Receiver<bool>>,
+    entrance: Arc<Entrance>,
+}
+
+impl Connection {
+    /// TLS first when the listener is https, then HTTP/2 or HTTP/1.1.
+    async fn serve(self, stream: TcpStream) {
+        let client = Arc::new(
+            ClientAddr::new(self.peer)
+                .on_listener(self.entrance.listener.clone(), self.entrance.tls.is_some()),
+        );
+        // The handshake gets the time a request head gets.
+        let limit = self.settings.header_read_timeout;
+        match self.entrance.tls.clone() {
+            Some(acceptor) => {
+                let tls = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(err)) => {
+                        tracing::debug!(peer = %self.peer, error = %err, "TLS handshake failed");
+                        return;
+                    }
                     Err(_) => {
-                        tracing::debug!(%peer, "removed listener: connection closed at the drain bound");
-                        Ok(())
+                        tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    self.serve_http2(tls, client).await;
+                } else {
+                    self.serve_http1(tls, Bytes::new(), client).await;
+                }
+            }
+            None if self.entrance.http2 => {
+                let mut stream = stream;
+                match sniff_preface(&mut stream, limit).await {
+                    Sniffed::Http2(preface) => {
+                        self.serve_http2(ClientIo::with_replay(stream, preface).0, client)
+                            .await;
+                    }
+                    Sniffed::Http1(read) => self.serve_http1(stream, read, client).await,
+                    Sniffed::Nothing => {
+                        tracing::debug!(peer = %self.peer, "client sent nothing before the header timeout");
                     }
                 }
             }
+            None => self.serve_http1(stream, Bytes::new(), client).await,
         }
-    };
-    // The connection, and with it the socket, has been dropped by now.
-    match served {
-        Err(err) if err.is_timeout() => match reclaimed.try_recv() {
-            Ok(Reclaimed {
-                stream,
-                request_started: true,
-            }) => {
-                tracing::debug!(%peer, "request head timed out: 408");
-                client_io::answer_header_timeout(stream).await;
-            }
-            // Nothing of a request came (a new or idle keep-alive
-            // connection): no request to answer, and an unasked 408 could
-            // race a request the client is sending right now.
-            _ => tracing::debug!(%peer, "idle client connection timed out"),
-        },
-        Err(err) => {
-            tracing::debug!(%peer, error = %err, "client connection ended with an error");
-        }
-        Ok(()) => {}
     }
-    drop(slot);
+
+    async fn serve_http2<S>(self, io: S, client: Arc<ClientAddr>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        h2::serve(io, self.proxy, client, &self.settings, self.stop).await;
+        drop(self.slot);
+    }
+
+    /// `replay`: bytes already read from `stream` (see [`sniff_preface`]).
+    async fn serve_http1<S>(self, stream: S, replay: Bytes, client: Arc<ClientAddr>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self {
+            peer,
+            proxy,
+            settings,
+            slot,
+            mut stop,
+            entrance: _,
+        } = self;
+        let (io, mut reclaimed) = ClientIo::with_replay(stream, replay);
+        let tunnel_slot = Arc::clone(&slot);
+        let tunnel_stop = stop.clone().map(ListenerStop);
+        let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+            if request.headers().contains_key(http::header::UPGRADE) {
+                request
+                    .extensions_mut()
+                    .insert(ClientSlot(Arc::clone(&tunnel_slot)));
+                if let Some(stop) = &tunnel_stop {
+                    request.extensions_mut().insert(stop.clone());
+                }
+            }
+            let proxy = Arc::clone(&proxy);
+            let client = Arc::clone(&client);
+            async move { Ok::<_, Infallible>(proxy.handle(request, &client).await) }
+        });
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.header_read_timeout)
+            // The read buffer only bounds a head roughly (one read may fill it
+            // past its size, and a head that arrived whole is then taken);
+            // max_header_size counts the parsed head exactly.
+            .max_buf_size(settings.max_header_bytes.max(MIN_READ_BUFFER))
+            .max_header_size(settings.max_header_bytes)
+            .max_headers(settings.max_headers)
+            .keep_alive(true);
+        let served = {
+            let connection = builder
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            tokio::select! {
+                served = connection.as_mut() => served,
+                () = stop_requested(stop.as_mut()) => {
+                    // The listener was removed: finish the request in flight
+                    // (hyper closes an idle connection at once), then close.
+                    connection.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(DRAIN_BOUND, connection.as_mut()).await {
+                        Ok(served) => served,
+                        Err(_) => {
+                            tracing::debug!(%peer, "removed listener: connection closed at the drain bound");
+                            Ok(())
+                        }
+                    }
+                }
+            }
+        };
+        // The connection, and with it the socket, has been dropped by now.
+        match served {
+            Err(err) if err.is_timeout() => match reclaimed.try_recv() {
+                Ok(Reclaimed {
+                    stream,
+                    request_started: true,
+                }) => {
+                    tracing::debug!(%peer, "request head timed out: 408");
+                    client_io::answer_header_timeout(stream).await;
+                }
+                // Nothing of a request came (a new or idle keep-alive
+                // connection): no request to answer, and an unasked 408 could
+                // race a request the client is sending right now.
+                _ => tracing::debug!(%peer, "idle client connection timed out"),
+            },
+            Err(err) => {
+                tracing::debug!(%peer, error = %err, "client connection ended with an error");
+            }
+            Ok(()) => {}
+        }
+        drop(slot);
+    }
 }
 
 /// hyper's smallest read buffer (it panics below it).

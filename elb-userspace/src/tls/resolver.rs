@@ -79,16 +79,21 @@ impl ResolvesServerCert for SniResolver {
 
 /// The `ServerConfig` of a TLS listener: TLS 1.2 and 1.3 only, rustls's
 /// default cipher suites (ring), session resumption by tickets and by the
-/// session cache, ALPN `h2` then `http/1.1`.
+/// session cache, ALPN `h2` (when `http2`) then `http/1.1`.
 pub fn server_config(
     source: Arc<dyn CertSource>,
     default_name: &str,
+    http2: bool,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver::new(source, default_name)));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(Arc::new(config))

@@ -256,7 +256,7 @@ async fn sni_chooses_exact_then_wildcard_then_default_over_real_handshakes() {
         ("wild", &wild),
         ("api", &api),
     ])));
-    let config = server_config(source, "main").expect("server config");
+    let config = server_config(source, "main", true).expect("server config");
     let acceptor = TlsAcceptor::from(config);
     for versions in [
         &[&rustls::version::TLS13][..],
@@ -281,7 +281,7 @@ async fn a_rotated_certificate_serves_the_next_handshake_and_spares_open_ones() 
     let first = generate(&["site.test"]);
     let second = generate(&["site.test"]);
     let source = Arc::new(ArcSwap::new(cert_set(&[("site", &first)])));
-    let acceptor = TlsAcceptor::from(server_config(source.clone(), "site").expect("config"));
+    let acceptor = TlsAcceptor::from(server_config(source.clone(), "site", true).expect("config"));
     let connector = client(&[&rustls::version::TLS13]);
 
     let (leaf, _, mut open, _server) = handshake(&acceptor, &connector, "site.test").await;
@@ -308,7 +308,7 @@ async fn a_rotated_certificate_serves_the_next_handshake_and_spares_open_ones() 
 async fn no_default_and_no_match_fails_the_handshake() {
     let only = generate(&["only.test"]);
     let source = Arc::new(ArcSwap::new(cert_set(&[("only", &only)])));
-    let acceptor = TlsAcceptor::from(server_config(source, "missing").expect("config"));
+    let acceptor = TlsAcceptor::from(server_config(source, "missing", true).expect("config"));
     let connector = client(&[&rustls::version::TLS13]);
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
     let server = tokio::spawn(async move { acceptor.accept(server_io).await.is_err() });
@@ -325,7 +325,7 @@ async fn sessions_resume_by_tls13_tickets_tls12_tickets_and_tls12_session_ids() 
     };
     let site = generate(&["site.test"]);
     let source = Arc::new(ArcSwap::new(cert_set(&[("site", &site)])));
-    let config = server_config(source, "site").expect("config");
+    let config = server_config(source, "site", true).expect("config");
     assert!(config.ticketer.enabled(), "stateless tickets are on");
     let acceptor = TlsAcceptor::from(config);
     for (what, versions, tls12) in [
@@ -382,8 +382,9 @@ async fn the_published_snapshot_is_a_certificate_source() {
     };
     let mut manager = ConfigManager::new(KeyLayout::new("ELB"));
     assert!(manager.apply(&[put(&first)]).is_empty());
-    let acceptor =
-        TlsAcceptor::from(server_config(manager.snapshot_handle(), "site").expect("server config"));
+    let acceptor = TlsAcceptor::from(
+        server_config(manager.snapshot_handle(), "site", true).expect("server config"),
+    );
     let connector = client(&[&rustls::version::TLS13]);
     let (leaf, _, _, _) = handshake(&acceptor, &connector, "other.test").await;
     assert_eq!(leaf, first.der, "the default certificate");
