@@ -70,6 +70,38 @@ impl STimeRun<'_> {
     }
 }
 
+/// Sends the request s_time sends (`GET <www> HTTP/1.0`, without SNI, as
+/// s_time) once with `openssl s_client`, and fails unless the answer is a
+/// 200: s_time itself only counts the bytes it read.
+pub fn check_answer(connect: &str, www: &str, dir: &Path) -> Result<()> {
+    use std::io::Write;
+    let out = dir.join("s_client.out");
+    let file =
+        std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+    let child = Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", connect])
+        .stdin(Stdio::piped())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()
+        .context("starting openssl s_client")?;
+    let mut running = Running { child, out };
+    running
+        .child
+        .stdin
+        .take()
+        .context("s_client's stdin")?
+        .write_all(format!("GET {www} HTTP/1.0\r\n\r\n").as_bytes())
+        .context("writing the request to s_client")?;
+    // -quiet ignores the end of its input: it exits when the server closes.
+    running.wait_until(Instant::now() + Duration::from_secs(10))?;
+    let answer = std::fs::read_to_string(&running.out).unwrap_or_default();
+    if !answer.lines().any(|l| l.starts_with("HTTP/1.1 200 ")) {
+        bail!("s_time's request to {connect} was not answered 200:\n{answer}");
+    }
+    Ok(())
+}
+
 struct Running {
     child: Child,
     out: std::path::PathBuf,
@@ -83,7 +115,7 @@ impl Running {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "openssl s_time did not finish in time (an answer the server never closed?): {}",
+                    "openssl did not finish in time (an answer the server never closed?): {}",
                     std::fs::read_to_string(&self.out).unwrap_or_default()
                 );
             }
