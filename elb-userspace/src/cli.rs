@@ -64,6 +64,15 @@ pub struct RunArgs {
     #[arg(long, env = "STATSD", value_name = "HOST:PORT")]
     pub statsd: Option<String>,
 
+    /// Access log: a line per request to this file (appended; reopened on
+    /// SIGUSR1, for logrotate), or `-` for standard output. Off by default.
+    #[arg(long, value_name = "PATH|-")]
+    pub access_log: Option<String>,
+
+    /// The access log's line format.
+    #[arg(long, value_enum, default_value = "combined", requires = "access_log")]
+    pub access_log_format: crate::access_log::Format,
+
     /// The embedded store's file (default /var/lib/elb/<name>.json); with
     /// etcd, the local snapshot of etcd's state (default
     /// /var/lib/elb/<name>.etcd-snapshot.json).
@@ -93,13 +102,24 @@ pub struct RunArgs {
     #[arg(long, env = "ELB_ZONE", value_name = "ZONE", value_parser = parse_zone)]
     pub zone: Option<String>,
 
-    /// Upstream connect timeout.
+    /// Upstream connect timeout (for a `tls` server, the TLS handshake has
+    /// as long again).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+
+    /// CA certificates (PEM) that `tls` upstream servers and `HTTPS:`
+    /// health checks are verified against, instead of the system's.
+    #[arg(long, value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
 
     /// Time an upstream has to answer with response headers (504 after).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
+
+    /// On SIGTERM (or SIGINT), the longest elb waits for in-flight requests
+    /// after it stopped accepting; a second signal exits at once.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
 
     /// Time a client has to send its request head; 408 after, once it has
     /// sent part of one (an idle connection is closed without an answer).

@@ -1,6 +1,7 @@
 //! elb's userspace daemon as a library, so integration tests can drive the
 //! same code the `elb` binary runs.
 
+pub mod access_log;
 pub mod admin;
 pub mod bpffs;
 pub mod cidr;

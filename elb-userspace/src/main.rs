@@ -3,6 +3,7 @@ use std::{net::SocketAddr, sync::Arc};
 use anyhow::Context;
 use clap::Parser;
 use elb_userspace::{
+    access_log::{self, AccessLog},
     admin::{AdminApi, access::AccessPolicy},
     cli::{Cli, Command, L4Start, RunArgs, TeardownArgs},
     config::{ConfigManager, ConfigService, KeyLayout, OwnAddrs},
@@ -23,6 +24,7 @@ use elb_userspace::{
     store::{EtcdStore, FileStore, Store, etcd::parse_endpoints},
     sync,
     targets::TargetRegistry,
+    tls::UpstreamTls,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -65,6 +67,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _lock = InstanceLock::acquire(&args.run_dir, &args.name)?;
     let budgets = fd_budgets(&args);
     let upstream_limits = UpstreamLimits::new(args.max_server_connections, budgets.upstream_total);
+    let upstream_tls = Arc::new(UpstreamTls::load(args.upstream_ca.as_deref())?);
     let layout = KeyLayout::new(&args.name);
     let state_file = args.state_file();
     // Left by a kill between a write and its rename; the lock above means
@@ -111,6 +114,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => None,
     };
 
+    let access_log = match &args.access_log {
+        Some(target) => Some(AccessLog::start(
+            access_log::Target::parse(target),
+            args.access_log_format,
+        )?),
+        None => None,
+    };
+
     let xdp = start_xdp(&args, l4_start)?;
 
     let admin = Arc::new(AdminApi::new(
@@ -129,18 +140,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         idle_timeout: std::time::Duration::from_secs(60),
         hop: HopMarker::new(&args.name)?,
         upstream_limits,
+        upstream_tls: Arc::clone(&upstream_tls),
     };
     let server_settings = ServerSettings {
         header_read_timeout: args.header_timeout,
         max_header_bytes: args.max_header_bytes,
         max_headers: args.max_headers,
         clients: ClientLimit::new(budgets.clients),
+        drain_timeout: args.drain_timeout,
     };
     for addr in &listen_addrs {
         tracing::info!(%addr, workers, "listening for HTTP");
     }
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let monitor = spawn_monitor(Arc::clone(&targets), shutdown_rx.clone())
+    let monitor = spawn_monitor(Arc::clone(&targets), upstream_tls, shutdown_rx.clone())
         .context("starting the health-check thread")?;
     let l4 = match xdp {
         Some((dataplane, maps)) => {
@@ -185,6 +198,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 statsd.clone(),
                 proxy_settings.clone(),
             )
+            .with_access_log(access_log.clone())
         },
         &server_settings,
         guard.as_ref(),
@@ -202,22 +216,42 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     tracing::info!(name = args.name, "elb running");
 
-    wait_for_shutdown_signal().await?;
-    tracing::info!("shutting down");
+    let mut signals = ShutdownSignals::install()?;
+    signals.next().await;
+    tracing::info!(
+        drain_timeout = ?args.drain_timeout,
+        "shutting down: no new connections; requests in flight finish (a second SIGTERM exits now)"
+    );
     let _ = shutdown_tx.send(true);
-    let _ = supervisor.await;
-    for worker in workers.threads {
-        let _ = worker.join();
-    }
-    let _ = monitor.join();
-    match l4 {
-        L4Running::Xdp { dataplane, sync } => {
-            let _ = sync.await;
-            dataplane.release(&args.name);
+    let stopped = async {
+        let _ = supervisor.await;
+        // Worker threads end once their connections have drained.
+        let _ = tokio::task::spawn_blocking(move || {
+            for worker in workers.threads {
+                let _ = worker.join();
+            }
+            let _ = monitor.join();
+        })
+        .await;
+        match l4 {
+            L4Running::Xdp { dataplane, sync } => {
+                let _ = sync.await;
+                dataplane.release(&args.name);
+            }
+            L4Running::Userspace(l4) => l4.wait().await,
         }
-        L4Running::Userspace(l4) => l4.wait().await,
+    };
+    tokio::select! {
+        () = stopped => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        () = signals.next() => {
+            tracing::warn!("second signal: exiting now, connections still open are cut");
+            // Not a return: the runtime would wait for the blocked joins.
+            std::process::exit(0);
+        }
     }
-    Ok(())
 }
 
 /// Raises the fd limit and splits it into the connection budgets.
@@ -362,12 +396,24 @@ fn teardown(args: &TeardownArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    tokio::select! {
-        _ = interrupt.recv() => {}
-        _ = terminate.recv() => {}
+/// SIGTERM and SIGINT: the first starts the drain, a second exits.
+struct ShutdownSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+        })
     }
-    Ok(())
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
 }

@@ -182,18 +182,28 @@ impl ElbProcess {
         })
     }
 
-    /// Sends SIGTERM and waits for the exit status.
+    /// Sends SIGTERM and waits for the exit status. elb drains first:
+    /// requests still in flight after [`DRAIN_PATIENCE`] get a second
+    /// SIGTERM (exit at once), so a test's teardown never waits for
+    /// `--drain-timeout`.
     pub fn stop(&mut self) -> Result<ExitStatus> {
         let child = self.child_mut()?;
+        let pid = child.id() as i32;
         // SAFETY: plain signal to our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let started = Instant::now();
+        let mut second = false;
         loop {
             if let Some(status) = child.try_wait()? {
                 self.child = None;
                 return Ok(status);
             }
-            if Instant::now() > deadline {
+            if !second && started.elapsed() > DRAIN_PATIENCE {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+                second = true;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
                 let _ = child.kill();
                 bail!("elb did not stop within 10 s of SIGTERM");
             }
@@ -220,6 +230,9 @@ impl ElbProcess {
         self.child.as_mut().context("elb already exited")
     }
 }
+
+/// How long [`ElbProcess::stop`] lets elb drain before the second SIGTERM.
+pub const DRAIN_PATIENCE: Duration = Duration::from_secs(2);
 
 impl Drop for ElbProcess {
     fn drop(&mut self) {

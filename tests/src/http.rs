@@ -149,3 +149,40 @@ pub fn admin(
         bytes.as_deref(),
     )
 }
+
+/// A keep-alive GET of `path` for `host` on `stream`; returns the response
+/// (head and body) once it is in. For the test backend's answers: small
+/// JSON objects, a 200.
+pub fn keep_alive_get(host: &str, stream: &mut std::net::TcpStream, path: &str) -> String {
+    use std::io::{Read, Write};
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").expect("send");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.ends_with(b"}\n") && !seen.ends_with(b"}") {
+        let n = stream.read(&mut buf).expect("read the response");
+        assert!(n > 0, "closed before the response");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let seen = String::from_utf8_lossy(&seen).into_owned();
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    seen
+}
+
+/// How long until the peer closes `stream` (reads return 0 or fail);
+/// panics past `limit`.
+pub fn time_to_close(
+    stream: &mut std::net::TcpStream,
+    limit: std::time::Duration,
+) -> std::time::Duration {
+    use std::io::Read;
+    let started = std::time::Instant::now();
+    stream.set_read_timeout(Some(limit)).expect("timeout");
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return started.elapsed(),
+            Ok(_) => {}
+        }
+        assert!(started.elapsed() < limit, "still open after {limit:?}");
+    }
+}

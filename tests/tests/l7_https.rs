@@ -469,8 +469,87 @@ fn a_rotated_certificate_serves_new_handshakes_at_once_under_traffic() {
         }
         std::thread::sleep(Duration::from_millis(300));
     }
+    // Enough traffic to tell, however slow curl starts on a busy machine.
+    let waiting = Instant::now();
+    while done.load(Ordering::Relaxed) < 10 && waiting.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     stop.store(true, Ordering::Relaxed);
     traffic.join().expect("traffic thread");
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "failed requests");
+    assert!(done.load(Ordering::Relaxed) >= 10, "too little traffic");
+}
+
+#[test]
+fn https_listeners_come_and_go_under_traffic_with_no_failed_request_elsewhere() {
+    let site = Arc::new(Site::start(&[]));
+    let backend = Backend::start("live").expect("backend");
+    site.elb().route(HOST, "live", &[(backend.addr(), "")]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    // HTTP/2 over TLS on the permanent https listener, HTTP/1.1 on --listen.
+    let traffic: Vec<_> = [true, false]
+        .into_iter()
+        .map(|tls| {
+            let (site, stop, done, failed) = (
+                Arc::clone(&site),
+                Arc::clone(&stop),
+                Arc::clone(&done),
+                Arc::clone(&failed),
+            );
+            std::thread::spawn(move || {
+                for _ in 0..5_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let ok = if tls {
+                        let ca = site.ca();
+                        let got = curl(site.https, Some(&ca), HOST, "/", &["--http2"]);
+                        got.status == 200 && got.version == "2"
+                    } else {
+                        let response = http::get(site.elb().addr, "/", &[("Host", HOST)]);
+                        matches!(response, Ok(r) if r.status == 200)
+                    };
+                    let counter = if ok { &done } else { &failed };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for round in 0..6 {
+        let addr = loopback(free_port());
+        let name = format!("extra{round}");
+        site.elb().admin_ok(
+            "PUT",
+            "listener",
+            Some(
+                json!({ &name: {"address": addr.to_string(), "protocol": "https",
+                                 "http2": round % 2 == 0, "default_certificate": "main"} }),
+            ),
+        );
+        let got = curl(addr, Some(&site.ca()), HOST, "/", &["--http2"]);
+        let version = if round % 2 == 0 { "2" } else { "1.1" };
+        assert_eq!(
+            (got.status, got.version.as_str()),
+            (200, version),
+            "{got:?}"
+        );
+        site.elb()
+            .admin_ok("DELETE", "listener", Some(json!([name])));
+        // Its workers close their sockets a moment after the reply.
+        let removed = Instant::now();
+        while std::net::TcpStream::connect(addr).is_ok() {
+            assert!(
+                removed.elapsed() < Duration::from_secs(1),
+                "{name} still accepts"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for thread in traffic {
+        thread.join().expect("traffic thread");
+    }
     assert_eq!(failed.load(Ordering::Relaxed), 0, "failed requests");
     assert!(done.load(Ordering::Relaxed) >= 10, "too little traffic");
 }

@@ -220,40 +220,6 @@ fn removal_refuses_new_connections_and_finishes_the_request_in_flight() {
     assert_eq!(served_by(&s.elb.get(HOST, "/", None)), "b1");
 }
 
-/// A keep-alive request on `stream`; returns once the whole response is in.
-fn keep_alive_request(stream: &mut TcpStream, path: &str) {
-    use std::io::{Read, Write};
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n").expect("send");
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    // The test backend's answers are small JSON objects.
-    while !seen.ends_with(b"}\n") && !seen.ends_with(b"}") {
-        let n = stream.read(&mut buf).expect("read the response");
-        assert!(n > 0, "closed before the response");
-        seen.extend_from_slice(&buf[..n]);
-    }
-    assert!(
-        seen.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&seen)
-    );
-}
-
-/// How long until the peer closes `stream` (reads return 0 or fail).
-fn time_to_close(stream: &mut TcpStream, limit: Duration) -> Duration {
-    use std::io::Read;
-    let started = Instant::now();
-    stream.set_read_timeout(Some(limit)).expect("timeout");
-    let mut buf = [0u8; 4096];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return started.elapsed(),
-            Ok(_) => {}
-        }
-        assert!(started.elapsed() < limit, "still open after {limit:?}");
-    }
-}
-
 #[test]
 fn removal_closes_idle_connections_at_once_and_busy_ones_at_the_drain_bound() {
     let (s, backend) = setup();
@@ -261,9 +227,9 @@ fn removal_closes_idle_connections_at_once_and_busy_ones_at_the_drain_bound() {
     put_listener(&s.elb, "extra", addr);
     wait_served(addr, Duration::from_secs(5));
     let mut idle = TcpStream::connect(addr).expect("connect");
-    keep_alive_request(&mut idle, "/");
+    http::keep_alive_get(HOST, &mut idle, "/");
     let mut busy = TcpStream::connect(addr).expect("connect");
-    keep_alive_request(&mut busy, "/");
+    http::keep_alive_get(HOST, &mut busy, "/");
     let hits = backend.hits();
     {
         use std::io::Write;
@@ -283,9 +249,9 @@ fn removal_closes_idle_connections_at_once_and_busy_ones_at_the_drain_bound() {
     }
     s.elb.admin_ok("DELETE", "listener", Some(json!(["extra"])));
     let removed = Instant::now();
-    assert!(time_to_close(&mut idle, Duration::from_secs(2)) < Duration::from_secs(1));
+    assert!(http::time_to_close(&mut idle, Duration::from_secs(2)) < Duration::from_secs(1));
     // elb's bound is 5 s (DRAIN_BOUND): not much earlier, not much later.
-    time_to_close(&mut busy, Duration::from_secs(9));
+    http::time_to_close(&mut busy, Duration::from_secs(9));
     let closed_after = removed.elapsed();
     assert!(
         closed_after >= Duration::from_millis(4500) && closed_after < Duration::from_secs(8),
@@ -326,7 +292,7 @@ fn an_upgraded_tunnel_on_a_removed_listener_ends_at_the_drain_bound() {
     let mut echoed = [0u8; 4];
     tunnel.read_exact(&mut echoed).expect("echo");
     assert_eq!(&echoed, b"ping");
-    time_to_close(&mut tunnel, Duration::from_secs(9));
+    http::time_to_close(&mut tunnel, Duration::from_secs(9));
     let closed_after = removed.elapsed();
     assert!(
         closed_after >= Duration::from_millis(4500) && closed_after < Duration::from_secs(8),

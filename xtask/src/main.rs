@@ -75,6 +75,10 @@ enum Task {
         /// cargo-fuzz's sanitizer (`address`, or `none` for speed).
         #[arg(long, default_value = "address")]
         sanitizer: String,
+        /// Build without compare tracing: faster executions, weaker
+        /// guidance (for long campaigns over a grown corpus).
+        #[arg(long)]
+        no_trace_compares: bool,
     },
     /// Set up if needed, build, check formatting and lints, run every test.
     Test {
@@ -105,6 +109,7 @@ fn main() -> std::process::ExitCode {
             time,
             target,
             sanitizer,
+            no_trace_compares,
         } => fuzz::run(
             &root,
             &fuzz::Options {
@@ -112,6 +117,7 @@ fn main() -> std::process::ExitCode {
                 target,
                 with_xdp: true,
                 sanitizer,
+                no_trace_compares,
             },
         ),
     };

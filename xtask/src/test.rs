@@ -75,6 +75,7 @@ pub fn run(root: &Path, extra_args: &[String]) -> Result<()> {
             // The XDP fuzzer ran above, as the `xdp_fuzz` test.
             with_xdp: false,
             sanitizer: "address".to_owned(),
+            no_trace_compares: false,
         },
     )?;
     // A short soak: mixed load while backends and etcd are killed.

@@ -50,6 +50,8 @@ pub enum CheckProtocol {
     Tcp,
     /// `GET path` on a fresh connection, the status checked by the matcher.
     Http,
+    /// `Http` over TLS, with the client of `tls` servers (`--upstream-ca`).
+    Https,
 }
 
 /// `PROTO[:PORT][/PATH]`: where and how a server is checked.
@@ -67,6 +69,7 @@ impl fmt::Display for CheckTarget {
         let protocol = match self.protocol {
             CheckProtocol::Tcp => "TCP",
             CheckProtocol::Http => "HTTP",
+            CheckProtocol::Https => "HTTPS",
         };
         f.write_str(protocol)?;
         if let Some(port) = self.port {
@@ -428,16 +431,11 @@ pub fn parse_target(text: &str) -> Result<CheckTarget, String> {
     let protocol = match protocol.to_ascii_uppercase().as_str() {
         "TCP" => CheckProtocol::Tcp,
         "HTTP" => CheckProtocol::Http,
-        "HTTPS" => {
-            return Err(
-                "HTTPS checks need upstream TLS, which this elb does not have yet; use HTTP or TCP"
-                    .to_owned(),
-            );
-        }
+        "HTTPS" => CheckProtocol::Https,
         _ => {
             return Err(format!(
-                "{text:?} does not start with TCP or HTTP (examples: \"HTTP:8080/health\", \
-                 \"HTTP/health\", \"TCP:8080\", \"TCP\")"
+                "{text:?} does not start with TCP, HTTP or HTTPS (examples: \"HTTP:8080/health\", \
+                 \"HTTPS:443/health\", \"HTTP/health\", \"TCP:8080\", \"TCP\")"
             ));
         }
     };
@@ -458,10 +456,12 @@ pub fn parse_target(text: &str) -> Result<CheckTarget, String> {
         CheckProtocol::Tcp if !path.is_empty() => Err(format!(
             "{text:?}: a TCP check has no path (write \"TCP\" or \"TCP:PORT\")"
         )),
-        CheckProtocol::Http if path.is_empty() => Err(format!(
+        CheckProtocol::Http | CheckProtocol::Https if path.is_empty() => Err(format!(
             "{text:?}: an HTTP check needs a path (\"HTTP:8080/health\", \"HTTP/\")"
         )),
-        CheckProtocol::Http if http::uri::PathAndQuery::try_from(path).is_err() => {
+        CheckProtocol::Http | CheckProtocol::Https
+            if http::uri::PathAndQuery::try_from(path).is_err() =>
+        {
             Err(format!("{path:?} in {text:?} is not a valid request path"))
         }
         _ => Ok(CheckTarget {
@@ -515,6 +515,13 @@ mod tests {
             ("TCP", CheckProtocol::Tcp, None, ""),
             ("TCP:8080", CheckProtocol::Tcp, Some(8080), ""),
             ("HTTP/h?x=1", CheckProtocol::Http, None, "/h?x=1"),
+            (
+                "HTTPS:8443/health",
+                CheckProtocol::Https,
+                Some(8443),
+                "/health",
+            ),
+            ("https/", CheckProtocol::Https, None, "/"),
         ] {
             let target = parse_target(text).expect(text);
             assert_eq!(
@@ -539,8 +546,8 @@ mod tests {
                 "health_check.target",
             ),
             (
-                json!({"health_check": {"target": "HTTPS:443/"}}),
-                "upstream TLS",
+                json!({"health_check": {"target": "HTTPS:443"}}),
+                "needs a path",
             ),
             (
                 json!({"health_check": {"target": "TCP:8080/x"}}),

@@ -2,12 +2,12 @@
 //! over the interval (a random first offset, then ±10% jitter) so that
 //! many servers with one interval do not fire together, and run one at a
 //! time: the next check starts only after the previous one has ended.
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use tokio::{sync::watch, task::JoinHandle, time::Instant};
 
 use super::probe::{CheckOutcome, probe};
-use crate::config::policy::HealthCheck;
+use crate::{config::policy::HealthCheck, tls::UpstreamTls};
 
 /// Each gap between check starts is the interval ± this fraction of it.
 pub const JITTER: f64 = 0.1;
@@ -48,6 +48,7 @@ pub fn align_up(at: Instant, epoch: Instant, grid: Duration) -> Instant {
 pub fn spawn_checker(
     server: String,
     check: HealthCheck,
+    tls: Arc<UpstreamTls>,
     mut report: impl FnMut(CheckOutcome) + Send + 'static,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
@@ -58,7 +59,7 @@ pub fn spawn_checker(
             tokio::time::sleep_until(align_up(first, epoch, START_GRID)).await;
             loop {
                 let started = Instant::now();
-                report(probe(&server, &check).await);
+                report(probe(&server, &check, &tls).await);
                 let gap = next_delay(check.interval, fastrand::f64());
                 tokio::time::sleep_until(align_up(started + gap, epoch, START_GRID)).await;
             }
@@ -92,6 +93,10 @@ mod tests {
 
     use super::*;
     use crate::config::policy::{CheckProtocol, CheckTarget};
+
+    fn no_tls() -> Arc<UpstreamTls> {
+        Arc::new(UpstreamTls::with_roots(rustls::RootCertStore::empty()).expect("tls client"))
+    }
 
     #[test]
     fn first_offsets_lie_within_the_interval() {
@@ -214,7 +219,7 @@ mod tests {
         let check = http_check(Duration::from_millis(100), Duration::from_millis(90));
         let (reports, report) = counter();
         let (stop, stopped) = watch::channel(false);
-        let checker = spawn_checker(server.addr.clone(), check, report, stopped);
+        let checker = spawn_checker(server.addr.clone(), check, no_tls(), report, stopped);
         tokio::time::sleep(Duration::from_millis(1050)).await;
         stop.send(true).expect("checker listens");
         let started = std::time::Instant::now();
@@ -237,7 +242,7 @@ mod tests {
         let check = http_check(Duration::from_millis(100), Duration::from_secs(1));
         let (reports, report) = counter();
         let (stop, stopped) = watch::channel(false);
-        let checker = spawn_checker(server.addr.clone(), check, report, stopped);
+        let checker = spawn_checker(server.addr.clone(), check, no_tls(), report, stopped);
         tokio::time::sleep(Duration::from_millis(1000)).await;
         stop.send(true).expect("checker listens");
         checker.await.expect("no panic");
@@ -271,7 +276,7 @@ mod tests {
         let check = http_check(Duration::from_millis(100), Duration::from_secs(30));
         let (reports, report) = counter();
         let (stop, stopped) = watch::channel(false);
-        let checker = spawn_checker(addr, check, report, stopped);
+        let checker = spawn_checker(addr, check, no_tls(), report, stopped);
         let (mut stream, _) = tokio::time::timeout(Duration::from_secs(2), listener.accept())
             .await
             .expect("first check within the interval")
@@ -302,7 +307,13 @@ mod tests {
     async fn stops_while_waiting_and_when_the_sender_is_gone() {
         let check = http_check(Duration::from_secs(300), Duration::from_secs(5));
         let (stop, stopped) = watch::channel(false);
-        let checker = spawn_checker("127.0.0.1:9".to_owned(), check.clone(), |_| {}, stopped);
+        let checker = spawn_checker(
+            "127.0.0.1:9".to_owned(),
+            check.clone(),
+            no_tls(),
+            |_| {},
+            stopped,
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
         stop.send(true).expect("checker listens");
         tokio::time::timeout(Duration::from_millis(200), checker)
@@ -311,7 +322,7 @@ mod tests {
             .expect("no panic");
 
         let (stop, stopped) = watch::channel(false);
-        let checker = spawn_checker("127.0.0.1:9".to_owned(), check, |_| {}, stopped);
+        let checker = spawn_checker("127.0.0.1:9".to_owned(), check, no_tls(), |_| {}, stopped);
         drop(stop);
         tokio::time::timeout(Duration::from_millis(200), checker)
             .await

@@ -14,7 +14,10 @@ use super::{
     checker::spawn_checker,
     state::{CheckRecord, TargetState},
 };
-use crate::targets::{CheckJob, CheckState, TargetRegistry};
+use crate::{
+    targets::{CheckJob, CheckState, TargetRegistry},
+    tls::UpstreamTls,
+};
 
 /// How often drains and slow starts are looked at.
 const TICK: Duration = Duration::from_millis(100);
@@ -31,6 +34,7 @@ struct Running {
 /// that one thread does in a few microseconds.
 pub fn spawn_monitor(
     registry: Arc<TargetRegistry>,
+    tls: Arc<UpstreamTls>,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -38,17 +42,21 @@ pub fn spawn_monitor(
         .build()?;
     std::thread::Builder::new()
         .name("elb-health".into())
-        .spawn(move || runtime.block_on(run_monitor(registry, shutdown)))
+        .spawn(move || runtime.block_on(run_monitor(registry, tls, shutdown)))
 }
 
 /// The monitor itself: runs until `shutdown`, then stops every checker.
-pub async fn run_monitor(registry: Arc<TargetRegistry>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_monitor(
+    registry: Arc<TargetRegistry>,
+    tls: Arc<UpstreamTls>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut syncs = registry.subscribe_syncs();
     let mut running: HashMap<(String, String), Running> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     syncs.borrow_and_update();
-    reconcile(&registry, &mut running);
+    reconcile(&registry, &tls, &mut running);
     loop {
         tokio::select! {
             changed = syncs.changed() => {
@@ -56,7 +64,7 @@ pub async fn run_monitor(registry: Arc<TargetRegistry>, mut shutdown: watch::Rec
                     break;
                 }
                 syncs.borrow_and_update();
-                reconcile(&registry, &mut running);
+                reconcile(&registry, &tls, &mut running);
             }
             _ = tick.tick() => registry.tick(Instant::now()),
             _ = shutdown.changed() => break,
@@ -69,7 +77,11 @@ pub async fn run_monitor(registry: Arc<TargetRegistry>, mut shutdown: watch::Rec
 
 /// Starts checkers for new jobs, restarts those whose check or epoch
 /// changed, stops those no longer wanted.
-fn reconcile(registry: &Arc<TargetRegistry>, running: &mut HashMap<(String, String), Running>) {
+fn reconcile(
+    registry: &Arc<TargetRegistry>,
+    tls: &Arc<UpstreamTls>,
+    running: &mut HashMap<(String, String), Running>,
+) {
     let mut wanted: HashMap<(String, String), CheckJob> = registry
         .check_jobs()
         .into_iter()
@@ -90,6 +102,7 @@ fn reconcile(registry: &Arc<TargetRegistry>, running: &mut HashMap<(String, Stri
         spawn_checker(
             job.server.clone(),
             job.check.clone(),
+            Arc::clone(tls),
             reporter(Arc::clone(registry), job.clone()),
             stop_rx,
         );

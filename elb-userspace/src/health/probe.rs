@@ -2,6 +2,10 @@
 //! afterwards (never pooled: a check must see what a new client would),
 //! with a reset, so checks leave no TIME_WAIT sockets behind.
 //!
+//! `HTTPS:` checks do the TLS handshake first, with the client `tls`
+//! upstream servers get (same CA, SNI the server's host name); a refused
+//! certificate fails the check with rustls's reason.
+//!
 //! HTTP checks use hyper's client connection rather than a hand-written
 //! status-line reader: hyper is already the proxy's HTTP stack, it parses
 //! the response head with limits, skips interim `1xx` responses, and costs
@@ -16,11 +20,20 @@ use std::{
 use bytes::Bytes;
 use http::{Request, header};
 use http_body_util::Empty;
-use hyper::client::conn::http1;
+use hyper::{
+    client::conn::http1,
+    rt::{Read, Write},
+};
 use hyper_util::rt::TokioIo;
 use tokio::{net::TcpStream, time::timeout_at};
 
-use crate::config::policy::{CheckProtocol, HealthCheck, format_duration};
+use crate::{
+    config::policy::{CheckProtocol, HealthCheck, format_duration},
+    tls::{
+        UpstreamTls,
+        client::{Alpn, handshake_reason},
+    },
+};
 
 pub const USER_AGENT: &str = "elb-health-check/1.0";
 
@@ -37,11 +50,12 @@ pub struct CheckOutcome {
 }
 
 /// Checks `server` (`host:port`) once. The whole check (resolution,
-/// connect, request, response head) is bounded by `check.timeout`.
-pub async fn probe(server: &str, check: &HealthCheck) -> CheckOutcome {
+/// connect, TLS handshake, request, response head) is bounded by
+/// `check.timeout`.
+pub async fn probe(server: &str, check: &HealthCheck, tls: &UpstreamTls) -> CheckOutcome {
     let start = Instant::now();
     let deadline = tokio::time::Instant::from_std(start + check.timeout);
-    let finding = check_server(server, check, deadline).await;
+    let finding = check_server(server, check, tls, deadline).await;
     CheckOutcome {
         passed: finding.passed,
         status: finding.status,
@@ -69,6 +83,7 @@ impl Finding {
 async fn check_server(
     server: &str,
     check: &HealthCheck,
+    tls: &UpstreamTls,
     deadline: tokio::time::Instant,
 ) -> Finding {
     let Some((host, own_port)) = split_host_port(server) else {
@@ -86,7 +101,20 @@ async fn check_server(
             status: None,
             reason: format!("Passed: TCP connect to {checked}"),
         },
-        CheckProtocol::Http => http_check(stream, &checked, check, deadline).await,
+        CheckProtocol::Http => http_check(TokioIo::new(stream), &checked, check, deadline).await,
+        CheckProtocol::Https => {
+            match timeout_at(deadline, tls.connect(stream, &checked, Alpn::Http1)).await {
+                Err(_) => Finding::fail(format!(
+                    "TLS handshake with {checked} timed out after {}",
+                    format_duration(check.timeout)
+                )),
+                Ok(Err(error)) => Finding::fail(format!(
+                    "TLS handshake with {checked} failed: {}",
+                    handshake_reason(&error)
+                )),
+                Ok(Ok(stream)) => http_check(TokioIo::new(stream), &checked, check, deadline).await,
+            }
+        }
     }
 }
 
@@ -151,12 +179,15 @@ fn connect_error(checked: &str, error: &std::io::Error) -> String {
     }
 }
 
-async fn http_check(
-    stream: TcpStream,
+async fn http_check<I>(
+    io: I,
     checked: &str,
     check: &HealthCheck,
     deadline: tokio::time::Instant,
-) -> Finding {
+) -> Finding
+where
+    I: Read + Write + Unpin + Send + 'static,
+{
     let path = check.target.path.as_str();
     let request = Request::get(path)
         .header(header::HOST, check.host.as_deref().unwrap_or(checked))
@@ -168,7 +199,7 @@ async fn http_check(
         Err(error) => return Finding::fail(format!("Cannot build the check request: {error}")),
     };
     let exchange = async {
-        let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        let (mut sender, connection) = http1::handshake(io).await?;
         // The connection is driven here rather than spawned, so that
         // dropping the check (timeout, stop) closes the socket at once.
         let mut connection = pin!(connection);

@@ -29,12 +29,13 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header, request::Parts};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
+use hyper::client::conn::TrySendError;
 
 use super::{
     MAX_TRIES, Proxy,
     client_body::{BodyOutcome, BodyWatch, ClientBody},
     headers::{ClientAddr, add_forwarded, only_chunked_coding, strip_hop_by_hop, upgrade_protocol},
-    pool::{Checkin, ConnectError, PooledBody, Sender},
+    pool::{Checkin, ConnectError, H2Sender, PooledBody, Sender, Transport},
     upgrade,
 };
 use tokio_util::sync::CancellationToken;
@@ -51,6 +52,16 @@ enum Target<'a> {
     Upstream(&'a Arc<Upstream>),
     /// `servername` that is no upstream but a literal `host:port`.
     Literal(&'a str),
+}
+
+/// In a response's extensions when access logging is on: which upstream
+/// and server it came from (or failed at), and how long the server took.
+#[derive(Debug, Clone)]
+pub struct UpstreamUsed {
+    pub upstream: String,
+    pub server: Option<String>,
+    /// From the last try's start (connecting included) to its response head.
+    pub upstream_time: Option<Duration>,
 }
 
 pub async fn forward(
@@ -88,6 +99,8 @@ pub async fn forward(
     // request is ignored (RFC 9110 §7.8 MUST).
     let protocol = upgrade_protocol(&parts.headers)
         .filter(|_| body.is_end_stream() && parts.version == http::Version::HTTP_11);
+    // The one `TE` an h2 server may get (gRPC servers want it).
+    let te_trailers = accepts_trailers(&parts.headers);
     strip_hop_by_hop(&mut parts.headers, protocol.clone());
     add_forwarded(&mut parts.headers, client);
     proxy.settings.hop.append_to(&mut parts.headers);
@@ -110,19 +123,6 @@ pub async fn forward(
         return upgrade::forward(proxy, &target_servers(&target), request).await;
     }
 
-    // Upstream connections are HTTP/1.1 keep-alive, whatever the client spoke.
-    parts.version = http::Version::HTTP_11;
-    if !body.is_end_stream()
-        && body.size_hint().exact().is_none()
-        && !parts.headers.contains_key(header::CONTENT_LENGTH)
-    {
-        // A body of unknown length (chunked) goes on chunked: hyper's
-        // client would send a GET or HEAD one as no body at all.
-        parts.headers.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-    }
     let idempotent = is_idempotent(&parts.method);
     let timeout = proxy.settings.client_body_timeout;
     let payload = match Payload::read(body, idempotent, timeout).await {
@@ -149,6 +149,7 @@ pub async fn forward(
     let mut unsent = Some(Request::from_parts(parts, body));
     let mut tried = Vec::with_capacity(MAX_TRIES);
     let mut last_failure = None;
+    let mut last_server = None;
     while tried.len() < MAX_TRIES {
         let request = match (unsent.take(), &spare) {
             (Some(request), _) => request,
@@ -157,17 +158,23 @@ pub async fn forward(
             }
             (None, None) => break,
         };
-        let Some((index, server)) = pick(&target, &tried) else {
+        let Some((index, server, transport)) = pick(&target, &tried) else {
             break;
         };
         tried.push(index);
         let lease = lease(&target, index);
-        match try_server(proxy, server, request, watch, &lease).await {
+        let mut request = request;
+        shape(&mut request, server, transport, te_trailers);
+        let try_started = Instant::now();
+        last_server = Some(server);
+        match try_server(proxy, server, transport, request, watch, &lease).await {
             Attempt::Response(response) if !is_gateway_failure(response.status()) => {
                 report_success(&target, index);
+                let response = used(proxy, response, choice, server, Some(try_started));
                 return close_after_trailers(response, watch, client_version);
             }
             Attempt::Response(response) => {
+                let response = used(proxy, response, choice, server, Some(try_started));
                 report_failure(&target, index);
                 tracing::warn!(
                     server,
@@ -180,7 +187,7 @@ pub async fn forward(
                 last_failure = Some(Failure::Status(response.status()));
             }
             Attempt::NotSent(error, request) => {
-                if let ConnectError::AtLimit { .. } = error {
+                if let ConnectError::AtLimit { .. } = error.cause() {
                     // elb's own limit, not the server's failure; logged by
                     // the limit once per episode.
                     tracing::debug!(server, error = %error, "no upstream connection slot");
@@ -209,18 +216,57 @@ pub async fn forward(
             }
         }
     }
-    if tried.is_empty() {
-        return text(StatusCode::BAD_GATEWAY, "no live upstream server");
+    let response = if tried.is_empty() {
+        text(StatusCode::BAD_GATEWAY, "no live upstream server")
+    } else {
+        match last_failure {
+            Some(Failure::Timeout) => text(StatusCode::GATEWAY_TIMEOUT, "the upstream timed out"),
+            Some(Failure::AtLimit) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the upstream servers are at elb's connection limit",
+            ),
+            Some(Failure::Status(status)) => text(status, "the upstream failed"),
+            Some(Failure::Broken) | None => text(StatusCode::BAD_GATEWAY, "the upstream failed"),
+        }
+    };
+    match last_server {
+        Some(server) => used(proxy, response, choice, server, None),
+        None => used_upstream(proxy, response, choice),
     }
-    match last_failure {
-        Some(Failure::Timeout) => text(StatusCode::GATEWAY_TIMEOUT, "the upstream timed out"),
-        Some(Failure::AtLimit) => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the upstream servers are at elb's connection limit",
-        ),
-        Some(Failure::Status(status)) => text(status, "the upstream failed"),
-        Some(Failure::Broken) | None => text(StatusCode::BAD_GATEWAY, "the upstream failed"),
+}
+
+/// Tags `response` with [`UpstreamUsed`] when access logging is on.
+fn used(
+    proxy: &Proxy,
+    mut response: Response<Body>,
+    choice: &BackendChoice<'_>,
+    server: &str,
+    try_started: Option<Instant>,
+) -> Response<Body> {
+    if proxy.access_log.is_some() {
+        response.extensions_mut().insert(UpstreamUsed {
+            upstream: choice.servername.to_owned(),
+            server: Some(server.to_owned()),
+            upstream_time: try_started.map(|started| started.elapsed()),
+        });
     }
+    response
+}
+
+/// [`used`] when no server was tried.
+fn used_upstream(
+    proxy: &Proxy,
+    mut response: Response<Body>,
+    choice: &BackendChoice<'_>,
+) -> Response<Body> {
+    if proxy.access_log.is_some() {
+        response.extensions_mut().insert(UpstreamUsed {
+            upstream: choice.servername.to_owned(),
+            server: None,
+            upstream_time: None,
+        });
+    }
+    response
 }
 
 /// Asks hyper to close the client connection after `response` when the
@@ -302,7 +348,7 @@ enum Failure {
 
 impl Failure {
     fn from_connect(error: &ConnectError) -> Self {
-        match error {
+        match error.cause() {
             ConnectError::Timeout { .. } => Self::Timeout,
             ConnectError::AtLimit { .. } => Self::AtLimit,
             _ => Self::Broken,
@@ -378,31 +424,160 @@ fn lease(target: &Target<'_>, index: usize) -> Lease {
 async fn try_server(
     proxy: &Proxy,
     server: &str,
+    transport: Transport,
     mut request: Request<Body>,
     watch: Option<&BodyWatch>,
     lease: &Lease,
 ) -> Attempt {
+    let settings = &proxy.settings;
+    if transport.h2 {
+        // The shared connection may have closed (GOAWAY) since it was
+        // looked at; a request it did not take is sent on a new one.
+        for _ in 0..2 {
+            let sender = match proxy
+                .pool
+                .h2_sender(
+                    server,
+                    transport.tls,
+                    settings.connect_timeout,
+                    lease.gate.as_ref(),
+                )
+                .await
+            {
+                Ok(sender) => sender,
+                Err(error) => return Attempt::NotSent(error, request),
+            };
+            match send(
+                proxy,
+                server,
+                transport,
+                Conn::H2(sender),
+                request,
+                watch,
+                lease,
+            )
+            .await
+            {
+                Sent::Done(attempt) => return attempt,
+                Sent::Unsent(returned) => request = returned,
+            }
+        }
+        return Attempt::Failed(Failure::Broken);
+    }
     // A pooled connection may have been closed by the server meanwhile; if
     // the request was not written, it comes back and a fresh connection
     // gets it (not counted as a try).
-    while let Some(sender) = proxy.pool.take_idle(server).await {
-        match send(proxy, server, sender, request, watch, lease).await {
+    while let Some(sender) = proxy.pool.take_idle(server, transport.tls).await {
+        match send(
+            proxy,
+            server,
+            transport,
+            Conn::H1(sender),
+            request,
+            watch,
+            lease,
+        )
+        .await
+        {
             Sent::Done(attempt) => return attempt,
             Sent::Unsent(returned) => request = returned,
         }
     }
-    let settings = &proxy.settings;
     match proxy
         .pool
-        .connect(server, settings.connect_timeout, false)
+        .connect(server, transport.tls, settings.connect_timeout, false)
         .await
     {
-        Ok(sender) => match send(proxy, server, sender, request, watch, lease).await {
-            Sent::Done(attempt) => attempt,
-            Sent::Unsent(_) => Attempt::Failed(Failure::Broken),
-        },
+        Ok(sender) => {
+            match send(
+                proxy,
+                server,
+                transport,
+                Conn::H1(sender),
+                request,
+                watch,
+                lease,
+            )
+            .await
+            {
+                Sent::Done(attempt) => attempt,
+                Sent::Unsent(_) => Attempt::Failed(Failure::Broken),
+            }
+        }
         Err(error) => Attempt::NotSent(error, request),
     }
+}
+
+/// Fits a request to the protocol of the server it is tried on (a request
+/// one server did not take may go to another that speaks otherwise).
+fn shape(request: &mut Request<Body>, server: &str, transport: Transport, te_trailers: bool) {
+    if transport.h2 {
+        *request.version_mut() = http::Version::HTTP_2;
+        let headers = request.headers_mut();
+        // HTTP/2 frames the body itself (RFC 9113 §8.2.2).
+        headers.remove(header::TRANSFER_ENCODING);
+        if te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        // HTTP/2 carries the target as :scheme, :authority and :path; the
+        // authority is the Host the request came with (Host is kept, and
+        // equal, as RFC 9113 §8.3.1 asks).
+        let authority = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|host| http::uri::Authority::try_from(host.as_bytes()).ok())
+            .or_else(|| http::uri::Authority::try_from(server).ok());
+        let scheme = if transport.tls { "https" } else { "http" };
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", http::uri::PathAndQuery::as_str);
+        if let Some(authority) = authority
+            && let Ok(uri) = Uri::builder()
+                .scheme(scheme)
+                .authority(authority)
+                .path_and_query(path)
+                .build()
+        {
+            *request.uri_mut() = uri;
+        }
+        return;
+    }
+    // HTTP/1.1 keep-alive, whatever the client spoke.
+    *request.version_mut() = http::Version::HTTP_11;
+    if request.uri().scheme().is_some()
+        && let Some(path) = request.uri().path_and_query().cloned()
+    {
+        *request.uri_mut() = Uri::from(path);
+    }
+    let unknown_length = !request.body().is_end_stream()
+        && request.body().size_hint().exact().is_none()
+        && !request.headers().contains_key(header::CONTENT_LENGTH);
+    let headers = request.headers_mut();
+    headers.remove(header::TE);
+    if unknown_length {
+        // A body of unknown length (chunked) goes on chunked: hyper's
+        // client would send a GET or HEAD one as no body at all.
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
+}
+
+/// Whether the client's `TE` lists `trailers`.
+fn accepts_trailers(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| {
+            token
+                .split(';')
+                .next()
+                .is_some_and(|name| name.trim().eq_ignore_ascii_case("trailers"))
+        })
 }
 
 enum Sent {
@@ -410,53 +585,50 @@ enum Sent {
     Unsent(Request<Body>),
 }
 
+/// A connection a request goes on: an HTTP/1.1 one of its own, or the
+/// shared HTTP/2 one.
+enum Conn {
+    H1(Sender),
+    H2(H2Sender),
+}
+
+type Exchanged = Result<Response<Incoming>, TrySendError<Request<Body>>>;
+
 async fn send(
     proxy: &Proxy,
     server: &str,
-    mut sender: Sender,
+    transport: Transport,
+    conn: Conn,
     request: Request<Body>,
     watch: Option<&BodyWatch>,
     lease: &Lease,
 ) -> Sent {
-    let timeout = proxy.settings.response_timeout;
-    let sent_at = tokio::time::Instant::now();
-    let result = {
-        let mut exchange = pin!(sender.try_send_request(request));
-        let mut deadline = sent_at + timeout;
-        loop {
-            let timed = tokio::time::timeout_at(deadline, &mut exchange);
-            let outcome = match &lease.cut {
-                Some(cut) => tokio::select! {
-                    outcome = timed => outcome,
-                    _ = cut.cancelled() => return Sent::Done(Attempt::Cut),
-                },
-                None => timed.await,
-            };
-            match outcome {
-                Ok(result) => break result,
-                Err(_) => {
-                    // Without a body the whole time was the server's turn.
-                    let next = watch.and_then(|watch| {
-                        watch.response_deadline(sent_at, tokio::time::Instant::now(), timeout)
-                    });
-                    match next {
-                        Some(next) => deadline = next,
-                        None => return Sent::Done(Attempt::Failed(Failure::Timeout)),
-                    }
-                }
-            }
+    let (result, h1) = match conn {
+        Conn::H1(mut sender) => {
+            let result = exchange(proxy, sender.try_send_request(request), watch, lease).await;
+            (result, Some(sender))
         }
+        Conn::H2(mut sender) => {
+            let result = exchange(proxy, sender.try_send_request(request), watch, lease).await;
+            (result, None)
+        }
+    };
+    let result = match result {
+        Ok(result) => result,
+        Err(Stopped::Cut) => return Sent::Done(Attempt::Cut),
+        Err(Stopped::TimedOut) => return Sent::Done(Attempt::Failed(Failure::Timeout)),
     };
     match result {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers, None);
-            let checkin = Checkin {
+            let checkin = h1.map(|sender| Checkin {
                 pool: proxy.pool.clone(),
                 server: server.to_owned(),
+                tls: transport.tls,
                 sender,
                 gate: lease.gate.clone(),
-            };
+            });
             let body = PooledBody::new(body, checkin, lease.cut.clone());
             Sent::Done(Attempt::Response(Response::from_parts(parts, body.boxed())))
         }
@@ -475,27 +647,75 @@ async fn send(
     }
 }
 
-fn pick<'a>(target: &'a Target<'_>, tried: &[usize]) -> Option<(usize, &'a str)> {
+/// Why waiting for the response head ended without one.
+enum Stopped {
+    /// The server's drain ended.
+    Cut,
+    TimedOut,
+}
+
+/// Waits for the response head within the response timeout (counted in
+/// the server's turn only), or until the server's drain ends.
+async fn exchange(
+    proxy: &Proxy,
+    exchange: impl std::future::Future<Output = Exchanged>,
+    watch: Option<&BodyWatch>,
+    lease: &Lease,
+) -> Result<Exchanged, Stopped> {
+    let timeout = proxy.settings.response_timeout;
+    let sent_at = tokio::time::Instant::now();
+    let mut exchange = pin!(exchange);
+    let mut deadline = sent_at + timeout;
+    loop {
+        let timed = tokio::time::timeout_at(deadline, &mut exchange);
+        let outcome = match &lease.cut {
+            Some(cut) => tokio::select! {
+                outcome = timed => outcome,
+                _ = cut.cancelled() => return Err(Stopped::Cut),
+            },
+            None => timed.await,
+        };
+        match outcome {
+            Ok(result) => return Ok(result),
+            Err(_) => {
+                // Without a body the whole time was the server's turn.
+                let next = watch.and_then(|watch| {
+                    watch.response_deadline(sent_at, tokio::time::Instant::now(), timeout)
+                });
+                match next {
+                    Some(next) => deadline = next,
+                    None => return Err(Stopped::TimedOut),
+                }
+            }
+        }
+    }
+}
+
+fn pick<'a>(target: &'a Target<'_>, tried: &[usize]) -> Option<(usize, &'a str, Transport)> {
     match target {
         Target::Upstream(upstream) => {
             let index = upstream.balancer.pick(Instant::now(), tried)?;
             let server = upstream.servers().get(index)?;
-            Some((index, server.name.as_str()))
+            Some((index, server.name.as_str(), Transport::of(&server.params)))
         }
-        Target::Literal(server) => tried.is_empty().then_some((0, *server)),
+        // A literal `host:port` is plaintext HTTP/1.1.
+        Target::Literal(server) => tried
+            .is_empty()
+            .then_some((0, *server, Transport::default())),
     }
 }
 
-/// The servers an upgrade may go to, in balancing order.
-fn target_servers(target: &Target<'_>) -> Vec<String> {
+/// The servers an upgrade may go to, in balancing order, and whether each
+/// takes TLS.
+fn target_servers(target: &Target<'_>) -> Vec<(String, bool)> {
     let mut tried = Vec::new();
     let mut servers = Vec::new();
     while tried.len() < MAX_TRIES {
-        let Some((index, server)) = pick(target, &tried) else {
+        let Some((index, server, transport)) = pick(target, &tried) else {
             break;
         };
         tried.push(index);
-        servers.push(server.to_owned());
+        servers.push((server.to_owned(), transport.tls));
     }
     servers
 }

@@ -11,16 +11,19 @@ pub mod via;
 use std::{sync::Arc, time::Duration};
 
 use http::{Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use self::{headers::ClientAddr, host::RequestHost, pool::Pool, via::HopMarker};
 use crate::{
+    access_log::{AccessLog, Entry, LoggedBody},
     admin::AdminApi,
     config::SnapshotHandle,
     http_util::{Body, text},
     limits::{Throttle, UpstreamLimits},
     rules::{self, Decision, RuleRequest},
     statsd::StatsdClient,
+    tls::UpstreamTls,
 };
 
 /// Timeouts and limits of the proxy towards upstreams.
@@ -40,6 +43,8 @@ pub struct ProxySettings {
     pub hop: HopMarker,
     /// Open upstream connections, shared by every worker.
     pub upstream_limits: Arc<UpstreamLimits>,
+    /// The TLS client for `tls` servers (`--upstream-ca` or system roots).
+    pub upstream_tls: Arc<UpstreamTls>,
 }
 
 /// Tries per request: the first server plus up to two others.
@@ -52,6 +57,7 @@ pub struct Proxy {
     pool: Arc<Pool>,
     settings: ProxySettings,
     loops: Throttle,
+    access_log: Option<AccessLog>,
 }
 
 impl Proxy {
@@ -69,10 +75,18 @@ impl Proxy {
                 settings.max_idle_per_server,
                 settings.idle_timeout,
                 Arc::clone(&settings.upstream_limits),
+                Arc::clone(&settings.upstream_tls),
             ),
             settings,
             loops: Throttle::new(Duration::from_secs(60)),
+            access_log: None,
         }
+    }
+
+    /// Writes a line per request to `access_log`.
+    pub fn with_access_log(mut self, access_log: Option<AccessLog>) -> Self {
+        self.access_log = access_log;
+        self
     }
 
     /// Closes idle upstream connections to servers whose gate closed.
@@ -80,11 +94,19 @@ impl Proxy {
         self.pool.close_unroutable();
     }
 
-    pub async fn handle(
-        &self,
-        mut request: Request<Incoming>,
-        client: &ClientAddr,
-    ) -> Response<Body> {
+    pub async fn handle(&self, request: Request<Incoming>, client: &ClientAddr) -> Response<Body> {
+        match &self.access_log {
+            None => self.route(request, client).await,
+            Some(log) => {
+                let started = std::time::Instant::now();
+                let entry = log_entry(&request, client);
+                let response = self.route(request, client).await;
+                logged(response, entry, log, started)
+            }
+        }
+    }
+
+    async fn route(&self, mut request: Request<Incoming>, client: &ClientAddr) -> Response<Body> {
         let (host, from_target) =
             match host::request_host(request.version(), request.uri(), request.headers()) {
                 Ok(RequestHost::Header(host)) => (host.to_owned(), false),
@@ -143,6 +165,65 @@ impl Proxy {
         }
         response
     }
+}
+
+/// The entry for `request`, before it is routed (its status, upstream and
+/// times are filled in as it is answered).
+fn log_entry(request: &Request<Incoming>, client: &ClientAddr) -> Entry {
+    let header_text = |name| {
+        request
+            .headers()
+            .get(name)
+            .map(|value: &http::HeaderValue| String::from_utf8_lossy(value.as_bytes()).into_owned())
+    };
+    let host = header_text(header::HOST).or_else(|| {
+        request
+            .uri()
+            .authority()
+            .map(|authority| authority.as_str().to_owned())
+    });
+    Entry {
+        time: std::time::SystemTime::now(),
+        client: client.addr.ip(),
+        listener: client.listener.as_deref().map(str::to_owned),
+        method: request.method().as_str().to_owned(),
+        target: request
+            .uri()
+            .path_and_query()
+            .map_or_else(|| request.uri().to_string(), |pq| pq.as_str().to_owned()),
+        version: match request.version() {
+            http::Version::HTTP_09 => "HTTP/0.9",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            http::Version::HTTP_2 => "HTTP/2.0",
+            http::Version::HTTP_3 => "HTTP/3.0",
+            _ => "HTTP/1.1",
+        },
+        host,
+        status: 0,
+        bytes: 0,
+        referer: header_text(header::REFERER),
+        user_agent: header_text(header::USER_AGENT),
+        upstream: None,
+        server: None,
+        request_time: Duration::ZERO,
+        upstream_time: None,
+    }
+}
+
+/// `response`, whose body writes `entry` to `log` when it ends.
+fn logged(
+    response: Response<Body>,
+    mut entry: Entry,
+    log: &AccessLog,
+    started: std::time::Instant,
+) -> Response<Body> {
+    entry.status = response.status().as_u16();
+    if let Some(used) = response.extensions().get::<forward::UpstreamUsed>() {
+        entry.upstream = Some(used.upstream.clone());
+        entry.server.clone_from(&used.server);
+        entry.upstream_time = used.upstream_time;
+    }
+    response.map(|body| LoggedBody::new(body, log.clone(), entry, started).boxed())
 }
 
 impl Proxy {

@@ -14,10 +14,12 @@ use http_body_util::BodyExt;
 
 pub async fn forward(
     proxy: &Proxy,
-    servers: &[String],
+    servers: &[(String, bool)],
     mut request: Request<Body>,
 ) -> Response<Body> {
-    let Some(server) = servers.first() else {
+    // An upgrade is an HTTP/1.1 handshake, over TLS for a `tls` server
+    // (also one with `h2`).
+    let Some((server, tls)) = servers.first() else {
         return text(StatusCode::BAD_GATEWAY, "no live upstream server");
     };
     let settings = &proxy.settings;
@@ -26,7 +28,7 @@ pub async fn forward(
     let listener_stop = request.extensions_mut().remove::<ListenerStop>();
     let (mut sender, upstream_slot) = match proxy
         .pool
-        .open(server, settings.connect_timeout, true)
+        .open(server, *tls, settings.connect_timeout, true)
         .await
     {
         Ok(opened) => opened,

@@ -30,7 +30,7 @@ use tokio::{
 };
 use tracing::Instrument;
 
-use super::{DRAIN_BOUND, ServerSettings, stop_requested};
+use super::{ServerSettings, wind_down};
 use crate::{
     http_util::Body,
     proxy::{Proxy, headers::ClientAddr},
@@ -106,14 +106,15 @@ impl<F: Future> Future for Guarded<F> {
     }
 }
 
-/// Serves one HTTP/2 connection until it ends, the listener is removed
-/// (`stop`: GOAWAY, then [`DRAIN_BOUND`]) or it floods resets.
+/// Serves one HTTP/2 connection until it ends, the listener is removed or
+/// elb stops (GOAWAY, then see [`wind_down`]), or it floods resets.
 pub async fn serve<S>(
     io: S,
     proxy: Arc<Proxy>,
     client: Arc<ClientAddr>,
     settings: &ServerSettings,
     mut stop: Option<watch::Receiver<bool>>,
+    mut shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -153,9 +154,10 @@ pub async fn serve<S>(
     tokio::pin!(connection);
     let ended = tokio::select! {
         served = connection.as_mut() => Some(served),
-        () = stop_requested(stop.as_mut()) => {
+        bound = wind_down(stop.as_mut(), &mut shutdown, settings.drain_timeout) => {
+            // GOAWAY: the streams open finish, no new ones.
             connection.as_mut().graceful_shutdown();
-            tokio::time::timeout(DRAIN_BOUND, connection.as_mut()).await.ok()
+            tokio::time::timeout(bound, connection.as_mut()).await.ok()
         }
         () = tally.flood.notified() => {
             tracing::warn!(

@@ -21,6 +21,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::{mpsc, watch},
 };
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use self::client_io::{ClientIo, Reclaimed, Sniffed, sniff_preface};
@@ -42,6 +43,9 @@ pub struct ServerSettings {
     pub max_headers: usize,
     /// Open client connections, all workers together (`--max-connections`).
     pub clients: Arc<ClientLimit>,
+    /// After shutdown began, how long connections have to finish their
+    /// requests in flight (`--drain-timeout`).
+    pub drain_timeout: Duration,
 }
 
 /// In an upgrade request's extensions when it came on a configured
@@ -98,10 +102,13 @@ pub fn spawn_workers(
     for (worker, listeners) in per_worker.into_iter().enumerate() {
         let (commands, mut orders) = mpsc::unbounded_channel();
         control.push(commands);
-        let proxy = Arc::new(make_proxy());
-        let settings = settings.clone();
-        let guard = guard.cloned();
-        let shutdown = shutdown.clone();
+        let worker_context = Worker {
+            proxy: Arc::new(make_proxy()),
+            settings: settings.clone(),
+            guard: guard.cloned(),
+            shutdown: shutdown.clone(),
+            connections: TaskTracker::new(),
+        };
         let gate_changes = gate_changes.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -110,16 +117,15 @@ pub fn spawn_workers(
             .name(format!("elb-worker-{worker}"))
             .spawn(move || {
                 runtime.block_on(async move {
+                    let context = worker_context;
                     tokio::spawn(close_idle_on_gate_changes(
-                        Arc::clone(&proxy),
+                        Arc::clone(&context.proxy),
                         gate_changes,
-                        shutdown.clone(),
+                        context.shutdown.clone(),
                     ));
                     tokio::spawn({
-                        let proxy = Arc::clone(&proxy);
-                        let settings = settings.clone();
-                        let guard = guard.clone();
-                        let mut shutdown = shutdown.clone();
+                        let context = context.clone();
+                        let mut shutdown = context.shutdown.clone();
                         async move {
                             loop {
                                 let order = tokio::select! {
@@ -137,13 +143,9 @@ pub fn spawn_workers(
                                 };
                                 match TcpListener::from_std(listener) {
                                     Ok(listener) => {
-                                        tokio::spawn(serve(
+                                        tokio::spawn(context.clone().serve(
                                             listener,
                                             entrance,
-                                            Arc::clone(&proxy),
-                                            settings.clone(),
-                                            guard.clone(),
-                                            shutdown.clone(),
                                             Some(stop),
                                         ));
                                     }
@@ -161,13 +163,9 @@ pub fn spawn_workers(
                     let entrance = Arc::new(Entrance::static_http());
                     for listener in listeners {
                         match TcpListener::from_std(listener) {
-                            Ok(listener) => tasks.push(tokio::spawn(serve(
+                            Ok(listener) => tasks.push(tokio::spawn(context.clone().serve(
                                 listener,
                                 Arc::clone(&entrance),
-                                Arc::clone(&proxy),
-                                settings.clone(),
-                                guard.clone(),
-                                shutdown.clone(),
                                 None,
                             ))),
                             Err(err) => {
@@ -178,6 +176,7 @@ pub fn spawn_workers(
                     for task in tasks {
                         let _ = task.await;
                     }
+                    context.drain(worker).await;
                 });
             })?;
         handles.push(handle);
@@ -186,6 +185,18 @@ pub fn spawn_workers(
         threads: handles,
         control,
     })
+}
+
+/// What every listener of one worker serves with.
+#[derive(Clone)]
+struct Worker {
+    proxy: Arc<Proxy>,
+    settings: ServerSettings,
+    /// The deny-list to apply at accept, when XDP does not.
+    guard: Option<ListenerGuard>,
+    shutdown: watch::Receiver<bool>,
+    /// The worker's open client connections.
+    connections: TaskTracker,
 }
 
 async fn close_idle_on_gate_changes(
@@ -207,60 +218,85 @@ async fn close_idle_on_gate_changes(
 /// Serves connections until `shutdown` turns true, or `stop` (a
 /// configured listener's) does: then the socket is closed at once and
 /// each connection drains (see [`DRAIN_BOUND`]).
-pub async fn serve(
-    listener: TcpListener,
-    entrance: Arc<Entrance>,
-    proxy: Arc<Proxy>,
-    settings: ServerSettings,
-    guard: Option<ListenerGuard>,
-    mut shutdown: watch::Receiver<bool>,
-    stop: Option<watch::Receiver<bool>>,
-) {
-    let mut stopped = stop.clone();
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of file descriptors and the like: back off, go on.
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+impl Worker {
+    async fn serve(
+        self,
+        listener: TcpListener,
+        entrance: Arc<Entrance>,
+        stop: Option<watch::Receiver<bool>>,
+    ) {
+        let Self {
+            proxy,
+            settings,
+            guard,
+            mut shutdown,
+            connections,
+        } = self;
+        let mut stopped = stop.clone();
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // Out of file descriptors and the like: back off, go on.
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => return,
+                () = stop_requested(stopped.as_mut()) => return,
+            };
+            if guard.as_ref().is_some_and(|g| g.refuses(peer.ip())) {
+                tracing::debug!(%peer, "HTTP client denied by the ACL");
+                // RST rather than FIN, as the L4 fallback refuses clients.
+                let _ = stream.set_zero_linger();
+                continue;
+            }
+            let Some(permit) = settings.clients.try_acquire() else {
+                if let Some(refusal) = settings.clients.try_refuse() {
+                    tokio::spawn(refuse::answer_busy(stream, refusal));
                 }
-            },
-            _ = shutdown.changed() => return,
-            () = stop_requested(stopped.as_mut()) => return,
-        };
-        if guard.as_ref().is_some_and(|g| g.refuses(peer.ip())) {
-            tracing::debug!(%peer, "HTTP client denied by the ACL");
-            // RST rather than FIN, as the L4 fallback refuses clients.
-            let _ = stream.set_zero_linger();
-            continue;
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let connection = Connection {
+                peer,
+                proxy: Arc::clone(&proxy),
+                settings: settings.clone(),
+                slot: Arc::new(permit),
+                stop: stop.clone(),
+                shutdown: shutdown.clone(),
+                entrance: Arc::clone(&entrance),
+            };
+            match &entrance.listener {
+                // Log lines from its requests name the configured listener.
+                Some(name) => {
+                    let span = tracing::info_span!("listener", name = %name);
+                    connections.spawn(connection.serve(stream).instrument(span));
+                }
+                None => {
+                    connections.spawn(connection.serve(stream));
+                }
+            }
         }
-        let Some(permit) = settings.clients.try_acquire() else {
-            if let Some(refusal) = settings.clients.try_refuse() {
-                tokio::spawn(refuse::answer_busy(stream, refusal));
-            }
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let connection = Connection {
-            peer,
-            proxy: Arc::clone(&proxy),
-            settings: settings.clone(),
-            slot: Arc::new(permit),
-            stop: stop.clone(),
-            entrance: Arc::clone(&entrance),
-        };
-        match &entrance.listener {
-            // Log lines from its requests name the configured listener.
-            Some(name) => {
-                let span = tracing::info_span!("listener", name = %name);
-                tokio::spawn(connection.serve(stream).instrument(span));
-            }
-            None => {
-                tokio::spawn(connection.serve(stream));
-            }
+    }
+
+    /// Shutdown: no listener accepts any more; the open connections finish
+    /// what is in flight (see [`wind_down`]) and close themselves at the
+    /// drain timeout. The wait here is only a backstop past that.
+    async fn drain(&self, worker: usize) {
+        self.connections.close();
+        let limit = self.settings.drain_timeout + Duration::from_secs(1);
+        if tokio::time::timeout(limit, self.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                worker,
+                connections = self.connections.len(),
+                "drain timeout: closing the connections still open"
+            );
         }
     }
 }
@@ -286,7 +322,27 @@ struct Connection {
     /// clone until it ends.
     slot: Arc<ClientPermit>,
     stop: Option<watch::Receiver<bool>>,
+    /// elb is shutting down (SIGTERM).
+    shutdown: watch::Receiver<bool>,
     entrance: Arc<Entrance>,
+}
+
+/// Resolves when a connection must wind down: its listener was removed
+/// (it then has [`DRAIN_BOUND`]) or elb is shutting down (`drain_timeout`).
+/// Returns the time it has to finish its request in flight.
+pub(crate) async fn wind_down(
+    stop: Option<&mut watch::Receiver<bool>>,
+    shutdown: &mut watch::Receiver<bool>,
+    drain_timeout: Duration,
+) -> Duration {
+    tokio::select! {
+        // Shutdown first: it also ends the listener supervisor, which
+        // drops every listener's `stop` sender.
+        biased;
+        // A dropped sender is a shutdown too.
+        _ = shutdown.wait_for(|down| *down) => drain_timeout,
+        () = stop_requested(stop) => DRAIN_BOUND,
+    }
 }
 
 impl Connection {
@@ -338,7 +394,15 @@ impl Connection {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        h2::serve(io, self.proxy, client, &self.settings, self.stop).await;
+        h2::serve(
+            io,
+            self.proxy,
+            client,
+            &self.settings,
+            self.stop,
+            self.shutdown,
+        )
+        .await;
         drop(self.slot);
     }
 
@@ -353,6 +417,7 @@ impl Connection {
             settings,
             slot,
             mut stop,
+            mut shutdown,
             entrance: _,
         } = self;
         let (io, mut reclaimed) = ClientIo::with_replay(stream, replay);
@@ -389,14 +454,16 @@ impl Connection {
             tokio::pin!(connection);
             tokio::select! {
                 served = connection.as_mut() => served,
-                () = stop_requested(stop.as_mut()) => {
-                    // The listener was removed: finish the request in flight
-                    // (hyper closes an idle connection at once), then close.
+                bound = wind_down(stop.as_mut(), &mut shutdown, settings.drain_timeout) => {
+                    // The listener was removed or elb is stopping: finish
+                    // the request in flight, its response saying
+                    // `Connection: close` (hyper closes an idle connection
+                    // at once), then close.
                     connection.as_mut().graceful_shutdown();
-                    match tokio::time::timeout(DRAIN_BOUND, connection.as_mut()).await {
+                    match tokio::time::timeout(bound, connection.as_mut()).await {
                         Ok(served) => served,
                         Err(_) => {
-                            tracing::debug!(%peer, "removed listener: connection closed at the drain bound");
+                            tracing::debug!(%peer, "connection closed at the drain bound");
                             Ok(())
                         }
                     }

@@ -6,7 +6,7 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ParamsError {
     #[error(
-        "unknown server parameter {token:?} (supported: weight=N, max_fails=N, fail_timeout=TIME, backup, down, zone=NAME, max_conns=N)"
+        "unknown server parameter {token:?} (supported: weight=N, max_fails=N, fail_timeout=TIME, backup, down, zone=NAME, max_conns=N, tls, h2)"
     )]
     UnknownParameter { token: String },
     #[error("server parameter {token:?} has no value after '='")]

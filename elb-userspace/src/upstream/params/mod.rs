@@ -1,5 +1,6 @@
 //! nginx `server` parameters: `weight=N max_fails=N fail_timeout=TIME backup down`,
-//! plus `max_conns=N` (nginx's too) and `zone=NAME`.
+//! plus `max_conns=N` (nginx's too), `zone=NAME`, and the flags `tls` (connect
+//! with TLS) and `h2` (speak HTTP/2 to the server).
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -33,6 +34,11 @@ pub struct ServerParams {
     /// Most open connections elb keeps to this server (`max_conns=N`, as
     /// nginx); 0: `--max-server-connections` applies.
     pub max_conns: u32,
+    /// Connect with TLS, verified against `--upstream-ca` or the system
+    /// roots, SNI the server's host name.
+    pub tls: bool,
+    /// Speak HTTP/2: prior knowledge on plaintext, ALPN `h2` with `tls`.
+    pub h2: bool,
 }
 
 impl Default for ServerParams {
@@ -46,6 +52,8 @@ impl Default for ServerParams {
             down: false,
             zone: None,
             max_conns: 0,
+            tls: false,
+            h2: false,
         }
     }
 }
@@ -60,6 +68,8 @@ struct Seen {
     down: bool,
     zone: bool,
     max_conns: bool,
+    tls: bool,
+    h2: bool,
 }
 
 /// Parses whitespace-separated nginx `server` parameters; `""` gives the defaults.
@@ -98,6 +108,16 @@ pub fn parse_params(text: &str) -> Result<ServerParams, ParamsError> {
                 mark_seen(&mut seen.down, token, "down")?;
                 refuse_value(token, value, "down")?;
                 params.down = true;
+            }
+            "tls" => {
+                mark_seen(&mut seen.tls, token, "tls")?;
+                refuse_value(token, value, "tls")?;
+                params.tls = true;
+            }
+            "h2" => {
+                mark_seen(&mut seen.h2, token, "h2")?;
+                refuse_value(token, value, "h2")?;
+                params.h2 = true;
             }
             "max_conns" => {
                 mark_seen(&mut seen.max_conns, token, "max_conns")?;
@@ -215,6 +235,12 @@ impl ServerParams {
         if self.max_conns > 0 {
             text.push_str(&format!(" max_conns={}", self.max_conns));
         }
+        if self.tls {
+            text.push_str(" tls");
+        }
+        if self.h2 {
+            text.push_str(" h2");
+        }
         text
     }
 
@@ -245,6 +271,12 @@ impl ServerParams {
         }
         if self.max_conns > 0 {
             object.insert("max_conns".into(), json!(self.max_conns));
+        }
+        if self.tls {
+            object.insert("tls".into(), Value::Bool(true));
+        }
+        if self.h2 {
+            object.insert("h2".into(), Value::Bool(true));
         }
         Value::Object(object)
     }

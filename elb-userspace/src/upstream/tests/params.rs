@@ -11,6 +11,8 @@ fn params(weight: u32, max_fails: u32, fail_timeout_ms: u64) -> ServerParams {
         down: false,
         zone: None,
         max_conns: 0,
+        tls: false,
+        h2: false,
     }
 }
 
@@ -145,4 +147,27 @@ fn max_conns_as_nginx_writes_it() {
     assert!(parse_params("max_conns=1 max_conns=2").is_err());
     assert!(parse_params("max_conns=-1").is_err());
     assert!(parse_params("max_conns").is_err());
+}
+
+#[test]
+fn tls_and_h2_are_flags_that_round_trip() {
+    let params = parse_params("weight=2 tls h2").expect("parse");
+    assert!(params.tls && params.h2);
+    assert_eq!(
+        params.to_nginx_string(),
+        "weight=2 max_fails=1 fail_timeout=10s tls h2"
+    );
+    assert_eq!(parse_params(&params.to_nginx_string()), Ok(params.clone()));
+    let json = params.to_json("a:1");
+    assert_eq!(
+        (json["tls"].clone(), json["h2"].clone()),
+        (true.into(), true.into())
+    );
+    let h2_only = parse_params("h2").expect("parse");
+    assert!(h2_only.h2 && !h2_only.tls);
+    // Unset flags are neither written nor listed.
+    let plain = ServerParams::default();
+    assert!(!plain.to_nginx_string().contains("tls"));
+    assert!(plain.to_json("a:1").get("tls").is_none());
+    assert!(plain.to_json("a:1").get("h2").is_none());
 }

@@ -14,6 +14,8 @@ fn unknown_parameters() {
         "slow_start=10s",
         "foo",
         "Weight=2",
+        "TLS",
+        "http2",
         "=5",
         "resolve",
     ] {
@@ -27,7 +29,7 @@ fn unknown_parameters() {
     assert_eq!(
         message("slow_start=10s"),
         "unknown server parameter \"slow_start=10s\" (supported: weight=N, max_fails=N, \
-         fail_timeout=TIME, backup, down, zone=NAME, max_conns=N)"
+         fail_timeout=TIME, backup, down, zone=NAME, max_conns=N, tls, h2)"
     );
 }
 
@@ -159,6 +161,9 @@ fn values_on_flags() {
         ("backup=1", "backup"),
         ("down=", "down"),
         ("down=true", "down"),
+        ("tls=1", "tls"),
+        ("tls=on", "tls"),
+        ("h2=", "h2"),
     ] {
         assert_eq!(
             parse_params(token),
@@ -186,6 +191,8 @@ fn duplicates() {
         ),
         ("backup backup", "backup", "backup"),
         ("down weight=2 down", "down", "down"),
+        ("tls h2 tls", "tls", "tls"),
+        ("h2 h2", "h2", "h2"),
     ] {
         assert_eq!(
             parse_params(text),

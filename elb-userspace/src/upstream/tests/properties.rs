@@ -12,9 +12,11 @@ fn any_parseable_params() -> impl Strategy<Value = ServerParams> {
         prop_oneof![0..=2_147_483_647_000u64, 0..=100_000u64],
         any::<bool>(),
         any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
     )
         .prop_map(
-            |(weight, max_fails, fail_timeout_ms, backup, down)| ServerParams {
+            |(weight, max_fails, fail_timeout_ms, backup, down, tls, h2)| ServerParams {
                 weight,
                 max_fails,
                 fail_timeout: Duration::from_millis(fail_timeout_ms),
@@ -22,6 +24,8 @@ fn any_parseable_params() -> impl Strategy<Value = ServerParams> {
                 down,
                 zone: None,
                 max_conns: 0,
+                tls,
+                h2,
             },
         )
 }
@@ -71,6 +75,8 @@ fn any_workload() -> impl Strategy<Value = (Vec<ServerParams>, Vec<Step>)> {
             down,
             zone: None,
             max_conns: 0,
+            tls: false,
+            h2: false,
         });
     prop::collection::vec(server_params, 0..6).prop_flat_map(|params| {
         let count = params.len();
