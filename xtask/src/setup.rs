@@ -23,6 +23,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "nginx",
     "wrk",
     "curl",
+    // `cargo xtask bench tls`: h2load, and openssl (s_time, the certificate).
+    "nghttp2-client",
+    "openssl",
     "python3-requests",
     // `cargo xtask bench l4`'s other balancers: HAProxy in TCP mode, and
     // iptables DNAT+SNAT (iptables-nft; nft removes the NAT table after).

@@ -13,8 +13,9 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use super::{
-    median,
-    procs::{Background, cpu_time, curl, free_port, worked_cpu_seconds},
+    median, percentile,
+    procs::{Background, free_port, measure_cpu},
+    servers::{NGINX_PROXY, admin, common_conf, nginx, start_backends, start_elb, temp_paths},
     temp_dir::TempDir,
     wrk::{WrkResult, WrkRun},
 };
@@ -52,23 +53,21 @@ pub fn run(root: &Path, rounds: usize) -> Result<()> {
     // says more than requests/s alone on a machine wrk and the backends
     // share, and the whole machine's, which bounds what any balancer gains.
     let wrk = |port: u16, pid: u32, seconds: u32| -> Result<Measured> {
-        let cpu_before = cpu_time(pid)?;
-        let machine_before = worked_cpu_seconds()?;
-        let result = WrkRun {
-            url: &url(port),
-            headers: &headers,
-            threads: 2,
-            connections: 64,
-            seconds,
-        }
-        .run()?;
-        let cpu = cpu_time(pid)? - cpu_before;
-        let machine = worked_cpu_seconds()? - machine_before;
+        let (result, cpu) = measure_cpu(pid, || {
+            WrkRun {
+                url: &url(port),
+                headers: &headers,
+                threads: 2,
+                connections: 64,
+                seconds,
+            }
+            .run()
+        })?;
         let per_request = 1e6 / (result.requests_per_sec * f64::from(seconds)).max(1.0);
         Ok(Measured {
-            cpu_us_per_request: cpu.total() * per_request,
-            user_us_per_request: cpu.user * per_request,
-            machine_us_per_request: machine * per_request,
+            cpu_us_per_request: cpu.process.total() * per_request,
+            user_us_per_request: cpu.process.user * per_request,
+            machine_us_per_request: cpu.machine * per_request,
             wrk: result,
         })
     };
@@ -198,62 +197,6 @@ fn print_headroom(nginx: &Measured, elb: &Measured) {
     );
 }
 
-fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
-    let index = ((sorted_ms.len() as f64 - 1.0) * p).round() as usize;
-    sorted_ms[index.min(sorted_ms.len() - 1)]
-}
-
-pub(super) fn nginx(dir: &Path, name: &str, conf: &str) -> Result<Background> {
-    let path = dir.join(format!("{name}.conf"));
-    std::fs::write(&path, conf)?;
-    Background::spawn(
-        name,
-        Command::new("nginx")
-            .arg("-p")
-            .arg(dir)
-            .arg("-c")
-            .arg(&path)
-            .args(["-g", "daemon off;"]),
-        dir,
-    )
-}
-
-fn common_conf(dir: &Path, name: &str, workers: u32) -> String {
-    let d = dir.display();
-    format!(
-        "worker_processes {workers};\npid {d}/{name}.pid;\nerror_log {d}/{name}-error.log warn;\n\
-         events {{ worker_connections 4096; }}\n"
-    )
-}
-
-fn temp_paths(dir: &Path) -> String {
-    let d = dir.display();
-    format!(
-        "client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; \
-         uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n"
-    )
-}
-
-/// The two nginx backends both balancers send to, listening on the
-/// returned ports.
-pub(super) fn start_backends(dir: &Path) -> Result<(Background, u16, u16)> {
-    let (b1, b2) = (free_port()?, free_port()?);
-    let mut backends = nginx(dir, "backends", &backend_conf(dir, b1, b2))?;
-    backends.wait_port(b1)?;
-    backends.wait_port(b2)?;
-    Ok((backends, b1, b2))
-}
-
-fn backend_conf(dir: &Path, b1: u16, b2: u16) -> String {
-    format!(
-        "{}http {{\n access_log off; {}\n keepalive_requests 100000;\n\
-         server {{ listen 127.0.0.1:{b1}; location / {{ return 200 \"b1 $http_x_version\\n\"; }} }}\n\
-         server {{ listen 127.0.0.1:{b2}; location / {{ return 200 \"b2 $http_x_version\\n\"; }} }}\n}}\n",
-        common_conf(dir, "backends", 1),
-        temp_paths(dir)
-    )
-}
-
 /// The rule document below, written as nginx configuration.
 pub(super) fn nginx_lb_conf(dir: &Path, port: u16, b1: u16, b2: u16, workers: u32) -> String {
     format!(
@@ -263,40 +206,10 @@ pub(super) fn nginx_lb_conf(dir: &Path, port: u16, b1: u16, b2: u16, workers: u3
          upstream weighted {{ server 127.0.0.1:{b1} weight=1; server 127.0.0.1:{b2} weight=2; keepalive 128; }}\n\
          upstream fallback {{ server 127.0.0.1:{b1}; keepalive 32; }}\n\
          server {{ listen 127.0.0.1:{port}; location / {{\n\
-           proxy_pass http://$target; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
-           proxy_set_header Host $host; proxy_set_header X-Real-IP $remote_addr;\n\
-           proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme;\n\
+           proxy_pass http://$target; {NGINX_PROXY}\
          }} }}\n}}\n",
         common_conf(dir, "nginx-lb", workers),
         temp_paths(dir)
-    )
-}
-
-fn start_elb(bin: &Path, dir: &Path, name: &str, port: u16, extra: &[&str]) -> Result<Background> {
-    let mut command = Command::new(bin);
-    command
-        .args([
-            "run",
-            "--name",
-            name,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .arg("--state-file")
-        .arg(dir.join(format!("{name}.json")))
-        .arg("--run-dir")
-        .arg(dir)
-        .args(extra)
-        .env("RUST_LOG", "warn");
-    Background::spawn(&format!("elb-{name}"), &mut command, dir)
-}
-
-fn admin(port: u16, endpoint: &str, body: &str) -> Result<String> {
-    curl(
-        "PUT",
-        &format!("http://127.0.0.1:{port}/__erulb__/{endpoint}"),
-        Some(body),
-        &[],
     )
 }
 

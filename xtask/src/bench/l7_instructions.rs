@@ -14,8 +14,9 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use super::{
-    l7::{HOST, PATH, UA, check_routing, configure_elb, nginx_lb_conf, start_backends},
+    l7::{HOST, PATH, UA, check_routing, configure_elb, nginx_lb_conf},
     procs::{Background, free_port},
+    servers::start_backends,
     temp_dir::TempDir,
 };
 

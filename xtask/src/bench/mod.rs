@@ -1,12 +1,16 @@
 //! `cargo xtask bench <name>`: comparisons that run in one go and print
 //! ratios. The machines are noisy, so every figure is the median of several
 //! alternating rounds.
+mod h2load;
 mod health;
 mod l4;
 mod l7;
 mod l7_instructions;
 mod procs;
+mod s_time;
+mod servers;
 mod temp_dir;
+mod tls;
 mod wrk;
 mod xdp;
 
@@ -22,8 +26,11 @@ pub fn run(root: &Path, name: &str, rounds: usize) -> Result<()> {
         "l4" => l4::run(root, rounds),
         "l7-instructions" => l7_instructions::run(root),
         "health" => health::run(root),
+        "tls" => tls::run(root, rounds),
         other => {
-            bail!("unknown benchmark {other:?}; available: l7, l7-instructions, xdp, l4, health")
+            bail!(
+                "unknown benchmark {other:?}; available: l7, l7-instructions, tls, xdp, l4, health"
+            )
         }
     }
 }
@@ -45,4 +52,10 @@ pub fn median(values: &mut [f64]) -> f64 {
     } else {
         (values[mid - 1] + values[mid]) / 2.0
     }
+}
+
+/// The value at fraction `p` (0..=1) of a sorted, non-empty list.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
 }

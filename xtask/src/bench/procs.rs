@@ -153,6 +153,46 @@ pub fn cpu_time(pid: u32) -> Result<CpuTime> {
     })
 }
 
+/// CPU time spent while a measured piece of work ran.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuUse {
+    /// The watched process and its children.
+    pub process: CpuTime,
+    /// The whole machine ([`worked_cpu_seconds`]).
+    pub machine: f64,
+    /// Children of this process that exited and were waited for meanwhile:
+    /// the load generators the work ran.
+    pub clients: f64,
+}
+
+/// Runs `work` and returns what it gave with the CPU time process `pid`,
+/// the whole machine and the load generators used meanwhile.
+pub fn measure_cpu<T>(pid: u32, work: impl FnOnce() -> Result<T>) -> Result<(T, CpuUse)> {
+    let (process, machine, clients) =
+        (cpu_time(pid)?, worked_cpu_seconds()?, waited_children_cpu());
+    let result = work()?;
+    Ok((
+        result,
+        CpuUse {
+            process: cpu_time(pid)? - process,
+            machine: worked_cpu_seconds()? - machine,
+            clients: waited_children_cpu() - clients,
+        },
+    ))
+}
+
+/// User + system time of every child this process has waited for.
+fn waited_children_cpu() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
 // Columns of the first line of /proc/stat, after "cpu".
 const USER: usize = 0;
 const NICE: usize = 1;
