@@ -165,16 +165,17 @@ pub async fn forward(
         let lease = lease(&target, index);
         let mut request = request;
         shape(&mut request, server, transport, te_trailers);
-        let try_started = Instant::now();
+        // Only the access log reads the upstream time.
+        let try_started = proxy.access_log.is_some().then(Instant::now);
         last_server = Some(server);
         match try_server(proxy, server, transport, request, watch, &lease).await {
             Attempt::Response(response) if !is_gateway_failure(response.status()) => {
                 report_success(&target, index);
-                let response = used(proxy, response, choice, server, Some(try_started));
+                let response = used(proxy, response, choice, server, try_started);
                 return close_after_trailers(response, watch, client_version);
             }
             Attempt::Response(response) => {
-                let response = used(proxy, response, choice, server, Some(try_started));
+                let response = used(proxy, response, choice, server, try_started);
                 report_failure(&target, index);
                 tracing::warn!(
                     server,
@@ -554,7 +555,10 @@ fn shape(request: &mut Request<Body>, server: &str, transport: Transport, te_tra
         && request.body().size_hint().exact().is_none()
         && !request.headers().contains_key(header::CONTENT_LENGTH);
     let headers = request.headers_mut();
-    headers.remove(header::TE);
+    if te_trailers {
+        // An earlier try on an h2 server may have set it.
+        headers.remove(header::TE);
+    }
     if unknown_length {
         // A body of unknown length (chunked) goes on chunked: hyper's
         // client would send a GET or HEAD one as no body at all.

@@ -97,11 +97,15 @@ impl Proxy {
     pub async fn handle(&self, request: Request<Incoming>, client: &ClientAddr) -> Response<Body> {
         match &self.access_log {
             None => self.route(request, client).await,
+            // Boxed: the entry does not grow every request's future.
             Some(log) => {
-                let started = std::time::Instant::now();
-                let entry = log_entry(&request, client);
-                let response = self.route(request, client).await;
-                logged(response, entry, log, started)
+                Box::pin(async {
+                    let started = std::time::Instant::now();
+                    let entry = log_entry(&request, client);
+                    let response = self.route(request, client).await;
+                    logged(response, entry, log, started)
+                })
+                .await
             }
         }
     }
