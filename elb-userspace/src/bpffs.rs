@@ -78,7 +78,44 @@ pub fn ensure_mounted(path: &Path) -> Result<(), BpffsError> {
         });
     }
     tracing::info!(path = %path.display(), "mounted bpffs");
+    warn_if_pins_are_short_lived(path, private_mount_namespace());
     Ok(())
+}
+
+/// Whether this process's mount namespace is not init's (`ip netns exec`,
+/// `unshare -m`, most containers): a mount made here ends with it. `None`
+/// when it cannot tell (init's namespace is not readable).
+fn private_mount_namespace() -> Option<bool> {
+    let own = std::fs::read_link("/proc/self/ns/mnt").ok()?;
+    let init = std::fs::read_link("/proc/1/ns/mnt").ok()?;
+    Some(own != init)
+}
+
+/// elb mounted bpffs itself: the pins live only as long as that mount.
+/// One line says so, and how to fix it.
+fn warn_if_pins_are_short_lived(path: &Path, private: Option<bool>) {
+    if let Some(line) = short_lived_pins_warning(path, private) {
+        tracing::warn!("{line}");
+    }
+}
+
+/// Pure: the warning for a bpffs elb had to mount, if one is due.
+fn short_lived_pins_warning(path: &Path, private: Option<bool>) -> Option<String> {
+    let path = path.display();
+    let whose = match private {
+        Some(true) => {
+            "this process's private mount namespace (ip netns exec, unshare, a container)"
+        }
+        Some(false) => return None,
+        None => "this mount namespace (if it is a container's or ip netns exec's)",
+    };
+    Some(format!(
+        "bpffs was not mounted at {path}, so elb mounted it in {whose}: the pinned maps and \
+         XDP links live only as long as that namespace, and a restart elsewhere loses them \
+         (the XDP program detaches); mount bpffs on the host (`mount -t bpf bpf {path}`) \
+         and share it: `-v {path}:{path}` for a container, `nsenter --net=` instead of \
+         `ip netns exec`"
+    ))
 }
 
 fn c_path(path: &Path) -> Result<CString, BpffsError> {
@@ -95,6 +132,18 @@ mod tests {
     #[test]
     fn a_plain_directory_is_not_bpffs() {
         assert!(!is_bpffs(Path::new("/")).expect("statfs on /"));
+    }
+
+    #[test]
+    fn a_mount_in_a_private_namespace_is_warned_about_with_the_fix() {
+        let path = Path::new("/sys/fs/bpf");
+        assert_eq!(short_lived_pins_warning(path, Some(false)), None);
+        for private in [Some(true), None] {
+            let line = short_lived_pins_warning(path, private).expect("a warning");
+            assert!(line.contains("mount -t bpf bpf /sys/fs/bpf"), "{line}");
+            assert!(line.contains("-v /sys/fs/bpf:/sys/fs/bpf"), "{line}");
+            assert!(!line.contains('\n'), "one line");
+        }
     }
 
     #[test]
