@@ -215,10 +215,10 @@ async fn close_idle_on_gate_changes(
     }
 }
 
-/// Serves connections until `shutdown` turns true, or `stop` (a
-/// configured listener's) does: then the socket is closed at once and
-/// each connection drains (see [`DRAIN_BOUND`]).
 impl Worker {
+    /// Serves connections until `shutdown` turns true, or `stop` (a
+    /// configured listener's) does: then the socket is closed at once and
+    /// each connection drains (see [`wind_down`]).
     async fn serve(
         self,
         listener: TcpListener,
