@@ -59,13 +59,8 @@ pub async fn delete(config: &ConfigService, body: Value) -> AdminResult {
                      {listener:?}; change or delete the listener first"
                 ));
             }
-            let ops = names
-                .iter()
-                .map(|name| manager.layout().cert_key(name))
-                .filter(|key| manager.kv().contains_key(key))
-                .map(|key| KvOp::Delete { key })
-                .collect();
-            Ok((ops, ()))
+            let keys = names.iter().map(|name| manager.layout().cert_key(name));
+            Ok((super::delete_ops(manager, keys), ()))
         })
         .await?;
     ok()

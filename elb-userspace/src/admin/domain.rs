@@ -91,12 +91,7 @@ pub async fn delete(config: &ConfigService, body: Value) -> AdminResult {
                     keys.extend(others.get(&canonical).into_iter().flatten().cloned());
                 }
             }
-            let ops = keys
-                .into_iter()
-                .filter(|key| manager.kv().contains_key(key))
-                .map(|key| KvOp::Delete { key })
-                .collect();
-            Ok((ops, ()))
+            Ok((super::delete_ops(manager, keys), ()))
         })
         .await?;
     ok()

@@ -399,16 +399,23 @@ async fn delete_existing(
 ) -> AdminResult {
     config
         .write(|manager| {
-            let ops = names
-                .iter()
-                .map(|name| key_of(manager.layout(), name))
-                .filter(|key| manager.kv().contains_key(key))
-                .map(|key| crate::store::KvOp::Delete { key })
-                .collect();
-            Ok((ops, ()))
+            let keys = names.iter().map(|name| key_of(manager.layout(), name));
+            Ok((delete_ops(manager, keys), ()))
         })
         .await?;
     ok()
+}
+
+/// Deletions of those of `keys` that are stored (unknown names are
+/// ignored, as ERU ELB did).
+fn delete_ops(
+    manager: &crate::config::ConfigManager,
+    keys: impl IntoIterator<Item = String>,
+) -> Vec<crate::store::KvOp> {
+    keys.into_iter()
+        .filter(|key| manager.kv().contains_key(key))
+        .map(|key| crate::store::KvOp::Delete { key })
+        .collect()
 }
 
 /// The body as a JSON object, or a 400 naming what was expected.
