@@ -40,6 +40,13 @@ pub fn run(root: &Path) -> Result<PathBuf> {
         std::fs::copy(&from, &to)
             .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     }
+    // The release profile keeps debug info (benches profile it); the
+    // shipped binary does not need it.
+    let binary = staging.join("elb/bin/elb");
+    Step::new("strip")
+        .args(["--strip-debug"])
+        .args([binary.as_os_str()])
+        .run("stripping debug info from the binary")?;
     let version = env!("CARGO_PKG_VERSION");
     let tarball = staging.join(format!(
         "elb-{version}-{}-linux.tar.gz",
