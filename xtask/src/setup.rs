@@ -26,6 +26,8 @@ pub const APT_PACKAGES: &[&str] = &[
     // `cargo xtask bench tls`: h2load, and openssl (s_time, the certificate).
     "nghttp2-client",
     "openssl",
+    // `systemd-analyze verify` of dist/elb.service (the dist_unit test).
+    "systemd",
     "python3-requests",
     // `cargo xtask bench l4`'s other balancers: HAProxy in TCP mode, and
     // iptables DNAT+SNAT (iptables-nft; nft removes the NAT table after).
