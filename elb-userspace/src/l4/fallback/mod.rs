@@ -36,6 +36,7 @@ use self::{
 use crate::{
     config::{L4Proto, SnapshotHandle},
     l4::sync::Applied,
+    takeover::HandoverSockets,
 };
 
 /// UDP sessions per service; each holds a socket (a file descriptor).
@@ -69,6 +70,8 @@ pub struct FallbackSettings {
     /// Idle UDP sessions end after this; the XDP program's UDP timeout.
     pub udp_idle_timeout: Duration,
     pub max_udp_sessions: usize,
+    /// VIP sockets received in a takeover, and the registry for the next.
+    pub sockets: HandoverSockets,
 }
 
 impl FallbackSettings {
@@ -77,7 +80,14 @@ impl FallbackSettings {
             connect_timeout,
             udp_idle_timeout: Duration::from_nanos(UDP_IDLE_NS),
             max_udp_sessions: DEFAULT_MAX_UDP_SESSIONS,
+            sockets: HandoverSockets::default(),
         }
+    }
+
+    /// VIPs come from (and are offered to) a takeover through `sockets`.
+    pub fn with_handover(mut self, sockets: HandoverSockets) -> Self {
+        self.sockets = sockets;
+        self
     }
 }
 

@@ -54,6 +54,22 @@ pub fn bind(vip: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
+/// The VIP socket received in a takeover (the first; a userspace VIP has
+/// one), else a fresh one.
+pub fn bind_or_adopt(
+    vip: SocketAddr,
+    received: Vec<std::os::fd::OwnedFd>,
+) -> io::Result<TcpListener> {
+    match received.into_iter().next() {
+        Some(fd) => {
+            let listener = std::net::TcpListener::from(fd);
+            listener.set_nonblocking(true)?;
+            TcpListener::from_std(listener)
+        }
+        None => bind(vip),
+    }
+}
+
 /// Accepts until `stop` (service removed or changed) or shutdown. Flows
 /// already relaying outlive a stop, as XDP connection-table entries do;
 /// shutdown ends them.
