@@ -116,8 +116,9 @@ pub struct RunArgs {
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
 
-    /// On SIGTERM (or SIGINT), the longest elb waits for in-flight requests
-    /// after it stopped accepting; a second signal exits at once.
+    /// On SIGTERM (or SIGINT), or when a new elb took over, the longest
+    /// elb waits for in-flight requests after it stopped accepting; a
+    /// (second) signal exits at once.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 

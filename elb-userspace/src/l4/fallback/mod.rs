@@ -45,7 +45,7 @@ pub const DEFAULT_MAX_UDP_SESSIONS: usize = 16_384;
 const TICK: Duration = Duration::from_secs(1);
 /// VIPs that could not be bound are tried again this often (in ticks).
 const RETRY_TICKS: u32 = 2;
-/// How long shutdown waits for flows to close.
+/// How long shutdown waits for flows to close; TCP relays end after it.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
@@ -305,7 +305,8 @@ async fn follow(
         });
     }
     set.shutdown().await;
-    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    // A little past the relays' own bound, so that they end first.
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT + Duration::from_millis(500);
     while active_flows(&published) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
