@@ -291,6 +291,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             registry: sockets.registry.clone(),
             lock: lock.duplicate()?,
             map_writer: matches!(l4, L4Running::Xdp { .. }).then(|| Arc::clone(&map_writer)),
+            admin_writes: admin.write_gate(),
+            runtime: tokio::runtime::Handle::current(),
         },
         taken_over_tx,
     )

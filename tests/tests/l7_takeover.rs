@@ -178,9 +178,13 @@ impl Drop for Prober {
     }
 }
 
-/// Starts a takeover that must fail (`state_file`: instead of elb's);
-/// returns its log.
-fn failed_takeover(elb: &L7Elb, state_file: Option<&str>, extra: &[&str]) -> String {
+/// `elb run --takeover` with `elb`'s name, port and run directory
+/// (`state_file`: instead of elb's), plus `extra`.
+fn spawn_takeover(
+    elb: &L7Elb,
+    state_file: Option<&str>,
+    extra: &[&str],
+) -> elb_tests::elb_process::ElbProcess {
     let listen = elb.addr.to_string();
     let state_file = state_file.map_or_else(
         || {
@@ -205,12 +209,66 @@ fn failed_takeover(elb: &L7Elb, state_file: Option<&str>, extra: &[&str]) -> Str
         "--takeover",
     ];
     args.extend_from_slice(extra);
-    let mut new = elb_tests::elb_process::ElbProcess::spawn(&args, None).expect("spawn");
+    elb_tests::elb_process::ElbProcess::spawn(&args, None).expect("spawn")
+}
+
+/// Starts a takeover that must fail; returns its log.
+fn failed_takeover(elb: &L7Elb, state_file: Option<&str>, extra: &[&str]) -> String {
+    let mut new = spawn_takeover(elb, state_file, extra);
     let status = new
         .wait_exit(Duration::from_secs(15))
         .expect("the failing elb exits");
     assert!(!status.success(), "{}", new.log());
     new.plain_log()
+}
+
+/// While a new elb starts (here: waiting for an etcd that never answers),
+/// the old one answers admin writes 503: the new one has read the state
+/// already and would not see them. When the new one fails, writes work
+/// again on the old one.
+#[test]
+fn admin_writes_pause_during_a_takeover_and_resume_when_it_fails() {
+    let (mut elb, _cleanup, backends) = start();
+    // Accepts connections (the kernel's backlog) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_addr = silent.local_addr().expect("addr").to_string();
+    let missing = elb.state_dir.join("no-such-snapshot.json");
+    let mut new = spawn_takeover(
+        &elb,
+        Some(missing.to_str().expect("utf-8")),
+        &["--etcd", &silent_addr],
+    );
+    elb.process
+        .wait_for_log(
+            Duration::from_secs(10),
+            "takeover: a new elb asks for the sockets",
+        )
+        .expect("the takeover began");
+    let body = serde_json::json!({"web": {backends[0].addr().to_string(): ""}});
+    let refused = http::admin(elb.addr, "PUT", "upstream", Some(&body)).expect("admin");
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(refused.text().contains("taking over"), "{}", refused.text());
+    // Reads still work.
+    let read = http::admin(elb.addr, "GET", "upstream", None).expect("admin");
+    assert_eq!(read.status, 200);
+    let status = new
+        .wait_exit(Duration::from_secs(30))
+        .expect("new elb exits");
+    assert!(!status.success());
+    assert!(
+        new.plain_log().contains("no local snapshot"),
+        "{}",
+        new.log()
+    );
+    elb.process
+        .wait_for_log(
+            Duration::from_secs(5),
+            "takeover failed before the new elb served",
+        )
+        .expect("the old elb noticed");
+    elb.put_upstream("web", &[(backends[0].addr(), "")]);
+    assert_eq!(elb.get(HOST, "/", None).status, 200);
+    drop(silent);
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{Mutex, OwnedMutexGuard, mpsc};
+use tokio::sync::{Mutex, OwnedMutexGuard, RwLock, mpsc};
 
 use super::{
     Message, PROTOCOL, SocketRegistry,
@@ -55,6 +55,11 @@ pub struct Offer {
     /// until the new process serves (or gives up), so that only one
     /// process writes the maps at any time.
     pub map_writer: Option<Arc<Mutex<()>>>,
+    /// The admin API's write gate, held likewise: no configuration write
+    /// here that the new process would miss.
+    pub admin_writes: Arc<RwLock<()>>,
+    /// To wait for the admin write gate from the takeover thread.
+    pub runtime: tokio::runtime::Handle,
 }
 
 impl TakeoverServer {
@@ -184,6 +189,12 @@ fn hand_over(
         xdp_map_writes_paused = offer.map_writer.is_some(),
         "takeover: a new elb asks for the sockets"
     );
+    // Waits for the writes in progress (a write also waits for the map
+    // writer, so the order admin gate first, map writer second is kept
+    // by both).
+    let admin_writes = offer
+        .runtime
+        .block_on(Arc::clone(&offer.admin_writes).write_owned());
     let writer: Option<OwnedMutexGuard<()>> = offer
         .map_writer
         .as_ref()
@@ -235,8 +246,10 @@ fn hand_over(
         &[],
         "confirming the stop",
     )?;
-    // This process never writes the maps again: the new one does.
+    // This process never writes the maps, nor takes configuration
+    // writes, again: the new one does.
     std::mem::forget(writer);
+    std::mem::forget(admin_writes);
     // The new process closes the connection once systemd knows it as the
     // main process (see crate::sd_notify): this one must not exit before,
     // or systemd would take the main process's exit for the service's.
