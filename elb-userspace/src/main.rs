@@ -90,9 +90,23 @@ fn acquire_or_take_over(
         Err(LockError::Held { holder, .. }) if args.takeover => {
             let path = takeover::socket_path(&args.run_dir, &args.name);
             tracing::info!(pid = holder, socket = %path.display(), "taking over from the running elb");
-            let handover = takeover::request(&path)?;
-            let lock = InstanceLock::inherited(handover.lock.try_clone()?);
-            Ok((lock, Some(handover)))
+            match takeover::request(&path) {
+                Ok(handover) => {
+                    let lock = InstanceLock::inherited(handover.lock.try_clone()?);
+                    Ok((lock, Some(handover)))
+                }
+                // It may have exited between the lock and the connect.
+                Err(error @ takeover::TakeoverError::Connect { .. }) => {
+                    match InstanceLock::acquire(&args.run_dir, &args.name) {
+                        Ok(lock) => {
+                            tracing::info!("the running elb has exited meanwhile; starting");
+                            Ok((lock, None))
+                        }
+                        Err(_) => Err(error.into()),
+                    }
+                }
+                Err(error) => Err(error.into()),
+            }
         }
         Err(error) => Err(error.into()),
     }
