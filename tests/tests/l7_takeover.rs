@@ -323,3 +323,36 @@ fn a_new_elb_that_fails_before_serving_leaves_the_old_one_serving() {
     assert_eq!(new.get(HOST, "/", None).status, 200);
     new.stop();
 }
+
+/// A configured listener's sockets are handed over too (labelled with its
+/// name): requests on it never fail across two takeovers, and the new elb
+/// serves it on the received sockets rather than binding anew.
+#[test]
+fn a_configured_listener_is_handed_over() {
+    let (mut elb, _cleanup, _backends) = start();
+    let port = elb_tests::ports::free_port();
+    let extra: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    elb.admin_ok(
+        "PUT",
+        "listener",
+        Some(serde_json::json!({"extra": {"address": extra.to_string(), "protocol": "http"}})),
+    );
+    let prober = Prober::start(extra);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut logs = Vec::new();
+    for _ in 0..2 {
+        elb = take_over(&mut elb);
+        std::thread::sleep(Duration::from_millis(300));
+        logs.push(elb.process.plain_log());
+    }
+    let (ok, failed, errors) = prober.finish();
+    assert_eq!(failed, 0, "{errors:?}");
+    assert!(ok > 20, "only {ok} requests");
+    for log in logs {
+        assert!(
+            log.contains(&format!("kind=Listener addr={extra} name=\"extra\"")),
+            "{log}"
+        );
+        assert!(!log.contains("is not in this configuration"), "{log}");
+    }
+}
