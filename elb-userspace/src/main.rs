@@ -310,7 +310,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         taken_over_tx,
     )
-    .context("opening the takeover socket")?;
+    .inspect_err(|error| {
+        // Serving matters more than a later takeover: say so and go on.
+        tracing::error!(
+            %error,
+            "cannot open the takeover socket: `elb run --takeover` cannot take over from this \
+             elb (stop it instead)"
+        );
+    })
+    .ok();
     tracing::info!(name = args.name, "elb running");
     report_ready();
 
@@ -318,7 +326,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         () = signals.next() => None,
         start = taken_over.recv() => start,
     };
-    takeover_server.close();
+    if let Some(server) = &takeover_server {
+        server.close();
+    }
     sockets.registry.close();
     match taken_over {
         Some(TakeoverStart { pid }) => {
