@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::{Snapshot, Upstream},
     http_util::{Body, empty, full, text},
+    metrics::cells::{ActiveTry, ServerCells, bump},
     rules::BackendChoice,
     targets::ServerGate,
 };
@@ -64,12 +65,57 @@ pub struct UpstreamUsed {
     pub upstream_time: Option<Duration>,
 }
 
+/// What the metrics need to know of how a request was forwarded.
+#[derive(Default)]
+struct Tally<'a> {
+    upstream: Option<&'a Upstream>,
+    /// The server of the last try.
+    server: Option<usize>,
+    /// The last try's time to its response head.
+    upstream_time: Option<Duration>,
+}
+
+impl Tally<'_> {
+    /// Counts the answer under its upstream and server (not for literal
+    /// `host:port` targets, which have no upstream).
+    fn record(&self, status: u16, started: Instant) {
+        let Some(upstream) = self.upstream else {
+            return;
+        };
+        let level = &upstream.metrics.level;
+        match self.server.and_then(|index| upstream.metrics.server(index)) {
+            Some(server) => server.requests.record(status),
+            None => level.no_server.record(status),
+        }
+        level.request_seconds.observe(started.elapsed());
+        if let Some(time) = self.upstream_time {
+            level.upstream_seconds.observe(time);
+        }
+    }
+}
+
+/// Forwards the request and counts its answer in the upstream's metrics.
 pub async fn forward(
     proxy: &Proxy,
     snapshot: &Snapshot,
     request: Request<Incoming>,
     client: &ClientAddr,
     choice: &BackendChoice<'_>,
+    started: Instant,
+) -> Response<Body> {
+    let mut tally = Tally::default();
+    let response = forward_tries(proxy, snapshot, request, client, choice, &mut tally).await;
+    tally.record(response.status().as_u16(), started);
+    response
+}
+
+async fn forward_tries<'s>(
+    proxy: &Proxy,
+    snapshot: &'s Snapshot,
+    request: Request<Incoming>,
+    client: &ClientAddr,
+    choice: &BackendChoice<'_>,
+    tally: &mut Tally<'s>,
 ) -> Response<Body> {
     if !only_chunked_coding(request.headers()) {
         // RFC 9112 6.1: a transfer coding the server does not understand.
@@ -79,7 +125,10 @@ pub async fn forward(
         );
     }
     let target = match snapshot.upstream(choice.servername) {
-        Some(upstream) => Target::Upstream(upstream),
+        Some(upstream) => {
+            tally.upstream = Some(upstream);
+            Target::Upstream(upstream)
+        }
         None if looks_like_host_port(choice.servername) => Target::Literal(choice.servername),
         None => {
             tracing::warn!(
@@ -162,13 +211,31 @@ pub async fn forward(
             break;
         };
         tried.push(index);
+        let counted = tally.upstream;
+        let cells = counted.and_then(|upstream| upstream.metrics.server(index));
+        if tried.len() > 1
+            && let Some(upstream) = counted
+        {
+            bump(&upstream.metrics.level.retries);
+        }
         let lease = lease(&target, index);
         let mut request = request;
         shape(&mut request, server, transport, te_trailers);
-        // Only the access log reads the upstream time.
-        let try_started = proxy.access_log.is_some().then(Instant::now);
+        let started_at = Instant::now();
+        // Only the access log reads the upstream time from the response.
+        let try_started = proxy.access_log.is_some().then_some(started_at);
         last_server = Some(server);
-        match try_server(proxy, server, transport, request, watch, &lease).await {
+        tally.server = Some(index);
+        tally.upstream_time = None;
+        let attempt = {
+            let _active = ActiveTry::start(cells);
+            try_server(proxy, server, transport, request, watch, &lease).await
+        };
+        count_attempt(cells, &attempt);
+        if let Attempt::Response(_) = &attempt {
+            tally.upstream_time = Some(started_at.elapsed());
+        }
+        match attempt {
             Attempt::Response(response) if !is_gateway_failure(response.status()) => {
                 report_success(&target, index);
                 let response = used(proxy, response, choice, server, try_started);
@@ -233,6 +300,26 @@ pub async fn forward(
     match last_server {
         Some(server) => used(proxy, response, choice, server, None),
         None => used_upstream(proxy, response, choice),
+    }
+}
+
+/// A try's connect failure or timeout, on its server's cells.
+fn count_attempt(cells: Option<&ServerCells>, attempt: &Attempt) {
+    let Some(cells) = cells else {
+        return;
+    };
+    match attempt {
+        Attempt::NotSent(error, _) => match error.cause() {
+            // elb's own limit: the server did nothing wrong.
+            ConnectError::AtLimit { .. } => {}
+            ConnectError::Timeout { .. } => {
+                bump(&cells.connect_failures);
+                bump(&cells.timeouts);
+            }
+            _ => bump(&cells.connect_failures),
+        },
+        Attempt::Failed(Failure::Timeout) => bump(&cells.timeouts),
+        _ => {}
     }
 }
 

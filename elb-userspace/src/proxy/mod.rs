@@ -158,7 +158,10 @@ impl Proxy {
                 return text(StatusCode::FORBIDDEN, "forbidden by the domain's rules");
             }
         };
-        let response = forward::forward(self, &snapshot, request, client, &choice).await;
+        let response = forward::forward(self, &snapshot, request, client, &choice, started).await;
+        domain
+            .metrics
+            .record(response.status().as_u16(), started.elapsed());
         if let Some(statsd) = &self.statsd {
             statsd.record_request(
                 &host,
