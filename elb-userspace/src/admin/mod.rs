@@ -29,6 +29,7 @@ use crate::{
     config::{ConfigService, WriteError, keys::validate_key_segment},
     http_util::{Body, json, json_error},
     l4::{stats::L4StatsSource, sync::Applied},
+    metrics::Metrics,
 };
 use tokio::sync::watch;
 
@@ -46,6 +47,8 @@ pub struct AdminApi {
     l4_applied: OnceLock<watch::Receiver<Applied>>,
     /// The configured listeners' live state, once the server runs them.
     listener_board: OnceLock<crate::server::ListenerBoard>,
+    /// What `GET /__erulb__/metrics` serves.
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// How long a write waits for the L4 data plane to carry it.
@@ -126,7 +129,14 @@ impl AdminApi {
             l4_stats: OnceLock::new(),
             l4_applied: OnceLock::new(),
             listener_board: OnceLock::new(),
+            metrics: None,
         }
+    }
+
+    /// Serves `metrics` on `GET /__erulb__/metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The L4 data plane's progress; the first call wins.
@@ -179,6 +189,9 @@ impl AdminApi {
 
     /// Where `/__erulb__/stats` reads from; the first call wins.
     pub fn set_l4_stats(&self, source: Arc<dyn L4StatsSource>) {
+        if let Some(metrics) = &self.metrics {
+            metrics.set_l4_stats(Arc::clone(&source));
+        }
         let _ = self.l4_stats.set(source);
     }
 
@@ -319,6 +332,14 @@ impl AdminApi {
             ("dump", _) => Err(AdminError::method_not_allowed(&method, &path, "PUT")),
             ("stats", &Method::GET) => self.stats(),
             ("stats", _) => Err(AdminError::method_not_allowed(&method, &path, "GET")),
+            ("metrics", &Method::GET) => match &self.metrics {
+                Some(metrics) => Ok(crate::metrics::http::response(metrics, request.headers())),
+                None => Err(AdminError::new(
+                    StatusCode::NOT_FOUND,
+                    "metrics are not collected by this elb",
+                )),
+            },
+            ("metrics", _) => Err(AdminError::method_not_allowed(&method, &path, "GET")),
             _ => Err(AdminError::new(
                 StatusCode::NOT_FOUND,
                 format!("no admin endpoint {path}"),

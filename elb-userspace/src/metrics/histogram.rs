@@ -24,12 +24,13 @@ pub struct Histogram {
     sum_micros: AtomicU64,
 }
 
-/// A point-in-time copy, cumulative as the exposition wants it.
+/// A point-in-time copy.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HistogramSnapshot {
     pub sum_seconds: f64,
     pub count: u64,
-    /// `(le, cumulative count)`, `+Inf` last.
+    /// `(upper bound, count in this bucket alone)`, `+Inf` last; the
+    /// encoder makes them cumulative.
     pub buckets: Vec<(f64, u64)>,
 }
 
@@ -47,16 +48,17 @@ impl Histogram {
     }
 
     pub fn snapshot(&self) -> HistogramSnapshot {
-        let mut cumulative = 0;
+        let mut total = 0;
         let mut buckets = Vec::with_capacity(self.counts.len());
         for (i, count) in self.counts.iter().enumerate() {
-            cumulative += count.load(Ordering::Relaxed);
+            let count = count.load(Ordering::Relaxed);
+            total += count;
             let le = BOUNDS_SECONDS.get(i).copied().unwrap_or(f64::INFINITY);
-            buckets.push((le, cumulative));
+            buckets.push((le, count));
         }
         HistogramSnapshot {
             sum_seconds: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
-            count: cumulative,
+            count: total,
             buckets,
         }
     }
@@ -76,9 +78,9 @@ mod tests {
         let snapshot = histogram.snapshot();
         assert_eq!(snapshot.count, 4);
         assert_eq!(snapshot.buckets[0], (0.005, 2));
-        assert_eq!(snapshot.buckets[6], (0.5, 3));
-        assert_eq!(snapshot.buckets[10], (10.0, 3));
-        assert_eq!(snapshot.buckets[11], (f64::INFINITY, 4));
+        assert_eq!(snapshot.buckets[6], (0.5, 1));
+        assert_eq!(snapshot.buckets[10], (10.0, 0));
+        assert_eq!(snapshot.buckets[11], (f64::INFINITY, 1));
         assert!((snapshot.sum_seconds - 60.308).abs() < 1e-9);
     }
 
