@@ -47,12 +47,15 @@ pub fn encode(view: &[UpstreamHealth], encoder: &mut DescriptorEncoder<'_>) -> f
         encoder,
         "elb_server_health_transitions",
         "Health check state changes of the server since it was added",
-        servers().map(|(upstream, s)| {
-            (
-                [("upstream", upstream), ("server", s.server.as_str())],
-                s.transitions,
-            )
-        }),
+        // From the first change on, as the L7 counters.
+        servers()
+            .map(|(upstream, s)| {
+                (
+                    [("upstream", upstream), ("server", s.server.as_str())],
+                    s.transitions,
+                )
+            })
+            .filter(|(_, n)| *n > 0),
     )?;
     gauges(
         encoder,

@@ -7,6 +7,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use super::{
     cells::{STATUS_CLASSES, ServerCells},
     encode::{counters, gauges, histograms},
+    histogram::HistogramSnapshot,
 };
 use crate::config::{DomainEntry, Snapshot, Upstream};
 use std::sync::{Arc, atomic::Ordering};
@@ -33,12 +34,15 @@ pub fn encode(snapshot: &Snapshot, encoder: &mut DescriptorEncoder<'_>) -> fmt::
         encoder,
         "elb_http_request_duration_seconds",
         "Time from a request's arrival to its response head, by domain",
-        domains.iter().map(|d| {
-            (
-                [("domain", d.domain.as_str())],
-                d.metrics.request_seconds.snapshot(),
-            )
-        }),
+        domains
+            .iter()
+            .map(|d| {
+                (
+                    [("domain", d.domain.as_str())],
+                    d.metrics.request_seconds.snapshot(),
+                )
+            })
+            .filter(observed),
     )?;
 
     let servers = || {
@@ -49,8 +53,9 @@ pub fn encode(snapshot: &Snapshot, encoder: &mut DescriptorEncoder<'_>) -> fmt::
                 .map(move |(server, cells)| (u.name.as_str(), server.name.as_str(), cells.as_ref()))
         })
     };
-    // Per server, only the classes seen so far: five series for each of
-    // thousands of servers would be mostly zeros.
+    // Per server, counters appear at their first event (the classes too):
+    // series for each of thousands of servers would be mostly zeros, and
+    // a scrape of 10,000 servers must stay small.
     counters(
         encoder,
         "elb_upstream_requests",
@@ -80,9 +85,11 @@ pub fn encode(snapshot: &Snapshot, encoder: &mut DescriptorEncoder<'_>) -> fmt::
             encoder,
             name,
             help,
-            servers().map(|(upstream, server, cells)| {
-                ([("upstream", upstream), ("server", server)], field(cells))
-            }),
+            servers()
+                .map(|(upstream, server, cells)| {
+                    ([("upstream", upstream), ("server", server)], field(cells))
+                })
+                .filter(|(_, n)| *n > 0),
         )?;
     }
     gauges(
@@ -111,25 +118,37 @@ pub fn encode(snapshot: &Snapshot, encoder: &mut DescriptorEncoder<'_>) -> fmt::
         encoder,
         "elb_upstream_request_duration_seconds",
         "Time from a request's arrival to its response head, by upstream",
-        upstreams.iter().map(|u| {
-            (
-                [("upstream", u.name.as_str())],
-                u.metrics.level.request_seconds.snapshot(),
-            )
-        }),
+        upstreams
+            .iter()
+            .map(|u| {
+                (
+                    [("upstream", u.name.as_str())],
+                    u.metrics.level.request_seconds.snapshot(),
+                )
+            })
+            .filter(observed),
     )?;
     histograms(
         encoder,
         "elb_upstream_response_duration_seconds",
         "The last try's time to the response head, connecting included, by upstream",
-        upstreams.iter().map(|u| {
-            (
-                [("upstream", u.name.as_str())],
-                u.metrics.level.upstream_seconds.snapshot(),
-            )
-        }),
+        upstreams
+            .iter()
+            .map(|u| {
+                (
+                    [("upstream", u.name.as_str())],
+                    u.metrics.level.upstream_seconds.snapshot(),
+                )
+            })
+            .filter(observed),
     )?;
     Ok(())
+}
+
+/// Whether a histogram has had an observation: one that never had is left
+/// out (14 series of zeros each, for every idle domain and upstream).
+fn observed<L>((_, histogram): &(L, HistogramSnapshot)) -> bool {
+    histogram.count > 0
 }
 
 /// A per-server counter family: name, help, and how to read it.

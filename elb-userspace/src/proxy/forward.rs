@@ -67,7 +67,7 @@ pub struct UpstreamUsed {
 
 /// What the metrics need to know of how a request was forwarded.
 #[derive(Default)]
-struct Tally<'a> {
+pub struct Tally<'a> {
     upstream: Option<&'a Upstream>,
     /// The server of the last try.
     server: Option<usize>,
@@ -76,9 +76,10 @@ struct Tally<'a> {
 }
 
 impl Tally<'_> {
-    /// Counts the answer under its upstream and server (not for literal
-    /// `host:port` targets, which have no upstream).
-    fn record(&self, status: u16, started: Instant) {
+    /// Counts the answer, given `elapsed` after the request's arrival,
+    /// under its upstream and server (not for literal `host:port` targets,
+    /// which have no upstream).
+    pub fn record(&self, status: u16, elapsed: Duration) {
         let Some(upstream) = self.upstream else {
             return;
         };
@@ -87,29 +88,16 @@ impl Tally<'_> {
             Some(server) => server.requests.record(status),
             None => level.no_server.record(status),
         }
-        level.request_seconds.observe(started.elapsed());
+        level.request_seconds.observe(elapsed);
         if let Some(time) = self.upstream_time {
             level.upstream_seconds.observe(time);
         }
     }
 }
 
-/// Forwards the request and counts its answer in the upstream's metrics.
-pub async fn forward(
-    proxy: &Proxy,
-    snapshot: &Snapshot,
-    request: Request<Incoming>,
-    client: &ClientAddr,
-    choice: &BackendChoice<'_>,
-    started: Instant,
-) -> Response<Body> {
-    let mut tally = Tally::default();
-    let response = forward_tries(proxy, snapshot, request, client, choice, &mut tally).await;
-    tally.record(response.status().as_u16(), started);
-    response
-}
-
-async fn forward_tries<'s>(
+/// Forwards the request; `tally` learns where it went, for the caller to
+/// count its answer with [`Tally::record`].
+pub async fn forward<'s>(
     proxy: &Proxy,
     snapshot: &'s Snapshot,
     request: Request<Incoming>,
@@ -207,7 +195,9 @@ async fn forward_tries<'s>(
             }
             (None, None) => break,
         };
-        let Some((index, server, transport)) = pick(&target, &tried) else {
+        // Also the try's start, for the upstream time.
+        let started_at = Instant::now();
+        let Some((index, server, transport)) = pick(&target, &tried, started_at) else {
             break;
         };
         tried.push(index);
@@ -221,7 +211,6 @@ async fn forward_tries<'s>(
         let lease = lease(&target, index);
         let mut request = request;
         shape(&mut request, server, transport, te_trailers);
-        let started_at = Instant::now();
         // Only the access log reads the upstream time from the response.
         let try_started = proxy.access_log.is_some().then_some(started_at);
         last_server = Some(server);
@@ -782,10 +771,14 @@ async fn exchange(
     }
 }
 
-fn pick<'a>(target: &'a Target<'_>, tried: &[usize]) -> Option<(usize, &'a str, Transport)> {
+fn pick<'a>(
+    target: &'a Target<'_>,
+    tried: &[usize],
+    now: Instant,
+) -> Option<(usize, &'a str, Transport)> {
     match target {
         Target::Upstream(upstream) => {
-            let index = upstream.balancer.pick(Instant::now(), tried)?;
+            let index = upstream.balancer.pick(now, tried)?;
             let server = upstream.servers().get(index)?;
             Some((index, server.name.as_str(), Transport::of(&server.params)))
         }
@@ -802,7 +795,7 @@ fn target_servers(target: &Target<'_>) -> Vec<(String, bool)> {
     let mut tried = Vec::new();
     let mut servers = Vec::new();
     while tried.len() < MAX_TRIES {
-        let Some((index, server, transport)) = pick(target, &tried) else {
+        let Some((index, server, transport)) = pick(target, &tried, Instant::now()) else {
             break;
         };
         tried.push(index);
