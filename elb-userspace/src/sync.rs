@@ -28,6 +28,7 @@ pub async fn start(
                 keys = kv.len(),
                 "loaded the configuration from etcd"
             );
+            config.control().set_connected(true);
             log_skipped(&config.replace_from_store(kv, revision).await);
             Some(revision)
         }
@@ -69,6 +70,7 @@ async fn watch_loop(config: Arc<ConfigService>, etcd: EtcdStore, mut listed: Opt
             Some(revision) => revision,
             None => match etcd.load().await {
                 Ok((kv, revision)) => {
+                    config.control().set_connected(true);
                     tracing::info!(
                         revision,
                         keys = kv.len(),
@@ -78,6 +80,7 @@ async fn watch_loop(config: Arc<ConfigService>, etcd: EtcdStore, mut listed: Opt
                     revision
                 }
                 Err(err) => {
+                    config.control().set_connected(false);
                     if matches!(err, StoreError::EtcdAccess { .. }) {
                         tracing::error!(error = %err, retry_in = ?backoff, "etcd refuses elb; still serving the last known configuration");
                     } else {
@@ -92,6 +95,7 @@ async fn watch_loop(config: Arc<ConfigService>, etcd: EtcdStore, mut listed: Opt
         match watch_from(&config, &etcd, revision + 1).await {
             Ok(()) => tracing::warn!("etcd watch ended; re-listing"),
             Err(err) => {
+                config.control().set_connected(false);
                 tracing::warn!(error = %err, retry_in = ?backoff, "etcd watch broken; re-listing");
                 // The connection may be what broke (e.g. etcd's certificate
                 // was rotated): connect afresh, re-reading the TLS files.
