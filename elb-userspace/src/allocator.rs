@@ -1,58 +1,46 @@
-//! The process's allocator, and how soon it gives freed memory back.
-
-use libmimalloc_sys::{mi_option_set, mi_option_t};
+//! The process's allocator, and the pages under it.
 
 // Many small, short-lived allocations per request (headers, bodies):
 // mimalloc handles them with less contention than the system allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// `mi_option_purge_delay` in mimalloc.h's `mi_option_e` (v2 and v3 alike).
-/// libmimalloc-sys names its neighbour but not this one; the tests below
-/// tie the number to it and to the option's default.
-const MI_OPTION_PURGE_DELAY: mi_option_t = 15;
+/// The variable with which an operator hands THP back to mimalloc.
+const ALLOW_THP_ENV: &str = "MIMALLOC_ALLOW_THP";
 
-/// The variable with which an operator sets the purge delay themselves.
-const PURGE_DELAY_ENV: &str = "MIMALLOC_PURGE_DELAY";
-
-/// Returns freed pages to the OS at once instead of after mimalloc's delay
-/// (1 s by default, and only acted on at a later allocation).
+/// Turns transparent huge pages off for this process, unless the operator
+/// set `MIMALLOC_ALLOW_THP` (mimalloc then decides).
 ///
-/// With the default delay, a burst (a fault, then every client reconnecting)
-/// left a 12 MiB RSS step that took minutes to fall, and the 10-minute soak
-/// failed its +5% RSS bound; with immediate purging RSS follows the live
-/// heap (BENCHMARKS.md, "Soak"). An operator's `MIMALLOC_PURGE_DELAY` wins.
-pub fn return_freed_pages_promptly() {
-    if std::env::var_os(PURGE_DELAY_ENV).is_some() {
-        return;
+/// With THP (`always` on many kernels) the kernel backs elb's small, busy
+/// heap with 2 MiB pages and khugepaged fills them in later: the 10-minute
+/// soak's RSS was 47 MiB and stepped up by 10 MiB at fault bursts, failing
+/// its +5% bound; without THP it is 19 MiB and flat (BENCHMARKS.md,
+/// "Soak"). Redis and MongoDB advise the same for the same reason.
+pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
+    if std::env::var_os(ALLOW_THP_ENV).is_some() {
+        return Ok(());
     }
-    // SAFETY: sets one integer option; mimalloc reads options atomically
-    // and allows changing this one at any time.
-    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    // SAFETY: PR_SET_THP_DISABLE takes integers only.
+    let result = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use libmimalloc_sys::{mi_option_get, mi_option_use_numa_nodes};
 
     #[test]
-    fn purge_delay_is_the_option_before_its_named_neighbour() {
-        assert_eq!(MI_OPTION_PURGE_DELAY + 1, mi_option_use_numa_nodes);
-    }
-
-    #[test]
-    fn freed_pages_are_purged_at_once_unless_the_operator_says_otherwise() {
-        // SAFETY: reads one integer option.
-        let before = unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) };
-        return_freed_pages_promptly();
-        let after = unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) };
-        if std::env::var_os(PURGE_DELAY_ENV).is_some() {
-            assert_eq!(after, before);
-        } else {
-            // mimalloc v3's default (options.c; mimalloc.h still says 10).
-            assert_eq!(before, 1000, "not the purge delay's default");
-            assert_eq!(after, 0);
+    fn the_process_gets_no_transparent_huge_pages() {
+        if std::env::var_os(ALLOW_THP_ENV).is_some() {
+            return;
         }
+        disable_transparent_huge_pages().expect("prctl(PR_SET_THP_DISABLE)");
+        // SAFETY: PR_GET_THP_DISABLE takes integers only.
+        let disabled = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
+        assert_eq!(disabled, 1);
     }
 }

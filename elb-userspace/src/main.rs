@@ -37,11 +37,15 @@ use tracing_subscriber::EnvFilter;
 mod allocator;
 
 fn main() -> std::process::ExitCode {
-    allocator::return_freed_pages_promptly();
+    // Before the heap grows: the pages elb touches from here on are small.
+    let thp = allocator::disable_transparent_huge_pages();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
+    if let Err(err) = thp {
+        tracing::warn!(error = %err, "cannot turn transparent huge pages off: RSS may be larger and step up after bursts");
+    }
     let cli = Cli::parse();
     // Before any thread exists: the child is this same command line.
     if let Command::Run(args) = &cli.command
