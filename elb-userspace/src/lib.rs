@@ -19,6 +19,7 @@ pub mod proxy;
 pub mod rules;
 pub mod server;
 pub mod statsd;
+pub mod status;
 pub mod store;
 pub mod sync;
 pub mod targets;
