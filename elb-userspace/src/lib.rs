@@ -17,6 +17,7 @@ pub mod names;
 pub mod os_error;
 pub mod proxy;
 pub mod rules;
+pub mod run_record;
 pub mod server;
 pub mod statsd;
 pub mod status;

@@ -40,6 +40,10 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // Blocking and short: no runtime, and its own exit statuses.
+    if let Command::Status(args) = &cli.command {
+        return elb_userspace::status::command::run(args);
+    }
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -49,6 +53,7 @@ fn main() -> std::process::ExitCode {
                 match cli.command {
                     Command::Run(args) => run(*args).await,
                     Command::Teardown(args) => teardown(&args),
+                    Command::Status(_) => Ok(()),
                 }
             })
         });
@@ -214,6 +219,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         board,
         shutdown_rx.clone(),
     );
+    record_admin_address(&args, &listen_addrs);
     tracing::info!(name = args.name, "elb running");
 
     let mut signals = ShutdownSignals::install()?;
@@ -241,6 +247,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             L4Running::Userspace(l4) => l4.wait().await,
         }
     };
+    elb_userspace::run_record::RunRecord::remove_own(&args.run_dir, &args.name);
     tokio::select! {
         () = stopped => {
             tracing::info!("stopped");
@@ -251,6 +258,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             // Not a return: the runtime would wait for the blocked joins.
             std::process::exit(0);
         }
+    }
+}
+
+/// Tells `elb status` where the admin API answers (the first `--listen`
+/// address). Not fatal: elb serves without it.
+fn record_admin_address(args: &RunArgs, listen_addrs: &[SocketAddr]) {
+    let Some(first) = listen_addrs.first() else {
+        return;
+    };
+    let record = elb_userspace::run_record::RunRecord {
+        pid: std::process::id(),
+        admin: elb_userspace::run_record::local_admin_address(*first),
+        bpffs: args.bpffs.clone(),
+    };
+    if let Err(error) = record.write(&args.run_dir, &args.name) {
+        tracing::warn!(%error, "`elb status` will not find this elb");
     }
 }
 

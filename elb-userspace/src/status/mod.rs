@@ -6,7 +6,9 @@
 //! target registry report, L4 counters, listener board, store link) and this
 //! module shapes them, derives each server's one-word `status` and the
 //! summary a person reads first.
+pub mod command;
 pub mod page;
+pub mod report;
 
 use std::{collections::BTreeMap, time::Duration};
 

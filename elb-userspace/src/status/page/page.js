@@ -125,9 +125,9 @@
       card("Servers down", counts.down, counts.down > 0 ? "down" : "up", counts.down > 0 ? "failing health checks" : "none failing", "sum-down"),
       card("Starting · draining", counts.starting + " · " + counts.draining,
         counts.starting + counts.draining > 0 ? "warn" : "", "checks pending · leaving", "sum-transit"),
-      card("Upstreams", s.upstreams_total, failOpen > 0 ? "down" : "info",
+      card("Upstreams", s.upstreams_total, failOpen > 0 ? "bad" : "info",
         failOpen > 0 ? failOpen + " failing open" : "none failing open", "sum-upstreams"),
-      card("Listeners", s.listeners_total - s.listeners_failed, s.listeners_failed > 0 ? "down" : "info",
+      card("Listeners", s.listeners_total - s.listeners_failed, s.listeners_failed > 0 ? "bad" : "info",
         s.listeners_failed > 0 ? s.listeners_failed + " failed" : "all serving", "sum-listeners"),
       card("L4 services", s.services_total, "info", (doc.l4 && doc.l4.dataplane ? doc.l4.dataplane : "no") + " data plane", "sum-l4")
     ];
@@ -431,7 +431,13 @@
         }
         return response.json().then(function (doc) {
           hideAuth();
-          render(doc);
+          try {
+            render(doc);
+          } catch (bug) {
+            // A fault of this page, not of the network: make it loud.
+            document.documentElement.setAttribute("data-js-error", String(bug));
+            console.error("status page: cannot draw the status:", bug);
+          }
           schedule();
         });
       })
