@@ -181,7 +181,7 @@ fn the_page_shows_the_down_servers_without_script_errors() {
     assert!(dom.contains("data-service=\"db\""), "the L4 service");
 
     let shot = chromium::artifact_dir("status_page").join("status-page.png");
-    chromium::screenshot(&url, Duration::from_secs(5), &shot, (1400, 1000)).expect("screenshot");
+    chromium::screenshot(&url, Duration::from_secs(5), &shot, (1400, 1300)).expect("screenshot");
     let size = std::fs::metadata(&shot).expect("screenshot").len();
     assert!(size > 20_000, "a near-empty screenshot ({size} bytes)");
     println!("status page screenshot: {}", shot.display());

@@ -40,7 +40,7 @@ pub fn fail_open(doc: &Value) -> Vec<String> {
         .collect()
 }
 
-fn text<'v>(value: &'v Value) -> &'v str {
+fn text(value: &Value) -> &str {
     value.as_str().unwrap_or("")
 }
 
