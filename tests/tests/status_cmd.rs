@@ -1,5 +1,7 @@
 //! `elb status` with the real binary against a real elb: healthy (exit 0),
-//! an upstream failing open (1), not running (2), the token (3 without).
+//! an upstream failing open (1), not running (2), the token (3 without),
+//! and the XDP attachment, read from the admin API while elb runs and from
+//! the pins once it stopped.
 use std::{
     path::Path,
     process::{Command, Output},
@@ -8,8 +10,10 @@ use std::{
 
 use elb_tests::{
     backend::Backend,
-    elb_process::elb_binary,
+    elb_process::{ElbProcess, elb_binary},
     l7::{Cleanup, L7Builder, L7Elb, backend_doc},
+    netns::{NetNs, unique_name, veth_pair},
+    require_root_and_bpf,
 };
 use serde_json::json;
 
@@ -180,4 +184,77 @@ fn the_token_is_needed_when_set() {
     );
     let with = status(&elb.name, &elb.state_dir, &[("ELB_ADMIN_TOKEN", "s3cret")]);
     assert_eq!(with.status.code(), Some(0), "{}", text(&with));
+}
+
+/// `elb status` run inside `ns`, where that elb's admin address is.
+fn status_in(ns: &NetNs, elb_name: &str, run_dir: &Path) -> Output {
+    let (name, dir) = (elb_name.to_owned(), run_dir.to_owned());
+    ns.enter(move || status(&name, &dir, &[]))
+        .expect("enter namespace")
+}
+
+#[test]
+fn xdp_attachment_running_and_pinned_after_exit() {
+    require_root_and_bpf!();
+    let lb = NetNs::new("elbsl").expect("lb namespace");
+    let peer = NetNs::new("elbsp").expect("peer namespace");
+    let veth = veth_pair(&lb, &["10.79.0.1/24"], &peer, &["10.79.0.2/24"]).expect("veth");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run_dir = dir.path().to_str().expect("utf-8").to_owned();
+    let state = format!("{run_dir}/state.json");
+    let name = unique_name("S");
+    let mut elb = ElbProcess::spawn(
+        &[
+            "run",
+            "--name",
+            &name,
+            "--xdp-iface",
+            &veth.a,
+            "--xdp-mode",
+            "driver",
+            "--run-dir",
+            &run_dir,
+            "--state-file",
+            &state,
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        Some(&lb),
+    )
+    .expect("spawn elb");
+    elb.wait_for_log(Duration::from_secs(10), "elb running")
+        .expect("elb attaches its program");
+
+    let running = status_in(&lb, &name, dir.path());
+    assert_eq!(running.status.code(), Some(0), "{}", text(&running));
+    let out = String::from_utf8_lossy(&running.stdout).into_owned();
+    assert!(
+        out.contains("L4 services (xdp data plane)"),
+        "{}",
+        text(&running)
+    );
+    assert!(
+        out.contains(&format!("XDP\n  {:<16} attached in driver mode", veth.a)),
+        "{}",
+        text(&running)
+    );
+
+    // The program stays attached after elb exits: its pins say so.
+    elb.stop().expect("stop elb");
+    let stopped = status_in(&lb, &name, dir.path());
+    assert_eq!(stopped.status.code(), Some(2), "{}", text(&stopped));
+    let out = String::from_utf8_lossy(&stopped.stdout).into_owned();
+    assert!(
+        out.contains(&format!("elb {name} is not running")),
+        "{}",
+        text(&stopped)
+    );
+    assert!(
+        out.contains(&format!("{:<16} attached (ifindex ", veth.a))
+            && out.contains("still forwarding L4 services"),
+        "{}",
+        text(&stopped)
+    );
+    assert!(out.contains("counters: flow_hits "), "{}", text(&stopped));
+    // Dropping `elb` runs `elb teardown` for it.
 }

@@ -44,7 +44,7 @@ fn text(value: &Value) -> &str {
     value.as_str().unwrap_or("")
 }
 
-/// Counters as `name value` pairs, in the document's order.
+/// Counters as `name value` pairs, by name.
 fn counters(value: &Value) -> String {
     value
         .as_object()
@@ -256,7 +256,7 @@ mod tests {
             "DRAINING   10.0.0.2:80              weight 2   zone -          drain ends in 4s",
             "L4 services (xdp data plane)",
             "dns  udp 10.9.9.9:53 -> web  FAIL-OPEN",
-            "    packets 10  bytes 1000",
+            "    bytes 1000  packets 10",
             "eth0             attached in driver mode",
             "Problems\n  - upstream web: no healthy server",
         ] {
