@@ -224,6 +224,10 @@ fn with_a_token_the_data_needs_it() {
     assert!(dom.contains("data-auth=\"required\""), "{dom}");
     assert!(dom.contains("data-loaded=\"0\""), "{dom}");
     assert!(
+        dom.contains("<div class=\"two-col\" hidden"),
+        "empty panels are hidden behind the prompt: {dom}"
+    );
+    assert!(
         !without.dom.contains(&server),
         "data shown without the token"
     );

@@ -345,6 +345,7 @@
     $("version").textContent = "v" + doc.elb.version;
     $("uptime").textContent = "up " + duration(doc.elb.uptime_seconds);
     var store = $("store");
+    store.hidden = false;
     store.textContent = doc.store.kind + (doc.store.connected ? " connected" : " disconnected");
     store.title = doc.store.location + (doc.store.error ? " — " + doc.store.error : "");
     store.className = "pill " + (doc.store.connected ? "pill-up" : "pill-down");
