@@ -18,7 +18,7 @@ use crate::{
 pub const PAGE_PATH: &str = "/__erulb__/status";
 
 pub fn is_page(method: &Method, path: &str) -> bool {
-    (method == Method::GET || method == Method::HEAD) && path.trim_end_matches('/') == PAGE_PATH
+    method == Method::GET && path.trim_end_matches('/') == PAGE_PATH
 }
 
 pub async fn gather(
@@ -134,4 +134,24 @@ pub async fn gather(
     input.uptime = uptime;
     input.l4 = l4;
     input
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_page_itself_skips_the_token() {
+        assert!(is_page(&Method::GET, "/__erulb__/status"));
+        assert!(is_page(&Method::GET, "/__erulb__/status/"));
+        for (method, path) in [
+            (Method::GET, "/__erulb__/status.json"),
+            (Method::GET, "/__erulb__/statusx"),
+            (Method::GET, "/__erulb__/health"),
+            (Method::PUT, "/__erulb__/status"),
+            (Method::HEAD, "/__erulb__/status"),
+        ] {
+            assert!(!is_page(&method, path), "{method} {path}");
+        }
+    }
 }
