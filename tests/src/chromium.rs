@@ -81,6 +81,13 @@ pub fn screenshot(
 }
 
 fn run(url: &str, budget: Duration, extra: &[&str]) -> Result<Loaded> {
+    let budget = format!("--virtual-time-budget={}", budget.as_millis());
+    let mut args = vec![budget.as_str()];
+    args.extend_from_slice(extra);
+    launch(url, &args)
+}
+
+fn launch(url: &str, extra: &[&str]) -> Result<Loaded> {
     let profile = tempfile::Builder::new()
         .prefix("elb-chromium-")
         .tempdir()
@@ -101,7 +108,6 @@ fn run(url: &str, budget: Duration, extra: &[&str]) -> Result<Loaded> {
             "--enable-logging=stderr",
             "--v=0",
             "--run-all-compositor-stages-before-draw",
-            &format!("--virtual-time-budget={}", budget.as_millis()),
             &format!("--user-data-dir={}", profile.path().display()),
         ])
         .args(extra)

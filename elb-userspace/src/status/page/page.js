@@ -95,7 +95,9 @@
   // Per-second rates from two samples; null until there are two, or when
   // a counter went backwards (elb restarted).
   function delta(now, before, seconds) {
-    if (!before || seconds <= 0 || now < before) return null;
+    // A counter at 0 is a reading too: test for absence, not falsiness.
+    if (typeof now !== "number" || typeof before !== "number") return null;
+    if (seconds <= 0 || now < before) return null;
     return (now - before) / seconds;
   }
 
@@ -123,13 +125,13 @@
     var cards = [
       card("Servers up", counts.up, counts.up > 0 ? "up" : "", "of " + s.servers_total + " servers", "sum-up"),
       card("Servers down", counts.down, counts.down > 0 ? "down" : "up", counts.down > 0 ? "failing health checks" : "none failing", "sum-down"),
-      card("Starting · draining", counts.starting + " · " + counts.draining,
-        counts.starting + counts.draining > 0 ? "warn" : "", "checks pending · leaving", "sum-transit"),
+      card("In transition", counts.starting + counts.draining,
+        counts.starting + counts.draining > 0 ? "warn" : "", counts.starting + " starting · " + counts.draining + " leaving", "sum-transit"),
       card("Upstreams", s.upstreams_total, failOpen > 0 ? "bad" : "info",
         failOpen > 0 ? failOpen + " failing open" : "none failing open", "sum-upstreams"),
       card("Listeners", s.listeners_total - s.listeners_failed, s.listeners_failed > 0 ? "bad" : "info",
         s.listeners_failed > 0 ? s.listeners_failed + " failed" : "all serving", "sum-listeners"),
-      card("L4 services", s.services_total, "info", (doc.l4 && doc.l4.dataplane ? doc.l4.dataplane : "no") + " data plane", "sum-l4")
+      card("L4 services", s.services_total, "info", (doc.l4 && doc.l4.dataplane ? doc.l4.dataplane : "no") + " plane", "sum-l4")
     ];
     if (s.traffic_counted) {
       var total = null, errors = null;
@@ -142,7 +144,7 @@
       var errorRate = total === null ? null : (total > 0 ? errors / total : 0);
       cards.push(card("Requests", rateText(total), "info", "all upstreams", "sum-rps"));
       cards.push(card("5xx rate", errorRate === null ? "–" : (errorRate * 100).toFixed(1) + "%",
-        errorRate > 0.01 ? "down" : (errorRate === null ? "" : "up"), "of upstream responses", "sum-errors"));
+        errorRate > 0.01 ? "down" : (errorRate === null ? "" : "up"), "of responses", "sum-errors"));
     }
     replace($("summary"), cards);
   }
