@@ -154,8 +154,9 @@ pub struct RunArgs {
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
 
-    /// On SIGTERM (or SIGINT), the longest elb waits for in-flight requests
-    /// after it stopped accepting; a second signal exits at once.
+    /// On SIGTERM (or SIGINT), or when a new elb took over, the longest
+    /// elb waits for in-flight requests after it stopped accepting; a
+    /// (second) signal exits at once.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
@@ -220,9 +221,23 @@ pub struct RunArgs {
     #[arg(long, default_value = "/sys/fs/bpf", value_name = "DIR")]
     pub bpffs: PathBuf,
 
-    /// Directory for the lock file that keeps one elb per name on a host.
+    /// Directory for the lock file that keeps one elb per name on a host,
+    /// and the takeover socket `<name>.sock`.
     #[arg(long, default_value = "/run/elb", value_name = "DIR")]
     pub run_dir: PathBuf,
+
+    /// Take over from the running elb of this --name (zero-downtime
+    /// restart or upgrade): receive its listening sockets, start serving,
+    /// then let it drain and exit. If this elb fails before serving, the
+    /// running one serves on untouched. With no elb running, start as
+    /// usual.
+    #[arg(long)]
+    pub takeover: bool,
+
+    /// Run in the background; return once serving (exit status 0) or
+    /// failed (1). For systemd's ExecReload (see dist/elb.service).
+    #[arg(long)]
+    pub detach: bool,
 }
 
 /// `--l4-dataplane`: which data plane serves L4 services.

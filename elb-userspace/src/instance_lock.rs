@@ -4,7 +4,7 @@
 use std::{
     fs::{File, OpenOptions},
     io::{self, Read, Seek, Write},
-    os::fd::AsRawFd,
+    os::fd::{AsFd, AsRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -20,7 +20,7 @@ pub enum LockError {
     },
     #[error(
         "another elb with this name is already running (pid {holder}, lock file {path}); \
-         stop it or choose another --name"
+         stop it, choose another --name, or take over with `elb run --takeover`"
     )]
     Held { path: PathBuf, holder: String },
 }
@@ -29,7 +29,7 @@ pub enum LockError {
 /// the kernel if the process dies, so a crash never leaves a stale lock).
 #[derive(Debug)]
 pub struct InstanceLock {
-    _file: File,
+    file: File,
 }
 
 impl InstanceLock {
@@ -60,10 +60,31 @@ impl InstanceLock {
             }
             return Err(open_err(err));
         }
-        file.set_len(0).map_err(open_err)?;
-        file.rewind().map_err(open_err)?;
-        write!(file, "{}", std::process::id()).map_err(open_err)?;
-        Ok(Self { _file: file })
+        let lock = Self { file };
+        lock.write_pid().map_err(open_err)?;
+        Ok(lock)
+    }
+
+    /// The lock handed over by the elb this one takes over: the same open
+    /// file, so the same `flock` (see [`crate::takeover`]).
+    pub fn inherited(file: OwnedFd) -> Self {
+        Self {
+            file: File::from(file),
+        }
+    }
+
+    /// Writes this process's id into the file, for the "already running"
+    /// message.
+    pub fn write_pid(&self) -> io::Result<()> {
+        let mut file = &self.file;
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "{}", std::process::id())
+    }
+
+    /// A duplicate of the locked file, to hand over.
+    pub fn duplicate(&self) -> io::Result<OwnedFd> {
+        self.file.as_fd().try_clone_to_owned()
     }
 }
 
@@ -83,6 +104,21 @@ mod tests {
         }
         InstanceLock::acquire(&dir, "OTHER").expect("other names are independent");
         drop(first);
+        InstanceLock::acquire(&dir, "ELB").expect("lock is free again");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_handed_over_lock_stays_held_when_the_first_holder_exits() {
+        let dir = std::env::temp_dir().join(format!("elb-lock-handover-{}", std::process::id()));
+        let first = InstanceLock::acquire(&dir, "ELB").expect("first lock");
+        let second = InstanceLock::inherited(first.duplicate().expect("dup"));
+        drop(first);
+        assert!(matches!(
+            InstanceLock::acquire(&dir, "ELB"),
+            Err(LockError::Held { .. })
+        ));
+        drop(second);
         InstanceLock::acquire(&dir, "ELB").expect("lock is free again");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -1,4 +1,6 @@
-use std::{net::SocketAddr, sync::Arc};
+mod detach;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
@@ -9,7 +11,7 @@ use elb_userspace::{
     config::{ConfigManager, ConfigService, KeyLayout, OwnAddrs},
     dataplane::{self, DataplaneConfig, PinLayout, XdpDataplane},
     health::monitor::spawn_monitor,
-    instance_lock::InstanceLock,
+    instance_lock::{InstanceLock, LockError},
     l4::{
         fallback::{FallbackSettings, L4Userspace},
         ifaddrs::interface_addresses,
@@ -19,22 +21,22 @@ use elb_userspace::{
     },
     limits::{self, Budgets, ClientLimit, UpstreamLimits},
     proxy::{Proxy, ProxySettings, via::HopMarker},
+    sd_notify,
     server::{self, ServerSettings},
     statsd::StatsdClient,
     store::{EtcdStore, FileStore, Store, etcd::parse_endpoints},
     sync,
+    takeover::{self, HandoverSockets, SocketKind, TakeoverServer, TakeoverStart},
     targets::TargetRegistry,
     tls::UpstreamTls,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
-// Many small, short-lived allocations per request (headers, bodies):
-// mimalloc handles them with less contention than the system allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mod allocator;
 
 fn main() -> std::process::ExitCode {
+    allocator::return_freed_pages_promptly();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -43,6 +45,12 @@ fn main() -> std::process::ExitCode {
     // Blocking and short: no runtime, and its own exit statuses.
     if let Command::Status(args) = &cli.command {
         return elb_userspace::status::command::run(args);
+    }
+    // Before any thread exists: the child is this same command line.
+    if let Command::Run(args) = &cli.command
+        && args.detach
+    {
+        return detach::run_detached();
     }
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -67,9 +75,55 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// This process's instance lock; with `--takeover` and an elb running, the
+/// lock and sockets it handed over.
+fn acquire_or_take_over(
+    args: &RunArgs,
+) -> anyhow::Result<(InstanceLock, Option<takeover::Handover>)> {
+    match InstanceLock::acquire(&args.run_dir, &args.name) {
+        Ok(lock) => {
+            if args.takeover {
+                tracing::info!(
+                    name = args.name,
+                    "--takeover: no elb of this name runs; starting"
+                );
+            }
+            Ok((lock, None))
+        }
+        Err(LockError::Held { holder, .. }) if args.takeover => {
+            let path = takeover::socket_path(&args.run_dir, &args.name);
+            tracing::info!(pid = holder, socket = %path.display(), "taking over from the running elb");
+            match takeover::request(&path) {
+                Ok(handover) => {
+                    let lock = InstanceLock::inherited(handover.lock.try_clone()?);
+                    Ok((lock, Some(handover)))
+                }
+                // It may have exited between the lock and the connect.
+                Err(error @ takeover::TakeoverError::Connect { .. }) => {
+                    match InstanceLock::acquire(&args.run_dir, &args.name) {
+                        Ok(lock) => {
+                            tracing::info!("the running elb has exited meanwhile; starting");
+                            Ok((lock, None))
+                        }
+                        Err(_) => Err(error.into()),
+                    }
+                }
+                Err(error) => Err(error.into()),
+            }
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let l4_start = args.l4_start()?;
-    let _lock = InstanceLock::acquire(&args.run_dir, &args.name)?;
+    let (lock, mut handover) = acquire_or_take_over(&args)?;
+    let sockets = HandoverSockets {
+        registry: takeover::SocketRegistry::default(),
+        inherited: handover
+            .as_mut()
+            .map(|h| Arc::new(std::mem::take(&mut h.inherited))),
+    };
     let budgets = fd_budgets(&args);
     let upstream_limits = UpstreamLimits::new(args.max_server_connections, budgets.upstream_total);
     let upstream_tls = Arc::new(UpstreamTls::load(args.upstream_ca.as_deref())?);
@@ -85,8 +139,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .workers
         .or_else(|| std::thread::available_parallelism().ok())
         .map_or(1, std::num::NonZeroUsize::get);
-    let listeners = server::Listeners::bind(&args.listen, workers)?;
+    let listeners = server::Listeners::open(&args.listen, workers, &sockets)?;
     let listen_addrs = listeners.local_addrs()?;
+    let _static_handover = listeners.register(&sockets, SocketKind::Listen, None);
     let own_addrs = OwnAddrs::new(listen_addrs.clone());
 
     let manager = ConfigManager::with_targets(layout.clone(), Arc::clone(&targets))
@@ -102,7 +157,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 Store::Etcd(Box::new(etcd.clone())),
                 Some(state_file.clone()),
             );
-            sync::start(Arc::clone(&config), etcd, &state_file).await?;
+            sync::start(Arc::clone(&config), etcd, &state_file, handover.is_some()).await?;
             config
         }
         None => {
@@ -160,40 +215,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let monitor = spawn_monitor(Arc::clone(&targets), upstream_tls, shutdown_rx.clone())
         .context("starting the health-check thread")?;
-    let l4 = match xdp {
-        Some((dataplane, maps)) => {
-            let ports: Vec<u16> = listen_addrs.iter().map(SocketAddr::port).collect();
-            let sync = start_l4_sync(
-                maps,
-                &dataplane,
-                &ports,
-                &config,
-                &targets,
-                &admin,
-                &shutdown_rx,
-            )?;
-            L4Running::Xdp { dataplane, sync }
-        }
+    // XDP: the maps are written only once the old elb (if any) has
+    // stopped writing them, after this one serves (below).
+    let (xdp, userspace_l4) = match xdp {
+        Some(xdp) => (Some(xdp), None),
         None => {
             tracing::warn!("L4 data plane: userspace");
             let l4 = L4Userspace::start(
                 config.snapshot().clone(),
                 config.subscribe(),
                 targets.subscribe(),
-                FallbackSettings::new(args.connect_timeout),
+                FallbackSettings::new(args.connect_timeout).with_handover(sockets.clone()),
                 shutdown_rx.clone(),
             )
             .await;
             admin.set_l4_stats(Arc::new(l4.stats()));
             admin.set_l4_applied(l4.applied());
-            L4Running::Userspace(l4)
+            (None, Some(l4))
         }
     };
     let snapshot = config.snapshot().clone();
-    let guard = match &l4 {
-        L4Running::Xdp { .. } => None,
-        L4Running::Userspace(l4) => Some(l4.listener_guard()),
-    };
+    let guard = userspace_l4.as_ref().map(L4Userspace::listener_guard);
     let workers = server::spawn_workers(
         listeners,
         || {
@@ -212,22 +254,106 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     )?;
     let board = server::ListenerBoard::default();
     admin.set_listener_board(board.clone());
+    let generation = *config.subscribe().borrow();
     let supervisor = server::spawn_supervisor(
         config.snapshot().clone(),
         config.subscribe(),
         workers.control,
-        board,
+        board.clone(),
+        sockets.clone(),
         shutdown_rx.clone(),
     );
+    // The configured listeners take their received sockets in the
+    // supervisor's first pass; what is left, nothing uses any more.
+    if let Some(inherited) = &sockets.inherited {
+        if !board
+            .wait_applied(generation, Duration::from_secs(10))
+            .await
+        {
+            tracing::warn!("configured listeners not all opened within 10 s");
+        }
+        inherited.close_unclaimed();
+    }
+    let mut signals = ShutdownSignals::install()?;
+    if let Some(handover) = handover {
+        let old = complete_takeover(handover, &lock).await?;
+        tracing::info!(
+            old_pid = old,
+            "takeover complete: this elb serves; the old one drains and exits"
+        );
+    }
+    let map_writer = Arc::new(tokio::sync::Mutex::new(()));
+    let l4 = match (xdp, userspace_l4) {
+        (Some((dataplane, maps)), _) => {
+            let ports: Vec<u16> = listen_addrs.iter().map(SocketAddr::port).collect();
+            let sync = start_l4_sync(
+                maps,
+                &dataplane,
+                &ports,
+                &config,
+                &targets,
+                &admin,
+                &shutdown_rx,
+                Arc::clone(&map_writer),
+            )?;
+            L4Running::Xdp { dataplane, sync }
+        }
+        (None, Some(l4)) => L4Running::Userspace(l4),
+        (None, None) => anyhow::bail!("no L4 data plane started"),
+    };
+    let (taken_over_tx, mut taken_over) = tokio::sync::mpsc::unbounded_channel();
+    let takeover_server = TakeoverServer::start(
+        takeover::socket_path(&args.run_dir, &args.name),
+        takeover::Offer {
+            registry: sockets.registry.clone(),
+            lock: lock.duplicate()?,
+            map_writer: matches!(l4, L4Running::Xdp { .. }).then(|| Arc::clone(&map_writer)),
+            admin_writes: admin.write_gate(),
+            runtime: tokio::runtime::Handle::current(),
+        },
+        taken_over_tx,
+    )
+    .inspect_err(|error| {
+        // Serving matters more than a later takeover: say so and go on.
+        tracing::error!(
+            %error,
+            "cannot open the takeover socket: `elb run --takeover` cannot take over from this \
+             elb (stop it instead)"
+        );
+    })
+    .ok();
     record_admin_address(&args, &listen_addrs);
     tracing::info!(name = args.name, "elb running");
+    report_ready();
 
-    let mut signals = ShutdownSignals::install()?;
-    signals.next().await;
-    tracing::info!(
-        drain_timeout = ?args.drain_timeout,
-        "shutting down: no new connections; requests in flight finish (a second SIGTERM exits now)"
-    );
+    let taken_over = tokio::select! {
+        () = signals.next() => None,
+        start = taken_over.recv() => start,
+    };
+    if let Some(server) = &takeover_server {
+        server.close();
+    }
+    sockets.registry.close();
+    match taken_over {
+        Some(TakeoverStart { pid }) => {
+            tracing::info!(
+                new_pid = pid,
+                drain_timeout = ?args.drain_timeout,
+                "taken over: no new connections here (the new elb accepts them); requests in \
+                 flight finish (a SIGTERM exits now)"
+            );
+            if matches!(l4, L4Running::Userspace(_)) {
+                tracing::warn!(
+                    "not handed over: established L4 userspace TCP connections and UDP sessions \
+                     end with this process (new ones go to the new elb)"
+                );
+            }
+        }
+        None => tracing::info!(
+            drain_timeout = ?args.drain_timeout,
+            "shutting down: no new connections; requests in flight finish (a second SIGTERM exits now)"
+        ),
+    }
     let _ = shutdown_tx.send(true);
     let stopped = async {
         let _ = supervisor.await;
@@ -275,6 +401,39 @@ fn record_admin_address(args: &RunArgs, listen_addrs: &[SocketAddr]) {
     if let Err(error) = record.write(&args.run_dir, &args.name) {
         tracing::warn!(%error, "`elb status` will not find this elb");
     }
+}
+
+/// Tells the old elb this one serves, and systemd that this one is now the
+/// main process, before the old one may exit.
+async fn complete_takeover(
+    handover: takeover::Handover,
+    lock: &InstanceLock,
+) -> anyhow::Result<u32> {
+    let (handover, confirmed) = tokio::task::spawn_blocking(move || {
+        let confirmed = handover.serving();
+        (handover, confirmed)
+    })
+    .await
+    .context("takeover task")?;
+    let old = confirmed.context("the old elb did not confirm that it stops")?;
+    let main_pid = format!("MAINPID={}", std::process::id());
+    if let Err(error) = sd_notify::notify(&main_pid) {
+        tracing::warn!(%error, "cannot tell systemd the new main process");
+    }
+    if let Err(error) = lock.write_pid() {
+        tracing::warn!(%error, "cannot write this pid into the lock file");
+    }
+    // Closing the connection lets the old one drain.
+    drop(handover);
+    Ok(old)
+}
+
+/// Serving: tells systemd (Type=notify) and a detached parent.
+fn report_ready() {
+    if let Err(error) = sd_notify::notify("READY=1") {
+        tracing::warn!(%error, "cannot tell systemd that elb is ready");
+    }
+    detach::report_ready();
 }
 
 /// Raises the fd limit and splits it into the connection budgets.
@@ -361,6 +520,7 @@ fn start_xdp(args: &RunArgs, l4_start: L4Start) -> anyhow::Result<Option<(XdpDat
 
 /// Fills the XDP maps' per-host entries and starts following the
 /// configuration; `/__erulb__/stats` then reads the pinned counters.
+#[allow(clippy::too_many_arguments)] // the parts it wires together
 fn start_l4_sync(
     maps: L4Maps,
     dataplane: &XdpDataplane,
@@ -369,6 +529,7 @@ fn start_l4_sync(
     targets: &Arc<TargetRegistry>,
     admin: &AdminApi,
     shutdown: &tokio::sync::watch::Receiver<bool>,
+    map_writer: Arc<tokio::sync::Mutex<()>>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let mut sync = L4Sync::new(maps)?.with_targets(Arc::clone(targets));
     for (ifindex, addrs) in interface_addresses()? {
@@ -393,6 +554,7 @@ fn start_l4_sync(
         config.subscribe(),
         targets.subscribe(),
         shutdown.clone(),
+        map_writer,
     );
     admin.set_l4_applied(applied);
     Ok(task)

@@ -18,6 +18,7 @@ pub async fn start(
     config: Arc<ConfigService>,
     etcd: EtcdStore,
     snapshot_file: &Path,
+    takeover: bool,
 ) -> anyhow::Result<()> {
     let revision = match etcd.load().await {
         Ok((kv, revision)) => {
@@ -46,6 +47,13 @@ pub async fn start(
                             .await,
                     );
                 }
+                // Taking over would replace a serving elb with an empty
+                // one: better to leave it serving.
+                None if takeover => anyhow::bail!(
+                    "etcd is unreachable ({err}) and there is no local snapshot ({}): a takeover \
+                     would serve an empty configuration; the running elb keeps serving",
+                    snapshot_file.display()
+                ),
                 None => tracing::warn!(error = %err,
                     "etcd is unreachable and there is no local snapshot; serving an empty configuration until etcd answers"),
             }

@@ -404,7 +404,7 @@ impl E2e {
         let run_dir = tempfile::tempdir().expect("run dir");
         let port = crate::ports::free_port();
         let name = unique_name("E");
-        let elb = start_elb(&net, &name, run_dir.path(), port, dataplane);
+        let elb = start_elb(&net, &name, run_dir.path(), port, dataplane, &[]);
         Self {
             elb,
             servers,
@@ -419,12 +419,19 @@ impl E2e {
     /// Starts another elb with the same name, state and arguments (for a
     /// restart, once the running one is stopped).
     pub fn start_elb(&self) -> ElbProcess {
+        self.start_elb_with(&[])
+    }
+
+    /// [`E2e::start_elb`] with `extra` flags (e.g. `--takeover`, with the
+    /// running one still up).
+    pub fn start_elb_with(&self, extra: &[&str]) -> ElbProcess {
         start_elb(
             &self.net,
             &self.name,
             self.run_dir.path(),
             self.port,
             self.dataplane,
+            extra,
         )
     }
 
@@ -495,7 +502,14 @@ impl E2e {
     }
 }
 
-fn start_elb(net: &Net, name: &str, run_dir: &Path, port: u16, dataplane: Dataplane) -> ElbProcess {
+fn start_elb(
+    net: &Net,
+    name: &str,
+    run_dir: &Path,
+    port: u16,
+    dataplane: Dataplane,
+    extra: &[&str],
+) -> ElbProcess {
     let run_dir = run_dir.to_str().expect("utf-8");
     // All addresses: the client namespace reaches the HTTP listener too
     // (through the LB's 10.50.0.1), for the deny-list check.
@@ -521,6 +535,7 @@ fn start_elb(net: &Net, name: &str, run_dir: &Path, port: u16, dataplane: Datapl
         }
         Dataplane::Userspace => args.extend(["--l4-dataplane", "userspace"]),
     }
+    args.extend_from_slice(extra);
     let mut elb = ElbProcess::spawn(&args, Some(&net.lb)).expect("spawn elb");
     let lb = &net.lb;
     elb.wait_until(Duration::from_secs(15), || {
@@ -809,7 +824,7 @@ pub fn ipv6_step(e2e: &E2e) {
     assert!(matches!(&buf[..len], b"s1" | b"s2"), "{:?}", &buf[..len]);
 }
 
-fn server_index(answer: &str) -> usize {
+pub fn server_index(answer: &str) -> usize {
     match answer {
         "s1" => 0,
         "s2" => 1,

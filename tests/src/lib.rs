@@ -20,6 +20,7 @@ pub mod proto_backend;
 pub mod raw_backend;
 pub mod soak;
 pub mod strict_http;
+pub mod wrk;
 pub mod xdp_fixture;
 pub mod xdp_fuzz;
 

@@ -11,6 +11,9 @@ fn the_systemd_unit_verifies() {
     let unit = std::fs::read_to_string(root.join("dist/elb.service")).expect("dist/elb.service");
     for wanted in [
         "ExecStart=/usr/local/bin/elb run",
+        "ExecReload=/usr/local/bin/elb run --takeover --detach",
+        "Type=notify",
+        "NotifyAccess=all",
         "Restart=on-failure",
         "KillSignal=SIGTERM",
         "AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_NET_BIND_SERVICE",

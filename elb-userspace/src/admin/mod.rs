@@ -49,6 +49,9 @@ pub struct AdminApi {
     listener_board: OnceLock<crate::server::ListenerBoard>,
     /// For the status page's uptime.
     started: std::time::Instant,
+    /// Each write holds it shared; a takeover holds it exclusively (see
+    /// [`AdminApi::write_gate`]).
+    write_gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// How long a write waits for the L4 data plane to carry it.
@@ -130,7 +133,16 @@ impl AdminApi {
             l4_applied: OnceLock::new(),
             listener_board: OnceLock::new(),
             started: std::time::Instant::now(),
+            write_gate: Arc::default(),
         }
+    }
+
+    /// Writes hold this shared. A takeover takes it exclusively from the
+    /// moment a new elb asks for the sockets (once the writes in progress
+    /// are done): a write the new elb would not see (it has already read
+    /// the state file) is then answered 503 instead of being lost.
+    pub fn write_gate(&self) -> Arc<tokio::sync::RwLock<()>> {
+        Arc::clone(&self.write_gate)
     }
 
     /// The L4 data plane's progress; the first call wins.
@@ -216,6 +228,22 @@ impl AdminApi {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let writes = method == Method::PUT || method == Method::DELETE;
+        let _writing = if writes {
+            match Arc::clone(&self.write_gate).try_read_owned() {
+                Ok(writing) => Some(writing),
+                Err(_) => {
+                    let error = AdminError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "a new elb is taking over from this one: retry the write in a moment \
+                         (the new elb takes it)",
+                    );
+                    tracing::warn!(%peer, %method, path, "admin write refused during a takeover");
+                    return error.into_response();
+                }
+            }
+        } else {
+            None
+        };
         let mut result = self.route(request).await;
         if writes
             && result.is_ok()

@@ -429,6 +429,7 @@ pub fn spawn_sync_loop(
     mut changes: tokio::sync::watch::Receiver<u64>,
     mut health: tokio::sync::watch::Receiver<u64>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
+    writer: Arc<tokio::sync::Mutex<()>>,
 ) -> (
     tokio::task::JoinHandle<()>,
     tokio::sync::watch::Receiver<Applied>,
@@ -443,6 +444,12 @@ pub fn spawn_sync_loop(
             let generation = *changes.borrow_and_update();
             health.borrow_and_update();
             let current = snapshots.load_full();
+            // Held by a takeover in progress: only one process writes the
+            // maps at a time (see crate::takeover).
+            let writing = tokio::select! {
+                writing = writer.lock() => writing,
+                _ = shutdown.wait_for(|down| *down) => return,
+            };
             let error = match sync.apply(&current) {
                 Ok(()) => None,
                 Err(error) => {
@@ -452,6 +459,7 @@ pub fn spawn_sync_loop(
             };
             let failed = error.is_some();
             applied_tx.send_replace(Applied { generation, error });
+            drop(writing);
             loop {
                 tokio::select! {
                     changed = changes.changed(), if config_open => match changed {

@@ -22,6 +22,7 @@ use tokio::{
 use super::{Entrance, Listeners, WorkerCommand};
 use crate::{
     config::{Listener, SnapshotHandle},
+    takeover::{HandoverSockets, Registration, SocketKind},
     tls::CertSource,
 };
 
@@ -106,6 +107,8 @@ impl ListenerBoard {
 struct Running {
     listener: Arc<Listener>,
     stop: watch::Sender<bool>,
+    /// Its sockets as offered to a takeover, until it stops.
+    _handover: Vec<Registration>,
 }
 
 /// A listener that could not bind, waiting for its next try.
@@ -123,6 +126,7 @@ pub fn spawn_supervisor(
     mut changes: watch::Receiver<u64>,
     workers: Vec<mpsc::UnboundedSender<WorkerCommand>>,
     board: ListenerBoard,
+    sockets: HandoverSockets,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -130,6 +134,7 @@ pub fn spawn_supervisor(
             certs: Arc::clone(&snapshot) as Arc<dyn CertSource>,
             workers,
             board,
+            sockets,
             running: BTreeMap::new(),
             failing: BTreeMap::new(),
         };
@@ -162,6 +167,8 @@ struct Supervisor {
     certs: Arc<dyn CertSource>,
     workers: Vec<mpsc::UnboundedSender<WorkerCommand>>,
     board: ListenerBoard,
+    /// Sockets received in a takeover; the registry for the next one.
+    sockets: HandoverSockets,
     running: BTreeMap<String, Running>,
     failing: BTreeMap<String, Failing>,
 }
@@ -241,25 +248,23 @@ impl Supervisor {
         let opened = Entrance::for_listener(listener, Arc::clone(&self.certs))
             .map_err(|err| format!("cannot set up TLS: {err}"))
             .and_then(|entrance| {
-                Listeners::bind(&[listener.address], self.workers.len())
+                Listeners::open(&[listener.address], self.workers.len(), &self.sockets)
                     .map(|sockets| (sockets, Arc::new(entrance)))
                     .map_err(|err| err.to_string())
             });
         match opened {
             Ok((sockets, entrance)) => {
                 let (stop, stopped) = watch::channel(false);
-                for (socket, worker) in sockets
-                    .into_per_worker()
-                    .into_iter()
-                    .flatten()
-                    .zip(&self.workers)
-                {
-                    let _ = worker.send(WorkerCommand::Serve {
-                        name: name.to_owned(),
-                        listener: socket,
-                        entrance: Arc::clone(&entrance),
-                        stop: stopped.clone(),
-                    });
+                let handover = sockets.register(&self.sockets, SocketKind::Listener, Some(name));
+                for (group, worker) in sockets.into_per_worker().into_iter().zip(&self.workers) {
+                    for socket in group {
+                        let _ = worker.send(WorkerCommand::Serve {
+                            name: name.to_owned(),
+                            listener: socket,
+                            entrance: Arc::clone(&entrance),
+                            stop: stopped.clone(),
+                        });
+                    }
                 }
                 self.failing.remove(name);
                 self.board.set(
@@ -282,6 +287,7 @@ impl Supervisor {
                     Running {
                         listener: Arc::clone(listener),
                         stop,
+                        _handover: handover,
                     },
                 );
             }
@@ -350,6 +356,7 @@ mod tests {
             )),
             workers: senders,
             board: ListenerBoard::default(),
+            sockets: HandoverSockets::default(),
             running: BTreeMap::new(),
             failing: BTreeMap::new(),
         };

@@ -7,6 +7,8 @@ use std::net::{SocketAddr, TcpListener};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::takeover::{HandoverSockets, Registration, SocketKind, SocketTag, spread};
+
 /// Pending connections per socket (the kernel caps it at somaxconn).
 const BACKLOG: i32 = 1024;
 
@@ -22,6 +24,7 @@ pub struct BindError {
 /// Every worker's sockets, in the order of the addresses.
 #[derive(Debug)]
 pub struct Listeners {
+    addrs: Vec<SocketAddr>,
     per_worker: Vec<Vec<TcpListener>>,
 }
 
@@ -30,9 +33,39 @@ impl Listeners {
     /// already listens on is an error, even if that process also set
     /// `SO_REUSEPORT`: elb would silently get only part of the connections.
     pub fn bind(addrs: &[SocketAddr], workers: usize) -> Result<Self, BindError> {
+        Self::open(addrs, workers, &HandoverSockets::default())
+    }
+
+    /// As [`Listeners::bind`], but an address whose sockets came in a
+    /// takeover serves on those (they are the old process's, shared: no
+    /// queued connection is lost), plus fresh ones in the same
+    /// `SO_REUSEPORT` group if there are more workers than sockets.
+    pub fn open(
+        addrs: &[SocketAddr],
+        workers: usize,
+        sockets: &HandoverSockets,
+    ) -> Result<Self, BindError> {
+        let workers = workers.max(1);
         let mut per_worker: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut bound_addrs = Vec::with_capacity(addrs.len());
         for &addr in addrs {
             let error = |source| BindError { addr, source };
+            let received = sockets.take(addr, false);
+            if !received.is_empty() {
+                let mut group: Vec<TcpListener> =
+                    received.into_iter().map(TcpListener::from).collect();
+                for socket in &group {
+                    socket.set_nonblocking(true).map_err(error)?;
+                }
+                while group.len() < workers {
+                    group.push(listen(addr).map_err(error)?);
+                }
+                for (mine, more) in per_worker.iter_mut().zip(spread(group, workers)) {
+                    mine.extend(more);
+                }
+                bound_addrs.push(addr);
+                continue;
+            }
             // A socket without SO_REUSEPORT cannot share the address with
             // anyone: binding it first proves the address is free, and it
             // resolves port 0 to the one port every worker then uses.
@@ -47,15 +80,40 @@ impl Listeners {
             for sockets in &mut per_worker {
                 sockets.push(listen(bound).map_err(error)?);
             }
+            bound_addrs.push(bound);
         }
-        Ok(Self { per_worker })
+        Ok(Self {
+            addrs: bound_addrs,
+            per_worker,
+        })
     }
 
     /// The addresses actually bound (port 0 resolved).
     pub fn local_addrs(&self) -> std::io::Result<Vec<SocketAddr>> {
-        self.per_worker.first().map_or(Ok(Vec::new()), |sockets| {
-            sockets.iter().map(TcpListener::local_addr).collect()
-        })
+        Ok(self.addrs.clone())
+    }
+
+    /// Records every socket for the next takeover, as `kind` (and the
+    /// configured listener's `name`).
+    pub fn register(
+        &self,
+        sockets: &HandoverSockets,
+        kind: SocketKind,
+        name: Option<&str>,
+    ) -> Vec<Registration> {
+        self.per_worker
+            .iter()
+            .flatten()
+            .filter_map(|socket| {
+                let addr = socket.local_addr().ok()?;
+                let tag = SocketTag {
+                    kind,
+                    addr,
+                    name: name.map(str::to_owned),
+                };
+                sockets.register(tag, socket)
+            })
+            .collect()
     }
 
     /// One worker's sockets each, one worker at a time.

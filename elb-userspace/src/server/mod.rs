@@ -11,7 +11,15 @@ pub use dynamic::{DRAIN_BOUND, ListenerBoard, ListenerState, spawn_supervisor};
 pub use entrance::Entrance;
 pub use h2::{ABANDONED_MIN, MAX_CONCURRENT_STREAMS};
 pub use listeners::{BindError, Listeners};
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use hyper::{server::conn::http1, service::service_fn};
@@ -423,6 +431,8 @@ impl Connection {
         let (io, mut reclaimed) = ClientIo::with_replay(stream, replay);
         let tunnel_slot = Arc::clone(&slot);
         let tunnel_stop = stop.clone().map(ListenerStop);
+        let closing = Arc::new(AtomicBool::new(false));
+        let closing_service = Arc::clone(&closing);
         let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
             if request.headers().contains_key(http::header::UPGRADE) {
                 request
@@ -434,7 +444,18 @@ impl Connection {
             }
             let proxy = Arc::clone(&proxy);
             let client = Arc::clone(&client);
-            async move { Ok::<_, Infallible>(proxy.handle(request, &client).await) }
+            let closing = Arc::clone(&closing_service);
+            async move {
+                let mut response = proxy.handle(request, &client).await;
+                if closing.load(Ordering::Relaxed) {
+                    // hyper closes the connection after this response.
+                    response.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                Ok::<_, Infallible>(response)
+            }
         });
         let mut builder = http1::Builder::new();
         builder
@@ -455,17 +476,30 @@ impl Connection {
             tokio::select! {
                 served = connection.as_mut() => served,
                 bound = wind_down(stop.as_mut(), &mut shutdown, settings.drain_timeout) => {
-                    // The listener was removed or elb is stopping: finish
-                    // the request in flight, its response saying
-                    // `Connection: close` (hyper closes an idle connection
-                    // at once), then close.
+                    // The listener was removed or elb is stopping (SIGTERM
+                    // or a takeover). Every response from now on says
+                    // `Connection: close`. A busy client, between two
+                    // requests right now, has IDLE_GRACE to send its next
+                    // one, which is answered: closing at once would race
+                    // it (the client would see its request fail). Then
+                    // hyper finishes the request in flight, closing an
+                    // idle connection at once.
+                    closing.store(true, Ordering::Relaxed);
+                    let started = tokio::time::Instant::now();
+                    let grace = IDLE_GRACE.min(bound);
+                    let served = tokio::time::timeout(grace, connection.as_mut()).await;
+                    if let Ok(served) = served {
+                        served
+                    } else {
                     connection.as_mut().graceful_shutdown();
-                    match tokio::time::timeout(bound, connection.as_mut()).await {
+                    let left = bound.saturating_sub(started.elapsed());
+                    match tokio::time::timeout(left, connection.as_mut()).await {
                         Ok(served) => served,
                         Err(_) => {
                             tracing::debug!(%peer, "connection closed at the drain bound");
                             Ok(())
                         }
+                    }
                     }
                 }
             }
@@ -493,6 +527,11 @@ impl Connection {
         drop(slot);
     }
 }
+
+/// At shutdown, how long an idle keep-alive connection has to bring its
+/// next request (answered with `Connection: close`) before it is closed.
+/// A busy client is idle only for a round trip between two requests.
+const IDLE_GRACE: Duration = Duration::from_millis(300);
 
 /// hyper's smallest read buffer (it panics below it).
 const MIN_READ_BUFFER: usize = 8192;

@@ -36,6 +36,7 @@ use self::{
 use crate::{
     config::{L4Proto, SnapshotHandle},
     l4::sync::Applied,
+    takeover::HandoverSockets,
 };
 
 /// UDP sessions per service; each holds a socket (a file descriptor).
@@ -44,7 +45,7 @@ pub const DEFAULT_MAX_UDP_SESSIONS: usize = 16_384;
 const TICK: Duration = Duration::from_secs(1);
 /// VIPs that could not be bound are tried again this often (in ticks).
 const RETRY_TICKS: u32 = 2;
-/// How long shutdown waits for flows to close.
+/// How long shutdown waits for flows to close; TCP relays end after it.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +70,8 @@ pub struct FallbackSettings {
     /// Idle UDP sessions end after this; the XDP program's UDP timeout.
     pub udp_idle_timeout: Duration,
     pub max_udp_sessions: usize,
+    /// VIP sockets received in a takeover, and the registry for the next.
+    pub sockets: HandoverSockets,
 }
 
 impl FallbackSettings {
@@ -77,7 +80,14 @@ impl FallbackSettings {
             connect_timeout,
             udp_idle_timeout: Duration::from_nanos(UDP_IDLE_NS),
             max_udp_sessions: DEFAULT_MAX_UDP_SESSIONS,
+            sockets: HandoverSockets::default(),
         }
+    }
+
+    /// VIPs come from (and are offered to) a takeover through `sockets`.
+    pub fn with_handover(mut self, sockets: HandoverSockets) -> Self {
+        self.sockets = sockets;
+        self
     }
 }
 
@@ -295,7 +305,8 @@ async fn follow(
         });
     }
     set.shutdown().await;
-    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    // A little past the relays' own bound, so that they end first.
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT + Duration::from_millis(500);
     while active_flows(&published) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -14,6 +14,7 @@ use crate::{
     cidr::Cidr,
     config::{L4Proto, L4Service, Snapshot},
     l4::plan::PlanInputs,
+    takeover::{Registration, SocketKind, SocketTag},
 };
 
 /// What one snapshot asks of one service name.
@@ -71,6 +72,8 @@ struct Running {
 struct Task {
     stop: watch::Sender<bool>,
     handle: JoinHandle<()>,
+    /// The VIP socket as offered to a takeover, until the service stops.
+    _handover: Option<Registration>,
 }
 
 pub struct ListenerSet {
@@ -202,33 +205,51 @@ impl ListenerSet {
 fn bind_and_serve(ctx: &Arc<Context>, running: &mut Running) {
     let runtime = &running.runtime;
     let (stop, stop_rx) = watch::channel(false);
+    let sockets = &ctx.settings.sockets;
+    let tag = |kind| SocketTag {
+        kind,
+        addr: runtime.vip,
+        name: Some(runtime.name.clone()),
+    };
     let handle = match runtime.proto {
-        L4Proto::Tcp => tcp::bind(runtime.vip).map(|listener| {
-            tokio::spawn(tcp::serve(
-                listener,
-                Arc::clone(runtime),
-                Arc::clone(ctx),
-                stop_rx,
-            ))
-        }),
-        L4Proto::Udp => udp::bind(runtime.vip).map(|socket| {
-            tokio::spawn(udp::serve(
-                socket,
-                Arc::clone(runtime),
-                Arc::clone(ctx),
-                stop_rx,
-            ))
-        }),
+        L4Proto::Tcp => {
+            tcp::bind_or_adopt(runtime.vip, sockets.take(runtime.vip, false)).map(|listener| {
+                let handover = sockets.register(tag(SocketKind::L4Tcp), &listener);
+                let handle = tokio::spawn(tcp::serve(
+                    listener,
+                    Arc::clone(runtime),
+                    Arc::clone(ctx),
+                    stop_rx,
+                ));
+                (handle, handover)
+            })
+        }
+        L4Proto::Udp => {
+            udp::bind_or_adopt(runtime.vip, sockets.take(runtime.vip, true)).map(|socket| {
+                let handover = sockets.register(tag(SocketKind::L4Udp), socket.get_ref());
+                let handle = tokio::spawn(udp::serve(
+                    socket,
+                    Arc::clone(runtime),
+                    Arc::clone(ctx),
+                    stop_rx,
+                ));
+                (handle, handover)
+            })
+        }
     };
     match handle {
-        Ok(handle) => {
+        Ok((handle, handover)) => {
             runtime.set_listen_state(ListenState::Listening);
             let retried = running.bind_error.take().is_some();
             tracing::info!(
                 service = runtime.name, vip = %runtime.vip, proto = %runtime.proto, retried,
                 "L4 userspace: listening"
             );
-            running.task = Some(Task { stop, handle });
+            running.task = Some(Task {
+                stop,
+                handle,
+                _handover: handover,
+            });
         }
         Err(source) => {
             let error = FallbackError::Bind {

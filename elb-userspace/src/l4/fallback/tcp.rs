@@ -19,7 +19,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Context, drained,
+    Context, DRAIN_TIMEOUT, drained,
     service::ServiceRuntime,
     stats::{ActiveFlow, add, bump},
     stopped,
@@ -52,6 +52,22 @@ pub fn bind(vip: SocketAddr) -> io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(vip)?;
     socket.listen(BACKLOG)
+}
+
+/// The VIP socket received in a takeover (the first; a userspace VIP has
+/// one), else a fresh one.
+pub fn bind_or_adopt(
+    vip: SocketAddr,
+    received: Vec<std::os::fd::OwnedFd>,
+) -> io::Result<TcpListener> {
+    match received.into_iter().next() {
+        Some(fd) => {
+            let listener = std::net::TcpListener::from(fd);
+            listener.set_nonblocking(true)?;
+            TcpListener::from_std(listener)
+        }
+        None => bind(vip),
+    }
 }
 
 /// Accepts until `stop` (service removed or changed) or shutdown. Flows
@@ -136,9 +152,10 @@ async fn relay(flow: Flow, service: Arc<ServiceRuntime>, ctx: Arc<Context>) {
         active: flow,
     } = flow;
     let mut shutdown = ctx.shutdown.clone();
+    // Not cut at shutdown: a connection accepted just before it (a
+    // takeover, a SIGTERM) still gets its server, and then the drain below.
     let upstream = tokio::select! {
         connected = connect(server, snat, ctx.settings.connect_timeout) => connected,
-        _ = stopped(&mut shutdown) => return,
         _ = drained(cut.as_ref()) => {
             let _ = client.set_zero_linger();
             bump(&service.stats.drain_cuts);
@@ -181,7 +198,12 @@ async fn relay(flow: Flow, service: Arc<ServiceRuntime>, ctx: Arc<Context>) {
                 tracing::debug!(service = service.name, %server, client = %client_addr, %error, "L4 userspace: connection ended with an error");
             }
         }
-        _ = stopped(&mut shutdown) => {}
+        // Shutdown: a short exchange in flight finishes; a long-lived
+        // connection ends with this process (it is not handed over).
+        () = async {
+            stopped(&mut shutdown).await;
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        } => {}
         _ = drained(cut.as_ref()) => {
             // Resets rather than FINs: neither end should take the cut
             // for a complete exchange (as an NLB terminates connections

@@ -55,6 +55,18 @@ pub fn bind(vip: SocketAddr) -> io::Result<Socket> {
     register(socket)
 }
 
+/// The VIP socket received in a takeover, else a fresh one.
+pub fn bind_or_adopt(vip: SocketAddr, received: Vec<std::os::fd::OwnedFd>) -> io::Result<Socket> {
+    match received.into_iter().next() {
+        Some(fd) => {
+            let socket = std::net::UdpSocket::from(fd);
+            socket.set_nonblocking(true)?;
+            register(socket)
+        }
+        None => bind(vip),
+    }
+}
+
 fn register(socket: std::net::UdpSocket) -> io::Result<Socket> {
     // SAFETY: the socket owns its descriptor, which stays open and the
     // same until the AsyncFd (which owns the socket) is dropped.
