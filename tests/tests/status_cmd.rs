@@ -258,3 +258,67 @@ fn xdp_attachment_running_and_pinned_after_exit() {
     assert!(out.contains("counters: flow_hits "), "{}", text(&stopped));
     // Dropping `elb` runs `elb teardown` for it.
 }
+
+/// The run record follows a takeover: after `elb run --takeover`, `elb
+/// status` reaches the new elb (the old one exiting does not remove the
+/// new one's record); a failed takeover leaves the old one's.
+#[test]
+fn the_record_follows_a_takeover() {
+    let mut old = L7Builder::new()
+        .arg("--workers")
+        .arg("1")
+        .start()
+        .expect("start elb");
+    let _cleanup = Cleanup(old.state_dir.clone());
+    let record = || {
+        let path = old.state_dir.join(format!("{}.admin.json", old.name));
+        let text = std::fs::read_to_string(&path).expect("run record");
+        serde_json::from_str::<serde_json::Value>(&text).expect("JSON")["pid"].as_u64()
+    };
+    assert_eq!(record(), old.process.pid().map(u64::from));
+
+    // A takeover that fails (bad flag value) before it serves.
+    let state = old.state_dir.join("state.json");
+    let failing = Command::new(elb_binary().expect("elb"))
+        .args([
+            "run",
+            "--name",
+            &old.name,
+            "--listen",
+            &old.addr.to_string(),
+        ])
+        .arg("--state-file")
+        .arg(&state)
+        .arg("--run-dir")
+        .arg(&old.state_dir)
+        .args(["--takeover", "--header-timeout", "soon"])
+        .output()
+        .expect("run the failing takeover");
+    assert!(!failing.status.success());
+    assert_eq!(record(), old.process.pid().map(u64::from));
+    assert_eq!(
+        status(&old.name, &old.state_dir, &[]).status.code(),
+        Some(0)
+    );
+
+    let mut new = elb_tests::l7::L7Builder::same_as(&old)
+        .arg("--workers")
+        .arg("1")
+        .arg("--takeover")
+        .start()
+        .expect("start the new elb");
+    new.process
+        .wait_for_log(Duration::from_secs(15), "takeover complete")
+        .expect("the new elb took over");
+    old.process
+        .wait_exit(Duration::from_secs(10))
+        .expect("the old elb exits");
+    assert_eq!(record(), new.process.pid().map(u64::from));
+    let output = status(&new.name, &new.state_dir, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    new.stop();
+    assert_eq!(
+        status(&new.name, &new.state_dir, &[]).status.code(),
+        Some(2)
+    );
+}
