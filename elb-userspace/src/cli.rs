@@ -102,6 +102,12 @@ pub struct RunArgs {
     #[arg(long, env = "STATSD", value_name = "HOST:PORT")]
     pub statsd: Option<String>,
 
+    /// Also serve Prometheus metrics on `http://ADDR/metrics` (plain HTTP,
+    /// the admin API's access rules). They are always on the admin API at
+    /// `/__erulb__/metrics`.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+
     /// Access log: a line per request to this file (appended; reopened on
     /// SIGUSR1, for logrotate), or `-` for standard output. Off by default.
     #[arg(long, value_name = "PATH|-")]

@@ -13,6 +13,7 @@ pub mod http_util;
 pub mod instance_lock;
 pub mod l4;
 pub mod limits;
+pub mod metrics;
 pub mod names;
 pub mod os_error;
 pub mod proxy;

@@ -20,6 +20,7 @@ use elb_userspace::{
         sync::{L4Sync, spawn_sync_loop},
     },
     limits::{self, Budgets, ClientLimit, UpstreamLimits},
+    metrics::{self, Metrics},
     proxy::{Proxy, ProxySettings, via::HopMarker},
     sd_notify,
     server::{self, ServerSettings},
@@ -184,14 +185,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let xdp = start_xdp(&args, l4_start)?;
 
-    let admin = Arc::new(AdminApi::new(
-        Arc::clone(&config),
-        AccessPolicy {
-            allow: args.admin_allow.clone(),
-            token: args.admin_token.clone(),
-        },
-        args.admin_max_body,
+    let access = AccessPolicy {
+        allow: args.admin_allow.clone(),
+        token: args.admin_token.clone(),
+    };
+    let metrics = Arc::new(Metrics::new(
+        Arc::clone(config.snapshot()),
+        Arc::clone(&targets),
+        Arc::clone(config.control()),
     ));
+    if let Some(addr) = args.metrics {
+        let bound = metrics::http::listen(addr, Arc::clone(&metrics), access.clone()).await?;
+        tracing::info!(addr = %bound, "serving Prometheus metrics on /metrics");
+    }
+    let admin = Arc::new(
+        AdminApi::new(Arc::clone(&config), access, args.admin_max_body).with_metrics(metrics),
+    );
     let proxy_settings = ProxySettings {
         connect_timeout: args.connect_timeout,
         response_timeout: args.upstream_timeout,

@@ -29,6 +29,7 @@ pub async fn start(
                 keys = kv.len(),
                 "loaded the configuration from etcd"
             );
+            config.control().set_connected(true);
             log_skipped(&config.replace_from_store(kv, revision).await);
             Some(revision)
         }
@@ -72,6 +73,7 @@ async fn watch_loop(config: Arc<ConfigService>, etcd: EtcdStore, mut listed: Opt
             None => match etcd.load().await {
                 Ok((kv, revision)) => {
                     etcd.link().up();
+                    config.control().set_connected(true);
                     tracing::info!(
                         revision,
                         keys = kv.len(),
@@ -82,6 +84,7 @@ async fn watch_loop(config: Arc<ConfigService>, etcd: EtcdStore, mut listed: Opt
                 }
                 Err(err) => {
                     etcd.link().down(&err);
+                    config.control().set_connected(false);
                     if matches!(err, StoreError::EtcdAccess { .. }) {
                         tracing::error!(error = %err, retry_in = ?backoff, "etcd refuses elb; still serving the last known configuration");
                     } else {
@@ -97,6 +100,7 @@ async fn watch_loop(config: Arc<ConfigService>, etcd: EtcdStore, mut listed: Opt
             Ok(()) => tracing::warn!("etcd watch ended; re-listing"),
             Err(err) => {
                 etcd.link().down(format!("watch broken: {err:#}"));
+                config.control().set_connected(false);
                 tracing::warn!(error = %err, retry_in = ?backoff, "etcd watch broken; re-listing");
                 // The connection may be what broke (e.g. etcd's certificate
                 // was rotated): connect afresh, re-reading the TLS files.

@@ -16,6 +16,7 @@ pub mod packet;
 pub mod pki;
 pub mod ports;
 pub mod privileges;
+pub mod prometheus;
 pub mod proto_backend;
 pub mod raw_backend;
 pub mod soak;

@@ -125,17 +125,87 @@ fn server_row<'d>(dom: &'d str, upstream: &str, server: &str) -> Option<&'d str>
     Some(&dom[start..end])
 }
 
+/// Requests to `shop.test` and `api.shop.test` (about 9 in 10 and 1 in
+/// 10) until stopped, for rates on the page.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut sent = 0u64;
+            // Bounded, whatever happens to the test.
+            while !flag.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
+                let host = if sent % 10 == 9 {
+                    "api.shop.test"
+                } else {
+                    "shop.test"
+                };
+                let _ = http::get(addr, "/", &[("Host", host)]);
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            sent
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 #[test]
 fn the_page_shows_the_down_servers_without_script_errors() {
     let setup = start_with(&["--workers", "1"]);
     let elb = &setup.elb;
     let scene = configure(elb);
-    // Traffic, so the counters move.
-    for _ in 0..20 {
-        let _ = elb.get("shop.test", "/", None);
-    }
     let doc = wait_settled(elb, &scene, None);
     assert_eq!(doc["summary"]["upstreams_fail_open"], json!(["api"]));
+    // Traffic, so the counters move: 200s from `web`, 502s from `api`
+    // (failing open to a server that is not there).
+    for _ in 0..20 {
+        assert_eq!(elb.get("shop.test", "/", None).status, 200);
+    }
+    for _ in 0..5 {
+        assert_eq!(elb.get("api.shop.test", "/", None).status, 502);
+    }
+    let doc = status_json(elb, None).json().expect("status JSON");
+    let traffic = |name: &str| {
+        doc["upstreams"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|u| u["name"] == name)
+            .map(|u| u["traffic"].clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(traffic("web"), json!({"requests": 20, "errors_5xx": 0}));
+    assert_eq!(traffic("api"), json!({"requests": 5, "errors_5xx": 5}));
+    assert_eq!(doc["summary"]["traffic_counted"], true);
+    let load = Load::start(elb.addr);
 
     let page = http::get(elb.addr, "/__erulb__/status", &[]).expect("GET status");
     assert_eq!(page.status, 200);
@@ -179,9 +249,30 @@ fn the_page_shows_the_down_servers_without_script_errors() {
         "the problems are listed, not hidden: {dom}"
     );
     assert!(dom.contains("data-service=\"db\""), "the L4 service");
+    // Two readings were taken: each upstream has a rate, computed by the
+    // page from the counters' difference.
+    for upstream in ["web", "api", "static"] {
+        let at = dom
+            .find(&format!("data-upstream=\"{upstream}\" data-fail-open"))
+            .expect("upstream block");
+        let block = &dom[at..];
+        let rps = block
+            .split("data-rps=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("a data-rps attribute");
+        let rps: f64 = rps
+            .parse()
+            .unwrap_or_else(|_| panic!("{upstream}: no rate computed ({rps:?}): {block}"));
+        assert!(rps >= 0.0);
+    }
+    assert!(dom.contains("id=\"sum-rps\""), "the total request rate");
+    assert!(dom.contains("id=\"sum-errors\""), "the total 5xx rate");
 
     let shot = chromium::artifact_dir("status_page").join("status-page.png");
-    chromium::screenshot(&url, Duration::from_secs(5), &shot, (1400, 1300)).expect("screenshot");
+    chromium::screenshot(&url, Duration::from_secs(10), &shot, (1400, 1300)).expect("screenshot");
+    let sent = load.stop();
+    assert!(sent > 0, "the load ran");
     let size = std::fs::metadata(&shot).expect("screenshot").len();
     assert!(size > 20_000, "a near-empty screenshot ({size} bytes)");
     println!("status page screenshot: {}", shot.display());

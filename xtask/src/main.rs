@@ -39,7 +39,7 @@ enum Task {
     /// A release tarball: the binary, the systemd unit, the default
     /// configuration and the README (target/dist/).
     Dist,
-    /// Run a benchmark comparison and print a Markdown table (l7, l7-instructions, tls, xdp, l4, health).
+    /// Run a benchmark comparison and print a Markdown table (l7, l7-instructions, tls, xdp, l4, health, scrape).
     Bench {
         name: String,
         /// Alternating timed rounds per contender; figures are medians.
@@ -137,6 +137,11 @@ fn main() -> std::process::ExitCode {
 
 /// Builds the eBPF object and the release `elb` that embeds it.
 fn build_release_elb(root: &std::path::Path) -> Result<PathBuf> {
+    // A given binary (say, an earlier build for a before/after comparison)
+    // is used as it is.
+    if let Some(binary) = std::env::var_os("ELB_BENCH_BIN") {
+        return Ok(PathBuf::from(binary));
+    }
     ebpf::build(root, true)?;
     cmd::cargo(root)
         .args([

@@ -38,6 +38,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "nftables",
     // `cargo xtask bench l7-instructions` counts instructions with callgrind.
     "valgrind",
+    // The metrics_prometheus test: promtool check metrics, and a real
+    // Prometheus server scraping elb.
+    "prometheus",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -30,6 +30,7 @@ use crate::{
     config::{ConfigService, WriteError, keys::validate_key_segment},
     http_util::{Body, json, json_error},
     l4::{stats::L4StatsSource, sync::Applied},
+    metrics::Metrics,
 };
 use tokio::sync::watch;
 
@@ -52,6 +53,8 @@ pub struct AdminApi {
     /// Each write holds it shared; a takeover holds it exclusively (see
     /// [`AdminApi::write_gate`]).
     write_gate: Arc<tokio::sync::RwLock<()>>,
+    /// What `GET /__erulb__/metrics` serves.
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// How long a write waits for the L4 data plane to carry it.
@@ -134,6 +137,7 @@ impl AdminApi {
             listener_board: OnceLock::new(),
             started: std::time::Instant::now(),
             write_gate: Arc::default(),
+            metrics: None,
         }
     }
 
@@ -143,6 +147,12 @@ impl AdminApi {
     /// the state file) is then answered 503 instead of being lost.
     pub fn write_gate(&self) -> Arc<tokio::sync::RwLock<()>> {
         Arc::clone(&self.write_gate)
+    }
+
+    /// Serves `metrics` on `GET /__erulb__/metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The L4 data plane's progress; the first call wins.
@@ -195,6 +205,9 @@ impl AdminApi {
 
     /// Where `/__erulb__/stats` reads from; the first call wins.
     pub fn set_l4_stats(&self, source: Arc<dyn L4StatsSource>) {
+        if let Some(metrics) = &self.metrics {
+            metrics.set_l4_stats(Arc::clone(&source));
+        }
         let _ = self.l4_stats.set(source);
     }
 
@@ -368,6 +381,14 @@ impl AdminApi {
             ("status.json", _) => Err(AdminError::method_not_allowed(&method, &path, "GET")),
             ("stats", &Method::GET) => self.stats(),
             ("stats", _) => Err(AdminError::method_not_allowed(&method, &path, "GET")),
+            ("metrics", &Method::GET) => match &self.metrics {
+                Some(metrics) => Ok(crate::metrics::http::response(metrics, request.headers())),
+                None => Err(AdminError::new(
+                    StatusCode::NOT_FOUND,
+                    "metrics are not collected by this elb",
+                )),
+            },
+            ("metrics", _) => Err(AdminError::method_not_allowed(&method, &path, "GET")),
             _ => Err(AdminError::new(
                 StatusCode::NOT_FOUND,
                 format!("no admin endpoint {path}"),

@@ -9,7 +9,7 @@ use crate::{
     server::ListenerBoard,
     status::{
         DomainInput, ListenerInput, ServerInput, ServiceInput, StatusInput, StoreInput,
-        UpstreamInput,
+        UpstreamInput, UpstreamTraffic,
     },
 };
 
@@ -133,6 +133,18 @@ pub async fn gather(
     input.version = env!("CARGO_PKG_VERSION").to_owned();
     input.uptime = uptime;
     input.l4 = l4;
+    input.traffic = Some(
+        crate::metrics::totals::upstream_totals(&config.snapshot().load())
+            .into_iter()
+            .map(|totals| {
+                let traffic = UpstreamTraffic {
+                    requests: totals.requests,
+                    errors: totals.errors,
+                };
+                (totals.upstream, traffic)
+            })
+            .collect(),
+    );
     input
 }
 

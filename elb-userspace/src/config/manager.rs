@@ -396,7 +396,10 @@ impl ConfigManager {
                             })?;
                         Ok(entry)
                     }) {
-                        Ok(entry) => {
+                        Ok(mut entry) => {
+                            if let Some(previous) = self.domains.get(&domain) {
+                                entry.metrics = Arc::clone(&previous.metrics);
+                            }
                             self.domains.insert(domain, Arc::new(entry));
                         }
                         Err(err) => errors.push(err),
@@ -418,10 +421,9 @@ impl ConfigManager {
                         .is_some_and(|current| same_servers(current.servers(), &servers));
                     if !unchanged {
                         let gates = self.targets.gates_for(&name, &servers);
-                        self.upstreams.insert(
-                            name.clone(),
-                            Arc::new(Upstream::with_gates(name, servers, gates)),
-                        );
+                        let upstream = Upstream::with_gates(name.clone(), servers, gates)
+                            .with_metrics_of(self.upstreams.get(&name).map(Arc::as_ref));
+                        self.upstreams.insert(name, Arc::new(upstream));
                     }
                 }
                 Err(err) => errors.push(err),
@@ -697,6 +699,7 @@ pub fn compile_domain(
         domain: domain.to_owned(),
         host,
         rules: rules::compile_cached(domain, &doc, regexes)?,
+        metrics: Arc::default(),
     })
 }
 

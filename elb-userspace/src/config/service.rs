@@ -7,7 +7,10 @@ use std::{path::PathBuf, sync::Arc};
 use tokio::sync::{Mutex, watch};
 
 use super::{ConfigManager, SnapshotHandle, manager::EntryError};
-use crate::store::{Kv, KvOp, Store, StoreError, file::write_state_file};
+use crate::{
+    metrics::control::ControlPlane,
+    store::{Kv, KvOp, Store, StoreError, file::write_state_file},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -27,6 +30,8 @@ pub struct ConfigService {
     /// so subscribing does not wait for the manager's lock.
     generation: watch::Receiver<u64>,
     persist: Option<watch::Sender<(i64, Arc<Kv>)>>,
+    /// What `/metrics` reports of the control plane.
+    control: Arc<ControlPlane>,
 }
 
 impl ConfigService {
@@ -36,13 +41,20 @@ impl ConfigService {
         let snapshot = manager.snapshot_handle();
         let generation = manager.subscribe();
         let persist = snapshot_file.map(spawn_snapshot_writer);
+        // A file store is always there; etcd counts once the sync loaded it.
+        let control = Arc::new(ControlPlane::new(matches!(store, Store::File(_))));
         Arc::new(Self {
+            control,
             manager: Mutex::new(manager),
             store,
             snapshot,
             generation,
             persist,
         })
+    }
+
+    pub fn control(&self) -> &Arc<ControlPlane> {
+        &self.control
     }
 
     pub fn snapshot(&self) -> &SnapshotHandle {
@@ -87,6 +99,7 @@ impl ConfigService {
         for err in &skipped {
             tracing::error!(error = %err, "a validated admin write did not apply");
         }
+        self.control.applied(revision, skipped.len());
         self.persist(revision, &manager);
         Ok(reply)
     }
@@ -95,6 +108,7 @@ impl ConfigService {
     pub async fn apply_from_store(&self, ops: &[KvOp], revision: i64) -> Vec<EntryError> {
         let mut manager = self.manager.lock().await;
         let skipped = manager.apply(ops);
+        self.control.applied(revision, skipped.len());
         self.persist(revision, &manager);
         skipped
     }
@@ -103,6 +117,7 @@ impl ConfigService {
     pub async fn replace_from_store(&self, kv: Kv, revision: i64) -> Vec<EntryError> {
         let mut manager = self.manager.lock().await;
         let skipped = manager.replace_all(kv);
+        self.control.applied(revision, skipped.len());
         self.persist(revision, &manager);
         skipped
     }

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use super::{l4::L4Service, listener::Listener};
 use crate::{
     cidr::Cidr,
+    metrics::cells::{DomainCells, UpstreamCells},
     rules::CompiledRules,
     targets::ServerGate,
     tls::CertSet,
@@ -23,6 +24,8 @@ pub struct DomainEntry {
     /// The canonical name a `Host` matches (lower case, IDNA punycode).
     pub host: String,
     pub rules: CompiledRules,
+    /// Its request counters; carried over when its rules change.
+    pub metrics: Arc<DomainCells>,
 }
 
 /// One upstream: its servers and their balancing and health state. Kept
@@ -31,23 +34,42 @@ pub struct DomainEntry {
 pub struct Upstream {
     pub name: String,
     pub balancer: Balancer,
+    /// Its request counters, one cell per server in balancer order.
+    pub metrics: UpstreamCells,
 }
 
 impl Upstream {
     pub fn new(name: String, servers: Vec<Server>) -> Self {
+        let metrics = UpstreamCells::carry(None, &[], &servers);
         Self {
             name,
             balancer: Balancer::new(servers),
+            metrics,
         }
     }
 
     /// An upstream whose servers read their routability from `gates`
     /// (the target registry's), same order as `servers`.
     pub fn with_gates(name: String, servers: Vec<Server>, gates: Vec<Arc<ServerGate>>) -> Self {
+        let metrics = UpstreamCells::carry(None, &[], &servers);
         Self {
             name,
             balancer: Balancer::with_gates(servers, gates),
+            metrics,
         }
+    }
+
+    /// Takes over the counters of `previous` (the definition this one
+    /// replaces): same upstream, and the servers both have.
+    pub fn with_metrics_of(mut self, previous: Option<&Upstream>) -> Self {
+        if let Some(previous) = previous {
+            self.metrics = UpstreamCells::carry(
+                Some(&previous.metrics),
+                previous.servers(),
+                self.balancer.servers(),
+            );
+        }
+        self
     }
 
     pub fn servers(&self) -> &[Server] {
@@ -142,6 +164,16 @@ impl Snapshot {
 
     pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
         self.upstreams.get(name)
+    }
+
+    /// Every upstream, in no particular order.
+    pub fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.upstreams.values()
+    }
+
+    /// Every domain, in no particular order.
+    pub fn domains(&self) -> impl Iterator<Item = &Arc<DomainEntry>> {
+        self.domains.values()
     }
 
     pub fn domain_count(&self) -> usize {

@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::{Snapshot, Upstream},
     http_util::{Body, empty, full, text},
+    metrics::cells::{ActiveTry, ServerCells, bump},
     rules::BackendChoice,
     targets::ServerGate,
 };
@@ -64,12 +65,45 @@ pub struct UpstreamUsed {
     pub upstream_time: Option<Duration>,
 }
 
-pub async fn forward(
+/// What the metrics need to know of how a request was forwarded.
+#[derive(Default)]
+pub struct Tally<'a> {
+    upstream: Option<&'a Upstream>,
+    /// The server of the last try.
+    server: Option<usize>,
+    /// The last try's time to its response head.
+    upstream_time: Option<Duration>,
+}
+
+impl Tally<'_> {
+    /// Counts the answer, given `elapsed` after the request's arrival,
+    /// under its upstream and server (not for literal `host:port` targets,
+    /// which have no upstream).
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        let Some(upstream) = self.upstream else {
+            return;
+        };
+        let level = &upstream.metrics.level;
+        match self.server.and_then(|index| upstream.metrics.server(index)) {
+            Some(server) => server.requests.record(status),
+            None => level.no_server.record(status),
+        }
+        level.request_seconds.observe(elapsed);
+        if let Some(time) = self.upstream_time {
+            level.upstream_seconds.observe(time);
+        }
+    }
+}
+
+/// Forwards the request; `tally` learns where it went, for the caller to
+/// count its answer with [`Tally::record`].
+pub async fn forward<'s>(
     proxy: &Proxy,
-    snapshot: &Snapshot,
+    snapshot: &'s Snapshot,
     request: Request<Incoming>,
     client: &ClientAddr,
     choice: &BackendChoice<'_>,
+    tally: &mut Tally<'s>,
 ) -> Response<Body> {
     if !only_chunked_coding(request.headers()) {
         // RFC 9112 6.1: a transfer coding the server does not understand.
@@ -79,7 +113,10 @@ pub async fn forward(
         );
     }
     let target = match snapshot.upstream(choice.servername) {
-        Some(upstream) => Target::Upstream(upstream),
+        Some(upstream) => {
+            tally.upstream = Some(upstream);
+            Target::Upstream(upstream)
+        }
         None if looks_like_host_port(choice.servername) => Target::Literal(choice.servername),
         None => {
             tracing::warn!(
@@ -158,17 +195,36 @@ pub async fn forward(
             }
             (None, None) => break,
         };
-        let Some((index, server, transport)) = pick(&target, &tried) else {
+        // Also the try's start, for the upstream time.
+        let started_at = Instant::now();
+        let Some((index, server, transport)) = pick(&target, &tried, started_at) else {
             break;
         };
         tried.push(index);
+        let counted = tally.upstream;
+        let cells = counted.and_then(|upstream| upstream.metrics.server(index));
+        if tried.len() > 1
+            && let Some(upstream) = counted
+        {
+            bump(&upstream.metrics.level.retries);
+        }
         let lease = lease(&target, index);
         let mut request = request;
         shape(&mut request, server, transport, te_trailers);
-        // Only the access log reads the upstream time.
-        let try_started = proxy.access_log.is_some().then(Instant::now);
+        // Only the access log reads the upstream time from the response.
+        let try_started = proxy.access_log.is_some().then_some(started_at);
         last_server = Some(server);
-        match try_server(proxy, server, transport, request, watch, &lease).await {
+        tally.server = Some(index);
+        tally.upstream_time = None;
+        let attempt = {
+            let _active = ActiveTry::start(cells);
+            try_server(proxy, server, transport, request, watch, &lease).await
+        };
+        count_attempt(cells, &attempt);
+        if let Attempt::Response(_) = &attempt {
+            tally.upstream_time = Some(started_at.elapsed());
+        }
+        match attempt {
             Attempt::Response(response) if !is_gateway_failure(response.status()) => {
                 report_success(&target, index);
                 let response = used(proxy, response, choice, server, try_started);
@@ -233,6 +289,26 @@ pub async fn forward(
     match last_server {
         Some(server) => used(proxy, response, choice, server, None),
         None => used_upstream(proxy, response, choice),
+    }
+}
+
+/// A try's connect failure or timeout, on its server's cells.
+fn count_attempt(cells: Option<&ServerCells>, attempt: &Attempt) {
+    let Some(cells) = cells else {
+        return;
+    };
+    match attempt {
+        Attempt::NotSent(error, _) => match error.cause() {
+            // elb's own limit: the server did nothing wrong.
+            ConnectError::AtLimit { .. } => {}
+            ConnectError::Timeout { .. } => {
+                bump(&cells.connect_failures);
+                bump(&cells.timeouts);
+            }
+            _ => bump(&cells.connect_failures),
+        },
+        Attempt::Failed(Failure::Timeout) => bump(&cells.timeouts),
+        _ => {}
     }
 }
 
@@ -695,10 +771,14 @@ async fn exchange(
     }
 }
 
-fn pick<'a>(target: &'a Target<'_>, tried: &[usize]) -> Option<(usize, &'a str, Transport)> {
+fn pick<'a>(
+    target: &'a Target<'_>,
+    tried: &[usize],
+    now: Instant,
+) -> Option<(usize, &'a str, Transport)> {
     match target {
         Target::Upstream(upstream) => {
-            let index = upstream.balancer.pick(Instant::now(), tried)?;
+            let index = upstream.balancer.pick(now, tried)?;
             let server = upstream.servers().get(index)?;
             Some((index, server.name.as_str(), Transport::of(&server.params)))
         }
@@ -715,7 +795,7 @@ fn target_servers(target: &Target<'_>) -> Vec<(String, bool)> {
     let mut tried = Vec::new();
     let mut servers = Vec::new();
     while tried.len() < MAX_TRIES {
-        let Some((index, server, transport)) = pick(target, &tried) else {
+        let Some((index, server, transport)) = pick(target, &tried, Instant::now()) else {
             break;
         };
         tried.push(index);

@@ -158,14 +158,16 @@ impl Proxy {
                 return text(StatusCode::FORBIDDEN, "forbidden by the domain's rules");
             }
         };
-        let response = forward::forward(self, &snapshot, request, client, &choice).await;
+        let mut tally = forward::Tally::default();
+        let response =
+            forward::forward(self, &snapshot, request, client, &choice, &mut tally).await;
+        // One clock reading for every counter of the request.
+        let elapsed = started.elapsed();
+        let status = response.status().as_u16();
+        domain.metrics.record(status, elapsed);
+        tally.record(status, elapsed);
         if let Some(statsd) = &self.statsd {
-            statsd.record_request(
-                &host,
-                client.listener.as_deref(),
-                response.status().as_u16(),
-                started.elapsed(),
-            );
+            statsd.record_request(&host, client.listener.as_deref(), status, elapsed);
         }
         response
     }

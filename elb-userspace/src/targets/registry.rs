@@ -79,6 +79,8 @@ struct Target {
     l4_step: u32,
     /// See [`CheckJob::epoch`].
     epoch: u64,
+    /// Check state changes since the server was added.
+    transitions: u64,
 }
 
 impl Target {
@@ -96,6 +98,7 @@ impl Target {
             ramp_from: None,
             l4_step: FULL_WEIGHT,
             epoch: 0,
+            transitions: 0,
         }
     }
 
@@ -148,6 +151,25 @@ struct Inner {
     upstreams: BTreeMap<String, UpstreamTargets>,
     /// Some server drains or ramps up: [`TargetRegistry::tick`] has work.
     timed: bool,
+}
+
+/// One upstream's servers as [`TargetRegistry::health_view`] reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamHealth {
+    pub upstream: String,
+    /// No server passes its checks, so all of them get traffic.
+    pub fail_open: bool,
+    pub servers: Vec<ServerHealth>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerHealth {
+    pub server: String,
+    pub state: TargetState,
+    /// Whether new requests and flows may go to it now.
+    pub routable: bool,
+    /// Check state changes since it was added.
+    pub transitions: u64,
 }
 
 /// One upstream of the configuration, as [`TargetRegistry::sync`] takes it.
@@ -332,6 +354,7 @@ impl TargetRegistry {
                 target.ramp_from = None;
             }
             target.check = state;
+            target.transitions += 1;
             if target.drain == Drain::Serving {
                 target.since = now;
             }
@@ -413,6 +436,34 @@ impl TargetRegistry {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Every upstream's servers with their state, for `/metrics`; servers
+    /// that left are there until their drain ends.
+    pub fn health_view(&self) -> Vec<UpstreamHealth> {
+        let inner = self.lock();
+        inner
+            .upstreams
+            .iter()
+            .filter(|(_, entry)| !entry.targets.is_empty())
+            .map(|(name, entry)| {
+                let checked = entry.policy.is_some();
+                UpstreamHealth {
+                    upstream: name.clone(),
+                    fail_open: entry.fail_open,
+                    servers: entry
+                        .targets
+                        .iter()
+                        .map(|(server, target)| ServerHealth {
+                            server: server.clone(),
+                            state: target.state(checked),
+                            routable: target.gate.routable(),
+                            transitions: target.transitions,
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
     }
 
     /// `GET /__erulb__/health`.

@@ -8,6 +8,7 @@ mod l7;
 mod l7_instructions;
 mod procs;
 mod s_time;
+mod scrape;
 mod servers;
 mod temp_dir;
 mod tls;
@@ -27,9 +28,10 @@ pub fn run(root: &Path, name: &str, rounds: usize) -> Result<()> {
         "l7-instructions" => l7_instructions::run(root),
         "health" => health::run(root),
         "tls" => tls::run(root, rounds),
+        "scrape" => scrape::run(root, rounds),
         other => {
             bail!(
-                "unknown benchmark {other:?}; available: l7, l7-instructions, tls, xdp, l4, health"
+                "unknown benchmark {other:?}; available: l7, l7-instructions, tls, xdp, l4, health, scrape"
             )
         }
     }

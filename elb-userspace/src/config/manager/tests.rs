@@ -415,3 +415,22 @@ fn a_deeper_key_under_an_upstream_is_no_server_and_deleting_the_servers_removes_
     restarted.replace_all(m.kv().clone());
     assert!(!restarted.upstreams().contains_key("up1"));
 }
+
+#[test]
+fn request_counters_survive_a_redefinition_and_leave_with_their_upstream() {
+    let mut m = manager();
+    m.apply(&[put("/ELB/upstreams/up/10.0.0.1:80", "")]);
+    let count = |m: &ConfigManager| crate::metrics::upstream_totals(&m.snapshot_handle().load());
+    m.upstreams()["up"].metrics.servers[0].requests.record(503);
+    m.apply(&[put("/ELB/upstreams/up/10.0.0.2:80", "")]);
+    let up = &m.upstreams()["up"];
+    assert_eq!(up.servers().len(), 2);
+    let totals = count(&m);
+    assert_eq!(totals.len(), 1);
+    assert_eq!((totals[0].requests, totals[0].errors), (1, 1));
+    m.apply(&[
+        del("/ELB/upstreams/up/10.0.0.1:80"),
+        del("/ELB/upstreams/up/10.0.0.2:80"),
+    ]);
+    assert!(count(&m).is_empty());
+}
