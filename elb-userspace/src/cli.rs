@@ -24,6 +24,44 @@ pub enum Command {
     /// Detach the XDP program and remove the pinned maps a stopped elb left
     /// (this drops established L4 flows).
     Teardown(TeardownArgs),
+    /// Show a running elb's listeners, upstreams with server health, L4
+    /// services and XDP attachments. Exit status: 0 all is well, 1 an
+    /// upstream fails open (no healthy server), 2 elb is not running, 3 the
+    /// status could not be read.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Name of the balancer.
+    #[arg(long, env = "ELBNAME", default_value = "ELB", value_parser = validate_elb_name)]
+    pub name: String,
+
+    /// The run directory of that elb (`elb run --run-dir`): it records its
+    /// admin address there.
+    #[arg(long, default_value = "/run/elb", value_name = "DIR")]
+    pub run_dir: PathBuf,
+
+    /// Ask the admin API at this address instead of the recorded one.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+
+    /// The admin token, if elb runs with --admin-token.
+    #[arg(
+        long,
+        env = "ELB_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+
+    /// Where the BPF filesystem is (read when elb is not running).
+    #[arg(long, default_value = "/sys/fs/bpf", value_name = "DIR")]
+    pub bpffs: PathBuf,
+
+    /// Print the status document (`/__erulb__/status.json`) instead.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -314,7 +352,7 @@ mod tests {
             args.extend_from_slice(extra);
             match Cli::try_parse_from(args).expect("parse").command {
                 Command::Run(args) => args.client_body_timeout,
-                Command::Teardown(_) => panic!("expected run"),
+                _ => panic!("expected run"),
             }
         };
         assert_eq!(parsed(&[]), Duration::from_secs(60));

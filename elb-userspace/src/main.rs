@@ -47,6 +47,10 @@ fn main() -> std::process::ExitCode {
         tracing::warn!(error = %err, "cannot turn transparent huge pages off: RSS may be larger and step up after bursts");
     }
     let cli = Cli::parse();
+    // Blocking and short: no runtime, and its own exit statuses.
+    if let Command::Status(args) = &cli.command {
+        return elb_userspace::status::command::run(args);
+    }
     // Before any thread exists: the child is this same command line.
     if let Command::Run(args) = &cli.command
         && args.detach
@@ -62,6 +66,7 @@ fn main() -> std::process::ExitCode {
                 match cli.command {
                     Command::Run(args) => run(*args).await,
                     Command::Teardown(args) => teardown(&args),
+                    Command::Status(_) => Ok(()),
                 }
             })
         });
@@ -330,6 +335,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     })
     .ok();
+    record_admin_address(&args, &listen_addrs);
     tracing::info!(name = args.name, "elb running");
     report_ready();
 
@@ -380,6 +386,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             L4Running::Userspace(l4) => l4.wait().await,
         }
     };
+    elb_userspace::run_record::RunRecord::remove_own(&args.run_dir, &args.name);
     tokio::select! {
         () = stopped => {
             tracing::info!("stopped");
@@ -390,6 +397,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             // Not a return: the runtime would wait for the blocked joins.
             std::process::exit(0);
         }
+    }
+}
+
+/// Tells `elb status` where the admin API answers (the first `--listen`
+/// address). Not fatal: elb serves without it.
+fn record_admin_address(args: &RunArgs, listen_addrs: &[SocketAddr]) {
+    let Some(first) = listen_addrs.first() else {
+        return;
+    };
+    let record = elb_userspace::run_record::RunRecord {
+        pid: std::process::id(),
+        admin: elb_userspace::run_record::local_admin_address(*first),
+        bpffs: args.bpffs.clone(),
+    };
+    if let Err(error) = record.write(&args.run_dir, &args.name) {
+        tracing::warn!(%error, "`elb status` will not find this elb");
     }
 }
 

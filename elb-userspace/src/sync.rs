@@ -22,6 +22,7 @@ pub async fn start(
 ) -> anyhow::Result<()> {
     let revision = match etcd.load().await {
         Ok((kv, revision)) => {
+            etcd.link().up();
             tracing::info!(
                 endpoints = etcd.endpoints(),
                 revision,
@@ -36,6 +37,7 @@ pub async fn start(
         // hide it, and retrying does not help.
         Err(err @ StoreError::EtcdAccess { .. }) => return Err(err.into()),
         Err(err) => {
+            etcd.link().down(&err);
             match read_state_file(snapshot_file)? {
                 Some(snapshot) => {
                     tracing::warn!(error = %err, snapshot = %snapshot_file.display(), revision = snapshot.revision,
@@ -70,6 +72,7 @@ async fn watch_loop(config: Arc<ConfigService>, etcd: EtcdStore, mut listed: Opt
             Some(revision) => revision,
             None => match etcd.load().await {
                 Ok((kv, revision)) => {
+                    etcd.link().up();
                     config.control().set_connected(true);
                     tracing::info!(
                         revision,
@@ -80,6 +83,7 @@ async fn watch_loop(config: Arc<ConfigService>, etcd: EtcdStore, mut listed: Opt
                     revision
                 }
                 Err(err) => {
+                    etcd.link().down(&err);
                     config.control().set_connected(false);
                     if matches!(err, StoreError::EtcdAccess { .. }) {
                         tracing::error!(error = %err, retry_in = ?backoff, "etcd refuses elb; still serving the last known configuration");
@@ -95,6 +99,7 @@ async fn watch_loop(config: Arc<ConfigService>, etcd: EtcdStore, mut listed: Opt
         match watch_from(&config, &etcd, revision + 1).await {
             Ok(()) => tracing::warn!("etcd watch ended; re-listing"),
             Err(err) => {
+                etcd.link().down(format!("watch broken: {err:#}"));
                 config.control().set_connected(false);
                 tracing::warn!(error = %err, retry_in = ?backoff, "etcd watch broken; re-listing");
                 // The connection may be what broke (e.g. etcd's certificate

@@ -2,6 +2,7 @@
 //! `BPF_PROG_TEST_RUN` fixtures, network namespaces and the `elb` process.
 
 pub mod backend;
+pub mod chromium;
 pub mod desync;
 pub mod elb_process;
 pub mod etcd;

@@ -28,6 +28,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "openssl",
     // `systemd-analyze verify` of dist/elb.service (the dist_unit test).
     "systemd",
+    // Headless browser for the status page test (tests/tests/status_page.rs).
+    "chromium",
     "python3-requests",
     // `cargo xtask bench l4`'s other balancers: HAProxy in TCP mode, and
     // iptables DNAT+SNAT (iptables-nft; nft removes the NAT table after).

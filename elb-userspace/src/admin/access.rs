@@ -23,10 +23,7 @@ pub enum Refusal {
 
 impl AccessPolicy {
     pub fn check(&self, peer: IpAddr, headers: &HeaderMap) -> Result<(), Refusal> {
-        let peer = canonical(peer);
-        if !peer.is_loopback() && !self.allow.iter().any(|net| net.contains(peer)) {
-            return Err(Refusal::Address(peer));
-        }
+        self.check_address(peer)?;
         if let Some(token) = &self.token {
             let presented = headers
                 .get(header::AUTHORIZATION)
@@ -36,6 +33,18 @@ impl AccessPolicy {
             if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
                 return Err(Refusal::Token);
             }
+        }
+        Ok(())
+    }
+}
+
+impl AccessPolicy {
+    /// The address rule alone: for the status page's HTML, which holds no
+    /// data (the JSON it fetches needs the token).
+    pub fn check_address(&self, peer: IpAddr) -> Result<(), Refusal> {
+        let peer = canonical(peer);
+        if !peer.is_loopback() && !self.allow.iter().any(|net| net.contains(peer)) {
+            return Err(Refusal::Address(peer));
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ mod dump;
 mod listener;
 mod policy;
 mod service;
+mod status;
 pub mod upstream;
 
 use std::{
@@ -47,6 +48,8 @@ pub struct AdminApi {
     l4_applied: OnceLock<watch::Receiver<Applied>>,
     /// The configured listeners' live state, once the server runs them.
     listener_board: OnceLock<crate::server::ListenerBoard>,
+    /// For the status page's uptime.
+    started: std::time::Instant,
     /// Each write holds it shared; a takeover holds it exclusively (see
     /// [`AdminApi::write_gate`]).
     write_gate: Arc<tokio::sync::RwLock<()>>,
@@ -132,6 +135,7 @@ impl AdminApi {
             l4_stats: OnceLock::new(),
             l4_applied: OnceLock::new(),
             listener_board: OnceLock::new(),
+            started: std::time::Instant::now(),
             write_gate: Arc::default(),
             metrics: None,
         }
@@ -212,7 +216,15 @@ impl AdminApi {
     }
 
     pub async fn handle(&self, request: Request<Incoming>, peer: IpAddr) -> Response<Body> {
-        if let Err(refusal) = self.access.check(peer, request.headers()) {
+        // The status page's HTML holds no data and a browser cannot send a
+        // bearer token when it opens a page: only the address rule applies.
+        // The JSON it fetches is checked like every other endpoint.
+        let access = if status::is_page(request.method(), request.uri().path()) {
+            self.access.check_address(peer)
+        } else {
+            self.access.check(peer, request.headers())
+        };
+        if let Err(refusal) = access {
             let error = match refusal {
                 Refusal::Address(addr) => AdminError::new(
                     StatusCode::FORBIDDEN,
@@ -253,6 +265,11 @@ impl AdminApi {
             result = Err(error);
         }
         match result {
+            // The status page polls every few seconds: not worth a line each.
+            Ok(response) if method == Method::GET && path.starts_with(status::PAGE_PATH) => {
+                tracing::debug!(%peer, %method, path, status = response.status().as_u16(), "admin request");
+                response
+            }
             Ok(response) => {
                 tracing::info!(%peer, %method, path, status = response.status().as_u16(), "admin request");
                 response
@@ -358,6 +375,10 @@ impl AdminApi {
                 dump::put(config).await
             }
             ("dump", _) => Err(AdminError::method_not_allowed(&method, &path, "PUT")),
+            ("status", &Method::GET) => Ok(crate::status::page::response()),
+            ("status", _) => Err(AdminError::method_not_allowed(&method, &path, "GET")),
+            ("status.json", &Method::GET) => Ok(json(StatusCode::OK, &self.status().await)),
+            ("status.json", _) => Err(AdminError::method_not_allowed(&method, &path, "GET")),
             ("stats", &Method::GET) => self.stats(),
             ("stats", _) => Err(AdminError::method_not_allowed(&method, &path, "GET")),
             ("metrics", &Method::GET) => match &self.metrics {
@@ -373,6 +394,22 @@ impl AdminApi {
                 format!("no admin endpoint {path}"),
             )),
         }
+    }
+
+    /// `GET /__erulb__/status.json`.
+    async fn status(&self) -> Value {
+        let l4 = match self.l4_stats.get() {
+            Some(source) => source.stats_json().map_err(|e| e.to_string()),
+            None => Err("the L4 data plane is still starting".to_owned()),
+        };
+        let input = status::gather(
+            &self.config,
+            self.listener_board.get(),
+            l4,
+            self.started.elapsed(),
+        )
+        .await;
+        crate::status::assemble(&input)
     }
 
     fn stats(&self) -> AdminResult {

@@ -61,18 +61,23 @@ pub fn pinned_link_ifindex(path: &Path) -> io::Result<u32> {
 fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // The kernel refuses (EINVAL) non-zero bytes after the command's last
+    // field: the tail the struct's alignment adds is an explicit zero, not
+    // padding of unspecified value.
     #[repr(C)]
     struct ObjGetAttr {
         pathname: u64,
         bpf_fd: u32,
         file_flags: u32,
         path_fd: i32,
+        zero: u32,
     }
     let attr = ObjGetAttr {
         pathname: c_path.as_ptr() as u64,
         bpf_fd: 0,
         file_flags: 0,
         path_fd: 0,
+        zero: 0,
     };
     // SAFETY: attr and c_path outlive the call.
     let fd = unsafe {

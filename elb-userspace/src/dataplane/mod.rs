@@ -21,6 +21,7 @@ use elb_common::{
 use thiserror::Error;
 
 use crate::{bpffs, os_error::errno_in_chain};
+pub use links::pinned_link_ifindex;
 pub use pins::{PinError, PinLayout, TeardownReport, teardown};
 
 /// How to attach the program, as chosen on the command line.

@@ -67,6 +67,8 @@ struct Shared {
     /// `None` until the first call and after a failure: the next call
     /// connects again, re-reading the TLS and password files.
     client: tokio::sync::Mutex<Option<Client>>,
+    /// Set by the watch loop (`crate::sync`), read by the status page.
+    link: super::link::StoreLink,
 }
 
 /// The client balances requests over the endpoints; one that is down fails
@@ -96,6 +98,7 @@ impl EtcdStore {
                 prefix: prefix.to_owned(),
                 access: access.clone(),
                 client: tokio::sync::Mutex::new(None),
+                link: super::link::StoreLink::new(false),
             }),
         })
     }
@@ -127,6 +130,11 @@ impl EtcdStore {
     /// files as they are then (rotated certificates, a new password).
     pub async fn reconnect_next_time(&self) {
         *self.shared.client.lock().await = None;
+    }
+
+    /// Whether the last exchange with etcd worked.
+    pub fn link(&self) -> &super::link::StoreLink {
+        &self.shared.link
     }
 
     pub fn endpoints(&self) -> &str {

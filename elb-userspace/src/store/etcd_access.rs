@@ -208,7 +208,7 @@ mod tests {
             args.extend_from_slice(extra);
             crate::cli::Cli::try_parse_from(args).map(|cli| match cli.command {
                 crate::cli::Command::Run(run) => run.etcd_access,
-                crate::cli::Command::Teardown(_) => panic!("expected run"),
+                _ => panic!("expected run"),
             })
         };
         let full = parse(&[

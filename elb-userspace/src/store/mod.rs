@@ -4,6 +4,7 @@
 pub mod etcd;
 pub mod etcd_access;
 pub mod file;
+pub mod link;
 
 use std::collections::BTreeMap;
 
@@ -63,6 +64,30 @@ impl Store {
         match self {
             Self::Etcd(store) => store.commit(ops).await,
             Self::File(store) => store.commit(ops).await,
+        }
+    }
+
+    /// `etcd` or `file`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Etcd(_) => "etcd",
+            Self::File(_) => "file",
+        }
+    }
+
+    /// The endpoints or the file.
+    pub fn location(&self) -> String {
+        match self {
+            Self::Etcd(store) => store.endpoints().to_owned(),
+            Self::File(store) => store.path().display().to_string(),
+        }
+    }
+
+    /// Whether elb is in touch with the store; the file store always is.
+    pub fn link(&self) -> Option<&link::StoreLink> {
+        match self {
+            Self::Etcd(store) => Some(store.link()),
+            Self::File(_) => None,
         }
     }
 
