@@ -404,7 +404,7 @@ fn statsd_and_log_lines_name_the_listener() {
         .lines()
         .find(|line| line.contains("upstream try failed"))
         .unwrap_or_else(|| panic!("no failure logged: {log}"));
-    assert!(failure.contains("listener{name=tls}"), "{failure}");
+    assert!(failure.contains(r#"listener="tls""#), "{failure}");
 }
 
 /// `h2load`'s summary line: `requests: N total, N started, N done, N

@@ -121,6 +121,7 @@ pub async fn forward<'s>(
         None => {
             tracing::warn!(
                 upstream = choice.servername,
+                listener = client.listener_name(),
                 "backend rule names an upstream that does not exist"
             );
             return text(StatusCode::BAD_GATEWAY, "the upstream does not exist");
@@ -157,7 +158,9 @@ pub async fn forward<'s>(
     if protocol.is_some() {
         // Upgrade handshakes carry no body; the client's bytes follow the 101.
         let request = Request::from_parts(parts, empty());
-        return upgrade::forward(proxy, &target_servers(&target), request).await;
+        // Boxed, as the other rare steps below: an awaited future lives
+        // inside every request's future, which is moved at least once.
+        return Box::pin(upgrade::forward(proxy, &target_servers(&target), request)).await;
     }
 
     let idempotent = is_idempotent(&parts.method);
@@ -235,6 +238,7 @@ pub async fn forward<'s>(
                 report_failure(&target, index);
                 tracing::warn!(
                     server,
+                    listener = client.listener_name(),
                     status = response.status().as_u16(),
                     "upstream answered with a gateway error"
                 );
@@ -250,14 +254,24 @@ pub async fn forward<'s>(
                     tracing::debug!(server, error = %error, "no upstream connection slot");
                 } else {
                     report_failure(&target, index);
-                    tracing::warn!(server, error = %error, "upstream try failed before sending");
+                    tracing::warn!(
+                        server,
+                        listener = client.listener_name(),
+                        error = %error,
+                        "upstream try failed before sending"
+                    );
                 }
                 last_failure = Some(Failure::from_connect(&error));
                 unsent = Some(request);
             }
             Attempt::Failed(failure) => {
                 report_failure(&target, index);
-                tracing::warn!(server, failure = ?failure, "upstream try failed after sending");
+                tracing::warn!(
+                    server,
+                    listener = client.listener_name(),
+                    failure = ?failure,
+                    "upstream try failed after sending"
+                );
                 last_failure = Some(failure);
             }
             Attempt::ClientFault(fault) => {
@@ -511,15 +525,15 @@ async fn try_server(
         // The shared connection may have closed (GOAWAY) since it was
         // looked at; a request it did not take is sent on a new one.
         for _ in 0..2 {
-            let sender = match proxy
-                .pool
-                .h2_sender(
-                    server,
-                    transport.tls,
-                    settings.connect_timeout,
-                    lease.gate.as_ref(),
-                )
-                .await
+            // Boxed: opening an h2 connection (TLS included) is 8 KB of
+            // future that plain HTTP/1 requests would otherwise carry.
+            let sender = match Box::pin(proxy.pool.h2_sender(
+                server,
+                transport.tls,
+                settings.connect_timeout,
+                lease.gate.as_ref(),
+            ))
+            .await
             {
                 Ok(sender) => sender,
                 Err(error) => return Attempt::NotSent(error, request),
@@ -560,10 +574,13 @@ async fn try_server(
             Sent::Unsent(returned) => request = returned,
         }
     }
-    match proxy
-        .pool
-        .connect(server, transport.tls, settings.connect_timeout, false)
-        .await
+    // Boxed: a new connection is the exception with keep-alive.
+    match Box::pin(
+        proxy
+            .pool
+            .connect(server, transport.tls, settings.connect_timeout, false),
+    )
+    .await
     {
         Ok(sender) => {
             match send(

@@ -116,6 +116,11 @@ pub struct ClientAddr {
 }
 
 impl ClientAddr {
+    /// The listener's name for log lines: `--listen` for the static ones.
+    pub fn listener_name(&self) -> &str {
+        self.listener.as_deref().unwrap_or("--listen")
+    }
+
     pub fn new(addr: SocketAddr) -> Self {
         // An IP's text is digits, hex letters, '.' and ':': always a valid
         // header value, so the fallback is never taken.

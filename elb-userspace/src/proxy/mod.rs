@@ -122,7 +122,9 @@ impl Proxy {
                 }
             };
         if AdminApi::is_admin_path(request.uri().path()) {
-            return self.admin.handle(request, client.addr.ip()).await;
+            // Boxed: the admin API's future is as large as a proxied
+            // request's and would double every request's.
+            return Box::pin(self.admin.handle(request, client.addr.ip())).await;
         }
         let started = std::time::Instant::now();
         if self.settings.hop.seen_in(request.headers()) {
@@ -253,5 +255,27 @@ impl Proxy {
             StatusCode::LOOP_DETECTED,
             "the request came back to this elb: the configuration has a proxy loop",
         )
+    }
+}
+
+#[cfg(test)]
+mod future_size {
+    use super::*;
+
+    /// The size of the future an async fn returns, without calling it.
+    fn future_size<'a, F, Fut>(_: F) -> usize
+    where
+        F: FnOnce(&'a Proxy, Request<Incoming>, &'a ClientAddr) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every request's future is moved at least once (into its task or
+    /// box): the rare steps (admin API, upgrades, opening connections)
+    /// are boxed so that it stays small. 11.4 KB before, in release.
+    #[test]
+    fn a_requests_future_stays_small() {
+        let size = future_size(Proxy::handle);
+        assert!(size <= 6 * 1024, "Proxy::handle's future is {size} bytes");
     }
 }

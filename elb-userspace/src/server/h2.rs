@@ -28,7 +28,6 @@ use tokio::{
     io::{AsyncRead, AsyncWrite},
     sync::{Notify, watch},
 };
-use tracing::Instrument;
 
 use super::{ServerSettings, wind_down};
 use crate::{
@@ -123,20 +122,14 @@ pub async fn serve<S>(
     let listener = client.listener.clone();
     let service = {
         let tally = Arc::clone(&tally);
-        // hyper runs each stream as a task of its own: give it the
-        // connection's span (the listener's name in log lines).
-        let span = tracing::Span::current();
         service_fn(move |request: http::Request<Incoming>| {
             tally.started();
             let proxy = Arc::clone(&proxy);
             let client = Arc::clone(&client);
             Guarded {
-                inner: Box::pin(
-                    async move {
-                        Ok::<http::Response<Body>, Infallible>(proxy.handle(request, &client).await)
-                    }
-                    .instrument(span.clone()),
-                ),
+                inner: Box::pin(async move {
+                    Ok::<http::Response<Body>, Infallible>(proxy.handle(request, &client).await)
+                }),
                 guard: HandlerGuard {
                     tally: Arc::clone(&tally),
                     finished: false,

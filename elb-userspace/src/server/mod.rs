@@ -30,7 +30,6 @@ use tokio::{
     sync::{mpsc, watch},
 };
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use self::client_io::{ClientIo, Reclaimed, Sniffed, sniff_preface};
 use crate::{
@@ -277,16 +276,9 @@ impl Worker {
                 shutdown: shutdown.clone(),
                 entrance: Arc::clone(&entrance),
             };
-            match &entrance.listener {
-                // Log lines from its requests name the configured listener.
-                Some(name) => {
-                    let span = tracing::info_span!("listener", name = %name);
-                    connections.spawn(connection.serve(stream).instrument(span));
-                }
-                None => {
-                    connections.spawn(connection.serve(stream));
-                }
-            }
+            // No span per connection: entering it on every poll cost more
+            // than naming the listener in the few log lines that need it.
+            connections.spawn(connection.serve(stream));
         }
     }
 
