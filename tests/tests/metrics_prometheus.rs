@@ -421,3 +421,61 @@ fn health_states_fail_open_and_transitions_are_exported() {
         "initial -> healthy -> unhealthy: {text}"
     );
 }
+
+/// Polls the `--metrics` listener until `series` has `want` (or 10 s).
+fn wait_for_sample(metrics: SocketAddr, series: &str, want: f64) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = metrics_text(metrics);
+        if sample(&text, series) == Some(want) || std::time::Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_control_plane_state_follows_etcd() {
+    let mut etcd = elb_tests::etcd::Etcd::start().expect("etcd");
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let elb = L7Builder::new()
+        .etcd(&etcd.endpoint())
+        .arg("--metrics")
+        .arg(&metrics.to_string())
+        .start()
+        .expect("start elb");
+    let _c = Cleanup(elb.state_dir.clone());
+    let text = metrics_text(metrics);
+    assert_eq!(sample(&text, "elb_store_connected"), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, "elb_config_rejected_documents_total"),
+        Some(0.0),
+        "{text}"
+    );
+    let first_revision = sample(&text, "elb_config_applied_revision").expect("revision");
+
+    // A rule document that is not JSON is skipped, and counted.
+    etcd.put(&format!("/{}/rules/broken.example", elb.name), "{not json")
+        .expect("put");
+    let text = wait_for_sample(metrics, "elb_config_rejected_documents_total", 1.0);
+    assert_eq!(
+        sample(&text, "elb_config_rejected_documents_total"),
+        Some(1.0),
+        "{text}"
+    );
+    let revision = sample(&text, "elb_config_applied_revision").expect("revision");
+    assert!(revision > first_revision, "{first_revision} -> {revision}");
+    let applied_at = sample(&text, "elb_config_last_apply_timestamp_seconds").expect("time");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!((now - applied_at).abs() < 60.0, "{applied_at} vs now {now}");
+
+    etcd.kill();
+    let text = wait_for_sample(metrics, "elb_store_connected", 0.0);
+    assert_eq!(sample(&text, "elb_store_connected"), Some(0.0), "{text}");
+    etcd.restart().expect("restart etcd");
+    let text = wait_for_sample(metrics, "elb_store_connected", 1.0);
+    assert_eq!(sample(&text, "elb_store_connected"), Some(1.0), "{text}");
+}
