@@ -14,6 +14,7 @@ use elb_tests::{
     backend::Backend,
     elb_process::ElbProcess,
     http::{self, HttpResponse},
+    l4_e2e::{Dataplane, E2e, OK, VIP, connect, upstream_doc},
     l7::{Cleanup, L7Builder, L7Elb},
     netns::{NetNs, unique_name, veth_pair},
     ports::free_port,
@@ -478,4 +479,54 @@ fn the_control_plane_state_follows_etcd() {
     etcd.restart().expect("restart etcd");
     let text = wait_for_sample(metrics, "elb_store_connected", 1.0);
     assert_eq!(sample(&text, "elb_store_connected"), Some(1.0), "{text}");
+}
+
+#[test]
+fn xdp_counters_are_read_from_the_bpf_maps_at_scrape_time() {
+    require_root_and_bpf!();
+    let mut e2e = E2e::start(Dataplane::Xdp);
+    e2e.elb
+        .wait_for_log(Duration::from_secs(5), Dataplane::Xdp.log_line())
+        .expect("elb names its L4 data plane");
+    assert_eq!(
+        e2e.admin("PUT", "upstream", &upstream_doc(&[(1, 1), (2, 1), (3, 1)])),
+        OK
+    );
+    let service = format!(r#"{{"web": {{"vip": "{VIP}:80", "proto": "tcp", "upstream": "web"}}}}"#);
+    assert_eq!(e2e.admin("PUT", "service", &service), OK);
+    const FLOWS: usize = 6;
+    for i in 0..FLOWS {
+        connect(&e2e.net.client)
+            .and_then(|mut conn| conn.ask())
+            .unwrap_or_else(|e| panic!("connection {i} through XDP: {e}\n{}", e2e.diagnostics()));
+    }
+    let url = format!("http://127.0.0.1:{}/__erulb__/metrics", e2e.port);
+    let out = e2e.net.lb.exec("curl", &["-sS", &url]).expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        sample(&text, r#"elb_l4_dataplane{dataplane="xdp"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"elb_l4_service_new_flows_total{service="web"}"#),
+        Some(FLOWS as f64),
+        "{text}"
+    );
+    assert!(
+        sample(&text, r#"elb_l4_service_packets_total{service="web"}"#)
+            .is_some_and(|packets| packets >= (3 * FLOWS) as f64),
+        "a flow is at least a SYN, the request and a FIN: {text}"
+    );
+    let server_packets: f64 = text
+        .lines()
+        .filter(|l| l.starts_with(r#"elb_l4_server_packets_total{service="web","#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(server_packets > 0.0, "{text}");
+    assert!(
+        sample(&text, "elb_l4_flow_misses_total").is_some_and(|misses| misses >= FLOWS as f64),
+        "{text}"
+    );
+    assert!(text.contains("elb_l4_xdp_interface{"), "{text}");
 }
