@@ -118,6 +118,16 @@ fn promtool_accepts_the_exposition_and_it_counts_the_requests() {
         Some(4.0),
         "{text}"
     );
+    // The pooled keep-alive connections to the backend (one per worker
+    // at most).
+    let open = sample(
+        &text,
+        &format!(
+            r#"elb_upstream_open_connections{{upstream="up",server="{}"}}"#,
+            b1.addr()
+        ),
+    );
+    assert!(open.is_some_and(|n| n >= 1.0), "{text}");
     assert!(
         !text.contains("nothing.example"),
         "a Host with no domain must not become a label: {text}"
