@@ -197,6 +197,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Arc::clone(config.snapshot()),
         Arc::clone(&targets),
         Arc::clone(config.control()),
+        Arc::clone(&upstream_limits),
     ));
     if let Some(addr) = args.metrics {
         let bound = metrics::http::listen(addr, Arc::clone(&metrics), access.clone()).await?;

@@ -14,6 +14,7 @@ use elb_tests::{
     backend::Backend,
     elb_process::ElbProcess,
     http::{self, HttpResponse},
+    l4_e2e::{Dataplane, E2e, OK, VIP, connect, upstream_doc},
     l7::{Cleanup, L7Builder, L7Elb},
     netns::{NetNs, unique_name, veth_pair},
     ports::free_port,
@@ -117,6 +118,16 @@ fn promtool_accepts_the_exposition_and_it_counts_the_requests() {
         Some(4.0),
         "{text}"
     );
+    // The pooled keep-alive connections to the backend (one per worker
+    // at most).
+    let open = sample(
+        &text,
+        &format!(
+            r#"elb_upstream_open_connections{{upstream="up",server="{}"}}"#,
+            b1.addr()
+        ),
+    );
+    assert!(open.is_some_and(|n| n >= 1.0), "{text}");
     assert!(
         !text.contains("nothing.example"),
         "a Host with no domain must not become a label: {text}"
@@ -420,4 +431,112 @@ fn health_states_fail_open_and_transitions_are_exported() {
         Some(2.0),
         "initial -> healthy -> unhealthy: {text}"
     );
+}
+
+/// Polls the `--metrics` listener until `series` has `want` (or 10 s).
+fn wait_for_sample(metrics: SocketAddr, series: &str, want: f64) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = metrics_text(metrics);
+        if sample(&text, series) == Some(want) || std::time::Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_control_plane_state_follows_etcd() {
+    let mut etcd = elb_tests::etcd::Etcd::start().expect("etcd");
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let elb = L7Builder::new()
+        .etcd(&etcd.endpoint())
+        .arg("--metrics")
+        .arg(&metrics.to_string())
+        .start()
+        .expect("start elb");
+    let _c = Cleanup(elb.state_dir.clone());
+    let text = metrics_text(metrics);
+    assert_eq!(sample(&text, "elb_store_connected"), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, "elb_config_rejected_documents_total"),
+        Some(0.0),
+        "{text}"
+    );
+    let first_revision = sample(&text, "elb_config_applied_revision").expect("revision");
+
+    // A rule document that is not JSON is skipped, and counted.
+    etcd.put(&format!("/{}/rules/broken.example", elb.name), "{not json")
+        .expect("put");
+    let text = wait_for_sample(metrics, "elb_config_rejected_documents_total", 1.0);
+    assert_eq!(
+        sample(&text, "elb_config_rejected_documents_total"),
+        Some(1.0),
+        "{text}"
+    );
+    let revision = sample(&text, "elb_config_applied_revision").expect("revision");
+    assert!(revision > first_revision, "{first_revision} -> {revision}");
+    let applied_at = sample(&text, "elb_config_last_apply_timestamp_seconds").expect("time");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!((now - applied_at).abs() < 60.0, "{applied_at} vs now {now}");
+
+    etcd.kill();
+    let text = wait_for_sample(metrics, "elb_store_connected", 0.0);
+    assert_eq!(sample(&text, "elb_store_connected"), Some(0.0), "{text}");
+    etcd.restart().expect("restart etcd");
+    let text = wait_for_sample(metrics, "elb_store_connected", 1.0);
+    assert_eq!(sample(&text, "elb_store_connected"), Some(1.0), "{text}");
+}
+
+#[test]
+fn xdp_counters_are_read_from_the_bpf_maps_at_scrape_time() {
+    require_root_and_bpf!();
+    let mut e2e = E2e::start(Dataplane::Xdp);
+    e2e.elb
+        .wait_for_log(Duration::from_secs(5), Dataplane::Xdp.log_line())
+        .expect("elb names its L4 data plane");
+    assert_eq!(
+        e2e.admin("PUT", "upstream", &upstream_doc(&[(1, 1), (2, 1), (3, 1)])),
+        OK
+    );
+    let service = format!(r#"{{"web": {{"vip": "{VIP}:80", "proto": "tcp", "upstream": "web"}}}}"#);
+    assert_eq!(e2e.admin("PUT", "service", &service), OK);
+    const FLOWS: usize = 6;
+    for i in 0..FLOWS {
+        connect(&e2e.net.client)
+            .and_then(|mut conn| conn.ask())
+            .unwrap_or_else(|e| panic!("connection {i} through XDP: {e}\n{}", e2e.diagnostics()));
+    }
+    let url = format!("http://127.0.0.1:{}/__erulb__/metrics", e2e.port);
+    let out = e2e.net.lb.exec("curl", &["-sS", &url]).expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        sample(&text, r#"elb_l4_dataplane{dataplane="xdp"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"elb_l4_service_new_flows_total{service="web"}"#),
+        Some(FLOWS as f64),
+        "{text}"
+    );
+    assert!(
+        sample(&text, r#"elb_l4_service_packets_total{service="web"}"#)
+            .is_some_and(|packets| packets >= (3 * FLOWS) as f64),
+        "a flow is at least a SYN, the request and a FIN: {text}"
+    );
+    let server_packets: f64 = text
+        .lines()
+        .filter(|l| l.starts_with(r#"elb_l4_server_packets_total{service="web","#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(server_packets > 0.0, "{text}");
+    assert!(
+        sample(&text, "elb_l4_flow_misses_total").is_some_and(|misses| misses >= FLOWS as f64),
+        "{text}"
+    );
+    assert!(text.contains("elb_l4_xdp_interface{"), "{text}");
 }

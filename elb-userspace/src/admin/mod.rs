@@ -382,7 +382,9 @@ impl AdminApi {
             ("stats", &Method::GET) => self.stats(),
             ("stats", _) => Err(AdminError::method_not_allowed(&method, &path, "GET")),
             ("metrics", &Method::GET) => match &self.metrics {
-                Some(metrics) => Ok(crate::metrics::http::response(metrics, request.headers())),
+                Some(metrics) => {
+                    Ok(crate::metrics::http::response(metrics, request.headers()).await)
+                }
                 None => Err(AdminError::new(
                     StatusCode::NOT_FOUND,
                     "metrics are not collected by this elb",

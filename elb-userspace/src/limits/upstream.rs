@@ -124,6 +124,13 @@ impl UpstreamLimits {
         })
     }
 
+    /// Open connections by server address, servers with none left out
+    /// (for `/metrics`).
+    pub fn open_by_server(&self) -> HashMap<String, usize> {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.by_server.clone()
+    }
+
     /// Whether one more connection to `server` would be allowed: a
     /// connection is pooled idle only then, so that idle ones never hold
     /// the slots other requests wait for.

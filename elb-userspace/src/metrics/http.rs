@@ -18,9 +18,25 @@ use crate::{
 pub const PATH: &str = "/metrics";
 
 /// 200 with the current exposition, in the format `headers` ask for.
-pub fn response(metrics: &Metrics, headers: &http::HeaderMap) -> Response<Body> {
+/// Encoding a large configuration takes milliseconds of CPU: it runs on the
+/// blocking pool, not on the thread whose connections it would stall.
+pub async fn response(metrics: &Arc<Metrics>, headers: &http::HeaderMap) -> Response<Body> {
     let format = Format::negotiate(headers.get(header::ACCEPT).map(HeaderValue::as_bytes));
-    let mut response = Response::new(full(metrics.encode(format)));
+    let encoding = {
+        let metrics = Arc::clone(metrics);
+        tokio::task::spawn_blocking(move || metrics.encode(format))
+    };
+    let text = match encoding.await {
+        Ok(text) => text,
+        Err(error) => {
+            tracing::error!(%error, "encoding the metrics failed");
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "encoding the metrics failed",
+            );
+        }
+    };
+    let mut response = Response::new(full(text));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(format.content_type()),
@@ -66,8 +82,12 @@ async fn serve(listener: TcpListener, metrics: Arc<Metrics>, access: Arc<AccessP
         let access = Arc::clone(&access);
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {
-                let answer = answer(&request, peer, &metrics, &access);
-                async move { Ok::<_, std::convert::Infallible>(answer) }
+                let (metrics, access) = (Arc::clone(&metrics), Arc::clone(&access));
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        answer(&request, peer, &metrics, &access).await,
+                    )
+                }
             });
             if let Err(error) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -79,10 +99,10 @@ async fn serve(listener: TcpListener, metrics: Arc<Metrics>, access: Arc<AccessP
     }
 }
 
-fn answer(
+async fn answer(
     request: &Request<Incoming>,
     peer: SocketAddr,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
     access: &AccessPolicy,
 ) -> Response<Body> {
     if request.uri().path() != PATH {
@@ -96,7 +116,7 @@ fn answer(
         return response;
     }
     match access.check(peer.ip(), request.headers()) {
-        Ok(()) => response(metrics, request.headers()),
+        Ok(()) => response(metrics, request.headers()).await,
         Err(Refusal::Address(addr)) => {
             tracing::warn!(%addr, "metrics request refused");
             text(

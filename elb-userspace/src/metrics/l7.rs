@@ -1,6 +1,6 @@
 //! The L7 families, read from the cells of the current snapshot's domains
 //! and upstreams (so removed ones have no series).
-use std::fmt;
+use std::{collections::HashMap, fmt};
 
 use prometheus_client::encoding::DescriptorEncoder;
 
@@ -12,7 +12,12 @@ use super::{
 use crate::config::{DomainEntry, Snapshot, Upstream};
 use std::sync::{Arc, atomic::Ordering};
 
-pub fn encode(snapshot: &Snapshot, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
+/// `open`: open upstream connections by server address.
+pub fn encode(
+    snapshot: &Snapshot,
+    open: &HashMap<String, usize>,
+    encoder: &mut DescriptorEncoder<'_>,
+) -> fmt::Result {
     let mut domains: Vec<&Arc<DomainEntry>> = snapshot.domains().collect();
     domains.sort_by(|a, b| a.domain.cmp(&b.domain));
     let mut upstreams: Vec<&Arc<Upstream>> = snapshot.upstreams().collect();
@@ -101,6 +106,15 @@ pub fn encode(snapshot: &Snapshot, encoder: &mut DescriptorEncoder<'_>) -> fmt::
                 [("upstream", upstream), ("server", server)],
                 cells.active.load(Ordering::Relaxed),
             )
+        }),
+    )?;
+    gauges(
+        encoder,
+        "elb_upstream_open_connections",
+        "Open connections to the server's address, idle pooled ones included (absent: none)",
+        servers().filter_map(|(upstream, server, _)| {
+            let count = *open.get(server)?;
+            Some(([("upstream", upstream), ("server", server)], count))
         }),
     )?;
     counters(

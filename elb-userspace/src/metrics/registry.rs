@@ -8,7 +8,10 @@ use std::{
 use prometheus_client::{collector::Collector, encoding::DescriptorEncoder, registry::Registry};
 
 use super::{control::ControlPlane, encode::gauges, health, l4, l7};
-use crate::{config::SnapshotHandle, l4::stats::L4StatsSource, targets::TargetRegistry};
+use crate::{
+    config::SnapshotHandle, l4::stats::L4StatsSource, limits::UpstreamLimits,
+    targets::TargetRegistry,
+};
 
 /// The two text formats a scrape can ask for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +54,7 @@ struct Sources {
     snapshot: SnapshotHandle,
     targets: Arc<TargetRegistry>,
     control: Arc<ControlPlane>,
+    upstream_limits: Arc<UpstreamLimits>,
     /// Set once the L4 data plane is up.
     l4: OnceLock<Arc<dyn L4StatsSource>>,
 }
@@ -72,11 +76,13 @@ impl Metrics {
         snapshot: SnapshotHandle,
         targets: Arc<TargetRegistry>,
         control: Arc<ControlPlane>,
+        upstream_limits: Arc<UpstreamLimits>,
     ) -> Self {
         let sources = Arc::new(Sources {
             snapshot,
             targets,
             control,
+            upstream_limits,
             l4: OnceLock::new(),
         });
         let mut registry = Registry::default();
@@ -115,7 +121,8 @@ struct Collected(Arc<Sources>);
 impl Collector for Collected {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let sources = &self.0;
-        l7::encode(&sources.snapshot.load(), &mut encoder)?;
+        let open = sources.upstream_limits.open_by_server();
+        l7::encode(&sources.snapshot.load(), &open, &mut encoder)?;
         health::encode(&sources.targets.health_view(), &mut encoder)?;
         let state = sources.control.state();
         gauges(

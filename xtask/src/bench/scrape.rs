@@ -156,11 +156,16 @@ fn configure(port: u16, b1: u16, b2: u16) -> Result<()> {
         "domain",
         &json!({ HOST: backend("bench") }).to_string(),
     )?;
+    // Free ports, each once (the kernel may hand one out twice).
+    let mut ports = std::collections::BTreeSet::new();
+    while ports.len() < SERVICES {
+        ports.insert(free_port()?);
+    }
     let mut services = Map::new();
-    for i in 0..SERVICES {
+    for (i, port) in ports.into_iter().enumerate() {
         services.insert(
             format!("svc{i}"),
-            json!({"vip": format!("127.0.0.1:{}", free_port()?), "proto": "tcp", "upstream": format!("up{i}")}),
+            json!({"vip": format!("127.0.0.1:{port}"), "proto": "tcp", "upstream": format!("up{i}")}),
         );
     }
     admin(port, "service", &Value::Object(services).to_string())?;
