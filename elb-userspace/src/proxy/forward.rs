@@ -525,15 +525,15 @@ async fn try_server(
         // The shared connection may have closed (GOAWAY) since it was
         // looked at; a request it did not take is sent on a new one.
         for _ in 0..2 {
-            // Boxed: opening an h2 connection (TLS included) is 8 KB of
-            // future that plain HTTP/1 requests would otherwise carry.
-            let sender = match Box::pin(proxy.pool.h2_sender(
-                server,
-                transport.tls,
-                settings.connect_timeout,
-                lease.gate.as_ref(),
-            ))
-            .await
+            let sender = match proxy
+                .pool
+                .h2_sender(
+                    server,
+                    transport.tls,
+                    settings.connect_timeout,
+                    lease.gate.as_ref(),
+                )
+                .await
             {
                 Ok(sender) => sender,
                 Err(error) => return Attempt::NotSent(error, request),

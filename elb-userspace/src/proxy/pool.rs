@@ -297,8 +297,11 @@ impl Pool {
                 }
             };
             let outcome = cell
-                .get_or_init(|| async {
-                    self.open_h2(server, tls, timeout).await.map_err(Arc::new)
+                // Boxed: opening the connection (TLS included) is most of
+                // this future, and only the first request of a connection
+                // runs it; the others would carry it in theirs.
+                .get_or_init(|| {
+                    Box::pin(async { self.open_h2(server, tls, timeout).await.map_err(Arc::new) })
                 })
                 .await;
             match outcome {
