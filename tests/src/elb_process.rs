@@ -41,6 +41,9 @@ pub struct ElbProcess {
     child: Option<Child>,
     log: PathBuf,
     teardown_args: Option<Vec<String>>,
+    /// Its `--run-dir`, to remove again after it stopped if the test's
+    /// cleanup already ran (see `l7::Cleanup`).
+    run_dir: Option<PathBuf>,
 }
 
 /// `elb teardown` arguments matching a `run` command line that attaches XDP.
@@ -125,6 +128,11 @@ impl ElbProcess {
             child: Some(child),
             log,
             teardown_args: teardown_args(args),
+            run_dir: args
+                .iter()
+                .position(|arg| *arg == "--run-dir")
+                .and_then(|at| args.get(at + 1))
+                .map(PathBuf::from),
         })
     }
 
@@ -246,6 +254,9 @@ impl Drop for ElbProcess {
         if let Some(args) = &self.teardown_args {
             let args: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
             let _ = elb_teardown(&args);
+        }
+        if let Some(dir) = &self.run_dir {
+            crate::l7::remove_again_if_cleaned(dir);
         }
         let _ = std::fs::remove_file(&self.log);
     }

@@ -156,9 +156,31 @@ impl Drop for L7Elb {
 /// Removes a test's state directory when dropped.
 pub struct Cleanup(pub PathBuf);
 
+/// State directories a [`Cleanup`] removed. A test's `Cleanup` is often
+/// dropped before its elb, which may still write a state snapshot and so
+/// recreate the directory; the elb's drop removes it again once it stopped.
+static REMOVED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        REMOVED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(self.0.clone());
+    }
+}
+
+/// After an elb with `--run-dir dir` stopped: removes `dir` if a
+/// [`Cleanup`] already did (see [`REMOVED`]).
+pub(crate) fn remove_again_if_cleaned(dir: &std::path::Path) {
+    let cleaned = REMOVED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|removed| removed == dir);
+    if cleaned {
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 
