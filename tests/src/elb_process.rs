@@ -261,3 +261,39 @@ impl Drop for ElbProcess {
         let _ = std::fs::remove_file(&self.log);
     }
 }
+
+/// Starts `elb run` in `netns` with `--listen 0.0.0.0:8080`, a unique name
+/// from `name_prefix`, state and run directory in a temporary directory
+/// (removed on drop) and `extra`; returns once `127.0.0.1:ready_port`
+/// answers inside the namespace.
+pub fn spawn_in_netns(
+    netns: &NetNs,
+    name_prefix: &str,
+    extra: &[&str],
+    ready_port: u16,
+) -> (ElbProcess, tempfile::TempDir) {
+    let temp = tempfile::tempdir().expect("dir");
+    let dir = temp.path();
+    let state = dir.join("state.json");
+    let name = crate::netns::unique_name(name_prefix);
+    let mut args = vec![
+        "run",
+        "--name",
+        &name,
+        "--listen",
+        "0.0.0.0:8080",
+        "--state-file",
+        state.to_str().expect("utf-8"),
+        "--run-dir",
+        dir.to_str().expect("utf-8"),
+    ];
+    args.extend_from_slice(extra);
+    let mut elb = ElbProcess::spawn(&args, Some(netns)).expect("spawn elb");
+    elb.wait_until(Duration::from_secs(10), move || {
+        netns
+            .enter(move || std::net::TcpStream::connect(("127.0.0.1", ready_port)).is_ok())
+            .unwrap_or(false)
+    })
+    .expect("elb listens");
+    (elb, temp)
+}

@@ -1,11 +1,11 @@
 //! Admin access control with a real non-loopback client: elb in one network
 //! namespace, the client in another, linked by a veth pair.
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
 use elb_tests::{
-    elb_process::ElbProcess,
+    elb_process::{ElbProcess, spawn_in_netns},
     http,
-    netns::{NetNs, unique_name, veth_pair},
+    netns::{NetNs, veth_pair},
     require_root_and_bpf,
 };
 
@@ -13,29 +13,7 @@ const ELB: &str = "10.78.0.1:8080";
 
 /// elb in `lb`; the returned directory (state, lock) is removed on drop.
 fn start_elb(lb: &NetNs, extra: &[&str]) -> (ElbProcess, tempfile::TempDir) {
-    let temp = tempfile::tempdir().expect("dir");
-    let dir = temp.path();
-    let state = dir.join("state.json");
-    let name = unique_name("A");
-    let mut args = vec![
-        "run",
-        "--name",
-        &name,
-        "--listen",
-        "0.0.0.0:8080",
-        "--state-file",
-        state.to_str().expect("utf-8"),
-        "--run-dir",
-        dir.to_str().expect("utf-8"),
-    ];
-    args.extend_from_slice(extra);
-    let mut elb = ElbProcess::spawn(&args, Some(lb)).expect("spawn elb");
-    elb.wait_until(Duration::from_secs(10), || {
-        lb.enter(|| std::net::TcpStream::connect("127.0.0.1:8080").is_ok())
-            .unwrap_or(false)
-    })
-    .expect("elb listens");
-    (elb, temp)
+    spawn_in_netns(lb, "A", extra, 8080)
 }
 
 fn admin_get_from(

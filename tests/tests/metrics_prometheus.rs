@@ -12,11 +12,11 @@ use std::{
 
 use elb_tests::{
     backend::Backend,
-    elb_process::ElbProcess,
+    elb_process::{ElbProcess, spawn_in_netns},
     http::{self, HttpResponse},
     l4_e2e::{Dataplane, E2e, OK, VIP, connect, upstream_doc},
     l7::{Cleanup, L7Builder, L7Elb},
-    netns::{NetNs, unique_name, veth_pair},
+    netns::{NetNs, veth_pair},
     ports::free_port,
     prometheus::Prometheus,
     require_root_and_bpf,
@@ -289,31 +289,9 @@ fn l4_fallback_counters_are_exported() {
 /// elb in `lb` with `--metrics 0.0.0.0:9100`; the directory is removed on
 /// drop.
 fn start_in(lb: &NetNs, extra: &[&str]) -> (ElbProcess, tempfile::TempDir) {
-    let temp = tempfile::tempdir().expect("dir");
-    let dir = temp.path();
-    let state = dir.join("state.json");
-    let name = unique_name("M");
-    let mut args = vec![
-        "run",
-        "--name",
-        &name,
-        "--listen",
-        "0.0.0.0:8080",
-        "--metrics",
-        "0.0.0.0:9100",
-        "--state-file",
-        state.to_str().expect("utf-8"),
-        "--run-dir",
-        dir.to_str().expect("utf-8"),
-    ];
+    let mut args = vec!["--metrics", "0.0.0.0:9100"];
     args.extend_from_slice(extra);
-    let mut elb = ElbProcess::spawn(&args, Some(lb)).expect("spawn elb");
-    elb.wait_until(Duration::from_secs(10), || {
-        lb.enter(|| std::net::TcpStream::connect("127.0.0.1:9100").is_ok())
-            .unwrap_or(false)
-    })
-    .expect("elb listens");
-    (elb, temp)
+    spawn_in_netns(lb, "M", &args, 9100)
 }
 
 /// GET `path` on `port` of elb's address, from the client namespace.
