@@ -248,6 +248,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             (None, Some(l4))
         }
     };
+    // One node (or, with etcd, every node until leader election decides
+    // which one) runs the discovery providers.
+    let (_discovery_gate, discovery_may_run) = tokio::sync::watch::channel(true);
+    let discovery = elb_userspace::discovery::runner::spawn(
+        Arc::clone(&config),
+        admin.discovery_board(),
+        discovery_may_run,
+        shutdown_rx.clone(),
+    );
     let snapshot = config.snapshot().clone();
     let guard = userspace_l4.as_ref().map(L4Userspace::listener_guard);
     let workers = server::spawn_workers(
@@ -370,6 +379,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let _ = shutdown_tx.send(true);
     let stopped = async {
+        let _ = discovery.await;
         let _ = supervisor.await;
         // Worker threads end once their connections have drained.
         let _ = tokio::task::spawn_blocking(move || {

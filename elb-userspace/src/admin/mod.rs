@@ -5,6 +5,7 @@
 pub mod access;
 pub mod acl;
 mod cert;
+mod discovery;
 pub mod domain;
 mod dump;
 mod listener;
@@ -55,6 +56,8 @@ pub struct AdminApi {
     write_gate: Arc<tokio::sync::RwLock<()>>,
     /// What `GET /__erulb__/metrics` serves.
     metrics: Option<Arc<Metrics>>,
+    /// The discovery providers' state, written by the runner.
+    discovery: crate::discovery::DiscoveryBoard,
 }
 
 /// How long a write waits for the L4 data plane to carry it.
@@ -138,7 +141,13 @@ impl AdminApi {
             started: std::time::Instant::now(),
             write_gate: Arc::default(),
             metrics: None,
+            discovery: crate::discovery::DiscoveryBoard::default(),
         }
+    }
+
+    /// Where the discovery runner reports (`GET /__erulb__/discovery`).
+    pub fn discovery_board(&self) -> crate::discovery::DiscoveryBoard {
+        self.discovery.clone()
     }
 
     /// Writes hold this shared. A takeover takes it exclusively from the
@@ -350,6 +359,18 @@ impl AdminApi {
                 policy::delete(config, self.json_body(request).await?).await
             }
             ("policy", _) => Err(AdminError::method_not_allowed(
+                &method,
+                &path,
+                "GET, PUT, DELETE",
+            )),
+            ("discovery", &Method::GET) => discovery::get(config, &self.discovery).await,
+            ("discovery", &Method::PUT) => {
+                discovery::put(config, self.json_body(request).await?).await
+            }
+            ("discovery", &Method::DELETE) => {
+                discovery::delete(config, self.json_body(request).await?).await
+            }
+            ("discovery", _) => Err(AdminError::method_not_allowed(
                 &method,
                 &path,
                 "GET, PUT, DELETE",
