@@ -252,8 +252,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // which one) runs the discovery providers.
     let (_discovery_gate, discovery_may_run) = tokio::sync::watch::channel(true);
     let discovery = elb_userspace::discovery::runner::spawn(
-        Arc::clone(&config),
-        admin.discovery_board(),
+        elb_userspace::discovery::runner::Runner {
+            config: Arc::clone(&config),
+            board: admin.discovery_board(),
+            write_gate: admin.write_gate(),
+        },
         discovery_may_run,
         shutdown_rx.clone(),
     );

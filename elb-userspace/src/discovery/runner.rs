@@ -8,22 +8,35 @@
 //! registry sees the new list when the commit is applied.
 use std::{collections::BTreeMap, sync::Arc};
 
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::{
+    sync::{RwLock, watch},
+    task::JoinHandle,
+};
 
 use super::{DiscoveredServer, DiscoveryBoard, Provider, plan};
 use crate::config::{ConfigService, discovery::Discovery};
+
+/// What the runner works with.
+pub struct Runner {
+    pub config: Arc<ConfigService>,
+    /// Where each provider's state goes (`GET /__erulb__/discovery`).
+    pub board: DiscoveryBoard,
+    /// The admin API's write gate, held shared for each commit: while a new
+    /// elb takes over (it holds the gate), results are not written here
+    /// (the new elb's providers write them).
+    pub write_gate: Arc<RwLock<()>>,
+}
 
 /// Starts the runner. `may_run`: whether this node runs providers (always
 /// true with one node; leader election drives it with several): when it
 /// turns false every provider stops, when true they start again.
 /// Runs until `shutdown` turns true (or its sender is gone).
 pub fn spawn(
-    config: Arc<ConfigService>,
-    board: DiscoveryBoard,
+    runner: Runner,
     may_run: watch::Receiver<bool>,
     shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    tokio::spawn(run(config, board, may_run, shutdown))
+    tokio::spawn(run(Arc::new(runner), may_run, shutdown))
 }
 
 struct Running {
@@ -41,11 +54,12 @@ impl Running {
 }
 
 async fn run(
-    config: Arc<ConfigService>,
-    board: DiscoveryBoard,
+    runner: Arc<Runner>,
     mut may_run: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let config = &runner.config;
+    let board = &runner.board;
     let mut changes = config.subscribe();
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
     loop {
@@ -57,7 +71,7 @@ async fn run(
         } else {
             BTreeMap::new()
         };
-        reconcile(&config, &board, &mut running, wanted);
+        reconcile(&runner, &mut running, wanted);
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { break },
             changed = may_run.changed() => if changed.is_err() {
@@ -76,11 +90,11 @@ async fn run(
 
 /// Stops providers whose document is gone or changed, starts the missing.
 fn reconcile(
-    config: &Arc<ConfigService>,
-    board: &DiscoveryBoard,
+    runner: &Arc<Runner>,
     running: &mut BTreeMap<String, Running>,
     wanted: BTreeMap<String, Arc<Discovery>>,
 ) {
+    let board = &runner.board;
     running.retain(|upstream, provider| {
         let keep = wanted
             .get(upstream)
@@ -114,12 +128,7 @@ fn reconcile(
         };
         tracing::info!(upstream, provider = %document.source, "discovery provider started");
         board.started(&upstream, document.source.to_string());
-        let task = tokio::spawn(drive(
-            Arc::clone(config),
-            board.clone(),
-            Arc::clone(&document),
-            provider,
-        ));
+        let task = tokio::spawn(drive(Arc::clone(runner), Arc::clone(&document), provider));
         running.insert(
             upstream,
             Running {
@@ -131,18 +140,23 @@ fn reconcile(
 }
 
 /// One provider's loop: each result applied, each error recorded.
-async fn drive(
-    config: Arc<ConfigService>,
-    board: DiscoveryBoard,
-    document: Arc<Discovery>,
-    mut provider: Box<dyn Provider>,
-) {
+async fn drive(runner: Arc<Runner>, document: Arc<Discovery>, mut provider: Box<dyn Provider>) {
+    let board = &runner.board;
     let upstream = document.upstream.as_str();
     loop {
         let result = provider.next().await;
         let state = provider.state();
         let outcome = match result {
-            Ok(servers) => apply(&config, &document, &servers).await,
+            Ok(servers) => {
+                let Ok(_writing) = Arc::clone(&runner.write_gate).try_read_owned() else {
+                    tracing::info!(
+                        upstream,
+                        "a new elb is taking over: its provider writes this result"
+                    );
+                    continue;
+                };
+                apply(&runner.config, &document, &servers).await
+            }
             Err(err) => Err(err.to_string()),
         };
         match outcome {
@@ -195,4 +209,101 @@ async fn apply(
         })
         .await
         .map_err(|err| err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        config::{ConfigManager, KeyLayout},
+        store::{FileStore, KvOp, Store},
+    };
+
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        for _ in 0..200 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{what} did not happen within 2 s");
+    }
+
+    /// Providers start and stop with their documents and with the gate;
+    /// shutdown ends the runner. The provider's Consul is a closed port on
+    /// loopback, so it only records errors.
+    #[tokio::test]
+    async fn providers_follow_documents_and_the_gate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = FileStore::open(dir.path().join("state.json")).expect("open");
+        let config = ConfigService::new(
+            ConfigManager::new(KeyLayout::new("ELB")),
+            Store::File(store),
+            None,
+        );
+        let board = DiscoveryBoard::default();
+        let (gate, may_run) = watch::channel(true);
+        let (stop, shutdown) = watch::channel(false);
+        let task = spawn(
+            Runner {
+                config: Arc::clone(&config),
+                board: board.clone(),
+                write_gate: Arc::default(),
+            },
+            may_run,
+            shutdown,
+        );
+        let put = |doc: &'static str| KvOp::Put {
+            key: "/ELB/discovery/web".into(),
+            value: doc.into(),
+        };
+        let doc = r#"{"provider":"consul","address":"127.0.0.1:1","service":"web"}"#;
+        config
+            .write(|_| Ok((vec![put(doc)], ())))
+            .await
+            .expect("write");
+        until("start", || board.report("web").is_some()).await;
+        until("an error", || {
+            board.report("web").is_some_and(|r| r["failing"] == true)
+        })
+        .await;
+        // The gate closes: the provider stops; it opens: it starts again.
+        gate.send_replace(false);
+        until("stop", || board.report("web").is_none()).await;
+        gate.send_replace(true);
+        until("restart", || board.report("web").is_some()).await;
+        // A changed document restarts it (a fresh report).
+        let other = r#"{"provider":"consul","address":"127.0.0.1:1","service":"api"}"#;
+        config
+            .write(|_| Ok((vec![put(other)], ())))
+            .await
+            .expect("write");
+        until("restart with the new document", || {
+            board
+                .report("web")
+                .is_some_and(|r| r["provider"] == "consul (service \"api\")")
+        })
+        .await;
+        config
+            .write(|_| {
+                Ok((
+                    vec![KvOp::Delete {
+                        key: "/ELB/discovery/web".into(),
+                    }],
+                    (),
+                ))
+            })
+            .await
+            .expect("delete");
+        until("stop on delete", || board.report("web").is_none()).await;
+        // An upstream's servers are never touched by a failing provider.
+        assert!(config.read(|m| m.upstreams().is_empty()).await);
+        stop.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .expect("the runner stops on shutdown")
+            .expect("no panic");
+    }
 }
