@@ -108,6 +108,26 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
 
+    /// Also serve the AWS Classic ELB API (Query API, SigV4) on ADDR (plain
+    /// HTTP). Off by default; needs --aws-api-credentials. Load balancers
+    /// it creates listen on this address's IP.
+    #[arg(
+        long = "aws-api",
+        value_name = "ADDR",
+        requires = "aws_api_credentials"
+    )]
+    pub aws_api: Option<SocketAddr>,
+
+    /// The keys the AWS ELB API accepts: an AWS shared-credentials file
+    /// (`[profile]` sections with `aws_access_key_id` and
+    /// `aws_secret_access_key`; every profile counts).
+    #[arg(
+        long = "aws-api-credentials",
+        value_name = "FILE",
+        requires = "aws_api"
+    )]
+    pub aws_api_credentials: Option<std::path::PathBuf>,
+
     /// Access log: a line per request to this file (appended; reopened on
     /// SIGUSR1, for logrotate), or `-` for standard output. Off by default.
     #[arg(long, value_name = "PATH|-")]

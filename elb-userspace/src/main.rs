@@ -122,6 +122,13 @@ fn acquire_or_take_over(
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let l4_start = args.l4_start()?;
+    // Read before anything starts: a bad file stops elb here.
+    let aws_api_credentials = match &args.aws_api_credentials {
+        Some(path) => Some(elb_userspace::aws::api::credentials::Credentials::load(
+            path,
+        )?),
+        None => None,
+    };
     let (lock, mut handover) = acquire_or_take_over(&args)?;
     let sockets = HandoverSockets {
         registry: takeover::SocketRegistry::default(),
@@ -280,6 +287,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     )?;
     let board = server::ListenerBoard::default();
     admin.set_listener_board(board.clone());
+    if let (Some(addr), Some(credentials)) = (args.aws_api, aws_api_credentials) {
+        let keys = credentials.len();
+        let clients = elb_userspace::aws::AwsClients::load(None).await;
+        let api = Arc::new(elb_userspace::aws::api::AwsApi::new(
+            Arc::clone(&config),
+            credentials,
+            clients.ec2,
+            addr.ip(),
+            Some(board.clone()),
+        ));
+        let bound = api.listen(addr).await?;
+        tracing::info!(addr = %bound, keys, "serving the AWS ELB API");
+    }
     let generation = *config.subscribe().borrow();
     let supervisor = server::spawn_supervisor(
         config.snapshot().clone(),
