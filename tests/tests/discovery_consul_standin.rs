@@ -467,8 +467,8 @@ fn consul_standin_bad_documents_are_400s_naming_the_field() {
             "\"interval\"",
         ),
         (
-            json!({"provider": "aws_asg", "group": "g", "port": 80}),
-            "provider aws_asg is not available in this build",
+            json!({"provider": "aws_asg", "group": "g", "port": 80, "ip": "ipv5"}),
+            "\"ip\"",
         ),
     ] {
         let response =

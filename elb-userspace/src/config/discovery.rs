@@ -3,7 +3,7 @@
 //!
 //! ```json
 //! {"provider": "aws_asg", "group": "web-asg", "region": "us-east-1", "port": 8080,
-//!  "interval": "10s", "params": "weight=1 max_fails=2"}
+//!  "interval": "10s", "ip": "ipv4", "params": "weight=1 max_fails=2"}
 //! {"provider": "consul", "address": "127.0.0.1:8500", "service": "web", "tags": ["prod"],
 //!  "only_passing": true, "datacenter": "dc1", "token_file": "/etc/elb/consul.token"}
 //! ```
@@ -18,7 +18,9 @@ use serde_json::{Map, Value, json};
 use super::{keys::validate_key_segment, policy::format_duration};
 use crate::upstream::{ServerParams, parse_params};
 
-const AWS_ASG_FIELDS: [&str; 6] = ["provider", "group", "region", "port", "interval", "params"];
+const AWS_ASG_FIELDS: [&str; 7] = [
+    "provider", "group", "region", "port", "interval", "ip", "params",
+];
 const CONSUL_FIELDS: [&str; 8] = [
     "provider",
     "address",
@@ -66,6 +68,28 @@ pub struct AwsAsg {
     /// The instances' port (an ASG has none).
     pub port: u16,
     pub interval: Duration,
+    /// Which of an instance's addresses becomes the server (`"ip"`).
+    pub ip: AsgAddress,
+}
+
+/// Which address of a group member elb sends traffic to: its primary
+/// private IPv4 address, or its (first) IPv6 address. One family per
+/// upstream, so a dual-stack instance is not two servers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AsgAddress {
+    #[default]
+    Ipv4,
+    Ipv6,
+}
+
+impl AsgAddress {
+    /// The document's `ip` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ipv4 => "ipv4",
+            Self::Ipv6 => "ipv6",
+        }
+    }
 }
 
 /// A Consul service, followed with blocking queries.
@@ -219,6 +243,7 @@ impl Discovery {
                     "group": asg.group,
                     "port": asg.port,
                     "interval": format_duration(asg.interval),
+                    "ip": asg.ip.as_str(),
                 });
                 if let (Some(region), Some(map)) = (&asg.region, object.as_object_mut()) {
                     map.insert("region".into(), json!(region));
@@ -330,11 +355,25 @@ impl Fields<'_> {
             Some(value) => self.duration(value, "interval", MIN_ASG_INTERVAL, MAX_ASG_INTERVAL)?,
             None => DEFAULT_ASG_INTERVAL,
         };
+        let ip = match object.get("ip") {
+            None => AsgAddress::default(),
+            Some(value) => match self.string(value, "ip")? {
+                "ipv4" => AsgAddress::Ipv4,
+                "ipv6" => AsgAddress::Ipv6,
+                other => {
+                    return Err(self.bad(
+                        "ip",
+                        format!("{other:?} is not an address family (\"ipv4\" or \"ipv6\")"),
+                    ));
+                }
+            },
+        };
         Ok(AwsAsg {
             group,
             region,
             port,
             interval,
+            ip,
         })
     }
 
@@ -459,6 +498,7 @@ mod tests {
     fn the_issue_documents_parse_and_round_trip() {
         for text in [
             r#"{"provider":"aws_asg","group":"web-asg","region":"us-east-1","port":8080,"interval":"10s","params":"weight=1 max_fails=2"}"#,
+            r#"{"provider":"aws_asg","group":"web-asg","port":8080,"ip":"ipv6"}"#,
             r#"{"provider":"consul","address":"127.0.0.1:8500","service":"web","tags":["prod"],"only_passing":true,"datacenter":"dc1","token_file":"/etc/elb/consul.token"}"#,
             r#"{"provider":"consul","service":"web"}"#,
         ] {
@@ -514,6 +554,14 @@ mod tests {
             (
                 r#"{"provider":"aws_asg","group":"g","port":80,"interval":"soon"}"#,
                 "field \"interval\": \"soon\" is not a duration",
+            ),
+            (
+                r#"{"provider":"aws_asg","group":"g","port":80,"ip":"ipv5"}"#,
+                "field \"ip\": \"ipv5\" is not an address family",
+            ),
+            (
+                r#"{"provider":"aws_asg","group":"g","port":80,"ip":6}"#,
+                "field \"ip\": 6 is not a string",
             ),
             (
                 r#"{"provider":"consul","service":"web","params":"weight=0"}"#,

@@ -8,6 +8,8 @@
 //! - `board`: each provider's state, for `GET /__erulb__/discovery`.
 //! - `runner`: follows the discovery documents, runs the providers.
 //! - `consul`: the Consul provider (blocking queries on the health API).
+//! - `aws_asg`: the AWS Auto Scaling group provider (polls every interval).
+pub mod aws_asg;
 pub mod board;
 pub mod consul;
 pub mod plan;
@@ -22,15 +24,11 @@ use crate::config::discovery::{Discovery, Source};
 /// A provider for `document`, or why this build has none. Cheap: no I/O
 /// (a provider does its I/O in `next`).
 ///
-/// The one place a provider is wired in: an AWS ASG provider replaces the
-/// `Source::AwsAsg` arm with `Ok(Box::new(aws::AsgProvider::new(asg.clone())))`.
+/// The one place a provider is wired in.
 pub fn build(document: &Discovery) -> Result<Box<dyn Provider>, ProviderError> {
     match &document.source {
         Source::Consul(consul) => Ok(Box::new(consul::ConsulProvider::new(consul.clone()))),
-        Source::AwsAsg(_) => Err(ProviderError(format!(
-            "provider {} is not available in this build",
-            document.source.provider()
-        ))),
+        Source::AwsAsg(asg) => Ok(Box::new(aws_asg::AsgProvider::new(asg.clone()))),
     }
 }
 
