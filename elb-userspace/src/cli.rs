@@ -98,6 +98,12 @@ pub struct RunArgs {
     #[command(flatten)]
     pub etcd_access: crate::store::etcd_access::EtcdAccessArgs,
 
+    /// With --etcd: the TTL of the lease under which one elb node leads the
+    /// discovery providers; a killed leader is replaced within it (whole
+    /// seconds, at least 2).
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = crate::discovery::leader::parse_lease_ttl)]
+    pub discovery_lease_ttl: Duration,
+
     /// statsd server (UDP) for per-domain request metrics.
     #[arg(long, env = "STATSD", value_name = "HOST:PORT")]
     pub statsd: Option<String>,

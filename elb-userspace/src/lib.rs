@@ -8,6 +8,7 @@ pub mod cidr;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod discovery;
 pub mod health;
 pub mod http_util;
 pub mod instance_lock;

@@ -10,6 +10,7 @@ use elb_userspace::{
     cli::{Cli, Command, L4Start, RunArgs, TeardownArgs},
     config::{ConfigManager, ConfigService, KeyLayout, OwnAddrs},
     dataplane::{self, DataplaneConfig, PinLayout, XdpDataplane},
+    discovery::leader::{self, DiscoveryGate, ElectionSettings},
     health::monitor::spawn_monitor,
     instance_lock::{InstanceLock, LockError},
     l4::{
@@ -152,10 +153,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let manager = ConfigManager::with_targets(layout.clone(), Arc::clone(&targets))
         .with_own_addrs(own_addrs)
         .with_upstream_limits(Arc::clone(&upstream_limits));
+    let identity = leader::node_identity(listen_addrs.first().copied());
+    // With etcd, one node runs the discovery providers: the election starts
+    // once the shutdown signal exists (below).
+    let mut election = None;
     let config = match &args.etcd {
         Some(endpoints) => {
             let access = &args.etcd_access;
             let endpoints = parse_endpoints(endpoints, access.tls()).map_err(anyhow::Error::msg)?;
+            election = Some(ElectionSettings {
+                endpoints: endpoints.clone(),
+                access: access.clone(),
+                name: leader::election_name(&args.name),
+                identity: identity.clone(),
+                lease_ttl: args.discovery_lease_ttl,
+            });
             let etcd = EtcdStore::connect(&endpoints, layout.prefix(), access).await?;
             let config = ConfigService::new(
                 manager,
@@ -227,6 +239,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!(%addr, workers, "listening for HTTP");
     }
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    // `discovery.may_run` is the gate the discovery runner takes: true only
+    // while this node may run the providers.
+    let discovery = match election {
+        Some(settings) => DiscoveryGate::elect(settings, shutdown_rx.clone())
+            .context("starting the discovery election")?,
+        None => {
+            tracing::info!("embedded store: this node runs the discovery providers (no election)");
+            DiscoveryGate::standalone(identity, shutdown_rx.clone())
+        }
+    };
+    admin.set_discovery_leader(discovery.status.clone());
     let monitor = spawn_monitor(Arc::clone(&targets), upstream_tls, shutdown_rx.clone())
         .context("starting the health-check thread")?;
     // XDP: the maps are written only once the old elb (if any) has
@@ -370,6 +393,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let _ = shutdown_tx.send(true);
     let stopped = async {
+        // The leader resigns at once on shutdown; wait until it has.
+        let _ = discovery.task.await;
         let _ = supervisor.await;
         // Worker threads end once their connections have drained.
         let _ = tokio::task::spawn_blocking(move || {

@@ -28,6 +28,7 @@ use serde_json::Value;
 use self::access::{AccessPolicy, Refusal};
 use crate::{
     config::{ConfigService, WriteError, keys::validate_key_segment},
+    discovery::leader::ElectionStatus,
     http_util::{Body, json, json_error},
     l4::{stats::L4StatsSource, sync::Applied},
     metrics::Metrics,
@@ -55,6 +56,8 @@ pub struct AdminApi {
     write_gate: Arc<tokio::sync::RwLock<()>>,
     /// What `GET /__erulb__/metrics` serves.
     metrics: Option<Arc<Metrics>>,
+    /// Who runs the discovery providers, once the election started.
+    discovery_leader: OnceLock<ElectionStatus>,
 }
 
 /// How long a write waits for the L4 data plane to carry it.
@@ -138,6 +141,7 @@ impl AdminApi {
             started: std::time::Instant::now(),
             write_gate: Arc::default(),
             metrics: None,
+            discovery_leader: OnceLock::new(),
         }
     }
 
@@ -199,6 +203,11 @@ impl AdminApi {
 
     /// Where `GET /__erulb__/listener` reads each listener's state; the
     /// first call wins.
+    /// `GET /__erulb__/discovery/leader` reports through it.
+    pub fn set_discovery_leader(&self, status: ElectionStatus) {
+        let _ = self.discovery_leader.set(status);
+    }
+
     pub fn set_listener_board(&self, board: crate::server::ListenerBoard) {
         let _ = self.listener_board.set(board);
     }
@@ -391,6 +400,17 @@ impl AdminApi {
                 )),
             },
             ("metrics", _) => Err(AdminError::method_not_allowed(&method, &path, "GET")),
+            ("discovery/leader", &Method::GET) => match self.discovery_leader.get() {
+                Some(status) => Ok(json(
+                    StatusCode::OK,
+                    &serde_json::to_value(status.report().await).unwrap_or_default(),
+                )),
+                None => Err(AdminError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the discovery election has not started yet",
+                )),
+            },
+            ("discovery/leader", _) => Err(AdminError::method_not_allowed(&method, &path, "GET")),
             _ => Err(AdminError::new(
                 StatusCode::NOT_FOUND,
                 format!("no admin endpoint {path}"),

@@ -1,0 +1,2 @@
+//! Discovery providers keep upstreams in step with outside sources.
+pub mod leader;
