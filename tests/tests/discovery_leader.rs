@@ -201,6 +201,26 @@ async fn a_leader_whose_etcd_hangs_stops_leading_within_half_the_ttl() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_key_is_deleted_stops_leading_and_campaigns_again() {
+    let etcd = Etcd::start().expect("etcd");
+    let name = unique_name("LE");
+    let ttl = Duration::from_secs(10);
+    let alone = Node::start(&etcd, &name, "node-a", ttl);
+    one_leader(&[&alone], Duration::from_secs(10)).await;
+    // No other candidate: nobody else's key takes over, only the deletion
+    // itself tells.
+    etcd.ctl(&["del", "--prefix", &format!("/{name}/election/discovery/")])
+        .expect("etcdctl del");
+    let took = wait_until(Duration::from_secs(2), "the leader stops leading", || {
+        !alone.leads()
+    })
+    .await;
+    eprintln!("leader dropped {took:?} after its key was deleted");
+    let again = wait_until(ttl, "the node leads again", || alone.leads()).await;
+    eprintln!("leading again {again:?} later (a new lease and key)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_leader_lease_runs_out_and_the_other_takes_over() {
     let etcd = Etcd::start().expect("etcd");
     let name = unique_name("LE");

@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use etcd_client::{Client, ConnectOptions, LeaderKey, ResignOptions};
+use etcd_client::{Client, ConnectOptions, EventType, LeaderKey, ResignOptions, WatchOptions};
 use serde::Serialize;
 use tokio::{
     sync::watch,
@@ -117,8 +117,10 @@ pub enum ElectionError {
     NoLeaderKey,
     #[error("the election's leader key is {leader}, not this node's {ours}")]
     NotOurKey { leader: String, ours: String },
-    #[error("etcd ended the leader observation stream")]
+    #[error("etcd ended the stream that follows the election")]
     ObserveEnded,
+    #[error("the leader key {0} was deleted")]
+    KeyDeleted(String),
 }
 
 /// The error and its causes on one line, for logs and reports.
@@ -520,6 +522,17 @@ impl Candidate {
         };
         let leader_key = response.take_leader().ok_or(ElectionError::NoLeaderKey)?;
         let ours = String::from_utf8_lossy(leader_key.key()).into_owned();
+        // A deleted key (an operator's `etcdctl del`) ends leadership even
+        // while no other candidate is elected in its place.
+        let mut own_key = {
+            let mut client = client.clone();
+            let options = WatchOptions::new().with_start_revision(leader_key.rev() + 1);
+            self.request(
+                "watching the leader key",
+                client.watch(leader_key.key(), Some(options)),
+            )
+            .await?
+        };
         held.leader_key = Some(leader_key);
 
         // Confirm through etcd that the key leads, and follow any change.
@@ -553,6 +566,16 @@ impl Candidate {
                         .map_err(self.etcd_error("observing the election"))?
                         .ok_or(ElectionError::ObserveEnded)?;
                     check_leader(&message, &ours)?;
+                }
+                message = own_key.message() => {
+                    let message = message
+                        .map_err(self.etcd_error("watching the leader key"))?
+                        .ok_or(ElectionError::ObserveEnded)?;
+                    if message.canceled()
+                        || message.events().iter().any(|e| e.event_type() == EventType::Delete)
+                    {
+                        return Err(ElectionError::KeyDeleted(ours));
+                    }
                 }
             }
         }
