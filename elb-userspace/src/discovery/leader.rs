@@ -354,6 +354,8 @@ impl Candidate {
             "campaigning for discovery leadership (etcd election)"
         );
         let mut backoff = BACKOFF_FIRST;
+        // While etcd stays unreachable, the same failure is logged once.
+        let mut last_failure = String::new();
         loop {
             if *shutdown.borrow() {
                 break;
@@ -373,17 +375,21 @@ impl Candidate {
                     let why = describe(&err);
                     if was_leader {
                         tracing::warn!("lost discovery leadership: {why}");
-                    } else {
+                    } else if why != last_failure {
                         tracing::warn!("discovery election: {why}");
+                    } else {
+                        tracing::debug!("discovery election: {why}");
                     }
+                    last_failure = why;
                     self.abandon(held).await;
                 }
             }
             // A session that held for a while earns a fresh back-off.
             if started.elapsed() > self.settings.lease_ttl {
                 backoff = BACKOFF_FIRST;
+                last_failure.clear();
             }
-            tracing::info!(retry_in = ?backoff, "campaigning for discovery leadership again");
+            tracing::debug!(retry_in = ?backoff, "campaigning for discovery leadership again");
             tokio::select! {
                 () = sleep(backoff) => {}
                 _ = shutdown.wait_for(|stop| *stop) => break,
