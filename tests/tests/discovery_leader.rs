@@ -99,9 +99,11 @@ async fn two_candidates_on_one_etcd_elect_exactly_one_leader() {
     }
     assert_eq!(leader.gate.status.report().await.role, Role::Leader);
     assert_eq!(follower.gate.status.report().await.role, Role::Follower);
-    // The leader key's value is the identity, under the ELB's prefix.
+    // One key per candidate, beside the configuration's `/$ELBNAME/`.
+    let config = etcd.get_prefix(&format!("/{name}/")).expect("etcdctl get");
+    assert!(config.is_empty(), "{config:?}");
     let keys = etcd
-        .get_prefix(&format!("/{name}/election/discovery/"))
+        .get_prefix(&format!("{}/", election_name(&name)))
         .expect("etcdctl get");
     assert_eq!(keys.len(), 2, "one key per candidate: {keys:?}");
 }
@@ -209,7 +211,7 @@ async fn a_leader_whose_key_is_deleted_stops_leading_and_campaigns_again() {
     one_leader(&[&alone], Duration::from_secs(10)).await;
     // No other candidate: nobody else's key takes over, only the deletion
     // itself tells.
-    etcd.ctl(&["del", "--prefix", &format!("/{name}/election/discovery/")])
+    etcd.ctl(&["del", "--prefix", &format!("{}/", election_name(&name))])
         .expect("etcdctl del");
     let took = wait_until(Duration::from_secs(2), "the leader stops leading", || {
         !alone.leads()
@@ -315,6 +317,10 @@ fn a_killed_leader_elb_is_replaced_within_the_lease_ttl() {
         identity.contains(&format!("pid {}", leader.process.pid().expect("pid"))),
         "{identity}"
     );
+    // The election leaves the configuration's keys alone (tests and tools
+    // compare them exactly).
+    let config = etcd.get_prefix(&format!("/{name}/")).expect("etcdctl get");
+    assert!(config.is_empty(), "{config:?}");
     // The follower stays one while the leader lives.
     std::thread::sleep(ttl);
     assert_eq!(role(follower).as_deref(), Some("follower"));

@@ -55,9 +55,13 @@ pub fn parse_lease_ttl(text: &str) -> Result<Duration, String> {
     Ok(ttl)
 }
 
-/// The election for one ELB name: `/$ELBNAME/election/discovery`.
+/// The election for one ELB name: `/$ELBNAME:election/discovery`. Beside
+/// the configuration's `/$ELBNAME/`, not in it: the configuration watch, the
+/// local snapshot and the admin dump never see the candidates' keys. No ELB
+/// name has a ':', so no other elb's keys start with it; an etcd role with
+/// `--prefix /$ELBNAME` covers both.
 pub fn election_name(elb_name: &str) -> String {
-    format!("/{elb_name}/election/discovery")
+    format!("/{elb_name}:election/discovery")
 }
 
 /// This node as operators read it in the leader key's value:
@@ -704,7 +708,7 @@ mod tests {
 
     #[test]
     fn names_and_identity() {
-        assert_eq!(election_name("ELB"), "/ELB/election/discovery");
+        assert_eq!(election_name("ELB"), "/ELB:election/discovery");
         let addr = "127.0.0.1:8080".parse().expect("addr");
         let identity = node_identity(Some(addr));
         assert!(
