@@ -271,6 +271,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             (None, Some(l4))
         }
     };
+    // One node (or, with etcd, every node until leader election decides
+    // which one) runs the discovery providers.
+    let (_discovery_gate, discovery_may_run) = tokio::sync::watch::channel(true);
+    let discovery_runner = elb_userspace::discovery::runner::spawn(
+        elb_userspace::discovery::runner::Runner {
+            config: Arc::clone(&config),
+            board: admin.discovery_board(),
+            write_gate: admin.write_gate(),
+        },
+        discovery_may_run,
+        shutdown_rx.clone(),
+    );
     let snapshot = config.snapshot().clone();
     let guard = userspace_l4.as_ref().map(L4Userspace::listener_guard);
     let workers = server::spawn_workers(
@@ -393,7 +405,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let _ = shutdown_tx.send(true);
     let stopped = async {
-        // The leader resigns at once on shutdown; wait until it has.
+        // The runner stops its providers, and the leader resigns at once
+        // on shutdown; wait until both have.
+        let _ = discovery_runner.await;
         let _ = discovery.task.await;
         let _ = supervisor.await;
         // Worker threads end once their connections have drained.

@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod chromium;
+pub mod consul_standin;
 pub mod desync;
 pub mod elb_process;
 pub mod etcd;

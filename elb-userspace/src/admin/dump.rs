@@ -6,7 +6,7 @@
 //! not serving are deleted, the rest rewritten: rules, upstreams (server
 //! parameters in canonical `k=v` form), L4 services, ACL entries, health
 //! policies, the zones document, L7 listeners (all in canonical form) and
-//! TLS certificates (as they were given).
+//! TLS certificates (as they were given) and discovery documents.
 use super::{AdminResult, ok};
 use crate::config::ConfigService;
 
@@ -48,6 +48,11 @@ pub async fn put(config: &ConfigService) -> AdminResult {
                 .iter()
                 .map(|(name, policy)| (layout.policy_key(name), policy.to_json().to_string()))
                 .collect();
+            let discovery = manager
+                .discovery()
+                .iter()
+                .map(|(name, doc)| (layout.discovery_key(name), doc.to_json().to_string()))
+                .collect();
             let certs = manager
                 .certs()
                 .iter()
@@ -62,6 +67,7 @@ pub async fn put(config: &ConfigService) -> AdminResult {
             ops.extend(manager.replace_prefix_ops(layout.listeners_prefix(), listeners));
             ops.extend(manager.replace_prefix_ops(layout.certs_prefix(), certs));
             ops.extend(manager.replace_prefix_ops(layout.policies_prefix(), policies));
+            ops.extend(manager.replace_prefix_ops(layout.discovery_prefix(), discovery));
             let zones_key = layout.zones_key().to_owned();
             if manager.zones().disabled.is_empty() {
                 if manager.kv().contains_key(&zones_key) {

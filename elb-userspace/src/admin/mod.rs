@@ -5,6 +5,7 @@
 pub mod access;
 pub mod acl;
 mod cert;
+mod discovery;
 pub mod domain;
 mod dump;
 mod listener;
@@ -56,6 +57,8 @@ pub struct AdminApi {
     write_gate: Arc<tokio::sync::RwLock<()>>,
     /// What `GET /__erulb__/metrics` serves.
     metrics: Option<Arc<Metrics>>,
+    /// The discovery providers' state, written by the runner.
+    discovery: crate::discovery::DiscoveryBoard,
     /// Who runs the discovery providers, once the election started.
     discovery_leader: OnceLock<ElectionStatus>,
 }
@@ -141,8 +144,14 @@ impl AdminApi {
             started: std::time::Instant::now(),
             write_gate: Arc::default(),
             metrics: None,
+            discovery: crate::discovery::DiscoveryBoard::default(),
             discovery_leader: OnceLock::new(),
         }
+    }
+
+    /// Where the discovery runner reports (`GET /__erulb__/discovery`).
+    pub fn discovery_board(&self) -> crate::discovery::DiscoveryBoard {
+        self.discovery.clone()
     }
 
     /// Writes hold this shared. A takeover takes it exclusively from the
@@ -363,6 +372,30 @@ impl AdminApi {
                 &path,
                 "GET, PUT, DELETE",
             )),
+            // Exact paths: the leader report before the documents.
+            ("discovery/leader", &Method::GET) => match self.discovery_leader.get() {
+                Some(status) => Ok(json(
+                    StatusCode::OK,
+                    &serde_json::to_value(status.report().await).unwrap_or_default(),
+                )),
+                None => Err(AdminError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the discovery election has not started yet",
+                )),
+            },
+            ("discovery/leader", _) => Err(AdminError::method_not_allowed(&method, &path, "GET")),
+            ("discovery", &Method::GET) => discovery::get(config, &self.discovery).await,
+            ("discovery", &Method::PUT) => {
+                discovery::put(config, self.json_body(request).await?).await
+            }
+            ("discovery", &Method::DELETE) => {
+                discovery::delete(config, self.json_body(request).await?).await
+            }
+            ("discovery", _) => Err(AdminError::method_not_allowed(
+                &method,
+                &path,
+                "GET, PUT, DELETE",
+            )),
             ("cert", &Method::GET) => cert::get(config).await,
             ("cert", &Method::PUT) => cert::put(config, self.json_body(request).await?).await,
             ("cert", &Method::DELETE) => cert::delete(config, self.json_body(request).await?).await,
@@ -400,17 +433,6 @@ impl AdminApi {
                 )),
             },
             ("metrics", _) => Err(AdminError::method_not_allowed(&method, &path, "GET")),
-            ("discovery/leader", &Method::GET) => match self.discovery_leader.get() {
-                Some(status) => Ok(json(
-                    StatusCode::OK,
-                    &serde_json::to_value(status.report().await).unwrap_or_default(),
-                )),
-                None => Err(AdminError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the discovery election has not started yet",
-                )),
-            },
-            ("discovery/leader", _) => Err(AdminError::method_not_allowed(&method, &path, "GET")),
             _ => Err(AdminError::new(
                 StatusCode::NOT_FOUND,
                 format!("no admin endpoint {path}"),

@@ -31,12 +31,16 @@ pub async fn get(config: &ConfigService) -> AdminResult {
 
 /// Replaces each named upstream whole, all or nothing. An upstream that an
 /// L4 service uses must keep to `IP:port` servers of the service's family.
+/// An upstream a discovery provider owns is a 409.
 pub async fn put(config: &ConfigService, body: Value) -> AdminResult {
     let upstreams = expect_object(&body, "upstream: {\"host:port\": \"params\"}")?;
     config
         .write(|manager| {
             let mut ops = Vec::new();
             for (name, servers) in upstreams {
+                if let Some(conflict) = super::discovery::owner_conflict(manager, name) {
+                    return Ok((Vec::new(), Err(conflict)));
+                }
                 let entries = validate(name, servers)?;
                 for (server, _) in &entries {
                     manager
@@ -60,10 +64,15 @@ pub async fn put(config: &ConfigService, body: Value) -> AdminResult {
                     manager.replace_prefix_ops(&manager.layout().upstream_prefix(name), entries),
                 );
             }
-            Ok((ops, ()))
+            Ok((ops, Ok(())))
         })
-        .await?;
+        .await?
+        .map_err(conflict)?;
     ok()
+}
+
+fn conflict(message: String) -> super::AdminError {
+    super::AdminError::new(http::StatusCode::CONFLICT, message)
 }
 
 /// One upstream of a PUT body: `{"host:port": "params"}`, checked, as the
@@ -91,7 +100,8 @@ pub fn validate(name: &str, servers: &Value) -> Result<Vec<(String, String)>, St
     Ok(entries)
 }
 
-/// Deletes the named upstreams; replies `{name: existed}`.
+/// Deletes the named upstreams; replies `{name: existed}`. An upstream a
+/// discovery provider owns is a 409.
 pub async fn delete(config: &ConfigService, body: Value) -> AdminResult {
     let names = expect_string_list(&body, "upstream names")?;
     let reply = config
@@ -99,6 +109,9 @@ pub async fn delete(config: &ConfigService, body: Value) -> AdminResult {
             let mut ops = Vec::new();
             let mut reply = Map::new();
             for name in names {
+                if let Some(message) = super::discovery::owner_conflict(manager, &name) {
+                    return Ok((Vec::new(), Err(message)));
+                }
                 let prefix = manager.layout().upstream_prefix(&name);
                 let exists = manager
                     .kv()
@@ -110,8 +123,9 @@ pub async fn delete(config: &ConfigService, body: Value) -> AdminResult {
                 }
                 reply.insert(name, Value::Bool(exists));
             }
-            Ok((ops, reply))
+            Ok((ops, Ok(reply)))
         })
-        .await?;
+        .await?
+        .map_err(conflict)?;
     Ok(json(http::StatusCode::OK, &Value::Object(reply)))
 }

@@ -5,7 +5,9 @@
 //! `/$ELBNAME/policies/$upstream` (a target-health policy) and
 //! `/$ELBNAME/zones` (the disabled availability zones) and
 //! `/$ELBNAME/certs/$name` (a TLS certificate and its key) and
-//! `/$ELBNAME/listeners/$name` (an L7 listener).
+//! `/$ELBNAME/listeners/$name` (an L7 listener) and
+//! `/$ELBNAME/discovery/$upstream` (the provider that owns an upstream's
+//! servers).
 use crate::cidr::Cidr;
 
 /// What a key under the prefix stands for.
@@ -35,6 +37,9 @@ pub enum StoreKey<'a> {
     Listener {
         name: &'a str,
     },
+    Discovery {
+        upstream: &'a str,
+    },
 }
 
 /// Builds and parses keys for one ELB name.
@@ -49,6 +54,7 @@ pub struct KeyLayout {
     zones: String,
     certs: String,
     listeners: String,
+    discovery: String,
 }
 
 impl KeyLayout {
@@ -63,6 +69,7 @@ impl KeyLayout {
             zones: format!("{prefix}zones"),
             certs: format!("{prefix}certs/"),
             listeners: format!("{prefix}listeners/"),
+            discovery: format!("{prefix}discovery/"),
             prefix,
         }
     }
@@ -98,6 +105,14 @@ impl KeyLayout {
 
     pub fn listener_key(&self, name: &str) -> String {
         format!("{}{name}", self.listeners)
+    }
+
+    pub fn discovery_prefix(&self) -> &str {
+        &self.discovery
+    }
+
+    pub fn discovery_key(&self, upstream: &str) -> String {
+        format!("{}{upstream}", self.discovery)
     }
 
     pub fn policy_key(&self, upstream: &str) -> String {
@@ -160,6 +175,10 @@ impl KeyLayout {
             return (!name.is_empty() && !name.contains('/'))
                 .then_some(StoreKey::Listener { name });
         }
+        if let Some(upstream) = key.strip_prefix(&self.discovery) {
+            return (!upstream.is_empty() && !upstream.contains('/'))
+                .then_some(StoreKey::Discovery { upstream });
+        }
         if key == self.zones {
             return Some(StoreKey::Zones);
         }
@@ -220,6 +239,13 @@ mod tests {
             Some(StoreKey::Listener { name: "web" })
         );
         assert_eq!(layout.parse("/ELB/listeners/"), None);
+        assert_eq!(layout.discovery_key("web"), "/ELB/discovery/web");
+        assert_eq!(
+            layout.parse("/ELB/discovery/web"),
+            Some(StoreKey::Discovery { upstream: "web" })
+        );
+        assert_eq!(layout.parse("/ELB/discovery/"), None);
+        assert_eq!(layout.parse("/ELB/discovery/a/b"), None);
         assert_eq!(layout.parse("/ELB/listeners/a/b"), None);
         let cidr: Cidr = "10.0.0.0/8".parse().expect("cidr");
         assert_eq!(layout.acl_key(&cidr), "/ELB/acl/10.0.0.0/8");

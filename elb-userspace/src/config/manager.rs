@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use super::{
     acl::{self, AclError, MAX_ACL_ENTRIES},
+    discovery::{Discovery, DiscoveryError},
     domain_name::normalize_domain,
     keys::{KeyLayout, StoreKey, validate_key_segment},
     l4::{L4Service, L4ServiceError},
@@ -57,6 +58,9 @@ pub struct ConfigManager {
     /// Target-health policies by upstream name (the upstream may not
     /// exist yet).
     policies: BTreeMap<String, Arc<Policy>>,
+    /// Discovery documents by upstream name: the provider that owns each
+    /// upstream's server list.
+    discovery: BTreeMap<String, Arc<Discovery>>,
     zones: Zones,
     /// TLS certificates by name, and the SNI index over them (a new `Arc`
     /// only when one changes).
@@ -98,6 +102,8 @@ pub enum EntryError {
     Acl { key: String, source: AclError },
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
     #[error("{key}: {source}")]
     Zones { key: String, source: ZonesError },
     #[error("{key}: {message}")]
@@ -125,6 +131,7 @@ impl ConfigManager {
     pub fn with_targets(layout: KeyLayout, targets: Arc<TargetRegistry>) -> Self {
         Self {
             policies: BTreeMap::new(),
+            discovery: BTreeMap::new(),
             zones: Zones::default(),
             certs: BTreeMap::new(),
             cert_set: Arc::default(),
@@ -201,6 +208,11 @@ impl ConfigManager {
 
     pub fn policies(&self) -> &BTreeMap<String, Arc<Policy>> {
         &self.policies
+    }
+
+    /// The discovery documents in effect, by upstream.
+    pub fn discovery(&self) -> &BTreeMap<String, Arc<Discovery>> {
+        &self.discovery
     }
 
     pub fn zones(&self) -> &Zones {
@@ -302,6 +314,7 @@ impl ConfigManager {
         let mut acl_errors = Vec::new();
         let mut name_errors = Vec::new();
         let mut policies = BTreeSet::new();
+        let mut discovery = BTreeSet::new();
         let mut zones_changed = false;
         let mut certs = BTreeSet::new();
         let mut listeners = BTreeSet::new();
@@ -327,6 +340,9 @@ impl ConfigManager {
                 }
                 Some(StoreKey::Policy { upstream }) => {
                     policies.insert(upstream.to_owned());
+                }
+                Some(StoreKey::Discovery { upstream }) => {
+                    discovery.insert(upstream.to_owned());
                 }
                 Some(StoreKey::Zones) => zones_changed = true,
                 Some(StoreKey::Cert { name }) => match validate_key_segment("certificate", name) {
@@ -356,6 +372,7 @@ impl ConfigManager {
             && services.is_empty()
             && !acl_changed
             && policies.is_empty()
+            && discovery.is_empty()
             && !zones_changed
             && certs.is_empty()
             && listeners.is_empty()
@@ -371,6 +388,11 @@ impl ConfigManager {
         }
         for upstream in policies {
             if let Err(err) = self.update_policy(&upstream) {
+                errors.push(err);
+            }
+        }
+        for upstream in discovery {
+            if let Err(err) = self.update_discovery(&upstream) {
                 errors.push(err);
             }
         }
@@ -468,6 +490,25 @@ impl ConfigManager {
             Some(value) => {
                 let policy = Policy::parse(upstream, value)?;
                 self.policies.insert(upstream.to_owned(), Arc::new(policy));
+                Ok(())
+            }
+        }
+    }
+
+    /// Re-reads one discovery document; a bad one keeps the previous
+    /// version (and its provider keeps running).
+    fn update_discovery(&mut self, upstream: &str) -> Result<(), EntryError> {
+        match self.kv.get(&self.layout.discovery_key(upstream)) {
+            None => {
+                self.discovery.remove(upstream);
+                Ok(())
+            }
+            Some(value) => {
+                let document = Discovery::parse(upstream, value)?;
+                if self.discovery.get(upstream).is_none_or(|d| **d != document) {
+                    self.discovery
+                        .insert(upstream.to_owned(), Arc::new(document));
+                }
                 Ok(())
             }
         }

@@ -5,6 +5,7 @@
 //! same snapshot for the XDP data plane, which learns of new snapshots
 //! through [`ConfigService::subscribe`].
 pub mod acl;
+pub mod discovery;
 pub mod domain_name;
 pub mod keys;
 pub mod l4;

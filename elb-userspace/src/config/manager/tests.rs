@@ -226,6 +226,34 @@ fn policies_and_zones_from_the_store_route_and_bad_ones_keep_the_previous() {
     assert!(m.policies().is_empty());
 }
 
+#[test]
+fn discovery_documents_from_the_store_and_bad_ones_keep_the_previous() {
+    let mut m = manager();
+    let good = r#"{"provider": "consul", "service": "web"}"#;
+    assert!(m.apply(&[put("/ELB/discovery/up", good)]).is_empty());
+    assert_eq!(
+        m.discovery()["up"].source.to_string(),
+        "consul (service \"web\")"
+    );
+    // Written by hand into etcd: an error naming the field, no crash, and
+    // the previous document stays in effect.
+    let bad = m.apply(&[put(
+        "/ELB/discovery/up",
+        r#"{"provider": "consul", "service": "web", "tags": "prod"}"#,
+    )]);
+    assert_eq!(bad.len(), 1);
+    assert!(bad[0].to_string().contains("\"tags\""), "{}", bad[0]);
+    assert_eq!(
+        m.discovery()["up"].source.to_string(),
+        "consul (service \"web\")"
+    );
+    let not_json = m.apply(&[put("/ELB/discovery/other", "{")]);
+    assert_eq!(not_json.len(), 1, "{not_json:?}");
+    assert!(!m.discovery().contains_key("other"));
+    m.apply(&[del("/ELB/discovery/up")]);
+    assert!(m.discovery().is_empty());
+}
+
 /// A manager whose elb listens on 127.0.0.1:18080.
 fn listening_manager() -> ConfigManager {
     let listen = vec!["127.0.0.1:18080".parse().expect("addr")];

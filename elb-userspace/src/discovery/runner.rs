@@ -1,0 +1,309 @@
+//! Runs the providers: follows the discovery documents (start, restart on
+//! change, stop on delete), runs each provider in its own task, and writes
+//! each result as the upstream's whole server list in one store commit.
+//!
+//! A provider error never touches the upstream: the last good list stays,
+//! the error is recorded on the board and logged once per change. Removed
+//! servers drain and added ones start `initial` by themselves: the target
+//! registry sees the new list when the commit is applied.
+use std::{collections::BTreeMap, sync::Arc};
+
+use tokio::{
+    sync::{RwLock, watch},
+    task::JoinHandle,
+};
+
+use super::{DiscoveredServer, DiscoveryBoard, Provider, plan};
+use crate::config::{ConfigService, discovery::Discovery};
+
+/// What the runner works with.
+pub struct Runner {
+    pub config: Arc<ConfigService>,
+    /// Where each provider's state goes (`GET /__erulb__/discovery`).
+    pub board: DiscoveryBoard,
+    /// The admin API's write gate, held shared for each commit: while a new
+    /// elb takes over (it holds the gate), results are not written here
+    /// (the new elb's providers write them).
+    pub write_gate: Arc<RwLock<()>>,
+}
+
+/// Starts the runner. `may_run`: whether this node runs providers (always
+/// true with one node; leader election drives it with several): when it
+/// turns false every provider stops, when true they start again.
+/// Runs until `shutdown` turns true (or its sender is gone).
+pub fn spawn(
+    runner: Runner,
+    may_run: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(run(Arc::new(runner), may_run, shutdown))
+}
+
+struct Running {
+    document: Arc<Discovery>,
+    /// None: the provider cannot run in this build.
+    task: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    fn stop(&self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+async fn run(
+    runner: Arc<Runner>,
+    mut may_run: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let config = &runner.config;
+    let board = &runner.board;
+    let mut changes = config.subscribe();
+    let mut running: BTreeMap<String, Running> = BTreeMap::new();
+    loop {
+        if *shutdown.borrow_and_update() {
+            break;
+        }
+        let wanted = if *may_run.borrow_and_update() {
+            config.read(|manager| manager.discovery().clone()).await
+        } else {
+            BTreeMap::new()
+        };
+        reconcile(&runner, &mut running, wanted);
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { break },
+            changed = may_run.changed() => if changed.is_err() {
+                // No one decides any more: stay as we are until shutdown.
+                let _ = shutdown.changed().await;
+                break;
+            },
+            _ = shutdown.changed() => {}
+        }
+    }
+    for (upstream, provider) in running {
+        provider.stop();
+        board.stopped(&upstream);
+    }
+}
+
+/// Stops providers whose document is gone or changed, starts the missing.
+fn reconcile(
+    runner: &Arc<Runner>,
+    running: &mut BTreeMap<String, Running>,
+    wanted: BTreeMap<String, Arc<Discovery>>,
+) {
+    let board = &runner.board;
+    running.retain(|upstream, provider| {
+        let keep = wanted
+            .get(upstream)
+            .is_some_and(|document| **document == *provider.document);
+        if !keep {
+            provider.stop();
+            board.stopped(upstream);
+            tracing::info!(upstream, provider = %provider.document.source, "discovery provider stopped");
+        }
+        keep
+    });
+    for (upstream, document) in wanted {
+        if running.contains_key(&upstream) {
+            continue;
+        }
+        let provider = match super::build(&document) {
+            Ok(provider) => provider,
+            Err(err) => {
+                // Only a hand-written store gets here: admin PUT refuses it.
+                tracing::error!(upstream, error = %err, "discovery provider cannot run; the upstream's servers stay as they are");
+                board.not_running(&upstream, document.source.to_string(), err.to_string());
+                running.insert(
+                    upstream,
+                    Running {
+                        document,
+                        task: None,
+                    },
+                );
+                continue;
+            }
+        };
+        tracing::info!(upstream, provider = %document.source, "discovery provider started");
+        board.started(&upstream, document.source.to_string());
+        let task = tokio::spawn(drive(Arc::clone(runner), Arc::clone(&document), provider));
+        running.insert(
+            upstream,
+            Running {
+                document,
+                task: Some(task),
+            },
+        );
+    }
+}
+
+/// One provider's loop: each result applied, each error recorded.
+async fn drive(runner: Arc<Runner>, document: Arc<Discovery>, mut provider: Box<dyn Provider>) {
+    let board = &runner.board;
+    let upstream = document.upstream.as_str();
+    loop {
+        let result = provider.next().await;
+        let state = provider.state();
+        let outcome = match result {
+            Ok(servers) => {
+                let Ok(_writing) = Arc::clone(&runner.write_gate).try_read_owned() else {
+                    tracing::info!(
+                        upstream,
+                        "a new elb is taking over: its provider writes this result"
+                    );
+                    continue;
+                };
+                apply(&runner.config, &document, &servers).await
+            }
+            Err(err) => Err(err.to_string()),
+        };
+        match outcome {
+            Ok(Some(count)) => {
+                if board.report(upstream).is_some_and(|r| r["failing"] == true) {
+                    tracing::info!(upstream, provider = %document.source, "discovery provider recovered");
+                }
+                board.success(upstream, count, state);
+            }
+            // The document changed under us: the runner restarts us.
+            Ok(None) => {}
+            Err(message) => {
+                if board.error(upstream, message.clone(), state) {
+                    tracing::warn!(upstream, provider = %document.source, error = message, "discovery provider failed; the upstream keeps its last servers");
+                }
+            }
+        }
+    }
+}
+
+/// Writes `servers` as the upstream's server list in one commit; the
+/// upstream's server count, or None when `document` is no longer the one
+/// in effect (nothing written).
+async fn apply(
+    config: &ConfigService,
+    document: &Arc<Discovery>,
+    servers: &[DiscoveredServer],
+) -> Result<Option<usize>, String> {
+    let upstream = &document.upstream;
+    let entries = plan::server_entries(document, servers);
+    config
+        .write(|manager| {
+            let current = manager.discovery().get(upstream);
+            if current.is_none_or(|current| **current != **document) {
+                return Ok((Vec::new(), None));
+            }
+            // A server that is elb's own listener would loop: leave it out.
+            let entries = entries
+                .into_iter()
+                .filter(|(server, _)| match manager.own_addrs().check(server) {
+                    Ok(()) => true,
+                    Err(err) => {
+                        tracing::warn!(upstream, server, error = %err, "discovered server left out");
+                        false
+                    }
+                })
+                .collect();
+            let ops = plan::replace_ops(manager.kv(), manager.layout(), upstream, &entries);
+            Ok((ops, Some(entries.len())))
+        })
+        .await
+        .map_err(|err| err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        config::{ConfigManager, KeyLayout},
+        store::{FileStore, KvOp, Store},
+    };
+
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        for _ in 0..200 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{what} did not happen within 2 s");
+    }
+
+    /// Providers start and stop with their documents and with the gate;
+    /// shutdown ends the runner. The provider's Consul is a closed port on
+    /// loopback, so it only records errors.
+    #[tokio::test]
+    async fn providers_follow_documents_and_the_gate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = FileStore::open(dir.path().join("state.json")).expect("open");
+        let config = ConfigService::new(
+            ConfigManager::new(KeyLayout::new("ELB")),
+            Store::File(store),
+            None,
+        );
+        let board = DiscoveryBoard::default();
+        let (gate, may_run) = watch::channel(true);
+        let (stop, shutdown) = watch::channel(false);
+        let task = spawn(
+            Runner {
+                config: Arc::clone(&config),
+                board: board.clone(),
+                write_gate: Arc::default(),
+            },
+            may_run,
+            shutdown,
+        );
+        let put = |doc: &'static str| KvOp::Put {
+            key: "/ELB/discovery/web".into(),
+            value: doc.into(),
+        };
+        let doc = r#"{"provider":"consul","address":"127.0.0.1:1","service":"web"}"#;
+        config
+            .write(|_| Ok((vec![put(doc)], ())))
+            .await
+            .expect("write");
+        until("start", || board.report("web").is_some()).await;
+        until("an error", || {
+            board.report("web").is_some_and(|r| r["failing"] == true)
+        })
+        .await;
+        // The gate closes: the provider stops; it opens: it starts again.
+        gate.send_replace(false);
+        until("stop", || board.report("web").is_none()).await;
+        gate.send_replace(true);
+        until("restart", || board.report("web").is_some()).await;
+        // A changed document restarts it (a fresh report).
+        let other = r#"{"provider":"consul","address":"127.0.0.1:1","service":"api"}"#;
+        config
+            .write(|_| Ok((vec![put(other)], ())))
+            .await
+            .expect("write");
+        until("restart with the new document", || {
+            board
+                .report("web")
+                .is_some_and(|r| r["provider"] == "consul (service \"api\")")
+        })
+        .await;
+        config
+            .write(|_| {
+                Ok((
+                    vec![KvOp::Delete {
+                        key: "/ELB/discovery/web".into(),
+                    }],
+                    (),
+                ))
+            })
+            .await
+            .expect("delete");
+        until("stop on delete", || board.report("web").is_none()).await;
+        // An upstream's servers are never touched by a failing provider.
+        assert!(config.read(|m| m.upstreams().is_empty()).await);
+        stop.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .expect("the runner stops on shutdown")
+            .expect("no panic");
+    }
+}
