@@ -271,16 +271,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             (None, Some(l4))
         }
     };
-    // One node (or, with etcd, every node until leader election decides
-    // which one) runs the discovery providers.
-    let (_discovery_gate, discovery_may_run) = tokio::sync::watch::channel(true);
+    // The providers run while the election's gate is open: always with the
+    // embedded store, on the elected node only with etcd (whose commits are
+    // fenced by its leader key).
     let discovery_runner = elb_userspace::discovery::runner::spawn(
         elb_userspace::discovery::runner::Runner {
             config: Arc::clone(&config),
             board: admin.discovery_board(),
             write_gate: admin.write_gate(),
+            fence: discovery.fence.clone(),
         },
-        discovery_may_run,
+        discovery.may_run.clone(),
         shutdown_rx.clone(),
     );
     let snapshot = config.snapshot().clone();

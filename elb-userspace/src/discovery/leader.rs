@@ -23,7 +23,10 @@ use tokio::{
     time::{Instant, sleep, sleep_until, timeout},
 };
 
-use crate::store::etcd_access::{self, AccessError, EtcdAccessArgs, full_message};
+use crate::store::{
+    CommitGuard,
+    etcd_access::{self, AccessError, EtcdAccessArgs, full_message},
+};
 
 /// The lease TTL when `--discovery-lease-ttl` is not given.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
@@ -186,6 +189,8 @@ struct EtcdSide {
     ttl: Duration,
     /// The current session's client and lease, while there is one.
     session: Mutex<Option<SessionInfo>>,
+    /// This node's leader key, while the gate is true.
+    fence: Mutex<Option<CommitGuard>>,
 }
 
 #[derive(Clone)]
@@ -256,6 +261,27 @@ impl ElectionStatus {
     }
 }
 
+/// The leader's condition for its discovery commits: its leader key, as
+/// long as it leads. A commit made on it does not land once the key is gone
+/// (resigned, deleted, or expired with the lease), so a node that lost the
+/// election cannot overwrite what the new leader wrote. Cheap to clone.
+#[derive(Clone)]
+pub struct Fence {
+    shared: Arc<Shared>,
+}
+
+impl Fence {
+    /// The guard for a commit now; `None` while this node does not lead
+    /// (write nothing then).
+    pub fn current(&self) -> Option<CommitGuard> {
+        let etcd = self.shared.etcd.as_ref()?;
+        etcd.fence
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// The running election: its task, the gate, and its status.
 pub struct DiscoveryGate {
     /// Ends after shutdown, once this node resigned.
@@ -263,6 +289,9 @@ pub struct DiscoveryGate {
     /// True only while this node may run the discovery providers.
     pub may_run: watch::Receiver<bool>,
     pub status: ElectionStatus,
+    /// With etcd: what the providers' commits are conditional on; `None`
+    /// with the embedded store (one node, nothing to fence).
+    pub fence: Option<Fence>,
 }
 
 impl DiscoveryGate {
@@ -286,6 +315,7 @@ impl DiscoveryGate {
             task,
             may_run: gate,
             status,
+            fence: None,
         }
     }
 
@@ -303,11 +333,15 @@ impl DiscoveryGate {
                 endpoints: settings.endpoints.join(","),
                 ttl: settings.lease_ttl,
                 session: Mutex::new(None),
+                fence: Mutex::new(None),
             }),
         });
         let status = ElectionStatus {
             shared: Arc::clone(&shared),
             gate: gate.clone(),
+        };
+        let fence = Fence {
+            shared: Arc::clone(&shared),
         };
         let candidate = Candidate {
             endpoints: settings.endpoints.join(","),
@@ -321,6 +355,7 @@ impl DiscoveryGate {
             task,
             may_run: gate,
             status,
+            fence: Some(fence),
         })
     }
 }
@@ -367,7 +402,9 @@ impl Candidate {
             let started = Instant::now();
             let mut held = Held::default();
             let end = self.session(&mut held, &mut shutdown).await;
-            // Stop believing first, then tidy up.
+            // Stop believing first (no new commit, then the providers
+            // stop), then tidy up.
+            self.set_fence(None);
             let was_leader = self.gate.send_replace(false);
             self.set_session(None);
             match end {
@@ -401,6 +438,12 @@ impl Candidate {
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
         tracing::info!("discovery election stopped");
+    }
+
+    fn set_fence(&self, fence: Option<CommitGuard>) {
+        if let Some(etcd) = &self.shared.etcd {
+            *etcd.fence.lock().unwrap_or_else(PoisonError::into_inner) = fence;
+        }
     }
 
     fn set_session(&self, session: Option<SessionInfo>) {
@@ -532,6 +575,10 @@ impl Candidate {
         };
         let leader_key = response.take_leader().ok_or(ElectionError::NoLeaderKey)?;
         let ours = String::from_utf8_lossy(leader_key.key()).into_owned();
+        let fence = CommitGuard {
+            key: ours.clone(),
+            create_revision: leader_key.rev(),
+        };
         // A deleted key (an operator's `etcdctl del`) ends leadership even
         // while no other candidate is elected in its place.
         let mut own_key = {
@@ -557,6 +604,7 @@ impl Candidate {
         if Instant::now() >= *believe.borrow() {
             return Err(ElectionError::KeepAliveStale(window));
         }
+        self.set_fence(Some(fence));
         self.gate.send_replace(true);
         tracing::info!(
             identity = self.settings.identity,
