@@ -482,3 +482,61 @@ fn consul_standin_bad_documents_are_400s_naming_the_field() {
     }
     assert_eq!(s.elb.admin_ok("GET", "discovery", None), json!({}));
 }
+
+#[test]
+fn consul_standin_with_etcd_results_are_written_to_etcd_and_bad_stored_documents_are_errors() {
+    let etcd = elb_tests::etcd::Etcd::start().expect("etcd");
+    let standin = ConsulStandin::start().expect("stand-in");
+    let (b1, b2) = (backend("b1", 101), backend("b2", 102));
+    standin.register(instance("b1", &b1));
+    let elb = L7Builder::new()
+        .etcd(&etcd.endpoint())
+        .start()
+        .expect("elb");
+    let _cleanup = Cleanup(elb.state_dir.clone());
+    let prefix = format!("/{}", elb.name);
+    // Written into etcd by hand, not through the admin API.
+    etcd.put(
+        &format!("{prefix}/rules/{HOST}"),
+        &backend_doc("web").to_string(),
+    )
+    .expect("put");
+    etcd.put(
+        &format!("{prefix}/discovery/web"),
+        &consul_doc(&standin, json!({})).to_string(),
+    )
+    .expect("put");
+    wait_servers(&elb, &[&b1], Duration::from_secs(5));
+    assert_eq!(answered_by(&elb, 3), ["b1"]);
+    // The servers are in etcd, for every node to build the same list.
+    let stored = etcd
+        .get_prefix(&format!("{prefix}/upstreams/web/"))
+        .expect("get");
+    assert_eq!(
+        stored,
+        [(
+            format!("{prefix}/upstreams/web/{}", b1.addr()),
+            "weight=1 max_fails=2 fail_timeout=10s".to_owned()
+        )]
+    );
+    // A bad document by hand: an error in the log, no crash; the previous
+    // document stays in effect and its provider keeps following Consul.
+    etcd.put(
+        &format!("{prefix}/discovery/web"),
+        r#"{"provider": "consul", "service": "web", "tags": "prod"}"#,
+    )
+    .expect("put");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        elb.admin_ok("GET", "discovery", None)["web"]["address"],
+        standin.addr().to_string()
+    );
+    standin.register(instance("b2", &b2));
+    wait_servers(&elb, &[&b1, &b2], Duration::from_secs(3));
+    assert_eq!(
+        etcd.get_prefix(&format!("{prefix}/upstreams/web/"))
+            .expect("get")
+            .len(),
+        2
+    );
+}

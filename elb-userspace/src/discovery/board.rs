@@ -59,15 +59,19 @@ impl DiscoveryBoard {
     }
 
     /// A result was applied: `servers` is the upstream's server count.
-    pub fn success(&self, upstream: &str, servers: usize, state: Map<String, Value>) {
+    /// True when this ends a run of errors (worth a log line).
+    pub fn success(&self, upstream: &str, servers: usize, state: Map<String, Value>) -> bool {
         self.with(|providers| {
-            if let Some(report) = providers.get_mut(upstream) {
-                report.last_success = Some(SystemTime::now());
-                report.failing = false;
-                report.servers = Some(servers);
-                report.state = state;
-            }
-        });
+            let Some(report) = providers.get_mut(upstream) else {
+                return false;
+            };
+            let recovered = report.failing;
+            report.last_success = Some(SystemTime::now());
+            report.failing = false;
+            report.servers = Some(servers);
+            report.state = state;
+            recovered
+        })
     }
 
     /// Records an error; true when it is news (the first error after a
@@ -154,10 +158,11 @@ mod tests {
         assert!(board.error("web", "down".into(), Map::new()));
         assert!(!board.error("web", "down".into(), Map::new()), "same error");
         assert!(board.error("web", "other".into(), Map::new()), "new text");
-        board.success("web", 2, Map::from_iter([("index".to_owned(), json!(7))]));
+        assert!(board.success("web", 2, Map::from_iter([("index".to_owned(), json!(7))])));
+        assert!(!board.success("web", 2, Map::new()), "no news");
         let report = board.report("web").expect("report");
         assert_eq!(report["servers"], 2);
-        assert_eq!(report["index"], 7);
+        assert!(report["index"].is_null(), "the latest state");
         assert_eq!(report["failing"], false);
         assert_eq!(
             report["last_error"]["message"], "other",

@@ -155,34 +155,62 @@ async fn drive(runner: Arc<Runner>, document: Arc<Discovery>, mut provider: Box<
     loop {
         let result = provider.next().await;
         let state = provider.state();
-        let outcome = match result {
-            Ok(servers) => {
-                let Ok(_writing) = Arc::clone(&runner.write_gate).try_read_owned() else {
-                    tracing::info!(
-                        upstream,
-                        "a new elb is taking over: its provider writes this result"
-                    );
-                    continue;
-                };
-                apply(&runner, &document, &servers).await
+        let servers = match result {
+            Ok(servers) => servers,
+            Err(err) => {
+                report_error(&runner, &document, err.to_string(), state);
+                continue;
             }
-            Err(err) => Err(err.to_string()),
         };
-        match outcome {
-            Ok(Some(count)) => {
-                if board.report(upstream).is_some_and(|r| r["failing"] == true) {
-                    tracing::info!(upstream, provider = %document.source, "discovery provider recovered");
+        // The store refused (etcd unreachable): the same result again
+        // after a pause, since the provider may have nothing new for long
+        // (a blocking query answers only on a change).
+        let mut failures = 0u32;
+        loop {
+            let Ok(writing) = Arc::clone(&runner.write_gate).try_read_owned() else {
+                tracing::info!(
+                    upstream,
+                    "a new elb is taking over: its provider writes this result"
+                );
+                break;
+            };
+            match apply(&runner, &document, &servers).await {
+                Ok(Some(count)) => {
+                    if board.success(upstream, count, state) {
+                        tracing::info!(upstream, provider = %document.source, "discovery provider recovered");
+                    }
+                    break;
                 }
-                board.success(upstream, count, state);
-            }
-            // The document changed under us: the runner restarts us.
-            Ok(None) => {}
-            Err(message) => {
-                if board.error(upstream, message.clone(), state) {
-                    tracing::warn!(upstream, provider = %document.source, error = message, "discovery provider failed; the upstream keeps its last servers");
+                // The document changed under us (the runner restarts us),
+                // or this node no longer leads (the runner stops us).
+                Ok(None) => break,
+                Err(message) => {
+                    report_error(&runner, &document, message, state.clone());
+                    failures = failures.saturating_add(1);
+                    drop(writing);
+                    tokio::time::sleep(STORE_RETRY.saturating_mul(failures.min(30))).await;
                 }
             }
         }
+    }
+}
+
+/// The pause before writing a result again, times the failures so far
+/// (up to 30).
+const STORE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Records an error; logs it when it is news.
+fn report_error(
+    runner: &Runner,
+    document: &Discovery,
+    message: String,
+    state: serde_json::Map<String, serde_json::Value>,
+) {
+    if runner
+        .board
+        .error(&document.upstream, message.clone(), state)
+    {
+        tracing::warn!(upstream = document.upstream, provider = %document.source, error = message, "discovery provider failed; the upstream keeps its last servers");
     }
 }
 
