@@ -76,7 +76,14 @@ async fn run(
             break;
         }
         let wanted = if *may_run.borrow_and_update() {
-            config.read(|manager| manager.discovery().clone()).await
+            let documents = config.read(|manager| manager.discovery().clone()).await;
+            // The read may wait for a commit in progress; the gate may have
+            // closed meanwhile: start nothing then.
+            if *may_run.borrow() {
+                documents
+            } else {
+                BTreeMap::new()
+            }
         } else {
             BTreeMap::new()
         };
