@@ -67,6 +67,7 @@ fn main() -> std::process::ExitCode {
                     Command::Run(args) => run(*args).await,
                     Command::Teardown(args) => teardown(&args),
                     Command::Status(_) => Ok(()),
+                    Command::Aws(command) => aws_lookup(command).await,
                 }
             })
         });
@@ -78,6 +79,44 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `elb aws ...`: one look-up, printed as JSON on standard output.
+async fn aws_lookup(command: elb_userspace::cli::AwsCommand) -> anyhow::Result<()> {
+    use elb_userspace::{aws, cli::AwsCommand};
+    let json = match command {
+        AwsCommand::AsgInstances { group, region } => {
+            let clients = aws::AwsClients::load(region.as_deref()).await;
+            let members = aws::asg_instances(&clients, &group).await?;
+            serde_json::Value::Array(
+                members
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({"instance_id": m.instance_id,
+                            "private_ip": m.private_ip.to_string(),
+                            "ipv6": m.ipv6.map(|ip| ip.to_string()), "zone": m.zone})
+                    })
+                    .collect(),
+            )
+        }
+        AwsCommand::Ec2Instances { ids, region } => {
+            let clients = aws::AwsClients::load(region.as_deref()).await;
+            let instances = aws::describe_instances(&clients.ec2, &ids).await?;
+            serde_json::Value::Array(
+                instances
+                    .iter()
+                    .map(|i| {
+                        serde_json::json!({"instance_id": i.instance_id,
+                            "private_ip": i.private_ip.map(|ip| ip.to_string()),
+                            "ipv6": i.ipv6.map(|ip| ip.to_string()), "zone": i.zone,
+                            "state": i.state})
+                    })
+                    .collect(),
+            )
+        }
+    };
+    println!("{json}");
+    Ok(())
 }
 
 /// This process's instance lock; with `--takeover` and an elb running, the
