@@ -1,6 +1,7 @@
 //! `cargo xtask bench <name>`: comparisons that run in one go and print
 //! ratios. The machines are noisy, so every figure is the median of several
 //! alternating rounds.
+mod aws_api;
 mod h2load;
 mod health;
 mod l4;
@@ -29,9 +30,10 @@ pub fn run(root: &Path, name: &str, rounds: usize) -> Result<()> {
         "health" => health::run(root),
         "tls" => tls::run(root, rounds),
         "scrape" => scrape::run(root, rounds),
+        "aws-api" => aws_api::run(root, rounds),
         other => {
             bail!(
-                "unknown benchmark {other:?}; available: l7, l7-instructions, tls, xdp, l4, health, scrape"
+                "unknown benchmark {other:?}; available: l7, l7-instructions, tls, xdp, l4, health, scrape, aws-api"
             )
         }
     }
