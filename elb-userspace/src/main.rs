@@ -323,6 +323,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             clients.ec2,
             addr.ip(),
             Some(board.clone()),
+            Arc::clone(&admin),
         ));
         let bound = api.listen(addr).await?;
         tracing::info!(addr = %bound, keys, "serving the AWS ELB API");
