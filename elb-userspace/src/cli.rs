@@ -29,6 +29,32 @@ pub enum Command {
     /// upstream fails open (no healthy server), 2 elb is not running, 3 the
     /// status could not be read.
     Status(StatusArgs),
+    /// Look AWS up as elb sees it (the SDK's standard chain: environment,
+    /// shared files, instance metadata; AWS_ENDPOINT_URL honoured) and
+    /// print JSON: what the ASG discovery provider and the ELB API get.
+    #[command(subcommand)]
+    Aws(AwsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AwsCommand {
+    /// An Auto Scaling group's instances that are InService and Healthy,
+    /// with their private addresses and zones.
+    AsgInstances {
+        #[arg(long, value_name = "NAME")]
+        group: String,
+        /// Overrides the chain's region.
+        #[arg(long)]
+        region: Option<String>,
+    },
+    /// EC2 instances by ID: private addresses, zone, state.
+    Ec2Instances {
+        #[arg(required = true, value_name = "INSTANCE_ID")]
+        ids: Vec<String>,
+        /// Overrides the chain's region.
+        #[arg(long)]
+        region: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -113,6 +139,26 @@ pub struct RunArgs {
     /// `/__erulb__/metrics`.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+
+    /// Also serve the AWS Classic ELB API (Query API, SigV4) on ADDR (plain
+    /// HTTP). Off by default; needs --aws-api-credentials. Load balancers
+    /// it creates listen on this address's IP.
+    #[arg(
+        long = "aws-api",
+        value_name = "ADDR",
+        requires = "aws_api_credentials"
+    )]
+    pub aws_api: Option<SocketAddr>,
+
+    /// The keys the AWS ELB API accepts: an AWS shared-credentials file
+    /// (`[profile]` sections with `aws_access_key_id` and
+    /// `aws_secret_access_key`; every profile counts).
+    #[arg(
+        long = "aws-api-credentials",
+        value_name = "FILE",
+        requires = "aws_api"
+    )]
+    pub aws_api_credentials: Option<std::path::PathBuf>,
 
     /// Access log: a line per request to this file (appended; reopened on
     /// SIGUSR1, for logrotate), or `-` for standard output. Off by default.

@@ -68,6 +68,7 @@ fn main() -> std::process::ExitCode {
                     Command::Run(args) => run(*args).await,
                     Command::Teardown(args) => teardown(&args),
                     Command::Status(_) => Ok(()),
+                    Command::Aws(command) => aws_lookup(command).await,
                 }
             })
         });
@@ -79,6 +80,44 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `elb aws ...`: one look-up, printed as JSON on standard output.
+async fn aws_lookup(command: elb_userspace::cli::AwsCommand) -> anyhow::Result<()> {
+    use elb_userspace::{aws, cli::AwsCommand};
+    let json = match command {
+        AwsCommand::AsgInstances { group, region } => {
+            let clients = aws::AwsClients::load(region.as_deref()).await;
+            let members = aws::asg_instances(&clients, &group).await?;
+            serde_json::Value::Array(
+                members
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({"instance_id": m.instance_id,
+                            "private_ip": m.private_ip.to_string(),
+                            "ipv6": m.ipv6.map(|ip| ip.to_string()), "zone": m.zone})
+                    })
+                    .collect(),
+            )
+        }
+        AwsCommand::Ec2Instances { ids, region } => {
+            let clients = aws::AwsClients::load(region.as_deref()).await;
+            let instances = aws::describe_instances(&clients.ec2, &ids).await?;
+            serde_json::Value::Array(
+                instances
+                    .iter()
+                    .map(|i| {
+                        serde_json::json!({"instance_id": i.instance_id,
+                            "private_ip": i.private_ip.map(|ip| ip.to_string()),
+                            "ipv6": i.ipv6.map(|ip| ip.to_string()), "zone": i.zone,
+                            "state": i.state})
+                    })
+                    .collect(),
+            )
+        }
+    };
+    println!("{json}");
+    Ok(())
 }
 
 /// This process's instance lock; with `--takeover` and an elb running, the
@@ -123,6 +162,13 @@ fn acquire_or_take_over(
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let l4_start = args.l4_start()?;
+    // Read before anything starts: a bad file stops elb here.
+    let aws_api_credentials = match &args.aws_api_credentials {
+        Some(path) => Some(elb_userspace::aws::api::credentials::Credentials::load(
+            path,
+        )?),
+        None => None,
+    };
     let (lock, mut handover) = acquire_or_take_over(&args)?;
     let sockets = HandoverSockets {
         registry: takeover::SocketRegistry::default(),
@@ -304,6 +350,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     )?;
     let board = server::ListenerBoard::default();
     admin.set_listener_board(board.clone());
+    if let (Some(addr), Some(credentials)) = (args.aws_api, aws_api_credentials) {
+        let keys = credentials.len();
+        let clients = elb_userspace::aws::AwsClients::load(None).await;
+        let api = Arc::new(elb_userspace::aws::api::AwsApi::new(
+            Arc::clone(&config),
+            credentials,
+            clients.ec2,
+            addr.ip(),
+            Some(board.clone()),
+            Arc::clone(&admin),
+        ));
+        let bound = api.listen(addr).await?;
+        tracing::info!(addr = %bound, keys, "serving the AWS ELB API");
+    }
     let generation = *config.subscribe().borrow();
     let supervisor = server::spawn_supervisor(
         config.snapshot().clone(),

@@ -89,6 +89,17 @@ impl ElbProcess {
     /// Starts `<wrapper...> elb <args>`, e.g. `setpriv ...` to drop
     /// privileges.
     pub fn spawn_wrapped(wrapper: &[&str], args: &[&str], netns: Option<&NetNs>) -> Result<Self> {
+        Self::spawn_with_env(wrapper, args, &[], netns)
+    }
+
+    /// [`ElbProcess::spawn_wrapped`] with extra environment variables (the
+    /// AWS SDK's `AWS_ENDPOINT_URL`, keys and region for moto).
+    pub fn spawn_with_env(
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(String, String)],
+        netns: Option<&NetNs>,
+    ) -> Result<Self> {
         let log = std::env::temp_dir().join(format!(
             "elb-test-{}-{}.log",
             std::process::id(),
@@ -107,6 +118,7 @@ impl ElbProcess {
         command
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(key, value)| (key, value)))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);

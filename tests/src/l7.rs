@@ -12,6 +12,7 @@ pub struct L7Builder {
     state_dir: PathBuf,
     etcd: Option<String>,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 pub struct L7Elb {
@@ -31,6 +32,7 @@ impl L7Builder {
             state_dir,
             etcd: None,
             extra: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -42,6 +44,7 @@ impl L7Builder {
             state_dir: previous.state_dir.clone(),
             etcd: None,
             extra: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -58,6 +61,12 @@ impl L7Builder {
 
     pub fn arg(mut self, arg: &str) -> Self {
         self.extra.push(arg.to_owned());
+        self
+    }
+
+    /// An environment variable for elb (e.g. [`crate::moto::Moto::env`]).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
         self
     }
 
@@ -83,12 +92,13 @@ impl L7Builder {
             args.extend(["--etcd", etcd]);
         }
         args.extend(self.extra.iter().map(String::as_str));
-        let started = ElbProcess::spawn(&args, None).and_then(|mut process| {
-            process.wait_until(Duration::from_secs(20), || {
-                http::get(addr, "/__erulb__/upstream", &[]).is_ok()
-            })?;
-            Ok(process)
-        });
+        let started =
+            ElbProcess::spawn_with_env(&[], &args, &self.env, None).and_then(|mut process| {
+                process.wait_until(Duration::from_secs(20), || {
+                    http::get(addr, "/__erulb__/upstream", &[]).is_ok()
+                })?;
+                Ok(process)
+            });
         let process = match started {
             Ok(process) => process,
             Err(err) => {

@@ -2,7 +2,10 @@
 //!
 //! Every requirement is probed first; only missing ones are installed, so
 //! the command is idempotent and cheap to run before every build.
-use std::path::{Path, PathBuf};
+use std::{
+    ffi::OsStr,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result, bail};
 
@@ -31,6 +34,8 @@ pub const APT_PACKAGES: &[&str] = &[
     // Headless browser for the status page test (tests/tests/status_page.rs).
     "chromium",
     "python3-requests",
+    // `cargo xtask setup` makes the AWS tests' venv (moto, boto3, awscli).
+    "python3-venv",
     // `cargo xtask bench l4`'s other balancers: HAProxy in TCP mode, and
     // iptables DNAT+SNAT (iptables-nft; nft removes the NAT table after).
     "haproxy",
@@ -45,6 +50,23 @@ pub const APT_PACKAGES: &[&str] = &[
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// The Python venv of the AWS tests: moto (a local EC2 and Auto Scaling),
+/// boto3 and the AWS CLI (clients of elb's ELB API). `ELB_VENV` moves it.
+pub const VENV_DEFAULT: &str = "/opt/elb-venv";
+/// Pinned so every machine tests against the same moto and botocore
+/// (boto3 and awscli each pin the botocore they need: these agree).
+pub const VENV_PACKAGES: &[(&str, &str)] = &[
+    ("moto[server]", "5.2.5"),
+    ("boto3", "1.44.8"),
+    ("botocore", "1.44.8"),
+    ("awscli", "1.46.3"),
+];
+
+/// Where the venv is: `ELB_VENV`, else [`VENV_DEFAULT`].
+pub fn venv_dir() -> PathBuf {
+    std::env::var_os("ELB_VENV").map_or_else(|| PathBuf::from(VENV_DEFAULT), PathBuf::from)
+}
+
 /// Components of the eBPF toolchain: `rust-src` for `-Z build-std`, the
 /// others to format and lint the eBPF crate.
 const EBPF_COMPONENTS: &[&str] = &["rust-src", "clippy", "rustfmt"];
@@ -55,6 +77,7 @@ enum Requirement {
     BpfLinker,
     CargoFuzz,
     AptPackages(Vec<String>),
+    PythonVenv(PathBuf),
 }
 
 impl Requirement {
@@ -66,6 +89,15 @@ impl Requirement {
             Self::BpfLinker => format!("bpf-linker {BPF_LINKER_VERSION}"),
             Self::CargoFuzz => "cargo-fuzz".to_owned(),
             Self::AptPackages(packages) => format!("Debian packages {}", packages.join(" ")),
+            Self::PythonVenv(dir) => format!(
+                "Python venv {} with {}",
+                dir.display(),
+                VENV_PACKAGES
+                    .iter()
+                    .map(|(name, version)| format!("{name}=={version}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
         }
     }
 }
@@ -92,6 +124,10 @@ pub fn run(root: &Path) -> Result<()> {
             .with_context(|| format!("setup step failed: {}", requirement.describe()))?;
         eprintln!("setup: {}: installed", requirement.describe());
     }
+    // After the Debian packages: the venv needs python3 with venv and pip.
+    report(&Requirement::PythonVenv(venv_dir()), || {
+        install_venv(&venv_dir())
+    })?;
     eprintln!("setup: done");
     Ok(())
 }
@@ -102,7 +138,8 @@ pub fn ensure(root: &Path) -> Result<()> {
     let ready = is_satisfied(&Requirement::EbpfToolchain(channel))
         && is_satisfied(&Requirement::BpfLinker)
         && is_satisfied(&Requirement::CargoFuzz)
-        && missing_apt_packages().is_empty();
+        && missing_apt_packages().is_empty()
+        && is_satisfied(&Requirement::PythonVenv(venv_dir()));
     if ready { Ok(()) } else { run(root) }
 }
 
@@ -146,7 +183,40 @@ fn is_satisfied(requirement: &Requirement) -> bool {
             .probe()
             .is_some_and(|out| out.starts_with("cargo-fuzz")),
         Requirement::AptPackages(packages) => packages.iter().all(|p| apt_installed(p)),
+        Requirement::PythonVenv(dir) => venv_has_pins(dir),
     }
+}
+
+/// The venv's pip reports every pinned package at its version.
+fn venv_has_pins(dir: &Path) -> bool {
+    let Some(freeze) = Step::new(dir.join("bin/pip")).args(["freeze"]).probe() else {
+        return false;
+    };
+    VENV_PACKAGES.iter().all(|(name, version)| {
+        let bare = name.split('[').next().unwrap_or(name);
+        freeze.lines().any(|line| {
+            line.split_once("==").is_some_and(|(package, installed)| {
+                package.eq_ignore_ascii_case(bare) && installed == *version
+            })
+        })
+    }) && dir.join("bin/moto_server").exists()
+        && dir.join("bin/aws").exists()
+}
+
+fn install_venv(dir: &Path) -> Result<()> {
+    if !dir.join("bin/pip").exists() {
+        Step::new("python3")
+            .args([OsStr::new("-m"), OsStr::new("venv"), dir.as_os_str()])
+            .run("creating the Python venv")?;
+    }
+    let pins: Vec<String> = VENV_PACKAGES
+        .iter()
+        .map(|(name, version)| format!("{name}=={version}"))
+        .collect();
+    Step::new(dir.join("bin/pip"))
+        .args(["install", "--disable-pip-version-check"])
+        .args(&pins)
+        .run("installing moto, boto3 and the AWS CLI into the venv")
 }
 
 fn cargo_program() -> std::ffi::OsString {

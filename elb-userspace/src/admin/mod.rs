@@ -176,7 +176,7 @@ impl AdminApi {
     /// After a committed write: waits until the L4 data plane carries the
     /// configuration generation that includes it. The L7 snapshot already
     /// does when `write` returns.
-    async fn await_dataplane(&self) -> Result<(), AdminError> {
+    pub(crate) async fn await_dataplane(&self) -> Result<(), AdminError> {
         let Some(applied) = self.l4_applied.get() else {
             return Ok(());
         };
