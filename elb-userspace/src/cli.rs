@@ -29,6 +29,32 @@ pub enum Command {
     /// upstream fails open (no healthy server), 2 elb is not running, 3 the
     /// status could not be read.
     Status(StatusArgs),
+    /// Look AWS up as elb sees it (the SDK's standard chain: environment,
+    /// shared files, instance metadata; AWS_ENDPOINT_URL honoured) and
+    /// print JSON: what the ASG discovery provider and the ELB API get.
+    #[command(subcommand)]
+    Aws(AwsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AwsCommand {
+    /// An Auto Scaling group's instances that are InService and Healthy,
+    /// with their private addresses and zones.
+    AsgInstances {
+        #[arg(long, value_name = "NAME")]
+        group: String,
+        /// Overrides the chain's region.
+        #[arg(long)]
+        region: Option<String>,
+    },
+    /// EC2 instances by ID: private addresses, zone, state.
+    Ec2Instances {
+        #[arg(required = true, value_name = "INSTANCE_ID")]
+        ids: Vec<String>,
+        /// Overrides the chain's region.
+        #[arg(long)]
+        region: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +123,12 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub etcd_access: crate::store::etcd_access::EtcdAccessArgs,
+
+    /// With --etcd: the TTL of the lease under which one elb node leads the
+    /// discovery providers; a killed leader is replaced within it (whole
+    /// seconds, at least 2).
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = crate::discovery::leader::parse_lease_ttl)]
+    pub discovery_lease_ttl: Duration,
 
     /// statsd server (UDP) for per-domain request metrics.
     #[arg(long, env = "STATSD", value_name = "HOST:PORT")]

@@ -10,6 +10,7 @@ use elb_userspace::{
     cli::{Cli, Command, L4Start, RunArgs, TeardownArgs},
     config::{ConfigManager, ConfigService, KeyLayout, OwnAddrs},
     dataplane::{self, DataplaneConfig, PinLayout, XdpDataplane},
+    discovery::leader::{self, DiscoveryGate, ElectionSettings},
     health::monitor::spawn_monitor,
     instance_lock::{InstanceLock, LockError},
     l4::{
@@ -67,6 +68,7 @@ fn main() -> std::process::ExitCode {
                     Command::Run(args) => run(*args).await,
                     Command::Teardown(args) => teardown(&args),
                     Command::Status(_) => Ok(()),
+                    Command::Aws(command) => aws_lookup(command).await,
                 }
             })
         });
@@ -78,6 +80,44 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `elb aws ...`: one look-up, printed as JSON on standard output.
+async fn aws_lookup(command: elb_userspace::cli::AwsCommand) -> anyhow::Result<()> {
+    use elb_userspace::{aws, cli::AwsCommand};
+    let json = match command {
+        AwsCommand::AsgInstances { group, region } => {
+            let clients = aws::AwsClients::load(region.as_deref()).await;
+            let members = aws::asg_instances(&clients, &group).await?;
+            serde_json::Value::Array(
+                members
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({"instance_id": m.instance_id,
+                            "private_ip": m.private_ip.to_string(),
+                            "ipv6": m.ipv6.map(|ip| ip.to_string()), "zone": m.zone})
+                    })
+                    .collect(),
+            )
+        }
+        AwsCommand::Ec2Instances { ids, region } => {
+            let clients = aws::AwsClients::load(region.as_deref()).await;
+            let instances = aws::describe_instances(&clients.ec2, &ids).await?;
+            serde_json::Value::Array(
+                instances
+                    .iter()
+                    .map(|i| {
+                        serde_json::json!({"instance_id": i.instance_id,
+                            "private_ip": i.private_ip.map(|ip| ip.to_string()),
+                            "ipv6": i.ipv6.map(|ip| ip.to_string()), "zone": i.zone,
+                            "state": i.state})
+                    })
+                    .collect(),
+            )
+        }
+    };
+    println!("{json}");
+    Ok(())
 }
 
 /// This process's instance lock; with `--takeover` and an elb running, the
@@ -159,10 +199,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let manager = ConfigManager::with_targets(layout.clone(), Arc::clone(&targets))
         .with_own_addrs(own_addrs)
         .with_upstream_limits(Arc::clone(&upstream_limits));
+    let identity = leader::node_identity(listen_addrs.first().copied());
+    // With etcd, one node runs the discovery providers: the election starts
+    // once the shutdown signal exists (below).
+    let mut election = None;
     let config = match &args.etcd {
         Some(endpoints) => {
             let access = &args.etcd_access;
             let endpoints = parse_endpoints(endpoints, access.tls()).map_err(anyhow::Error::msg)?;
+            election = Some(ElectionSettings {
+                endpoints: endpoints.clone(),
+                access: access.clone(),
+                name: leader::election_name(&args.name),
+                identity: identity.clone(),
+                lease_ttl: args.discovery_lease_ttl,
+            });
             let etcd = EtcdStore::connect(&endpoints, layout.prefix(), access).await?;
             let config = ConfigService::new(
                 manager,
@@ -234,6 +285,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!(%addr, workers, "listening for HTTP");
     }
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    // `discovery.may_run` is the gate the discovery runner takes: true only
+    // while this node may run the providers.
+    let discovery = match election {
+        Some(settings) => DiscoveryGate::elect(settings, shutdown_rx.clone())
+            .context("starting the discovery election")?,
+        None => {
+            tracing::info!("embedded store: this node runs the discovery providers (no election)");
+            DiscoveryGate::standalone(identity, shutdown_rx.clone())
+        }
+    };
+    admin.set_discovery_leader(discovery.status.clone());
     let monitor = spawn_monitor(Arc::clone(&targets), upstream_tls, shutdown_rx.clone())
         .context("starting the health-check thread")?;
     // XDP: the maps are written only once the old elb (if any) has
@@ -255,16 +317,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             (None, Some(l4))
         }
     };
-    // One node (or, with etcd, every node until leader election decides
-    // which one) runs the discovery providers.
-    let (_discovery_gate, discovery_may_run) = tokio::sync::watch::channel(true);
-    let discovery = elb_userspace::discovery::runner::spawn(
+    // The providers run while the election's gate is open: always with the
+    // embedded store, on the elected node only with etcd (whose commits are
+    // fenced by its leader key).
+    let discovery_runner = elb_userspace::discovery::runner::spawn(
         elb_userspace::discovery::runner::Runner {
             config: Arc::clone(&config),
             board: admin.discovery_board(),
             write_gate: admin.write_gate(),
+            fence: discovery.fence.clone(),
         },
-        discovery_may_run,
+        discovery.may_run.clone(),
         shutdown_rx.clone(),
     );
     let snapshot = config.snapshot().clone();
@@ -296,6 +359,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             clients.ec2,
             addr.ip(),
             Some(board.clone()),
+            Arc::clone(&admin),
         ));
         let bound = api.listen(addr).await?;
         tracing::info!(addr = %bound, keys, "serving the AWS ELB API");
@@ -402,7 +466,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let _ = shutdown_tx.send(true);
     let stopped = async {
-        let _ = discovery.await;
+        // The runner stops its providers, and the leader resigns at once
+        // on shutdown; wait until both have.
+        let _ = discovery_runner.await;
+        let _ = discovery.task.await;
         let _ = supervisor.await;
         // Worker threads end once their connections have drained.
         let _ = tokio::task::spawn_blocking(move || {

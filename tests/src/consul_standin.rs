@@ -17,7 +17,7 @@
 //!
 //! Controls for tests: register and deregister instances, set a check's
 //! status or an instance's tags, fail every request with a status, count
-//! requests and the ones blocked now. Every change bumps the index and
+//! requests (in all and per client address) and the ones blocked now. Every change bumps the index and
 //! wakes the blocked queries.
 use std::{
     collections::BTreeMap,
@@ -151,6 +151,8 @@ struct Shared {
     changes: Arc<watch::Sender<u64>>,
     requests: Arc<AtomicU64>,
     blocked: Arc<AtomicU64>,
+    /// Requests per client address (the connection's peer).
+    by_peer: Arc<Mutex<BTreeMap<SocketAddr, u64>>>,
 }
 
 impl Shared {
@@ -193,14 +195,21 @@ impl ConsulStandin {
             changes: Arc::new(watch::Sender::new(10)),
             requests: Arc::default(),
             blocked: Arc::default(),
+            by_peer: Arc::default(),
         };
         let serving = shared.clone();
         runtime.spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
+            while let Ok((stream, peer)) = listener.accept().await {
                 let shared = serving.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
                         let shared = shared.clone();
+                        *shared
+                            .by_peer
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .entry(peer)
+                            .or_default() += 1;
                         async move { Ok::<_, Infallible>(respond(request, &shared).await) }
                     });
                     let _ = http1::Builder::new()
@@ -277,6 +286,16 @@ impl ConsulStandin {
     /// Requests received so far.
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests received so far per client address (`IP:port` of the
+    /// connection they came on).
+    pub fn requests_by_peer(&self) -> BTreeMap<SocketAddr, u64> {
+        self.shared
+            .by_peer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Blocking queries waiting right now.

@@ -141,9 +141,29 @@ impl Etcd {
 
     /// Kills the server; the data directory stays for [`Etcd::restart`].
     pub fn kill(&mut self) {
+        // A paused server would not die of SIGKILL before SIGCONT.
+        self.resume();
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing
+    /// answers, as with a hung or partitioned etcd.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a [`Etcd::pause`]d server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: a plain signal to our own child.
+            unsafe { libc::kill(child.id() as i32, signal) };
         }
     }
 

@@ -39,7 +39,7 @@ enum Task {
     /// A release tarball: the binary, the systemd unit, the default
     /// configuration and the README (target/dist/).
     Dist,
-    /// Run a benchmark comparison and print a Markdown table (l7, l7-instructions, tls, xdp, l4, health, scrape, discovery-consul, discovery-asg).
+    /// Run a benchmark comparison and print a Markdown table (l7, l7-instructions, tls, xdp, l4, health, scrape, discovery-consul, aws-api, discovery-asg).
     Bench {
         name: String,
         /// Alternating timed rounds per contender; figures are medians.

@@ -29,6 +29,7 @@ use serde_json::Value;
 use self::access::{AccessPolicy, Refusal};
 use crate::{
     config::{ConfigService, WriteError, keys::validate_key_segment},
+    discovery::leader::ElectionStatus,
     http_util::{Body, json, json_error},
     l4::{stats::L4StatsSource, sync::Applied},
     metrics::Metrics,
@@ -58,6 +59,8 @@ pub struct AdminApi {
     metrics: Option<Arc<Metrics>>,
     /// The discovery providers' state, written by the runner.
     discovery: crate::discovery::DiscoveryBoard,
+    /// Who runs the discovery providers, once the election started.
+    discovery_leader: OnceLock<ElectionStatus>,
 }
 
 /// How long a write waits for the L4 data plane to carry it.
@@ -142,6 +145,7 @@ impl AdminApi {
             write_gate: Arc::default(),
             metrics: None,
             discovery: crate::discovery::DiscoveryBoard::default(),
+            discovery_leader: OnceLock::new(),
         }
     }
 
@@ -172,7 +176,7 @@ impl AdminApi {
     /// After a committed write: waits until the L4 data plane carries the
     /// configuration generation that includes it. The L7 snapshot already
     /// does when `write` returns.
-    async fn await_dataplane(&self) -> Result<(), AdminError> {
+    pub(crate) async fn await_dataplane(&self) -> Result<(), AdminError> {
         let Some(applied) = self.l4_applied.get() else {
             return Ok(());
         };
@@ -208,6 +212,11 @@ impl AdminApi {
 
     /// Where `GET /__erulb__/listener` reads each listener's state; the
     /// first call wins.
+    /// `GET /__erulb__/discovery/leader` reports through it.
+    pub fn set_discovery_leader(&self, status: ElectionStatus) {
+        let _ = self.discovery_leader.set(status);
+    }
+
     pub fn set_listener_board(&self, board: crate::server::ListenerBoard) {
         let _ = self.listener_board.set(board);
     }
@@ -363,6 +372,18 @@ impl AdminApi {
                 &path,
                 "GET, PUT, DELETE",
             )),
+            // Exact paths: the leader report before the documents.
+            ("discovery/leader", &Method::GET) => match self.discovery_leader.get() {
+                Some(status) => Ok(json(
+                    StatusCode::OK,
+                    &serde_json::to_value(status.report().await).unwrap_or_default(),
+                )),
+                None => Err(AdminError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the discovery election has not started yet",
+                )),
+            },
+            ("discovery/leader", _) => Err(AdminError::method_not_allowed(&method, &path, "GET")),
             ("discovery", &Method::GET) => discovery::get(config, &self.discovery).await,
             ("discovery", &Method::PUT) => {
                 discovery::put(config, self.json_body(request).await?).await

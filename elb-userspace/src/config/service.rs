@@ -9,7 +9,7 @@ use tokio::sync::{Mutex, watch};
 use super::{ConfigManager, SnapshotHandle, manager::EntryError};
 use crate::{
     metrics::control::ControlPlane,
-    store::{Kv, KvOp, Store, StoreError, file::write_state_file},
+    store::{CommitGuard, Kv, KvOp, Store, StoreError, file::write_state_file},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -88,12 +88,25 @@ impl ConfigService {
         &self,
         plan: impl FnOnce(&ConfigManager) -> Result<(Vec<KvOp>, R), String>,
     ) -> Result<R, WriteError> {
+        self.write_guarded(None, plan).await
+    }
+
+    /// [`ConfigService::write`], committed only while `guard` holds (see
+    /// [`Store::commit_guarded`]); `None` commits unconditionally.
+    pub async fn write_guarded<R>(
+        &self,
+        guard: Option<&CommitGuard>,
+        plan: impl FnOnce(&ConfigManager) -> Result<(Vec<KvOp>, R), String>,
+    ) -> Result<R, WriteError> {
         let mut manager = self.manager.lock().await;
         let (ops, reply) = plan(&manager).map_err(WriteError::Invalid)?;
         if ops.is_empty() {
             return Ok(reply);
         }
-        let revision = self.store.commit(&ops).await?;
+        let revision = match guard {
+            Some(guard) => self.store.commit_guarded(&ops, guard).await?,
+            None => self.store.commit(&ops).await?,
+        };
         let skipped = manager.apply(&ops);
         // Validation compiles exactly what apply compiles, so this is a bug.
         for err in &skipped {

@@ -8,10 +8,13 @@
 //! - `board`: each provider's state, for `GET /__erulb__/discovery`.
 //! - `runner`: follows the discovery documents, runs the providers.
 //! - `consul`: the Consul provider (blocking queries on the health API).
+//! - `leader`: which node runs the providers (etcd election; the
+//!   embedded store's single node always does), as the runner's gate.
 //! - `aws_asg`: the AWS Auto Scaling group provider (polls every interval).
 pub mod aws_asg;
 pub mod board;
 pub mod consul;
+pub mod leader;
 pub mod plan;
 pub mod provider;
 pub mod runner;

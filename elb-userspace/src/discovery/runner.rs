@@ -13,8 +13,11 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::{DiscoveredServer, DiscoveryBoard, Provider, plan};
-use crate::config::{ConfigService, discovery::Discovery};
+use super::{DiscoveredServer, DiscoveryBoard, Provider, leader::Fence, plan};
+use crate::{
+    config::{ConfigService, WriteError, discovery::Discovery},
+    store::StoreError,
+};
 
 /// What the runner works with.
 pub struct Runner {
@@ -25,11 +28,17 @@ pub struct Runner {
     /// elb takes over (it holds the gate), results are not written here
     /// (the new elb's providers write them).
     pub write_gate: Arc<RwLock<()>>,
+    /// With etcd's election: each result is committed only while this node
+    /// leads, checked by etcd in the same transaction (a result in flight
+    /// when the gate closes does not land after another node took over).
+    /// `None`: unconditional (the embedded store).
+    pub fence: Option<Fence>,
 }
 
 /// Starts the runner. `may_run`: whether this node runs providers (always
 /// true with one node; leader election drives it with several): when it
-/// turns false every provider stops, when true they start again.
+/// turns false every provider stops (its task is aborted at once, and its
+/// commits are fenced by [`Runner::fence`]), when true they start again.
 /// Runs until `shutdown` turns true (or its sender is gone).
 pub fn spawn(
     runner: Runner,
@@ -67,7 +76,14 @@ async fn run(
             break;
         }
         let wanted = if *may_run.borrow_and_update() {
-            config.read(|manager| manager.discovery().clone()).await
+            let documents = config.read(|manager| manager.discovery().clone()).await;
+            // The read may wait for a commit in progress; the gate may have
+            // closed meanwhile: start nothing then.
+            if *may_run.borrow() {
+                documents
+            } else {
+                BTreeMap::new()
+            }
         } else {
             BTreeMap::new()
         };
@@ -165,14 +181,15 @@ async fn drive(runner: Arc<Runner>, document: Arc<Discovery>, mut provider: Box<
                 );
                 break;
             };
-            match apply(&runner.config, &document, &servers).await {
+            match apply(&runner, &document, &servers).await {
                 Ok(Some(count)) => {
                     if board.success(upstream, count, state) {
                         tracing::info!(upstream, provider = %document.source, "discovery provider recovered");
                     }
                     break;
                 }
-                // The document changed under us: the runner restarts us.
+                // The document changed under us (the runner restarts us),
+                // or this node no longer leads (the runner stops us).
                 Ok(None) => break,
                 Err(message) => {
                     report_error(&runner, &document, message, state.clone());
@@ -206,16 +223,28 @@ fn report_error(
 
 /// Writes `servers` as the upstream's server list in one commit; the
 /// upstream's server count, or None when `document` is no longer the one
-/// in effect (nothing written).
+/// in effect or this node no longer leads (nothing written).
 async fn apply(
-    config: &ConfigService,
+    runner: &Runner,
     document: &Arc<Discovery>,
     servers: &[DiscoveredServer],
 ) -> Result<Option<usize>, String> {
     let upstream = &document.upstream;
+    let guard = match &runner.fence {
+        Some(fence) => match fence.current() {
+            Some(guard) => Some(guard),
+            // The gate just closed: the runner is stopping this provider.
+            None => {
+                tracing::debug!(upstream, "not the discovery leader: result not written");
+                return Ok(None);
+            }
+        },
+        None => None,
+    };
     let entries = plan::server_entries(document, servers);
-    config
-        .write(|manager| {
+    let written = runner
+        .config
+        .write_guarded(guard.as_ref(), |manager| {
             let current = manager.discovery().get(upstream);
             if current.is_none_or(|current| **current != **document) {
                 return Ok((Vec::new(), None));
@@ -234,8 +263,15 @@ async fn apply(
             let ops = plan::replace_ops(manager.kv(), manager.layout(), upstream, &entries);
             Ok((ops, Some(entries.len())))
         })
-        .await
-        .map_err(|err| err.to_string())
+        .await;
+    match written {
+        Ok(count) => Ok(count),
+        Err(WriteError::Store(err @ StoreError::Fenced { .. })) => {
+            tracing::info!(upstream, error = %err, "discovery result not written");
+            Ok(None)
+        }
+        Err(err) => Err(err.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -278,6 +314,7 @@ mod tests {
                 config: Arc::clone(&config),
                 board: board.clone(),
                 write_gate: Arc::default(),
+                fence: None,
             },
             may_run,
             shutdown,

@@ -2,11 +2,12 @@
 use std::{sync::Arc, time::Duration};
 
 use etcd_client::{
-    Client, ConnectOptions, DeleteOptions, GetOptions, Txn, TxnOp, WatchOptions, WatchStream,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Txn, TxnOp,
+    WatchOptions, WatchStream,
 };
 
 use super::{
-    Kv, KvOp, StoreError,
+    CommitGuard, Kv, KvOp, StoreError,
     etcd_access::{self, EtcdAccessArgs, full_message, refusal},
 };
 
@@ -220,6 +221,34 @@ impl EtcdStore {
     }
 
     pub async fn commit(&self, ops: &[KvOp]) -> Result<i64, StoreError> {
+        self.commit_if(ops, None).await
+    }
+
+    /// [`EtcdStore::commit`] in a transaction that first compares `guard`'s
+    /// key's create revision: a deleted (or re-created) key fails it.
+    pub async fn commit_guarded(
+        &self,
+        ops: &[KvOp],
+        guard: &CommitGuard,
+    ) -> Result<i64, StoreError> {
+        self.commit_if(ops, Some(guard)).await
+    }
+
+    async fn commit_if(
+        &self,
+        ops: &[KvOp],
+        guard: Option<&CommitGuard>,
+    ) -> Result<i64, StoreError> {
+        let compare: Vec<Compare> = guard
+            .map(|guard| {
+                Compare::create_revision(
+                    guard.key.as_str(),
+                    CompareOp::Equal,
+                    guard.create_revision,
+                )
+            })
+            .into_iter()
+            .collect();
         let txn_ops: Vec<TxnOp> = ops
             .iter()
             .map(|op| match op {
@@ -232,7 +261,7 @@ impl EtcdStore {
             .collect();
         let response = self
             .call(|mut client| {
-                let txn = Txn::new().and_then(txn_ops.clone());
+                let txn = Txn::new().when(compare.clone()).and_then(txn_ops.clone());
                 async move { client.txn(txn).await }
             })
             .await
@@ -250,6 +279,15 @@ impl EtcdStore {
                 }
                 other => other,
             })?;
+        if let Some(guard) = guard
+            && !response.succeeded()
+        {
+            return Err(StoreError::Fenced {
+                endpoints: self.shared.endpoints.clone(),
+                key: guard.key.clone(),
+                create_revision: guard.create_revision,
+            });
+        }
         Ok(response.header().map_or(0, |h| h.revision()))
     }
 

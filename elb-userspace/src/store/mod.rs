@@ -39,6 +39,16 @@ impl KvOp {
     }
 }
 
+/// A condition a commit is made on: `key` still exists with the create
+/// revision it had. The discovery leader's commits name its election key,
+/// so a node that no longer leads (its key resigned, deleted or expired
+/// with its lease) writes nothing even if its request was already sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitGuard {
+    pub key: String,
+    pub create_revision: i64,
+}
+
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("etcd at {endpoints}: {message}")]
@@ -49,6 +59,16 @@ pub enum StoreError {
     EtcdAccess { endpoints: String, message: String },
     #[error("state file {path}: {message}")]
     File { path: String, message: String },
+    /// A guarded commit whose guard no longer holds: nothing was written.
+    #[error(
+        "etcd at {endpoints}: not written: {key} (created at revision {create_revision}) is gone, \
+         this node no longer leads"
+    )]
+    Fenced {
+        endpoints: String,
+        key: String,
+        create_revision: i64,
+    },
 }
 
 /// The configuration store in use.
@@ -63,6 +83,20 @@ impl Store {
     pub async fn commit(&self, ops: &[KvOp]) -> Result<i64, StoreError> {
         match self {
             Self::Etcd(store) => store.commit(ops).await,
+            Self::File(store) => store.commit(ops).await,
+        }
+    }
+
+    /// [`Store::commit`] on the condition that `guard` holds; etcd checks it
+    /// in the same transaction. The file store has no other writer (one
+    /// node, no election) and commits as usual.
+    pub async fn commit_guarded(
+        &self,
+        ops: &[KvOp],
+        guard: &CommitGuard,
+    ) -> Result<i64, StoreError> {
+        match self {
+            Self::Etcd(store) => store.commit_guarded(ops, guard).await,
             Self::File(store) => store.commit(ops).await,
         }
     }

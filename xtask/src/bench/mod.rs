@@ -1,6 +1,7 @@
 //! `cargo xtask bench <name>`: comparisons that run in one go and print
 //! ratios. The machines are noisy, so every figure is the median of several
 //! alternating rounds.
+mod aws_api;
 mod discovery_asg;
 mod discovery_consul;
 mod h2load;
@@ -32,10 +33,11 @@ pub fn run(root: &Path, name: &str, rounds: usize) -> Result<()> {
         "tls" => tls::run(root, rounds),
         "scrape" => scrape::run(root, rounds),
         "discovery-consul" => discovery_consul::run(root, rounds),
+        "aws-api" => aws_api::run(root, rounds),
         "discovery-asg" => discovery_asg::run(root, rounds),
         other => {
             bail!(
-                "unknown benchmark {other:?}; available: l7, l7-instructions, tls, xdp, l4, health, scrape, discovery-consul, discovery-asg"
+                "unknown benchmark {other:?}; available: l7, l7-instructions, tls, xdp, l4, health, scrape, discovery-consul, aws-api, discovery-asg"
             )
         }
     }

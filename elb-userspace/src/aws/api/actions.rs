@@ -656,9 +656,11 @@ async fn describe_instance_health(ctx: &Context<'_>, params: &Params) -> Result<
                 let port = lb.listeners.first().map(|l| l.instance_port);
                 let view = manager.targets().health_view();
                 let upstream = port.map(|port| object_name(&lb.name, port));
-                let servers = upstream
+                // By address: one look-up per instance (a balancer may have
+                // thousands).
+                let servers: std::collections::HashMap<String, TargetState> = upstream
                     .and_then(|upstream| view.into_iter().find(|u| u.upstream == upstream))
-                    .map(|u| u.servers)
+                    .map(|u| u.servers.into_iter().map(|s| (s.server, s.state)).collect())
                     .unwrap_or_default();
                 let selected: Vec<&LbInstance> = if ids.is_empty() {
                     lb.instances.iter().collect()
@@ -679,7 +681,7 @@ async fn describe_instance_health(ctx: &Context<'_>, params: &Params) -> Result<
                         let state = port.and_then(|port| {
                             let server =
                                 std::net::SocketAddr::new(instance.address, port).to_string();
-                            servers.iter().find(|s| s.server == server).map(|s| s.state)
+                            servers.get(&server).copied()
                         });
                         let enabled = lb.zones.contains(&instance.zone);
                         (instance.id.clone(), instance_state(state, enabled))

@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 
 use self::{credentials::Credentials, error::ApiError, query::Params, sigv4::SignedRequest};
 use crate::{
+    admin::AdminApi,
     config::ConfigService,
     http_util::{Body, full},
     server::ListenerBoard,
@@ -47,6 +48,9 @@ pub struct AwsApi {
     /// `--aws-api` address's (its unspecified address stays so).
     bind: IpAddr,
     board: Option<ListenerBoard>,
+    /// Its write gate (takeovers) and the L4 data plane's progress, shared
+    /// with the admin API's writes.
+    admin: Arc<AdminApi>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +68,7 @@ impl AwsApi {
         ec2: aws_sdk_ec2::Client,
         bind: IpAddr,
         board: Option<ListenerBoard>,
+        admin: Arc<AdminApi>,
     ) -> Self {
         Self {
             config,
@@ -71,6 +76,7 @@ impl AwsApi {
             ec2,
             bind,
             board,
+            admin,
         }
     }
 
@@ -218,9 +224,32 @@ impl AwsApi {
             bind: self.bind,
             region: &verified.region,
         };
-        let result = actions::dispatch(&ctx, &action, &params).await;
-        if result.is_ok() {
+        // Writes hold the admin API's write gate: during a takeover they
+        // are refused (the new elb has read the state already) rather than
+        // lost.
+        let writes = !action.starts_with("Describe");
+        let _writing = if writes {
+            match Arc::clone(&self.admin.write_gate()).try_read_owned() {
+                Ok(writing) => Some(writing),
+                Err(_) => {
+                    let error = ApiError::new(
+                        "ServiceUnavailable",
+                        503,
+                        "a new elb is taking over from this one: retry in a moment",
+                    );
+                    return (action, Err(error));
+                }
+            }
+        } else {
+            None
+        };
+        let mut result = actions::dispatch(&ctx, &action, &params).await;
+        if writes && result.is_ok() {
             self.await_listeners().await;
+            // A new TCP listener is an L4 service: answer once it forwards.
+            if let Err(error) = self.admin.await_dataplane().await {
+                result = Err(ApiError::internal(error.message()));
+            }
         }
         (action, result)
     }
