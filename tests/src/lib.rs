@@ -5,6 +5,7 @@ pub mod backend;
 pub mod chromium;
 pub mod consul_standin;
 pub mod desync;
+pub mod discovery;
 pub mod elb_process;
 pub mod etcd;
 pub mod grpc;

@@ -2,26 +2,18 @@
 //! Consul's documented `/v1/health/service` API with blocking queries; no
 //! Consul server is packaged here): a real elb (embedded store), real
 //! backends on 127.0.0.x, real HTTP end to end.
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use elb_tests::{
     backend::Backend,
     consul_standin::{ConsulStandin, Instance},
+    discovery::{answered_by, backend_addrs, loopback_backend},
     http,
     l7::{Cleanup, L7Builder, L7Elb, backend_doc, served_by, start_with},
 };
 use serde_json::{Value, json};
 
 const HOST: &str = "web.test";
-
-/// A backend on its own loopback address (`127.0.0.<last>`).
-fn backend(name: &str, last: u8) -> Backend {
-    let addr: SocketAddr = format!("127.0.0.{last}:0").parse().expect("addr");
-    Backend::start_on(name, addr).expect("backend")
-}
 
 fn instance(id: &str, backend: &Backend) -> Instance {
     Instance::new(id, "web", backend.addr())
@@ -69,15 +61,9 @@ fn servers(elb: &L7Elb) -> Vec<(String, u64)> {
     servers
 }
 
-fn addrs(backends: &[&Backend]) -> Vec<String> {
-    let mut addrs: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
-    addrs.sort();
-    addrs
-}
-
 /// Polls until upstream "web" holds exactly `backends`.
 fn wait_servers(elb: &L7Elb, backends: &[&Backend], within: Duration) {
-    let wanted = addrs(backends);
+    let wanted = backend_addrs(backends);
     let started = Instant::now();
     loop {
         let now: Vec<String> = servers(elb).into_iter().map(|(a, _)| a).collect();
@@ -122,20 +108,14 @@ fn error(response: &http::HttpResponse) -> String {
         .to_owned()
 }
 
-/// Who answers the next `n` requests.
-fn answered_by(elb: &L7Elb, n: usize) -> Vec<String> {
-    let mut names: Vec<String> = (0..n)
-        .map(|_| served_by(&elb.get(HOST, "/", None)))
-        .collect();
-    names.sort();
-    names.dedup();
-    names
-}
-
 #[test]
 fn consul_standin_upstream_follows_registrations_end_to_end() {
     let standin = ConsulStandin::start().expect("stand-in");
-    let (b1, b2, b3) = (backend("b1", 21), backend("b2", 22), backend("b3", 23));
+    let (b1, b2, b3) = (
+        loopback_backend("b1", 21),
+        loopback_backend("b2", 22),
+        loopback_backend("b3", 23),
+    );
     standin.register(instance("b1", &b1).weight(5));
     standin.register(instance("b2", &b2).node_address_only());
     let s = start_with(&[]);
@@ -146,14 +126,14 @@ fn consul_standin_upstream_follows_registrations_end_to_end() {
     assert_eq!(weights, [5, 1]);
     let upstream = s.elb.admin_ok("GET", "upstream", None);
     assert_eq!(upstream["web"][0]["max_fails"], 2, "{upstream}");
-    assert_eq!(answered_by(&s.elb, 12), ["b1", "b2"]);
+    assert_eq!(answered_by(&s.elb, HOST, 12), ["b1", "b2"]);
     // Scale out, then in: each result replaces the list.
     standin.register(instance("b3", &b3));
     wait_servers(&s.elb, &[&b1, &b2, &b3], Duration::from_secs(2));
     standin.deregister("b1");
     standin.deregister("b2");
     wait_servers(&s.elb, &[&b3], Duration::from_secs(2));
-    assert_eq!(answered_by(&s.elb, 5), ["b3"]);
+    assert_eq!(answered_by(&s.elb, HOST, 5), ["b3"]);
     let report = state(&s.elb);
     assert_eq!(report["provider"], "consul (service \"web\")", "{report}");
     assert_eq!(report["servers"], 1, "{report}");
@@ -165,7 +145,11 @@ fn consul_standin_upstream_follows_registrations_end_to_end() {
 #[test]
 fn consul_standin_tags_and_passing_only_filter() {
     let standin = ConsulStandin::start().expect("stand-in");
-    let (b1, b2, b3) = (backend("b1", 31), backend("b2", 32), backend("b3", 33));
+    let (b1, b2, b3) = (
+        loopback_backend("b1", 31),
+        loopback_backend("b2", 32),
+        loopback_backend("b3", 33),
+    );
     standin.register(instance("b1", &b1).tags(&["prod", "v2"]));
     standin.register(instance("b2", &b2).tags(&["dev"]));
     standin.register(instance("b3", &b3).tags(&["prod"]).status("warning"));
@@ -176,7 +160,7 @@ fn consul_standin_tags_and_passing_only_filter() {
         json!({"tags": ["prod"], "only_passing": true, "datacenter": "dc1"}),
     );
     wait_servers(&s.elb, &[&b1], Duration::from_secs(5));
-    assert_eq!(answered_by(&s.elb, 5), ["b1"]);
+    assert_eq!(answered_by(&s.elb, HOST, 5), ["b1"]);
     // b3 passes its check: it joins; b1 goes critical: it leaves.
     standin.set_status("b3", "passing");
     wait_servers(&s.elb, &[&b1, &b3], Duration::from_secs(2));
@@ -196,12 +180,12 @@ fn consul_standin_tags_and_passing_only_filter() {
 #[test]
 fn consul_standin_blocking_query_woken_by_a_change_reaches_traffic_within_a_second() {
     let standin = ConsulStandin::start().expect("stand-in");
-    let (b1, b2) = (backend("b1", 41), backend("b2", 42));
+    let (b1, b2) = (loopback_backend("b1", 41), loopback_backend("b2", 42));
     standin.register(instance("b1", &b1));
     let s = start_with(&[]);
     follow(&s.elb, &standin, json!({}));
     wait_servers(&s.elb, &[&b1], Duration::from_secs(5));
-    assert_eq!(answered_by(&s.elb, 3), ["b1"]);
+    assert_eq!(answered_by(&s.elb, HOST, 3), ["b1"]);
     // elb is now parked in a blocking query, not polling.
     let started = Instant::now();
     while standin.blocked() == 0 {
@@ -241,7 +225,7 @@ fn consul_standin_blocking_query_woken_by_a_change_reaches_traffic_within_a_seco
 #[test]
 fn consul_standin_errors_keep_the_last_list_and_are_reported() {
     let mut standin = ConsulStandin::start().expect("stand-in");
-    let b1 = backend("b1", 51);
+    let b1 = loopback_backend("b1", 51);
     standin.register(instance("b1", &b1));
     let s = start_with(&[]);
     follow(&s.elb, &standin, json!({}));
@@ -254,7 +238,7 @@ fn consul_standin_errors_keep_the_last_list_and_are_reported() {
                 .is_some_and(|m| m.contains("500") && m.contains("/v1/health/service/web"))
     });
     assert_eq!(servers(&s.elb).len(), 1, "the last list stays");
-    assert_eq!(answered_by(&s.elb, 3), ["b1"]);
+    assert_eq!(answered_by(&s.elb, HOST, 3), ["b1"]);
     // Back-off, not a retry storm: a few requests in a second at most.
     let requests = standin.requests();
     std::thread::sleep(Duration::from_secs(1));
@@ -275,7 +259,7 @@ fn consul_standin_errors_keep_the_last_list_and_are_reported() {
         "a connect error",
         |report| report["failing"] == true,
     );
-    assert_eq!(answered_by(&s.elb, 3), ["b1"]);
+    assert_eq!(answered_by(&s.elb, HOST, 3), ["b1"]);
     // A healthy API with no instances: applied, the upstream is empty.
     let standin = ConsulStandin::start().expect("stand-in");
     s.elb.admin_ok(
@@ -296,7 +280,7 @@ fn consul_standin_errors_keep_the_last_list_and_are_reported() {
 fn consul_standin_token_file_is_sent_and_a_wrong_one_reported() {
     let standin = ConsulStandin::start().expect("stand-in");
     standin.set_token(Some("s3cret"));
-    let b1 = backend("b1", 61);
+    let b1 = loopback_backend("b1", 61);
     standin.register(instance("b1", &b1));
     let dir = tempfile::tempdir().expect("tempdir");
     let token_file = dir.path().join("consul.token");
@@ -334,7 +318,7 @@ fn consul_standin_token_file_is_sent_and_a_wrong_one_reported() {
 #[test]
 fn consul_standin_owned_upstream_refuses_admin_writes_with_409() {
     let standin = ConsulStandin::start().expect("stand-in");
-    let b1 = backend("b1", 71);
+    let b1 = loopback_backend("b1", 71);
     standin.register(instance("b1", &b1));
     let s = start_with(&[]);
     follow(&s.elb, &standin, json!({}));
@@ -369,7 +353,7 @@ fn consul_standin_owned_upstream_refuses_admin_writes_with_409() {
 #[test]
 fn consul_standin_removed_server_drains_and_new_one_starts_initial() {
     let standin = ConsulStandin::start().expect("stand-in");
-    let (b1, b2) = (backend("b1", 81), backend("b2", 82));
+    let (b1, b2) = (loopback_backend("b1", 81), loopback_backend("b2", 82));
     standin.register(instance("b1", &b1));
     let s = start_with(&[]);
     s.elb.admin_ok(
@@ -411,14 +395,14 @@ fn consul_standin_removed_server_drains_and_new_one_starts_initial() {
         "b2 is {b2_state}"
     );
     let hits = b1.hits();
-    assert_eq!(answered_by(&s.elb, 5), ["b2"]);
+    assert_eq!(answered_by(&s.elb, HOST, 5), ["b2"]);
     assert_eq!(b1.hits(), hits, "nothing new reaches the draining server");
 }
 
 #[test]
 fn consul_standin_provider_resumes_after_a_restart_with_the_embedded_store() {
     let standin = ConsulStandin::start().expect("stand-in");
-    let (b1, b2) = (backend("b1", 91), backend("b2", 92));
+    let (b1, b2) = (loopback_backend("b1", 91), loopback_backend("b2", 92));
     standin.register(instance("b1", &b1));
     let mut elb = L7Builder::new().start().expect("elb");
     let _cleanup = Cleanup(elb.state_dir.clone());
@@ -430,7 +414,7 @@ fn consul_standin_provider_resumes_after_a_restart_with_the_embedded_store() {
     standin.replace_all(vec![instance("b2", &b2)]);
     let elb = L7Builder::same_as(&elb).start().expect("restart");
     wait_servers(&elb, &[&b2], Duration::from_secs(5));
-    assert_eq!(answered_by(&elb, 3), ["b2"]);
+    assert_eq!(answered_by(&elb, HOST, 3), ["b2"]);
     assert_eq!(
         elb.admin_ok("GET", "discovery", None)["web"]["service"],
         "web"
@@ -487,7 +471,7 @@ fn consul_standin_bad_documents_are_400s_naming_the_field() {
 fn consul_standin_with_etcd_results_are_written_to_etcd_and_bad_stored_documents_are_errors() {
     let etcd = elb_tests::etcd::Etcd::start().expect("etcd");
     let standin = ConsulStandin::start().expect("stand-in");
-    let (b1, b2) = (backend("b1", 101), backend("b2", 102));
+    let (b1, b2) = (loopback_backend("b1", 101), loopback_backend("b2", 102));
     standin.register(instance("b1", &b1));
     let elb = L7Builder::new()
         .etcd(&etcd.endpoint())
@@ -507,7 +491,7 @@ fn consul_standin_with_etcd_results_are_written_to_etcd_and_bad_stored_documents
     )
     .expect("put");
     wait_servers(&elb, &[&b1], Duration::from_secs(5));
-    assert_eq!(answered_by(&elb, 3), ["b1"]);
+    assert_eq!(answered_by(&elb, HOST, 3), ["b1"]);
     // The servers are in etcd, for every node to build the same list.
     let stored = etcd
         .get_prefix(&format!("{prefix}/upstreams/web/"))

@@ -9,8 +9,8 @@
 use std::time::{Duration, Instant};
 
 use elb_tests::{
+    discovery::{discovery_role, leader_report, start_etcd_node},
     etcd::Etcd,
-    http,
     l7::{Cleanup, L7Builder, L7Elb},
     netns::unique_name,
 };
@@ -243,29 +243,6 @@ async fn an_abandoned_leader_lease_runs_out_and_the_other_takes_over() {
 
 // Real elb processes.
 
-/// The node's `GET /__erulb__/discovery/leader`.
-fn leader_report(elb: &L7Elb) -> Option<Value> {
-    let response = http::admin(elb.addr, "GET", "discovery/leader", None).ok()?;
-    (response.status == 200)
-        .then(|| response.json().ok())
-        .flatten()
-}
-
-fn role(elb: &L7Elb) -> Option<String> {
-    leader_report(elb).and_then(|r| r["role"].as_str().map(str::to_owned))
-}
-
-fn start_node(etcd: &Etcd, name: &str, ttl: &str) -> (L7Elb, Cleanup) {
-    let elb = L7Builder::new()
-        .etcd(&etcd.endpoint())
-        .arg("--discovery-lease-ttl")
-        .arg(ttl)
-        .start_named(name)
-        .expect("start elb");
-    let cleanup = Cleanup(elb.state_dir.clone());
-    (elb, cleanup)
-}
-
 /// Waits until exactly one of `nodes` reports `leader` and every node
 /// names it; returns its index.
 fn one_leading_elb(nodes: &[&L7Elb], limit: Duration) -> usize {
@@ -306,8 +283,8 @@ fn a_killed_leader_elb_is_replaced_within_the_lease_ttl() {
     let etcd = Etcd::start().expect("etcd");
     let name = unique_name("LK");
     let ttl = Duration::from_secs(3);
-    let (a, _ca) = start_node(&etcd, &name, "3s");
-    let (b, _cb) = start_node(&etcd, &name, "3s");
+    let (a, _ca) = start_etcd_node(&etcd, &name, "3s");
+    let (b, _cb) = start_etcd_node(&etcd, &name, "3s");
     let first = one_leading_elb(&[&a, &b], Duration::from_secs(10));
     let (leader, follower) = if first == 0 { (&a, &b) } else { (&b, &a) };
     let report = leader_report(leader).expect("report");
@@ -323,10 +300,10 @@ fn a_killed_leader_elb_is_replaced_within_the_lease_ttl() {
     assert!(config.is_empty(), "{config:?}");
     // The follower stays one while the leader lives.
     std::thread::sleep(ttl);
-    assert_eq!(role(follower).as_deref(), Some("follower"));
+    assert_eq!(discovery_role(follower).as_deref(), Some("follower"));
     signal(leader, libc::SIGKILL);
     let killed = Instant::now();
-    while role(follower).as_deref() != Some("leader") {
+    while discovery_role(follower).as_deref() != Some("leader") {
         assert!(
             killed.elapsed() < ttl * 3,
             "no takeover within {:?}:\n{}",
@@ -373,7 +350,7 @@ fn a_stopped_leader_elb_resigns_and_the_other_takes_over_at_once() {
     );
     signal(leader, libc::SIGTERM);
     let stopped = Instant::now();
-    while role(follower).as_deref() != Some("leader") {
+    while discovery_role(follower).as_deref() != Some("leader") {
         assert!(
             stopped.elapsed() < Duration::from_secs(3),
             "no takeover within 3 s of SIGTERM:\n{}",

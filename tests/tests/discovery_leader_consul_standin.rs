@@ -17,9 +17,12 @@ use std::{
 use elb_tests::{
     backend::Backend,
     consul_standin::{ConsulStandin, Instance},
+    discovery::{
+        answered_by, backend_addrs, discovery_role, loopback_backend, start_etcd_node,
+        upstream_addrs,
+    },
     etcd::Etcd,
-    http,
-    l7::{Cleanup, L7Builder, L7Elb, backend_doc, served_by},
+    l7::{L7Elb, backend_doc},
     netns::unique_name,
 };
 use elb_userspace::{
@@ -31,37 +34,15 @@ use tokio::sync::watch;
 
 const HOST: &str = "web.test";
 
-fn backend(name: &str, last: u8) -> Backend {
-    let addr: SocketAddr = format!("127.0.0.{last}:0").parse().expect("addr");
-    Backend::start_on(name, addr).expect("backend")
-}
-
 fn instance(id: &str, backend: &Backend) -> Instance {
     Instance::new(id, "web", backend.addr())
-}
-
-fn start_node(etcd: &Etcd, name: &str, ttl: &str) -> (L7Elb, Cleanup) {
-    let elb = L7Builder::new()
-        .etcd(&etcd.endpoint())
-        .arg("--discovery-lease-ttl")
-        .arg(ttl)
-        .start_named(name)
-        .expect("start elb");
-    let cleanup = Cleanup(elb.state_dir.clone());
-    (elb, cleanup)
-}
-
-fn role(elb: &L7Elb) -> Option<String> {
-    let response = http::admin(elb.addr, "GET", "discovery/leader", None).ok()?;
-    let report = (response.status == 200).then(|| response.json().ok())??;
-    report["role"].as_str().map(str::to_owned)
 }
 
 /// Waits until exactly one node says it leads; returns its index.
 fn one_leader(nodes: &[&L7Elb], limit: Duration) -> usize {
     let started = Instant::now();
     loop {
-        let roles: Vec<Option<String>> = nodes.iter().map(|n| role(n)).collect();
+        let roles: Vec<Option<String>> = nodes.iter().map(|n| discovery_role(n)).collect();
         let leaders: Vec<usize> = (0..nodes.len())
             .filter(|&i| roles[i].as_deref() == Some("leader"))
             .collect();
@@ -86,37 +67,6 @@ fn follow(elb: &L7Elb, standin: &ConsulStandin) {
     let doc = json!({"provider": "consul", "address": standin.addr().to_string(),
         "service": "web", "params": "max_fails=2"});
     elb.admin_ok("PUT", "discovery", Some(json!({ "web": doc })));
-}
-
-/// The addresses in upstream "web" on `elb`, sorted.
-fn servers(elb: &L7Elb) -> Vec<String> {
-    let upstreams = elb.admin_ok("GET", "upstream", None);
-    let mut addrs: Vec<String> = upstreams["web"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .filter_map(|s| s["addr"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-    addrs.sort();
-    addrs
-}
-
-fn addrs(backends: &[&Backend]) -> Vec<String> {
-    let mut addrs: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
-    addrs.sort();
-    addrs
-}
-
-/// Who answers the next `n` requests through `elb`.
-fn answered_by(elb: &L7Elb, n: usize) -> Vec<String> {
-    let mut names: Vec<String> = (0..n)
-        .map(|_| served_by(&elb.get(HOST, "/", None)))
-        .collect();
-    names.sort();
-    names.dedup();
-    names
 }
 
 /// The provider's report on `elb` (`null` where no provider runs).
@@ -194,11 +144,14 @@ fn wait_servers(
     backends: &[&Backend],
     within: Duration,
 ) {
-    let wanted = addrs(backends);
+    let wanted = backend_addrs(backends);
     let started = Instant::now();
     loop {
         clients.sample(nodes);
-        let now: Vec<(&str, Vec<String>)> = nodes.iter().map(|(n, e)| (*n, servers(e))).collect();
+        let now: Vec<(&str, Vec<String>)> = nodes
+            .iter()
+            .map(|(n, e)| (*n, upstream_addrs(e, "web")))
+            .collect();
         if now.iter().all(|(_, list)| *list == wanted) {
             return;
         }
@@ -247,13 +200,17 @@ fn wait_queries(
 fn consul_standin_only_the_leader_queries_and_a_killed_leader_is_replaced_within_the_ttl() {
     let etcd = Etcd::start().expect("etcd");
     let standin = ConsulStandin::start().expect("stand-in");
-    let (b1, b2, b3) = (backend("b1", 71), backend("b2", 72), backend("b3", 73));
+    let (b1, b2, b3) = (
+        loopback_backend("b1", 71),
+        loopback_backend("b2", 72),
+        loopback_backend("b3", 73),
+    );
     standin.register(instance("b1", &b1));
     standin.register(instance("b2", &b2));
     let name = unique_name("DL");
     let ttl = Duration::from_secs(3);
-    let (a, _ca) = start_node(&etcd, &name, "3s");
-    let (b, _cb) = start_node(&etcd, &name, "3s");
+    let (a, _ca) = start_etcd_node(&etcd, &name, "3s");
+    let (b, _cb) = start_etcd_node(&etcd, &name, "3s");
     let first = one_leader(&[&a, &b], Duration::from_secs(10));
     let (leader, follower) = if first == 0 { (&a, &b) } else { (&b, &a) };
     let nodes = [("leader", leader), ("follower", follower)];
@@ -275,8 +232,8 @@ fn consul_standin_only_the_leader_queries_and_a_killed_leader_is_replaced_within
     assert_eq!(provider_state(leader)["servers"], 2);
     assert!(provider_state(follower).is_null());
     // Both nodes route to the real backends.
-    assert_eq!(answered_by(leader, 12), ["b1", "b2"]);
-    assert_eq!(answered_by(follower, 12), ["b1", "b2"]);
+    assert_eq!(answered_by(leader, HOST, 12), ["b1", "b2"]);
+    assert_eq!(answered_by(follower, HOST, 12), ["b1", "b2"]);
 
     // kill -9: the follower takes over within the lease TTL, and queries.
     signal(leader, libc::SIGKILL);
@@ -287,38 +244,38 @@ fn consul_standin_only_the_leader_queries_and_a_killed_leader_is_replaced_within
         took <= ttl + Duration::from_millis(1500),
         "the new leader queried after {took:?}, more than the TTL and a margin"
     );
-    assert_eq!(role(follower).as_deref(), Some("leader"));
+    assert_eq!(discovery_role(follower).as_deref(), Some("leader"));
     assert!(killed.elapsed() < ttl * 3);
 
     // A node started now follows; a change in the stand-in reaches both.
-    let (c, _cc) = start_node(&etcd, &name, "3s");
+    let (c, _cc) = start_etcd_node(&etcd, &name, "3s");
     let nodes = [("follower", follower), ("late", &c)];
     wait_servers(&nodes, &mut clients, &[&b1, &b2], Duration::from_secs(10));
     standin.register(instance("b3", &b3));
     standin.deregister("b1");
     wait_servers(&nodes, &mut clients, &[&b2, &b3], Duration::from_secs(3));
     observe(&nodes, &mut clients, Duration::from_secs(1));
-    assert_eq!(role(&c).as_deref(), Some("follower"));
+    assert_eq!(discovery_role(&c).as_deref(), Some("follower"));
     let counts = clients.requests(&standin);
     assert_eq!(
         counts.get("late"),
         None,
         "the late node follows and does not query: {counts:?}"
     );
-    assert_eq!(answered_by(follower, 12), ["b2", "b3"]);
-    assert_eq!(answered_by(&c, 12), ["b2", "b3"]);
+    assert_eq!(answered_by(follower, HOST, 12), ["b2", "b3"]);
+    assert_eq!(answered_by(&c, HOST, 12), ["b2", "b3"]);
 }
 
 #[test]
 fn consul_standin_a_stopped_leader_hands_the_queries_over_at_once() {
     let etcd = Etcd::start().expect("etcd");
     let standin = ConsulStandin::start().expect("stand-in");
-    let (b1, b2) = (backend("b1", 74), backend("b2", 75));
+    let (b1, b2) = (loopback_backend("b1", 74), loopback_backend("b2", 75));
     standin.register(instance("b1", &b1));
     let name = unique_name("DS");
     // The default TTL (10 s): only a resignation hands over quickly.
-    let (a, _ca) = start_node(&etcd, &name, "10s");
-    let (b, _cb) = start_node(&etcd, &name, "10s");
+    let (a, _ca) = start_etcd_node(&etcd, &name, "10s");
+    let (b, _cb) = start_etcd_node(&etcd, &name, "10s");
     let first = one_leader(&[&a, &b], Duration::from_secs(10));
     let (leader, follower) = if first == 0 { (&a, &b) } else { (&b, &a) };
     let nodes = [("leader", leader), ("follower", follower)];
@@ -345,7 +302,7 @@ fn consul_standin_a_stopped_leader_hands_the_queries_over_at_once() {
         &[&b1, &b2],
         Duration::from_secs(3),
     );
-    assert_eq!(answered_by(follower, 12), ["b1", "b2"]);
+    assert_eq!(answered_by(follower, HOST, 12), ["b1", "b2"]);
 }
 
 /// One election candidate in this process.

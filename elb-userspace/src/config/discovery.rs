@@ -15,7 +15,10 @@ use std::{fmt, path::PathBuf, time::Duration};
 
 use serde_json::{Map, Value, json};
 
-use super::{keys::validate_key_segment, policy::format_duration};
+use super::{
+    keys::validate_key_segment,
+    policy::{format_duration, parse_bounded_duration},
+};
 use crate::upstream::{ServerParams, parse_params};
 
 const AWS_ASG_FIELDS: [&str; 7] = [
@@ -438,23 +441,7 @@ impl Fields<'_> {
         max: Duration,
     ) -> Result<Duration, DiscoveryError> {
         let text = self.string(value, field)?;
-        let duration = humantime::parse_duration(text).map_err(|e| {
-            self.bad(
-                field,
-                format!("{text:?} is not a duration ({e}; examples: \"10s\", \"500ms\", \"1m\")"),
-            )
-        })?;
-        if duration < min || duration > max {
-            return Err(self.bad(
-                field,
-                format!(
-                    "{text} is out of range ({} to {})",
-                    format_duration(min),
-                    format_duration(max)
-                ),
-            ));
-        }
-        Ok(duration)
+        parse_bounded_duration(text, min, max).map_err(|reason| self.bad(field, reason))
     }
 }
 

@@ -285,6 +285,26 @@ impl Policy {
     }
 }
 
+/// Pure: a document's duration field (`"30s"`, `"500ms"`, `"5m"`) within
+/// `min..=max`, or why not (the caller names the field).
+pub fn parse_bounded_duration(
+    text: &str,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| {
+        format!("{text:?} is not a duration ({e}; examples: \"30s\", \"500ms\", \"5m\")")
+    })?;
+    if duration < min || duration > max {
+        return Err(format!(
+            "{text} is out of range ({} to {})",
+            format_duration(min),
+            format_duration(max)
+        ));
+    }
+    Ok(duration)
+}
+
 /// `30s`, `1500ms`: whole seconds when they are, else milliseconds.
 pub fn format_duration(duration: Duration) -> String {
     let ms = duration.as_millis();
@@ -396,23 +416,7 @@ impl Fields<'_> {
         max: Duration,
     ) -> Result<Duration, PolicyError> {
         let text = self.string(value, field)?;
-        let duration = humantime::parse_duration(text).map_err(|e| {
-            self.bad(
-                field,
-                format!("{text:?} is not a duration ({e}; examples: \"30s\", \"500ms\", \"5m\")"),
-            )
-        })?;
-        if duration < min || duration > max {
-            return Err(self.bad(
-                field,
-                format!(
-                    "{text} is out of range ({} to {})",
-                    format_duration(min),
-                    format_duration(max)
-                ),
-            ));
-        }
-        Ok(duration)
+        parse_bounded_duration(text, min, max).map_err(|reason| self.bad(field, reason))
     }
 
     fn threshold(&self, value: &Value, field: &'static str) -> Result<u32, PolicyError> {
