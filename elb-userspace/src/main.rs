@@ -258,7 +258,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Arc::clone(&upstream_limits),
     ));
     if let Some(addr) = args.metrics {
-        let bound = metrics::http::listen(addr, Arc::clone(&metrics), access.clone()).await?;
+        let bound =
+            metrics::http::listen(addr, &sockets, Arc::clone(&metrics), access.clone()).await?;
         tracing::info!(addr = %bound, "serving Prometheus metrics on /metrics");
     }
     let admin = Arc::new(
@@ -361,7 +362,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             Some(board.clone()),
             Arc::clone(&admin),
         ));
-        let bound = api.listen(addr).await?;
+        let bound = api.listen(addr, &sockets).await?;
         tracing::info!(addr = %bound, keys, "serving the AWS ELB API");
     }
     let generation = *config.subscribe().borrow();

@@ -40,7 +40,12 @@ fn start() -> (L7Elb, Cleanup, [Backend; 2]) {
 /// Starts `elb run --takeover` with the same name, port and state, waits
 /// until it serves and the old one has exited; returns the new one.
 fn take_over(old: &mut L7Elb) -> L7Elb {
-    let mut new = L7Builder::same_as(old)
+    take_over_with(old, L7Builder::same_as(old))
+}
+
+/// [`take_over`] with a builder that carries the old elb's own flags.
+fn take_over_with(old: &mut L7Elb, builder: L7Builder) -> L7Elb {
+    let mut new = builder
         .arg("--takeover")
         .start()
         .expect("start the new elb");
@@ -354,5 +359,75 @@ fn a_configured_listener_is_handed_over() {
             "{log}"
         );
         assert!(!log.contains("is not in this configuration"), "{log}");
+    }
+}
+
+/// The `--metrics` and `--aws-api` listeners are not configuration, but a
+/// takeover hands them over too: the new elb could not bind the addresses
+/// the old one still holds, and the takeover would fail.
+#[test]
+fn the_metrics_and_aws_api_listeners_are_handed_over() {
+    let metrics: SocketAddr = format!("127.0.0.1:{}", elb_tests::ports::free_port())
+        .parse()
+        .expect("addr");
+    let aws_api: SocketAddr = format!("127.0.0.1:{}", elb_tests::ports::free_port())
+        .parse()
+        .expect("addr");
+    let credentials = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(
+        credentials.path(),
+        "[test]\naws_access_key_id = AKIDTEST\naws_secret_access_key = secret\n",
+    )
+    .expect("write credentials");
+    let credentials_path = credentials.path().to_string_lossy().into_owned();
+    let with_flags = |builder: L7Builder| {
+        builder
+            .arg("--metrics")
+            .arg(&metrics.to_string())
+            .arg("--aws-api")
+            .arg(&aws_api.to_string())
+            .arg("--aws-api-credentials")
+            .arg(&credentials_path)
+            // The SDK's region and credentials from nowhere but here: no
+            // instance-metadata request leaves the machine.
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    };
+    let mut elb = with_flags(L7Builder::new()).start().expect("start elb");
+    let _cleanup = Cleanup(elb.state_dir.clone());
+    let answers = |elb: &L7Elb| {
+        let scrape = http::get(metrics, "/metrics", &[]).expect("GET /metrics");
+        assert_eq!(scrape.status, 200, "{}", scrape.text());
+        // Unsigned: AWS's 403, from the API listener itself (it opens a
+        // little after the HTTP listener: the SDK is set up first).
+        let started = Instant::now();
+        let api = loop {
+            match http::get(aws_api, "/?Action=DescribeLoadBalancers", &[]) {
+                Ok(api) => break api,
+                Err(_) if started.elapsed() < Duration::from_secs(10) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("GET API: {e:#}\n{}", elb.process.log()),
+            }
+        };
+        assert_eq!(api.status, 403, "{}", api.text());
+        assert!(
+            api.text().contains("MissingAuthenticationToken"),
+            "{}\n{}",
+            api.text(),
+            elb.process.log()
+        );
+    };
+    answers(&elb);
+    for _ in 0..2 {
+        let builder = with_flags(L7Builder::same_as(&elb));
+        elb = take_over_with(&mut elb, builder);
+        answers(&elb);
+        let log = elb.process.plain_log();
+        for name in ["--metrics", "--aws-api"] {
+            assert!(log.contains(&format!("name=\"{name}\"")), "{log}");
+        }
     }
 }

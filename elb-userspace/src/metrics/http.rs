@@ -12,6 +12,7 @@ use super::{Format, Metrics};
 use crate::{
     admin::access::{AccessPolicy, Refusal},
     http_util::{Body, full, text},
+    takeover::HandoverSockets,
 };
 
 /// The path on the `--metrics` listener.
@@ -52,18 +53,24 @@ pub struct BindError {
     source: std::io::Error,
 }
 
-/// Binds `addr` now (so a bad address fails the start), then serves in
-/// the background.
+/// Binds `addr` now (so a bad address fails the start), or takes the
+/// socket a takeover handed over for it, then serves in the background
+/// (the socket kept for the next takeover while it serves).
 pub async fn listen(
     addr: SocketAddr,
+    sockets: &HandoverSockets,
     metrics: Arc<Metrics>,
     access: AccessPolicy,
 ) -> Result<SocketAddr, BindError> {
-    let listener = TcpListener::bind(addr)
+    let (listener, registration) = sockets
+        .tcp_listener(addr, "--metrics")
         .await
         .map_err(|source| BindError { addr, source })?;
     let local = listener.local_addr().unwrap_or(addr);
-    tokio::spawn(serve(listener, metrics, Arc::new(access)));
+    tokio::spawn(async move {
+        let _handover = registration;
+        serve(listener, metrics, Arc::new(access)).await;
+    });
     Ok(local)
 }
 

@@ -126,6 +126,34 @@ pub struct HandoverSockets {
 }
 
 impl HandoverSockets {
+    /// A TCP listener for `addr` that is not part of the configuration
+    /// (`--metrics`, `--aws-api`): the socket a takeover handed over for
+    /// it, or a new one; registered for the next takeover under `name`.
+    /// Without this, a takeover's new elb could not bind the address the
+    /// old one still holds.
+    pub async fn tcp_listener(
+        &self,
+        addr: SocketAddr,
+        name: &str,
+    ) -> io::Result<(tokio::net::TcpListener, Option<Registration>)> {
+        let listener = match self.take(addr, false).into_iter().next() {
+            Some(fd) => {
+                let inherited = std::net::TcpListener::from(fd);
+                inherited.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(inherited)?
+            }
+            None => tokio::net::TcpListener::bind(addr).await?,
+        };
+        let tag = SocketTag {
+            // TCP listening sockets are matched by address alone.
+            kind: super::SocketKind::Listen,
+            addr: listener.local_addr()?,
+            name: Some(name.to_owned()),
+        };
+        let registration = self.register(tag, &listener);
+        Ok((listener, registration))
+    }
+
     /// The received sockets for `addr` of this transport, if any.
     pub fn take(&self, addr: SocketAddr, udp: bool) -> Vec<OwnedFd> {
         self.inherited

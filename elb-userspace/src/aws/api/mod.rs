@@ -29,6 +29,7 @@ use crate::{
     config::ConfigService,
     http_util::{Body, full},
     server::ListenerBoard,
+    takeover::HandoverSockets,
 };
 
 /// The API version every request must name.
@@ -80,14 +81,23 @@ impl AwsApi {
         }
     }
 
-    /// Binds `addr` now (a bad address fails the start), then serves in
-    /// the background.
-    pub async fn listen(self: Arc<Self>, addr: SocketAddr) -> Result<SocketAddr, BindError> {
-        let listener = TcpListener::bind(addr)
+    /// Binds `addr` now (a bad address fails the start), or takes the
+    /// socket a takeover handed over for it, then serves in the background
+    /// (the socket kept for the next takeover while it serves).
+    pub async fn listen(
+        self: Arc<Self>,
+        addr: SocketAddr,
+        sockets: &HandoverSockets,
+    ) -> Result<SocketAddr, BindError> {
+        let (listener, registration) = sockets
+            .tcp_listener(addr, "--aws-api")
             .await
             .map_err(|source| BindError { addr, source })?;
         let local = listener.local_addr().unwrap_or(addr);
-        tokio::spawn(self.serve(listener));
+        tokio::spawn(async move {
+            let _handover = registration;
+            self.serve(listener).await;
+        });
         Ok(local)
     }
 
