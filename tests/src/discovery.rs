@@ -74,3 +74,13 @@ pub fn leader_report(elb: &L7Elb) -> Option<serde_json::Value> {
 pub fn discovery_role(elb: &L7Elb) -> Option<String> {
     leader_report(elb).and_then(|report| report["role"].as_str().map(str::to_owned))
 }
+
+/// The backend answering one request for `host` through the elb at
+/// `elb`, or None (no answer, not 200, no `server` field).
+pub fn answering_backend(elb: SocketAddr, host: &str) -> Option<String> {
+    let response = http::get(elb, "/", &[("Host", host)]).ok()?;
+    (response.status == 200)
+        .then(|| response.json().ok())
+        .flatten()
+        .and_then(|body| body["server"].as_str().map(str::to_owned))
+}

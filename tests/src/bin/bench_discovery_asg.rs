@@ -21,7 +21,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use elb_tests::{
     backend::Backend,
-    http,
+    discovery::answering_backend,
     l7::{Cleanup, L7Builder, backend_doc},
     moto::Moto,
     ports::free_port,
@@ -32,11 +32,7 @@ const HOST: &str = "web.bench";
 const GROUP: &str = "bench-asg";
 
 fn served_by(elb: SocketAddr) -> Option<String> {
-    let response = http::get(elb, "/", &[("Host", HOST)]).ok()?;
-    (response.status == 200)
-        .then(|| response.json().ok())
-        .flatten()
-        .and_then(|body| body["server"].as_str().map(str::to_owned))
+    answering_backend(elb, HOST)
 }
 
 /// One instance of the bench, its backend listening on its address.

@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use elb_tests::{
     backend::Backend,
     consul_standin::{ConsulStandin, Instance},
-    http,
+    discovery::answering_backend,
     l7::{Cleanup, L7Builder, backend_doc},
 };
 use serde_json::json;
@@ -25,11 +25,7 @@ use serde_json::json;
 const HOST: &str = "web.bench";
 
 fn served_by(elb: SocketAddr) -> Option<String> {
-    let response = http::get(elb, "/", &[("Host", HOST)]).ok()?;
-    (response.status == 200)
-        .then(|| response.json().ok())
-        .flatten()
-        .and_then(|body| body["server"].as_str().map(str::to_owned))
+    answering_backend(elb, HOST)
 }
 
 fn main() -> Result<()> {
