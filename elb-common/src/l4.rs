@@ -16,9 +16,19 @@ pub const MAX_SERVERS: u32 = 4096;
 /// Capacity of every per-service Maglev table (the inner maps); a service's
 /// `table_size` may be any prime up to this.
 pub const MAGLEV_CAPACITY: u32 = 131_071;
-/// Entries of the connection table; every NAT'd flow takes two (the
-/// client's direction and the reply direction).
+/// Entries of the connection table by default (`--conn-table-size`);
+/// every NAT'd flow takes two (the client's direction and the reply
+/// direction).
 pub const MAX_FLOW_ENTRIES: u32 = 524_288;
+/// Entries of the embryonic table by default (`--embryonic-table-size`):
+/// flows live there from their first packet until their handshake is
+/// complete ([`crate::embryo`]), two entries each.
+pub const EMBRYO_ENTRIES: u32 = 65_536;
+/// Smallest size either table may be given: two flows per CPU at least,
+/// on any machine elb runs on, and the LRU's per-CPU free lists need room.
+pub const MIN_TABLE_ENTRIES: u32 = 1_024;
+/// Largest: the kernel preallocates every entry of an LRU hash.
+pub const MAX_TABLE_ENTRIES: u32 = 1 << 26;
 pub const MAX_ACL_ENTRIES: u32 = 65_536;
 pub const MAX_INTERFACES: u32 = 256;
 pub const MAX_L7_PORTS: u32 = 64;
@@ -38,6 +48,10 @@ pub const TCP_IDLE_NS: u64 = 3_600 * 1_000_000_000;
 /// After a FIN or RST: long enough for the close handshake to finish.
 pub const TCP_CLOSING_NS: u64 = 10 * 1_000_000_000;
 pub const UDP_IDLE_NS: u64 = 30 * 1_000_000_000;
+/// An embryonic TCP flow (handshake not complete): conntrack's
+/// `nf_conntrack_tcp_timeout_syn_sent`. Embryonic UDP flows use
+/// `UDP_IDLE_NS`.
+pub const TCP_EMBRYONIC_NS: u64 = 120 * 1_000_000_000;
 /// A flow's cached next hop (egress interface, MACs) is looked up again in
 /// the FIB after this long, so route and neighbour changes are picked up.
 pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
@@ -112,7 +126,10 @@ pub struct FlowEntry {
     pub ifindex: u32,
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
-    pub _pad: [u8; 4],
+    /// Embryonic reply entries under `FLOW_CHECK_ACK`: the sequence number
+    /// of the server's SYN-ACK (network order), which the client must
+    /// acknowledge for the flow to be promoted.
+    pub server_isn: [u8; 4],
     /// `bpf_ktime_get_coarse_ns` of the last packet (coarsened).
     pub last_seen: u64,
     /// When the next hop was last looked up; 0 = never.
@@ -128,6 +145,17 @@ pub const FLOW_CLOSING: u32 = 2;
 /// with a RST, its next SYN or UDP datagram starts a new flow, the
 /// server's late packets are dropped; either way XDP removes both entries.
 pub const FLOW_DRAINED: u32 = 4;
+/// The entry is in the embryonic table (`elb_embryos`): its flow has not
+/// completed its handshake ([`crate::embryo`]).
+pub const FLOW_EMBRYONIC: u32 = 8;
+/// On an embryonic reply entry: the server has answered.
+pub const FLOW_SEEN_REPLY: u32 = 16;
+/// On an embryonic reply entry: the answer was a SYN-ACK; the client must
+/// acknowledge `server_isn` for the flow to be promoted.
+pub const FLOW_CHECK_ACK: u32 = 32;
+/// Flags that only mean something in the embryonic table; cleared when a
+/// flow is promoted.
+pub const EMBRYO_FLAGS: u32 = FLOW_EMBRYONIC | FLOW_SEEN_REPLY | FLOW_CHECK_ACK;
 
 /// `elb_iface_addrs` value, keyed by ifindex: the source addresses full NAT
 /// uses for flows leaving by that interface.
@@ -194,6 +222,9 @@ pub struct GlobalStats {
     /// Packets from a server on a drained flow, dropped: the client has
     /// been (or will be) told by a RST.
     pub drained_drops: u64,
+    /// Flows moved from the embryonic table into the main one: their
+    /// handshake completed ([`crate::embryo`]).
+    pub promotions: u64,
 }
 
 impl GlobalStats {
@@ -210,6 +241,7 @@ impl GlobalStats {
             (&mut self.unsupported_passes, other.unsupported_passes),
             (&mut self.tcp_resets, other.tcp_resets),
             (&mut self.drained_drops, other.drained_drops),
+            (&mut self.promotions, other.promotions),
         ];
         for (sum, value) in fields {
             *sum = sum.wrapping_add(value);
@@ -217,7 +249,7 @@ impl GlobalStats {
     }
 
     /// Field names and values in declaration order, for stats output.
-    pub fn fields(&self) -> [(&'static str, u64); 10] {
+    pub fn fields(&self) -> [(&'static str, u64); 11] {
         [
             ("flow_hits", self.flow_hits),
             ("flow_misses", self.flow_misses),
@@ -229,6 +261,7 @@ impl GlobalStats {
             ("unsupported_passes", self.unsupported_passes),
             ("tcp_resets", self.tcp_resets),
             ("drained_drops", self.drained_drops),
+            ("promotions", self.promotions),
         ]
     }
 }
@@ -338,13 +371,14 @@ mod tests {
             unsupported_passes: 8,
             tcp_resets: 9,
             drained_drops: 10,
+            promotions: 11,
         };
         let mut sum = one;
         sum.add(&one);
         let values: Vec<u64> = one.fields().iter().map(|(_, v)| *v).collect();
         assert_eq!(
             values,
-            (1..=10).collect::<Vec<_>>(),
+            (1..=11).collect::<Vec<_>>(),
             "fields() lists each once"
         );
         for ((name, twice), (_, once)) in sum.fields().into_iter().zip(one.fields()) {

@@ -8,6 +8,7 @@
 
 pub mod counters;
 pub mod csum;
+pub mod embryo;
 pub mod l4;
 #[cfg(any(test, feature = "user"))]
 pub mod maglev;

@@ -16,6 +16,9 @@ pub const SERVERS: &str = "elb_servers";
 pub const MAGLEV: &str = "elb_maglev";
 /// LRU hash of [`crate::l4::FlowKey`] → [`crate::l4::FlowEntry`].
 pub const FLOWS: &str = "elb_flows";
+/// LRU hash of [`crate::l4::FlowKey`] → [`crate::l4::FlowEntry`]: flows
+/// whose handshake is not complete ([`crate::embryo`]).
+pub const EMBRYOS: &str = "elb_embryos";
 /// Hash of ifindex → [`crate::l4::IfaceAddrs`].
 pub const IFACE_ADDRS: &str = "elb_iface_addrs";
 /// LPM tries of denied source prefixes (IPv4 and IPv6).
@@ -38,6 +41,7 @@ pub const ALL: &[&str] = &[
     SERVERS,
     MAGLEV,
     FLOWS,
+    EMBRYOS,
     IFACE_ADDRS,
     ACL_V4,
     ACL_V6,

@@ -1,35 +1,41 @@
-//! The L4 load balancer: deny-list, VIP lookup, connection table, Maglev
+//! The L4 load balancer: deny-list, VIP lookup, connection tables, Maglev
 //! choice of a server for new flows, full NAT and forwarding; the flows of
 //! a drained server end here (a client's TCP segment is answered with a
 //! RST, `reset`).
+//!
+//! A new flow's two entries go into the embryonic table, and move into the
+//! main table once its handshake is complete (`promote`, with the rules of
+//! `elb_common::embryo`): a flood of spoofed SYNs churns only the
+//! embryonic table and cannot evict established flows.
 use core::ptr::NonNull;
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST, xdp_action},
+    bindings::xdp_action,
     btf_maps::lpm_trie::Key,
     helpers::{bpf_ktime_get_coarse_ns, bpf_redirect},
     programs::XdpContext,
 };
 use elb_common::{
     counters::IPPROTO_TCP,
+    embryo,
     l4::{
-        FAMILY_IPV4, FAMILY_IPV6, FLOW_CLOSING, FLOW_DRAINED, FLOW_REPLY, FlowEntry, FlowKey,
-        IFACE_HAS_V4, IFACE_HAS_V6, LAST_SEEN_GRANULARITY_NS, NAT_PORT_MAX, NAT_PORT_MIN,
-        NAT_PORT_TRIES, NEXT_HOP_TTL_NS, SERVICE_HAS_SNAT, ServerEntry, ServiceEntry,
-        TCP_CLOSING_NS, TCP_IDLE_NS, UDP_IDLE_NS, VipKey, flow_hash, nat_port_candidate,
+        EMBRYO_FLAGS, FAMILY_IPV4, FAMILY_IPV6, FLOW_CLOSING, FLOW_DRAINED, FLOW_EMBRYONIC,
+        FLOW_REPLY, FlowEntry, FlowKey, IFACE_HAS_V4, IFACE_HAS_V6, LAST_SEEN_GRANULARITY_NS,
+        NAT_PORT_MAX, NAT_PORT_MIN, NAT_PORT_TRIES, NEXT_HOP_TTL_NS, SERVICE_HAS_SNAT,
+        ServerEntry, ServiceEntry, TCP_CLOSING_NS, TCP_EMBRYONIC_NS, TCP_IDLE_NS, UDP_IDLE_NS,
+        VipKey, flow_hash, nat_port_candidate,
     },
     tcp::is_connection_start,
 };
 
 use crate::{
     fib::{self, FibParams, Lookup},
-    headers::{EthHdr, Ipv4Hdr, Ipv6Hdr, TCP_FIN, TCP_RST},
-    maps::{
-        ACL_V4, ACL_V6, FLOWS, IFACE_ADDRS, L7_PORTS, MAGLEV, SCRATCH, SERVERS, SERVICES, Scratch,
-    },
+    headers::{EthHdr, Ipv4Hdr, Ipv6Hdr, TCP_FIN, TCP_RST, TcpHdr},
+    maps::{ACL_V4, ACL_V6, IFACE_ADDRS, L7_PORTS, MAGLEV, SCRATCH, SERVERS, SERVICES, Scratch},
     nat,
     parse::{L4Packet, Portless, header_at},
     reset, stats,
+    tables::{Embryonic, Established, FlowTable},
 };
 
 const PASS: u32 = xdp_action::XDP_PASS;
@@ -70,30 +76,99 @@ pub fn handle(ctx: &XdpContext, packet: &L4Packet) -> u32 {
         return DROP;
     }
     // Replies come back to a NAT port; everything else is the node's own.
-    if (NAT_PORT_MIN..=NAT_PORT_MAX).contains(&dst_port)
-        && let Some(flow) = FLOWS.get_ptr_mut(key)
-    {
-        // SAFETY: the entry stays valid for this run (RCU); fields are
-        // plain integers, so a concurrent writer cannot make them invalid.
-        let flags = unsafe { (*flow).flags };
-        if flags & FLOW_REPLY != 0 {
-            // The server's late packets of a drained flow: the client was
-            // (or will be, on its next segment) reset by XDP. Not passed
-            // up either, not counted as the server's.
-            if flags & FLOW_DRAINED != 0 {
-                stats::global(|s| s.drained_drops += 1);
-                return DROP;
-            }
-            // An expired reply entry still serves while its flow's client
-            // side is alive (the server was silent, the client was not).
-            // SAFETY: as above.
-            if !unsafe { abandoned(&*flow, key, &mut scratch.owner_key, now()) } {
+    if !(NAT_PORT_MIN..=NAT_PORT_MAX).contains(&dst_port) {
+        return PASS;
+    }
+    let now = now();
+    if let Some(flow) = Established::get(key) {
+        match reply_entry::<Established>(flow, key, &mut scratch.owner_key, now) {
+            Reply::Live => {
                 stats::global(|s| s.flow_hits += 1);
                 return follow(ctx, packet, flow, &mut scratch.fib, false);
             }
+            Reply::Drained => return DROP,
+            Reply::None => {}
+        }
+    }
+    // A flow still in its handshake: the server's answer (usually its
+    // SYN-ACK) is what makes the flow promotable.
+    if let Some(flow) = Embryonic::get(&scratch.key) {
+        match reply_entry::<Embryonic>(flow, &scratch.key, &mut scratch.owner_key, now) {
+            Reply::Live => {
+                answered(ctx, packet, flow);
+                stats::global(|s| s.flow_hits += 1);
+                return follow(ctx, packet, flow, &mut scratch.fib, false);
+            }
+            Reply::Drained => return DROP,
+            Reply::None => {}
         }
     }
     PASS
+}
+
+/// What a packet to a NAT port finds in one table.
+enum Reply {
+    /// A reply entry of a flow that is not over: translate and forward.
+    Live,
+    /// A reply entry of a drained flow: dropped (and counted).
+    Drained,
+    /// No usable reply entry here.
+    None,
+}
+
+#[inline(always)]
+fn reply_entry<T: FlowTable>(
+    flow: *mut FlowEntry,
+    key: &FlowKey,
+    owner_key: &mut FlowKey,
+    now: u64,
+) -> Reply {
+    // SAFETY: the entry stays valid for this run (RCU); fields are plain
+    // integers, so a concurrent writer cannot make them invalid.
+    let flags = unsafe { (*flow).flags };
+    if flags & FLOW_REPLY == 0 {
+        return Reply::None;
+    }
+    // The server's late packets of a drained flow: the client was (or will
+    // be, on its next segment) reset by XDP. Not passed up either, not
+    // counted as the server's.
+    if flags & FLOW_DRAINED != 0 {
+        stats::global(|s| s.drained_drops += 1);
+        return Reply::Drained;
+    }
+    // An expired reply entry still serves while its flow's client side is
+    // alive (the server was silent, the client was not).
+    // SAFETY: as above.
+    if unsafe { abandoned::<T>(&*flow, key, owner_key, now) } {
+        return Reply::None;
+    }
+    Reply::Live
+}
+
+/// Notes the server's answer on an embryonic flow's reply entry
+/// (`embryo::on_server_packet`): its SYN-ACK's sequence number, which the
+/// client must then acknowledge.
+#[inline(never)]
+fn answered(ctx: &XdpContext, packet: &L4Packet, flow: *mut FlowEntry) {
+    let tcp = packet.ip_proto == IPPROTO_TCP;
+    let seq = if tcp {
+        match header_at::<TcpHdr>(ctx, packet.l4_offset) {
+            // SAFETY: bounds checked by header_at.
+            Some(hdr) => u32::from_be_bytes(unsafe { (*hdr).seq }),
+            None => return,
+        }
+    } else {
+        0
+    };
+    // SAFETY: see `reply_entry`.
+    let entry = unsafe { &mut *flow };
+    let (flags, isn) = embryo::on_server_packet(entry.flags, tcp, packet.tcp_flags, seq);
+    if let Some(isn) = isn {
+        entry.server_isn = isn.to_be_bytes();
+    }
+    if flags != entry.flags {
+        entry.flags = flags;
+    }
 }
 
 /// Packets without readable ports cannot be NAT'd: they go to the kernel
@@ -131,15 +206,15 @@ fn to_service(
 ) -> u32 {
     let now = now();
     let key = &scratch.key;
-    if let Some(flow) = FLOWS.get_ptr_mut(key) {
-        // SAFETY: see `handle`.
+    if let Some(flow) = Established::get(key) {
+        // SAFETY: see `reply_entry`.
         let flags = unsafe { (*flow).flags };
         if flags & FLOW_DRAINED != 0 {
             // Its server was drained: the flow ends here, whatever its age
             // or closing state (never reopened: the entry's server id may
             // be another server's by now). A SYN or a UDP datagram then
             // starts a new flow below, on a live server.
-            forget(scratch, flow);
+            forget::<Established>(scratch, flow);
             if packet.ip_proto == IPPROTO_TCP && !is_connection_start(packet.tcp_flags) {
                 return reset::answer(ctx, packet, &scratch.key);
             }
@@ -147,9 +222,9 @@ fn to_service(
             // An expired client-side entry still serves while the server
             // side of its flow is alive (the client was silent, the server
             // was not).
-            // SAFETY: see `handle`.
+            // SAFETY: see `reply_entry`.
             let expired = unsafe { expired(&*flow, key.proto, now) }
-                && !server_side_alive(scratch, flow, now);
+                && !server_side_alive::<Established>(scratch, flow, now);
             let syn_only = is_connection_start(packet.tcp_flags);
             if !expired && !(syn_only && flags & FLOW_CLOSING != 0) {
                 stats::global(|s| s.flow_hits += 1);
@@ -160,7 +235,37 @@ fn to_service(
             // it keeps that server and its NAT port, as conntrack does; a
             // busy client cycles through its ports faster than closed flows
             // free theirs.
-            if !expired && reopen(scratch, flow, service, now) {
+            if !expired && reopen::<Established>(scratch, flow, service, now) {
+                stats::global(|s| s.flow_hits += 1);
+                return follow(ctx, packet, flow, &mut scratch.fib, true);
+            }
+        }
+    }
+    // Not (or no longer) in the main table: a flow in its handshake?
+    if let Some(flow) = Embryonic::get(&scratch.key) {
+        // SAFETY: see `reply_entry`.
+        let flags = unsafe { (*flow).flags };
+        if flags & FLOW_DRAINED != 0 {
+            forget::<Embryonic>(scratch, flow);
+            if packet.ip_proto == IPPROTO_TCP && !is_connection_start(packet.tcp_flags) {
+                return reset::answer(ctx, packet, &scratch.key);
+            }
+        } else {
+            // The same rules as in the main table above.
+            // SAFETY: see `reply_entry`.
+            let expired = unsafe { expired(&*flow, scratch.key.proto, now) }
+                && !server_side_alive::<Embryonic>(scratch, flow, now);
+            let syn_only = is_connection_start(packet.tcp_flags);
+            if !expired && !(syn_only && flags & FLOW_CLOSING != 0) {
+                stats::global(|s| s.flow_hits += 1);
+                // Called one after the other, not nested (see below).
+                let target = match promote(ctx, packet, scratch, flow) {
+                    Some(promoted) => promoted.as_ptr(),
+                    None => flow,
+                };
+                return follow(ctx, packet, target, &mut scratch.fib, false);
+            }
+            if !expired && reopen::<Embryonic>(scratch, flow, service, now) {
                 stats::global(|s| s.flow_hits += 1);
                 return follow(ctx, packet, flow, &mut scratch.fib, true);
             }
@@ -192,7 +297,7 @@ fn follow(
     new: bool,
 ) -> u32 {
     let now = now();
-    // SAFETY: see `handle`.
+    // SAFETY: see `reply_entry`.
     let entry = unsafe { &mut *flow };
     if now.wrapping_sub(entry.last_seen) > LAST_SEEN_GRANULARITY_NS {
         entry.last_seen = now;
@@ -276,7 +381,8 @@ fn new_flow(
     entry.new_dst_port = key.src_port;
     entry.service_id = service.id as u16;
     entry.server_id = server_id as u16;
-    entry.flags = FLOW_REPLY;
+    entry.flags = FLOW_REPLY | FLOW_EMBRYONIC;
+    entry.server_isn = [0; 4];
     entry.last_seen = now;
     let hop_at = entry.next_hop_at;
     // Replies need their own next hop (towards the client).
@@ -297,13 +403,83 @@ fn new_flow(
     entry.new_dst = server.addr;
     entry.new_src_port = nat_port;
     entry.new_dst_port = server.port;
-    entry.flags = 0;
+    entry.flags = FLOW_EMBRYONIC;
     entry.next_hop_at = hop_at;
-    if FLOWS.insert(key, entry, BPF_ANY as u64).is_err() {
+    if !Embryonic::put(key, entry) {
         return None;
     }
     // NonNull, so the Option is one register: a BPF function returns r0 only.
-    FLOWS.get_ptr_mut(key).and_then(NonNull::new)
+    Embryonic::get(key).and_then(NonNull::new)
+}
+
+/// Moves an embryonic flow (client-side entry `flow`, at `scratch.key`)
+/// into the main table if this client packet completes its handshake
+/// (`embryo::promotes`); returns its main-table entry. None: it stays
+/// embryonic (no answer from the server yet, a retransmitted SYN, a wrong
+/// acknowledgment, or the main table refused).
+#[inline(never)]
+fn promote(
+    ctx: &XdpContext,
+    packet: &L4Packet,
+    scratch: &mut Scratch,
+    flow: *mut FlowEntry,
+) -> Option<NonNull<FlowEntry>> {
+    let key = &scratch.key;
+    // SAFETY: see `reply_entry`.
+    let entry = unsafe { &*flow };
+    let reply_key = &mut scratch.reply_key;
+    fill_reply_key(reply_key, entry, key);
+    let reply = Embryonic::get(reply_key)?;
+    // SAFETY: see `reply_entry`.
+    let reply = unsafe { &*reply };
+    if !maps_back(reply, key) {
+        return None;
+    }
+    let tcp = key.proto == IPPROTO_TCP;
+    let ack = if tcp {
+        let hdr = header_at::<TcpHdr>(ctx, packet.l4_offset)?;
+        // SAFETY: bounds checked by header_at.
+        u32::from_be_bytes(unsafe { (*hdr).ack })
+    } else {
+        0
+    };
+    let isn = u32::from_be_bytes(reply.server_isn);
+    if !embryo::promotes(reply.flags, isn, tcp, packet.tcp_flags, ack) {
+        return None;
+    }
+    // Both entries are copied before either is deleted: a deleted LRU
+    // element may be reused at once. The main table gets them first, so a
+    // port the embryonic table frees is already taken there
+    // (`claim_reply_tuple` claims the embryonic entry first, then checks
+    // the main table).
+    let copy = &mut scratch.entry;
+    *copy = *reply;
+    copy.flags &= !EMBRYO_FLAGS;
+    copy.server_isn = [0; 4];
+    if !Established::put(reply_key, copy) {
+        return None;
+    }
+    *copy = *entry;
+    copy.flags &= !EMBRYO_FLAGS;
+    if !Established::put(key, copy) {
+        Established::remove(reply_key);
+        return None;
+    }
+    Embryonic::remove(reply_key);
+    Embryonic::remove(key);
+    stats::global(|s| s.promotions += 1);
+    Established::get(key).and_then(NonNull::new)
+}
+
+/// Whether `reply` (the entry at a flow's reply key) translates back to
+/// the client of `key` (the flow's client-side key).
+#[inline(always)]
+fn maps_back(reply: &FlowEntry, key: &FlowKey) -> bool {
+    reply.flags & FLOW_REPLY != 0
+        && reply.new_dst == key.src
+        && reply.new_dst_port == key.src_port
+        && reply.new_src == key.dst
+        && reply.new_src_port == key.dst_port
 }
 
 /// The server the service's Maglev table gives a flow with `hash`.
@@ -321,9 +497,14 @@ fn maglev_choice(service: &ServiceEntry, hash: u32) -> Option<(u32, *const Serve
 /// and the flow's reply entry still maps back to this client; both entries
 /// then lose their closing mark. False: the caller makes a new flow.
 #[inline(never)]
-fn reopen(scratch: &mut Scratch, flow: *mut FlowEntry, service: &ServiceEntry, now: u64) -> bool {
+fn reopen<T: FlowTable>(
+    scratch: &mut Scratch,
+    flow: *mut FlowEntry,
+    service: &ServiceEntry,
+    now: u64,
+) -> bool {
     let key = &scratch.key;
-    // SAFETY: see `handle`.
+    // SAFETY: see `reply_entry`.
     let entry = unsafe { &mut *flow };
     let hash = flow_hash(&key.src, &key.dst, key.src_port, key.dst_port, key.proto);
     let Some((server_id, server)) = maglev_choice(service, hash) else {
@@ -339,10 +520,10 @@ fn reopen(scratch: &mut Scratch, flow: *mut FlowEntry, service: &ServiceEntry, n
     }
     let reply_key = &mut scratch.reply_key;
     fill_reply_key(reply_key, entry, key);
-    let Some(reply) = FLOWS.get_ptr_mut(reply_key) else {
+    let Some(reply) = T::get(reply_key) else {
         return false;
     };
-    // SAFETY: see `handle`.
+    // SAFETY: see `reply_entry`.
     let reply = unsafe { &mut *reply };
     if reply.flags & FLOW_REPLY == 0
         || reply.new_dst != key.src
@@ -364,23 +545,22 @@ fn reopen(scratch: &mut Scratch, flow: *mut FlowEntry, service: &ServiceEntry, n
 /// the client); the flow then keeps its server and NAT port, as one timeout
 /// for both directions (conntrack's) would.
 #[inline(never)]
-fn server_side_alive(scratch: &mut Scratch, flow: *const FlowEntry, now: u64) -> bool {
+fn server_side_alive<T: FlowTable>(
+    scratch: &mut Scratch,
+    flow: *const FlowEntry,
+    now: u64,
+) -> bool {
     let key = &scratch.key;
-    // SAFETY: see `handle`.
+    // SAFETY: see `reply_entry`.
     let entry = unsafe { &*flow };
     let reply_key = &mut scratch.reply_key;
     fill_reply_key(reply_key, entry, key);
-    let Some(reply) = FLOWS.get_ptr(reply_key) else {
+    let Some(reply) = T::get(reply_key) else {
         return false;
     };
-    // SAFETY: see `handle`.
+    // SAFETY: see `reply_entry`.
     let reply = unsafe { &*reply };
-    reply.flags & (FLOW_REPLY | FLOW_DRAINED) == FLOW_REPLY
-        && reply.new_dst == key.src
-        && reply.new_dst_port == key.src_port
-        && reply.new_src == key.dst
-        && reply.new_src_port == key.dst_port
-        && !expired(reply, key.proto, now)
+    reply.flags & FLOW_DRAINED == 0 && maps_back(reply, key) && !expired(reply, key.proto, now)
 }
 
 /// Deletes a drained flow's entries: the reply entry (its key is the
@@ -389,30 +569,23 @@ fn server_side_alive(scratch: &mut Scratch, flow: *const FlowEntry, now: u64) ->
 /// then the forward entry, at `scratch.key`. Everything is read before
 /// anything is deleted: a deleted LRU element may be reused at once.
 #[inline(never)]
-fn forget(scratch: &mut Scratch, flow: *const FlowEntry) {
+fn forget<T: FlowTable>(scratch: &mut Scratch, flow: *const FlowEntry) {
     let key = &scratch.key;
-    // SAFETY: see `handle`.
+    // SAFETY: see `reply_entry`.
     let entry = unsafe { &*flow };
     let reply_key = &mut scratch.reply_key;
     fill_reply_key(reply_key, entry, key);
-    if let Some(reply) = FLOWS.get_ptr(reply_key) {
-        // SAFETY: see `handle`.
-        let reply = unsafe { &*reply };
-        if reply.flags & FLOW_REPLY != 0
-            && reply.new_dst == key.src
-            && reply.new_dst_port == key.src_port
-            && reply.new_src == key.dst
-            && reply.new_src_port == key.dst_port
-        {
-            let _ = FLOWS.remove(reply_key);
+    if let Some(reply) = T::get(reply_key) {
+        // SAFETY: see `reply_entry`.
+        if maps_back(unsafe { &*reply }, key) {
+            T::remove(reply_key);
         }
     }
-    let _ = FLOWS.remove(key);
+    T::remove(key);
 }
 
-/// Inserts the reply entry at the first free NAT port, claiming the reverse
-/// tuple with `BPF_NOEXIST` so two flows never share one. An entry in the
-/// way is taken over only when its flow is over ([`abandoned`]).
+/// Inserts the reply entry at the first free NAT port
+/// ([`claim_reply_tuple`]).
 #[inline(never)]
 fn allocate_port(
     reply_key: &mut FlowKey,
@@ -424,19 +597,46 @@ fn allocate_port(
     for attempt in 0..NAT_PORT_TRIES {
         let port = nat_port_candidate(hash, attempt).to_be_bytes();
         reply_key.dst_port = port;
-        if FLOWS.insert(reply_key, reply, BPF_NOEXIST as u64).is_ok() {
+        if claim_reply_tuple(reply_key, owner_key, reply, now) {
             return Some(port);
-        }
-        if let Some(existing) = FLOWS.get_ptr(reply_key) {
-            // SAFETY: see `handle`.
-            if unsafe { abandoned(&*existing, reply_key, owner_key, now) }
-                && FLOWS.insert(reply_key, reply, BPF_ANY as u64).is_ok()
-            {
-                return Some(port);
-            }
         }
     }
     None
+}
+
+/// Claims the reply tuple `reply_key` for a new (embryonic) flow, so that
+/// two flows never share one: the embryonic entry is inserted with
+/// `BPF_NOEXIST`, then the main table is checked, and the claim undone if
+/// a flow there still holds the tuple. In that order, a flow promoted
+/// meanwhile (main table first, then the embryonic entry deleted) is always
+/// seen. An entry in the way, in either table, yields only when its flow
+/// is over ([`abandoned`]).
+#[inline(always)]
+fn claim_reply_tuple(
+    reply_key: &FlowKey,
+    owner_key: &mut FlowKey,
+    reply: &FlowEntry,
+    now: u64,
+) -> bool {
+    if !Embryonic::claim(reply_key, reply) {
+        let Some(existing) = Embryonic::get(reply_key) else {
+            return false;
+        };
+        // SAFETY: see `reply_entry`.
+        if !unsafe { abandoned::<Embryonic>(&*existing, reply_key, owner_key, now) }
+            || !Embryonic::put(reply_key, reply)
+        {
+            return false;
+        }
+    }
+    if let Some(existing) = Established::get(reply_key) {
+        // SAFETY: see `reply_entry`.
+        if !unsafe { abandoned::<Established>(&*existing, reply_key, owner_key, now) } {
+            Embryonic::remove(reply_key);
+            return false;
+        }
+    }
+    true
 }
 
 /// Whether the flow of the reply entry `existing` (at `reply_key`) is
@@ -449,16 +649,21 @@ fn allocate_port(
 /// two flows one server-side tuple. `owner_key` is room for the
 /// client-side key.
 #[inline(always)]
-fn abandoned(existing: &FlowEntry, reply_key: &FlowKey, owner_key: &mut FlowKey, now: u64) -> bool {
+fn abandoned<T: FlowTable>(
+    existing: &FlowEntry,
+    reply_key: &FlowKey,
+    owner_key: &mut FlowKey,
+    now: u64,
+) -> bool {
     expired(existing, reply_key.proto, now)
-        && !client_side_alive(existing, reply_key, owner_key, now)
+        && !client_side_alive::<T>(existing, reply_key, owner_key, now)
 }
 
 /// Whether the client-side entry of the reply entry `existing`'s flow is
 /// there, still NATs to this port (not drained) and has not expired. Not
 /// inlined: it runs only for expired entries, off the hot paths.
 #[inline(never)]
-fn client_side_alive(
+fn client_side_alive<T: FlowTable>(
     existing: &FlowEntry,
     reply_key: &FlowKey,
     owner_key: &mut FlowKey,
@@ -466,10 +671,10 @@ fn client_side_alive(
 ) -> bool {
     // The reply's rewrite, reversed, is the client-side key.
     fill_reply_key(owner_key, existing, reply_key);
-    let Some(owner) = FLOWS.get_ptr(owner_key) else {
+    let Some(owner) = T::get(owner_key) else {
         return false;
     };
-    // SAFETY: see `handle`.
+    // SAFETY: see `reply_entry`.
     let owner = unsafe { &*owner };
     owner.flags & (FLOW_REPLY | FLOW_DRAINED) == 0
         && owner.new_src == reply_key.dst
@@ -517,6 +722,8 @@ fn transmit(ctx: &XdpContext, ifindex: u32, src_mac: &[u8; 6], dst_mac: &[u8; 6]
 fn expired(flow: &FlowEntry, proto: u8, now: u64) -> bool {
     let idle = if flow.flags & FLOW_CLOSING != 0 {
         TCP_CLOSING_NS
+    } else if proto == IPPROTO_TCP && flow.flags & FLOW_EMBRYONIC != 0 {
+        TCP_EMBRYONIC_NS
     } else if proto == IPPROTO_TCP {
         TCP_IDLE_NS
     } else {

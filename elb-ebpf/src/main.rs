@@ -14,6 +14,7 @@ mod nat;
 mod parse;
 mod reset;
 mod stats;
+mod tables;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use elb_common::counters::ProtoCounter;

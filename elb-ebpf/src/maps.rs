@@ -6,7 +6,7 @@ use aya_ebpf::macros::btf_map;
 use elb_common::{
     counters::{PacketCounter, ProtoCounter},
     l4::{
-        FlowEntry, FlowKey, GlobalStats, IfaceAddrs, MAGLEV_CAPACITY, MAX_ACL_ENTRIES,
+        EMBRYO_ENTRIES, FlowEntry, FlowKey, GlobalStats, IfaceAddrs, MAGLEV_CAPACITY, MAX_ACL_ENTRIES,
         MAX_FLOW_ENTRIES, MAX_INTERFACES, MAX_L7_PORTS, MAX_SERVERS, MAX_SERVICES, ServerEntry,
         ServiceEntry, ServiceStats, VipKey,
     },
@@ -36,6 +36,13 @@ pub static MAGLEV: ArrayOfMaps<
 /// its flow's first packet, and port allocation needs one global view.
 #[btf_map(name = "elb_flows")]
 pub static FLOWS: LruHashMap<FlowKey, FlowEntry, { MAX_FLOW_ENTRIES as usize }> = LruHashMap::new();
+
+/// New flows until their handshake is complete (`elb_common::embryo`): a
+/// flood of SYNs churns this table, never `FLOWS`. Userspace sizes both
+/// (`--conn-table-size`, `--embryonic-table-size`).
+#[btf_map(name = "elb_embryos")]
+pub static EMBRYOS: LruHashMap<FlowKey, FlowEntry, { EMBRYO_ENTRIES as usize }> =
+    LruHashMap::new();
 
 #[btf_map(name = "elb_iface_addrs")]
 pub static IFACE_ADDRS: HashMap<u32, IfaceAddrs, { MAX_INTERFACES as usize }> = HashMap::new();

@@ -268,6 +268,18 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub xdp_mode: AttachMode,
 
+    /// Entries of the XDP connection table, two per flow (the kernel
+    /// allocates them all at start). Flows live here once their handshake
+    /// is complete; a flood of new flows cannot evict them.
+    #[arg(long, default_value_t = elb_common::l4::MAX_FLOW_ENTRIES, value_name = "ENTRIES", value_parser = parse_table_size)]
+    pub conn_table_size: u32,
+
+    /// Entries of the XDP embryonic table, two per flow: new flows live
+    /// here until their handshake is complete (a SYN flood churns only
+    /// this table).
+    #[arg(long, default_value_t = elb_common::l4::EMBRYO_ENTRIES, value_name = "ENTRIES", value_parser = parse_table_size)]
+    pub embryonic_table_size: u32,
+
     /// Which data plane serves L4 services: `xdp` (needs --xdp-iface; a
     /// failure to attach is fatal), `userspace` (a TCP/UDP proxy binding
     /// each VIP locally; not with --xdp-iface), or `auto` (XDP when
@@ -377,6 +389,19 @@ pub fn parse_nonzero_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+fn parse_table_size(text: &str) -> Result<u32, String> {
+    use elb_common::l4::{MAX_TABLE_ENTRIES, MIN_TABLE_ENTRIES};
+    let size: u32 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of entries"))?;
+    if !(MIN_TABLE_ENTRIES..=MAX_TABLE_ENTRIES).contains(&size) {
+        return Err(format!(
+            "{size} entries: a table holds {MIN_TABLE_ENTRIES} to {MAX_TABLE_ENTRIES}"
+        ));
+    }
+    Ok(size)
+}
+
 fn parse_zone(text: &str) -> Result<String, String> {
     crate::config::zones::validate_zone_name(text)?;
     Ok(text.to_owned())
@@ -385,6 +410,14 @@ fn parse_zone(text: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_sizes_are_bounded_numbers() {
+        assert_eq!(parse_table_size("4096"), Ok(4096));
+        assert!(parse_table_size("1023").unwrap_err().contains("1024 to"));
+        assert!(parse_table_size("many").unwrap_err().contains("\"many\""));
+        assert!(parse_table_size(&(1u64 << 27).to_string()).is_err());
+    }
 
     #[test]
     fn durations() {

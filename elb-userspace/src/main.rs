@@ -616,6 +616,10 @@ fn start_xdp(args: &RunArgs, l4_start: L4Start) -> anyhow::Result<Option<(XdpDat
                 bpffs_root: args.bpffs.clone(),
                 interfaces: args.xdp_ifaces.clone(),
                 mode: args.xdp_mode,
+                tables: dataplane::TableSizes {
+                    flows: args.conn_table_size,
+                    embryos: args.embryonic_table_size,
+                },
             });
             match started {
                 Ok(started) => Ok(Some(started)),

@@ -50,6 +50,8 @@ pub struct XdpFixture {
     /// plant and inspect entries after [`XdpFixture::l4_maps`] has taken
     /// the maps (which include the table).
     flows: Map,
+    /// The same for the embryonic table.
+    embryos: Map,
 }
 
 impl XdpFixture {
@@ -62,11 +64,13 @@ impl XdpFixture {
         program
             .load()
             .context("loading the XDP program (verifier)")?;
-        let flows = match ebpf.map(maps::FLOWS).context("no flow map")? {
-            Map::LruHashMap(data) => Map::from_map_data(MapData::from_id(data.info()?.id())?)?,
-            _ => bail!("{} is no LRU hash map", maps::FLOWS),
-        };
-        Ok(Self { ebpf, flows })
+        let flows = own_handle(&ebpf, maps::FLOWS)?;
+        let embryos = own_handle(&ebpf, maps::EMBRYOS)?;
+        Ok(Self {
+            ebpf,
+            flows,
+            embryos,
+        })
     }
 
     /// Runs the program once on `frame`.
@@ -110,6 +114,37 @@ impl XdpFixture {
         Ok(aya::maps::HashMap::try_from(&mut self.flows)?)
     }
 
+    /// The embryonic table (flows whose handshake is not complete).
+    pub fn embryos(&mut self) -> Result<aya::maps::HashMap<&mut MapData, FlowKey, FlowEntry>> {
+        Ok(aya::maps::HashMap::try_from(&mut self.embryos)?)
+    }
+
+    /// The entry at `key` and whether it is embryonic, from whichever
+    /// table holds it (the main table first, as the program looks).
+    pub fn entry(&mut self, key: &FlowKey) -> Result<Option<(FlowEntry, bool)>> {
+        if let Ok(entry) = self.flows()?.get(key, 0) {
+            return Ok(Some((entry, false)));
+        }
+        Ok(self.embryos()?.get(key, 0).ok().map(|entry| (entry, true)))
+    }
+
+    /// Replaces the entry at `key` in the table that holds it (the main
+    /// table if neither does).
+    pub fn put_entry(&mut self, key: &FlowKey, entry: &FlowEntry) -> Result<()> {
+        let embryonic = matches!(self.entry(key)?, Some((_, true)));
+        let mut table = if embryonic {
+            self.embryos()?
+        } else {
+            self.flows()?
+        };
+        Ok(table.insert(key, entry, 0)?)
+    }
+
+    /// Entries in both tables.
+    pub fn entry_count(&mut self) -> Result<usize> {
+        Ok(self.flows()?.keys().count() + self.embryos()?.keys().count())
+    }
+
     /// The counter of one slot.
     pub fn counter(&self, slot: ProtoCounter) -> Result<PacketCounter> {
         self.proto_stats()?
@@ -117,6 +152,14 @@ impl XdpFixture {
             .find(|(s, _)| *s == slot)
             .map(|(_, c)| c)
             .context("slot missing")
+    }
+}
+
+/// A handle of the test's own on the map `name` of `ebpf`.
+fn own_handle(ebpf: &Ebpf, name: &str) -> Result<Map> {
+    match ebpf.map(name).with_context(|| format!("no map {name}"))? {
+        Map::LruHashMap(data) => Ok(Map::from_map_data(MapData::from_id(data.info()?.id())?)?),
+        _ => bail!("{name} is no LRU hash map"),
     }
 }
 

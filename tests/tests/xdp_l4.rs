@@ -10,8 +10,8 @@ use std::net::{IpAddr, SocketAddr};
 use elb_common::{
     counters::{IPPROTO_TCP, IPPROTO_UDP},
     l4::{
-        FLOW_CLOSING, FLOW_DRAINED, FLOW_REPLY, FlowEntry, FlowKey, NAT_PORT_TRIES, TCP_CLOSING_NS,
-        UDP_IDLE_NS, flow_hash, nat_port_candidate,
+        EMBRYO_FLAGS, FLOW_CLOSING, FLOW_DRAINED, FLOW_REPLY, FlowEntry, FlowKey, NAT_PORT_TRIES,
+        TCP_CLOSING_NS, UDP_IDLE_NS, flow_hash, nat_port_candidate,
     },
 };
 use elb_tests::{
@@ -240,7 +240,7 @@ fn syn_on_a_closing_flow_reopens_it_while_its_server_is_still_chosen() {
         assert_eq!((global.flow_misses, global.port_alloc_failures), (1, 0));
         assert_eq!(maps.service_stats(0).expect("service").new_flows, 2);
         let reopened = |fixture: &mut XdpFixture, key: &FlowKey| {
-            let entry = fixture.flows().expect("flows").get(key, 0).expect("entry");
+            let entry = entry_at(fixture, key).expect("entry");
             entry.flags & FLOW_CLOSING == 0
         };
         let forward_key = flow_key(client, vip4());
@@ -723,9 +723,10 @@ fn rst_to(client: SocketAddr, vip: SocketAddr, seq: u32, ack: Option<u32>) -> Ve
     frame
 }
 
-/// Entries of the connection table, both directions.
+/// Entries of both connection tables (main and embryonic), both
+/// directions.
 fn flow_count(fixture: &mut XdpFixture) -> usize {
-    fixture.flows().expect("flows").keys().count()
+    fixture.entry_count().expect("flows")
 }
 
 /// Opens a flow from `client` with a SYN (a new flow to server
@@ -748,9 +749,9 @@ fn drained_flow(
     );
 }
 
-/// The entry at `key`, if any.
+/// The entry at `key`, if any, in either table.
 fn entry_at(fixture: &mut XdpFixture, key: &FlowKey) -> Option<FlowEntry> {
-    fixture.flows().expect("flows").get(key, 0).ok()
+    fixture.entry(key).expect("flows").map(|(entry, _)| entry)
 }
 
 fn udp_key(src: SocketAddr, dst: SocketAddr) -> FlowKey {
@@ -1183,7 +1184,7 @@ fn syn_on_a_drained_flow_is_a_new_flow_on_a_live_server() {
             "old reply entry gone"
         );
         let forward = entry_at(fixture, &flow_key(client, vip4())).expect("forward");
-        assert_eq!((forward.server_id, forward.flags), (1, 0));
+        assert_eq!((forward.server_id, forward.flags & !EMBRYO_FLAGS), (1, 0));
         assert_eq!(flow_count(fixture), 2);
         assert_resets_misses_hits(maps, (0, 2, 0), "");
     });
@@ -1325,7 +1326,7 @@ fn udp_on_a_drained_flow_moves_to_a_live_server() {
         assert_eq!((run.action, run.output), (XdpAction::Redirect, want));
         assert!(entry_at(fixture, &udp_key(old, sa(SNAT_V4, port))).is_none());
         let forward = entry_at(fixture, &udp_key(client, vip)).expect("forward");
-        assert_eq!((forward.server_id, forward.flags), (1, 0));
+        assert_eq!((forward.server_id, forward.flags & !EMBRYO_FLAGS), (1, 0));
         assert_eq!(flow_count(fixture), 2);
         assert_eq!(fixture.run(&late).expect("later").action, XdpAction::Pass);
 
@@ -1390,9 +1391,7 @@ fn a_live_flow_keeps_its_nat_port_when_its_reply_entry_idles_out() {
             .checked_sub(UDP_IDLE_NS + 1_000_000_000)
             .expect("uptime above 31 s");
         fixture
-            .flows()
-            .expect("flows")
-            .insert(&reply_key, &reply, 0)
+            .put_entry(&reply_key, &reply)
             .expect("age the reply entry");
 
         let new = client_with_first_port(vip, IPPROTO_UDP, port, old.port());
@@ -1441,9 +1440,7 @@ fn a_live_flow_keeps_its_nat_port_when_its_client_side_idles_out() {
             .checked_sub(UDP_IDLE_NS + 1_000_000_000)
             .expect("uptime above 31 s");
         fixture
-            .flows()
-            .expect("flows")
-            .insert(&forward_key, &forward, 0)
+            .put_entry(&forward_key, &forward)
             .expect("age the client-side entry");
         // The server has just sent.
         let stream = udp_from(server_mac(0), LB_SERVER_SIDE_MAC, server, sa(SNAT_V4, port));

@@ -60,7 +60,8 @@ pub enum DataplaneError {
     #[error(transparent)]
     PortRange(#[from] crate::l4::port_range::PortRangeError),
     #[error(
-        "the maps pinned for elb {name:?} were made by an incompatible elb version; \
+        "the maps pinned for elb {name:?} do not fit this elb: made by an incompatible elb \
+         version, or with another --conn-table-size or --embryonic-table-size; \
          `elb teardown --name {name}` removes them (established L4 flows are then dropped)"
     )]
     IncompatiblePins {
@@ -110,6 +111,25 @@ pub struct DataplaneConfig {
     pub bpffs_root: PathBuf,
     pub interfaces: Vec<String>,
     pub mode: AttachMode,
+    /// Entries of the connection table (`elb_flows`) and of the embryonic
+    /// table (`elb_embryos`): `--conn-table-size`, `--embryonic-table-size`.
+    pub tables: TableSizes,
+}
+
+/// Sizes of the two connection tables, in entries (two per flow).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableSizes {
+    pub flows: u32,
+    pub embryos: u32,
+}
+
+impl Default for TableSizes {
+    fn default() -> Self {
+        Self {
+            flows: elb_common::l4::MAX_FLOW_ENTRIES,
+            embryos: elb_common::l4::EMBRYO_ENTRIES,
+        }
+    }
 }
 
 /// The directory holding the pinned maps of the elb named `name`.
@@ -188,6 +208,9 @@ impl XdpDataplane {
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
+        loader
+            .map_max_entries(maps::FLOWS, config.tables.flows)
+            .map_max_entries(maps::EMBRYOS, config.tables.embryos);
         let mut ebpf = loader.load(crate::EBPF_OBJECT).map_err(|e| {
             if incompatible_pin(&e) {
                 DataplaneError::IncompatiblePins {

@@ -9,9 +9,9 @@
 //! must be; only a mark tells a drained flow from a lost one.
 use std::borrow::BorrowMut;
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{HashMap, IterableMap, MapData};
 use elb_common::{
-    l4::{FLOW_DRAINED, FLOW_REPLY, FlowEntry, FlowKey, MAX_FLOW_ENTRIES},
+    l4::{FLOW_DRAINED, FLOW_REPLY, FlowEntry, FlowKey},
     maps,
 };
 
@@ -37,11 +37,21 @@ pub fn drain_flows<T: BorrowMut<MapData>>(
     flows: &mut HashMap<T, FlowKey, FlowEntry>,
     server_id: u32,
 ) -> Result<usize, L4MapError> {
-    let err = map_err(maps::FLOWS);
+    drain_table(flows, maps::FLOWS, server_id)
+}
+
+/// [`drain_flows`] on either connection table (`name`, for errors).
+pub fn drain_table<T: BorrowMut<MapData>>(
+    flows: &mut HashMap<T, FlowKey, FlowEntry>,
+    name: &'static str,
+    server_id: u32,
+) -> Result<usize, L4MapError> {
+    let err = map_err(name);
     // The kernel restarts the walk from the first key when the current one
     // vanished (LRU eviction), so a table that keeps churning could keep it
     // going forever: it stops after twice the capacity.
-    let limit = 2 * MAX_FLOW_ENTRIES as usize;
+    let capacity = flows.map().info().map_err(&err)?.max_entries();
+    let limit = 2 * capacity as usize;
     let mut visited = 0;
     let mut found = Vec::new();
     for item in flows.iter().take(limit) {

@@ -43,6 +43,7 @@ pub struct L4Maps {
     acl_v6: LpmTrie<MapData, [u8; 16], u32>,
     l7_ports: HashMap<MapData, u32, u32>,
     flows: HashMap<MapData, FlowKey, FlowEntry>,
+    embryos: HashMap<MapData, FlowKey, FlowEntry>,
     stats: StatsMaps,
     /// Each service's installed table and its inner map, so a change
     /// writes only the slots that differ.
@@ -79,6 +80,7 @@ impl L4Maps {
             acl_v6: typed!(ebpf, maps::ACL_V6),
             l7_ports: typed!(ebpf, maps::L7_PORTS),
             flows: typed!(ebpf, maps::FLOWS),
+            embryos: typed!(ebpf, maps::EMBRYOS),
             stats: StatsMaps {
                 service_stats: typed!(ebpf, maps::SERVICE_STATS),
                 server_stats: typed!(ebpf, maps::SERVER_STATS),
@@ -201,8 +203,11 @@ impl L4Maps {
     /// it marked. The end of a drain: XDP answers the flows' next TCP
     /// segments with a RST and removes their entries. `server_id` must not
     /// have been given to another server yet.
+    /// Both tables: a flow still in its handshake is drained as well.
     pub fn drain_flows_of_server(&mut self, server_id: u32) -> Result<usize, L4MapError> {
-        super::drain::drain_flows(&mut self.flows, server_id)
+        let established = super::drain::drain_flows(&mut self.flows, server_id)?;
+        let embryonic = super::drain::drain_table(&mut self.embryos, maps::EMBRYOS, server_id)?;
+        Ok(established + embryonic)
     }
 
     pub fn service_stats(&self, id: u32) -> Result<ServiceStats, L4MapError> {

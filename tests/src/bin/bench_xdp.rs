@@ -544,6 +544,7 @@ fn stats_delta(after: &GlobalStats, before: &GlobalStats) -> GlobalStats {
         unsupported_passes: after.unsupported_passes - before.unsupported_passes,
         tcp_resets: after.tcp_resets - before.tcp_resets,
         drained_drops: after.drained_drops - before.drained_drops,
+        promotions: after.promotions - before.promotions,
     }
 }
 
