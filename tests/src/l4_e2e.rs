@@ -388,6 +388,11 @@ pub struct E2e {
 impl E2e {
     /// The network, the three servers and elb on `dataplane`.
     pub fn start(dataplane: Dataplane) -> Self {
+        Self::start_with(dataplane, &[])
+    }
+
+    /// [`E2e::start`], elb with `extra` flags (not kept for restarts).
+    pub fn start_with(dataplane: Dataplane, extra: &[&str]) -> Self {
         let net = network(dataplane);
         let servers = ["s1", "s2", "s3"]
             .iter()
@@ -404,7 +409,7 @@ impl E2e {
         let run_dir = tempfile::tempdir().expect("run dir");
         let port = crate::ports::free_port();
         let name = unique_name("E");
-        let elb = start_elb(&net, &name, run_dir.path(), port, dataplane, &[]);
+        let elb = start_elb(&net, &name, run_dir.path(), port, dataplane, extra);
         Self {
             elb,
             servers,

@@ -8,6 +8,7 @@ pub mod desync;
 pub mod discovery;
 pub mod elb_process;
 pub mod etcd;
+pub mod flood;
 pub mod grpc;
 pub mod http;
 pub mod l4_e2e;
