@@ -77,7 +77,7 @@ impl SynFlood {
         let mut n = 0u64;
         while n < self.count {
             // The clock is read once per 4,096 frames: cheap enough.
-            if n % 4096 == 0 && started.elapsed() > self.max_time {
+            if n.is_multiple_of(4096) && started.elapsed() > self.max_time {
                 break;
             }
             frame.clear();
