@@ -13,7 +13,10 @@ use elb_common::l4::{
 use elb_userspace::l4::{maps::L4Maps, plan};
 use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
 
-use crate::netns::{NetNs, run, unique_name};
+use crate::{
+    netns::{NetNs, run, unique_name},
+    xdp_fixture::XdpFixture,
+};
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const LB_CLIENT_SIDE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -141,6 +144,44 @@ impl L4Net {
             _peers: peers,
         })
     }
+}
+
+/// Runs `test` in a fresh fixture network, on a freshly loaded program
+/// (connection tables of `tables` entries) serving one service (id 0) at
+/// `vip` over `servers` (id, server index for [`server_v4`] /
+/// [`server_v6`], port), weight 1 each.
+pub fn with_service_tables(
+    proto: u8,
+    vip: SocketAddr,
+    servers: &'static [(u32, u8, u16)],
+    tables: elb_userspace::dataplane::TableSizes,
+    test: impl FnOnce(&mut XdpFixture, &mut L4Maps) + Send + 'static,
+) {
+    let net = L4Net::new().expect("fixture network");
+    let result = net.lb.enter({
+        let server_ifindex = net.server_ifindex;
+        let client_ifindex = net.client_ifindex;
+        move || {
+            let mut fixture = XdpFixture::load_with(tables).expect("load XDP fixture");
+            let mut maps = fixture.l4_maps().expect("L4 maps");
+            write_iface_addrs(&mut maps, client_ifindex, server_ifindex).expect("iface addrs");
+            let servers: Vec<_> = servers
+                .iter()
+                .map(|&(id, i, port)| {
+                    let ip: IpAddr = if vip.is_ipv4() {
+                        server_v4(i).into()
+                    } else {
+                        server_v6(i).into()
+                    };
+                    (id, SocketAddr::new(ip, port), 1)
+                })
+                .collect();
+            install_service(&mut maps, 0, vip, proto, &servers, None).expect("service");
+            test(&mut fixture, &mut maps);
+        }
+    });
+    drop(net);
+    result.expect("fixture thread");
 }
 
 /// The per-interface SNAT addresses the daemon would write.

@@ -11,7 +11,7 @@ use elb_common::{
     l4::{FlowEntry, FlowKey},
     maps,
 };
-use elb_userspace::dataplane::sum_proto_stats;
+use elb_userspace::dataplane::{TableSizes, sum_proto_stats};
 
 /// XDP return codes (`enum xdp_action`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,7 +56,16 @@ pub struct XdpFixture {
 
 impl XdpFixture {
     pub fn load() -> Result<Self> {
-        let mut ebpf = Ebpf::load(elb_userspace::EBPF_OBJECT).context("loading the XDP object")?;
+        Self::load_with(TableSizes::default())
+    }
+
+    /// [`XdpFixture::load`] with connection tables of the given sizes.
+    pub fn load_with(tables: TableSizes) -> Result<Self> {
+        let mut ebpf = aya::EbpfLoader::new()
+            .map_max_entries(maps::FLOWS, tables.flows)
+            .map_max_entries(maps::EMBRYOS, tables.embryos)
+            .load(elb_userspace::EBPF_OBJECT)
+            .context("loading the XDP object")?;
         let program: &mut Xdp = ebpf
             .program_mut(maps::XDP_PROGRAM)
             .context("the object has no XDP program")?

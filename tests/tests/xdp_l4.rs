@@ -20,7 +20,10 @@ use elb_tests::{
     require_root_and_bpf,
     xdp_fixture::{XdpAction, XdpFixture, monotonic_coarse_ns},
 };
-use elb_userspace::l4::{maps::L4Maps, plan::addr16};
+use elb_userspace::{
+    dataplane::TableSizes,
+    l4::{maps::L4Maps, plan::addr16},
+};
 use etherparse::{
     IpDscp, IpEcn, IpHeaders, IpNumber, Ipv4Header, Ipv4Options, Ipv6Header, PacketBuilder,
     PacketBuilderStep, TcpHeader, VlanId,
@@ -102,31 +105,7 @@ fn with_service(
     servers: &'static [(u32, u8, u16)],
     test: impl FnOnce(&mut XdpFixture, &mut L4Maps) + Send + 'static,
 ) {
-    let net = L4Net::new().expect("fixture network");
-    let result = net.lb.enter({
-        let server_ifindex = net.server_ifindex;
-        let client_ifindex = net.client_ifindex;
-        move || {
-            let mut fixture = XdpFixture::load().expect("load XDP fixture");
-            let mut maps = fixture.l4_maps().expect("L4 maps");
-            write_iface_addrs(&mut maps, client_ifindex, server_ifindex).expect("iface addrs");
-            let servers: Vec<_> = servers
-                .iter()
-                .map(|&(id, i, port)| {
-                    let ip: IpAddr = if vip.is_ipv4() {
-                        server_v4(i).into()
-                    } else {
-                        server_v6(i).into()
-                    };
-                    (id, sa(ip, port), 1)
-                })
-                .collect();
-            install_service(&mut maps, 0, vip, proto, &servers, None).expect("service");
-            test(&mut fixture, &mut maps);
-        }
-    });
-    drop(net);
-    result.expect("fixture thread");
+    with_service_tables(proto, vip, servers, TableSizes::default(), test);
 }
 
 const ONE_SERVER: &[(u32, u8, u16)] = &[(0, 0, 8080)];
