@@ -448,3 +448,71 @@ fn a_second_elb_with_the_same_name_is_refused() {
         "{log}"
     );
 }
+
+/// The connection tables are pinned and adopted by the next elb; one
+/// started with other sizes cannot adopt them, and says which flags to
+/// check and how to start afresh, instead of silently dropping the flows.
+#[test]
+fn other_table_sizes_than_the_pinned_ones_are_a_clear_error() {
+    require_root_and_bpf!();
+    let t = topology();
+    let run_dir = temp_dir();
+    let run_dir = run_dir.path();
+    let name = unique_name("T");
+    let mut first = start_elb(&t, &name, run_dir);
+    first.stop().expect("stop elb");
+    let log = failed_start(
+        &strs(&run_args(
+            &name,
+            &t.lb_iface,
+            run_dir,
+            "127.0.0.1:0",
+            &[
+                "--xdp-mode",
+                "driver",
+                "--l4-dataplane",
+                "xdp",
+                "--conn-table-size",
+                "4096",
+            ],
+        )),
+        Some(&t.lb),
+    );
+    assert!(
+        log.contains("--conn-table-size or --embryonic-table-size"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("elb teardown --name {name}")),
+        "{log}"
+    );
+    let teardown_args = [
+        "--name",
+        name.as_str(),
+        "--run-dir",
+        run_dir.to_str().expect("utf-8"),
+    ];
+    elb_teardown(&teardown_args).expect("teardown");
+    // Afresh, the new size is taken.
+    let mut elb = ElbProcess::spawn(
+        &strs(&run_args(
+            &name,
+            &t.lb_iface,
+            run_dir,
+            "127.0.0.1:0",
+            &["--xdp-mode", "driver", "--conn-table-size", "4096"],
+        )),
+        Some(&t.lb),
+    )
+    .expect("spawn elb");
+    elb.wait_for_log(Duration::from_secs(10), "elb running")
+        .expect("elb starts with the new size");
+    let flows = format!("/sys/fs/bpf/elb/{name}/{}", elb_common::maps::FLOWS);
+    let out =
+        t.lb.exec("bpftool", &["-j", "map", "show", "pinned", &flows])
+            .expect("bpftool");
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    assert_eq!(info["max_entries"], 4096, "{info}");
+    elb.stop().expect("stop elb");
+    elb_teardown(&teardown_args).expect("teardown");
+}
