@@ -7,17 +7,19 @@ use core::ptr::NonNull;
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, xdp_action},
     btf_maps::lpm_trie::Key,
-    helpers::{bpf_ktime_get_coarse_ns, bpf_redirect},
+    cty::c_void,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_redirect, generated::bpf_loop},
     programs::XdpContext,
 };
 use elb_common::{
     counters::IPPROTO_TCP,
     l4::{
         FAMILY_IPV4, FAMILY_IPV6, FLOW_CLOSING, FLOW_DRAINED, FLOW_REPLY, FlowEntry, FlowKey,
-        IFACE_HAS_V4, IFACE_HAS_V6, LAST_SEEN_GRANULARITY_NS, NAT_PORT_MAX, NAT_PORT_MIN,
-        NAT_PORT_TRIES, NEXT_HOP_TTL_NS, SERVICE_HAS_SNAT, ServerEntry, ServiceEntry,
-        TCP_CLOSING_NS, TCP_IDLE_NS, UDP_IDLE_NS, VipKey, flow_hash, nat_port_candidate,
+        IFACE_HAS_V4, IFACE_HAS_V6, LAST_SEEN_GRANULARITY_NS, NEXT_HOP_TTL_NS, SERVICE_HAS_SNAT,
+        SERVICE_SNAT_POOL, ServerEntry, ServiceEntry, TCP_CLOSING_NS, TCP_IDLE_NS, UDP_IDLE_NS,
+        VipKey, flow_hash,
     },
+    nat::{MAX_SNAT_POOL, NatCursor, NatPorts, snat_pool_start},
     tcp::is_connection_start,
 };
 
@@ -25,10 +27,12 @@ use crate::{
     fib::{self, FibParams, Lookup},
     headers::{EthHdr, Ipv4Hdr, Ipv6Hdr, TCP_FIN, TCP_RST},
     maps::{
-        ACL_V4, ACL_V6, FLOWS, IFACE_ADDRS, L7_PORTS, MAGLEV, SCRATCH, SERVERS, SERVICES, Scratch,
+        ACL_V4, ACL_V6, FLOWS, IFACE_ADDRS, L7_PORTS, MAGLEV, NAT_CURSORS, SCRATCH, SERVERS,
+        SERVICES, SNAT_POOLS, Scratch,
     },
     nat,
     parse::{L4Packet, Portless, header_at},
+    ports::nat_ports,
     reset, stats,
 };
 
@@ -70,7 +74,7 @@ pub fn handle(ctx: &XdpContext, packet: &L4Packet) -> u32 {
         return DROP;
     }
     // Replies come back to a NAT port; everything else is the node's own.
-    if (NAT_PORT_MIN..=NAT_PORT_MAX).contains(&dst_port)
+    if nat_ports().contains(dst_port)
         && let Some(flow) = FLOWS.get_ptr_mut(key)
     {
         // SAFETY: the entry stays valid for this run (RCU); fields are
@@ -288,12 +292,14 @@ fn new_flow(
     reply_key.proto = key.proto;
     reply_key.family = key.family;
     reply_key._pad = [0; 2];
-    let Some(nat_port) = allocate_port(reply_key, &mut scratch.owner_key, entry, hash, now) else {
-        stats::global(|s| s.port_alloc_failures += 1);
+    let Some(nat_port) = allocate_port(scratch, service, hash, now) else {
+        stats::port_alloc_failure(server_id);
         return None;
     };
 
-    entry.new_src = snat;
+    let (key, entry) = (&scratch.key, &mut scratch.entry);
+    // The SNAT address the port was found on (a pool's may differ).
+    entry.new_src = scratch.reply_key.dst;
     entry.new_dst = server.addr;
     entry.new_src_port = nat_port;
     entry.new_dst_port = server.port;
@@ -410,33 +416,158 @@ fn forget(scratch: &mut Scratch, flow: *const FlowEntry) {
     let _ = FLOWS.remove(key);
 }
 
-/// Inserts the reply entry at the first free NAT port, claiming the reverse
-/// tuple with `BPF_NOEXIST` so two flows never share one. An entry in the
-/// way is taken over only when its flow is over ([`abandoned`]).
+/// Claims a NAT port for a new flow: inserts its reply entry
+/// (`scratch.entry`) at the reply tuple `scratch.reply_key` with the first
+/// free port, trying the service's SNAT addresses (a pool's from the one
+/// the flow's hash picks; otherwise the one in `reply_key.dst`) until one
+/// has a port. The order of ports is `elb_common::nat`'s. On success
+/// `reply_key` is the claimed tuple.
 #[inline(never)]
 fn allocate_port(
-    reply_key: &mut FlowKey,
-    owner_key: &mut FlowKey,
-    reply: &FlowEntry,
+    scratch: &mut Scratch,
+    service: &ServiceEntry,
     hash: u32,
     now: u64,
 ) -> Option<[u8; 2]> {
-    for attempt in 0..NAT_PORT_TRIES {
-        let port = nat_port_candidate(hash, attempt).to_be_bytes();
-        reply_key.dst_port = port;
-        if FLOWS.insert(reply_key, reply, BPF_NOEXIST as u64).is_ok() {
-            return Some(port);
+    let server_id = u32::from(scratch.entry.server_id);
+    let pool = if service.flags & SERVICE_SNAT_POOL != 0 {
+        SNAT_POOLS.get_ptr(service.id)
+    } else {
+        None
+    };
+    let count = match pool {
+        // SAFETY: array values stay valid for this run; read once.
+        Some(pool) => unsafe { (*pool).count }.clamp(1, MAX_SNAT_POOL),
+        None => 1,
+    };
+    let start = snat_pool_start(hash, count);
+    let ports = nat_ports();
+    for i in 0..MAX_SNAT_POOL {
+        if i >= count {
+            break;
         }
-        if let Some(existing) = FLOWS.get_ptr(reply_key) {
-            // SAFETY: see `handle`.
-            if unsafe { abandoned(&*existing, reply_key, owner_key, now) }
-                && FLOWS.insert(reply_key, reply, BPF_ANY as u64).is_ok()
-            {
-                return Some(port);
-            }
+        let index = if start + i >= count { start + i - count } else { start + i };
+        if let Some(pool) = pool {
+            // SAFETY: as above.
+            let Some(addr) = (unsafe { (*pool).addrs.get(index as usize) }) else {
+                break;
+            };
+            scratch.reply_key.dst = *addr;
+        }
+        let Some(cursor) = NAT_CURSORS.get_ptr_mut(NatCursor::slot(server_id, index)) else {
+            continue;
+        };
+        // SAFETY: a shared array value; plain integers, so a concurrent
+        // writer makes it stale, never invalid (it is only a hint).
+        let cursor = unsafe { &mut *cursor };
+        if let Some(port) = allocate_on(scratch, cursor, ports, hash, now) {
+            return Some(port);
         }
     }
     None
+}
+
+/// One SNAT address's turn: the flow's hashed port (unless the cursor
+/// says it is mostly taken), then the ports from the cursor on.
+#[inline(always)]
+fn allocate_on(
+    scratch: &mut Scratch,
+    cursor: &mut NatCursor,
+    ports: NatPorts,
+    hash: u32,
+    now: u64,
+) -> Option<[u8; 2]> {
+    if cursor.try_hashed() {
+        let port = ports.hashed(hash).to_be_bytes();
+        let won = claim_reply_tuple(scratch, port, now);
+        cursor.hashed_result(won);
+        if won {
+            return Some(port);
+        }
+    }
+    let mut scan = Scan {
+        ports,
+        offset: cursor.next,
+        found: 0,
+        port: [0; 2],
+        _pad: [0; 2],
+        now,
+    };
+    // bpf_loop: the verifier checks the step once, where an open-coded
+    // loop of NAT_SCAN_PROBES claims per pool address is beyond its
+    // budget.
+    // SAFETY: the helper calls `scan_step` with a pointer to `scan`, which
+    // outlives the call.
+    unsafe {
+        bpf_loop(
+            cursor.scan_len(now),
+            scan_step as *mut c_void,
+            &mut scan as *mut Scan as *mut c_void,
+            0,
+        )
+    };
+    if scan.found != 0 {
+        cursor.found(scan.offset);
+        return Some(scan.port);
+    }
+    cursor.missed(scan.offset, now);
+    None
+}
+
+/// The state of one scan from a cursor, shared with [`scan_step`].
+#[repr(C)]
+struct Scan {
+    ports: NatPorts,
+    offset: u32,
+    found: u32,
+    port: [u8; 2],
+    _pad: [u8; 2],
+    now: u64,
+}
+
+/// One probe of a scan (a `bpf_loop` callback): claims the port at the
+/// scan's offset, moving the offset on. Returns 1 (stop) once claimed.
+extern "C" fn scan_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Scan` `allocate_on` passed to bpf_loop.
+    let scan = unsafe { &mut *(ctx as *mut Scan) };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's scratch slot, the one `allocate_on`'s caller
+    // holds; it does not touch it while the helper runs.
+    let scratch = unsafe { &mut *scratch };
+    let port = scan.ports.at(scan.offset).to_be_bytes();
+    scan.offset = scan.ports.next_offset(scan.offset);
+    if claim_reply_tuple(scratch, port, scan.now) {
+        scan.found = 1;
+        scan.port = port;
+        return 1;
+    }
+    0
+}
+
+/// Claims the reply tuple `scratch.reply_key` with NAT port `port` for the
+/// new flow's reply entry (`scratch.entry`): true if it was free, or held
+/// by a flow that is over ([`abandoned`]) and now taken over. The one
+/// place that decides whether a reply tuple is taken. The lookup first
+/// makes a taken port cheap (a failed insert into the LRU map costs far
+/// more); the `BPF_NOEXIST` insert stays the arbiter, so two flows never
+/// share one reply tuple.
+#[inline(never)]
+fn claim_reply_tuple(scratch: &mut Scratch, port: [u8; 2], now: u64) -> bool {
+    let reply_key = &mut scratch.reply_key;
+    reply_key.dst_port = port;
+    let Some(existing) = FLOWS.get_ptr(reply_key) else {
+        return FLOWS
+            .insert(reply_key, &scratch.entry, BPF_NOEXIST as u64)
+            .is_ok();
+    };
+    // SAFETY: see `handle`.
+    let abandoned = unsafe { abandoned(&*existing, reply_key, &mut scratch.owner_key, now) };
+    abandoned
+        && FLOWS
+            .insert(reply_key, &scratch.entry, BPF_ANY as u64)
+            .is_ok()
 }
 
 /// Whether the flow of the reply entry `existing` (at `reply_key`) is

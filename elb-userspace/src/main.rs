@@ -616,6 +616,7 @@ fn start_xdp(args: &RunArgs, l4_start: L4Start) -> anyhow::Result<Option<(XdpDat
                 bpffs_root: args.bpffs.clone(),
                 interfaces: args.xdp_ifaces.clone(),
                 mode: args.xdp_mode,
+                nat_ports: args.nat_ports,
             });
             match started {
                 Ok(started) => Ok(Some(started)),
@@ -662,6 +663,11 @@ fn start_l4_sync(
         interfaces,
     );
     admin.set_l4_stats(Arc::new(stats));
+    tokio::spawn(elb_userspace::l4::exhaustion::watch(
+        StatsMaps::open_pinned(dataplane.pins())?,
+        sync.stats_index(),
+        shutdown.clone(),
+    ));
     tracing::info!("L4 data plane: xdp");
     let (task, applied) = spawn_sync_loop(
         sync,

@@ -1,8 +1,10 @@
 //! `BPF_PROG_TEST_RUN` harness: loads the real XDP object (the one embedded
 //! in `elb`), runs it on a packet, and returns the action and output bytes.
 use anyhow::{Context, Result, bail};
+use std::time::Duration;
+
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Map, MapData, PerCpuArray},
     programs::{TestRun, TestRunOptions, Xdp},
 };
@@ -10,6 +12,7 @@ use elb_common::{
     counters::{PacketCounter, ProtoCounter},
     l4::{FlowEntry, FlowKey},
     maps,
+    nat::NatPorts,
 };
 use elb_userspace::dataplane::sum_proto_stats;
 
@@ -54,7 +57,23 @@ pub struct XdpFixture {
 
 impl XdpFixture {
     pub fn load() -> Result<Self> {
-        let mut ebpf = Ebpf::load(elb_userspace::EBPF_OBJECT).context("loading the XDP object")?;
+        Self::from_object(Ebpf::load(elb_userspace::EBPF_OBJECT).context("loading the XDP object")?)
+    }
+
+    /// [`XdpFixture::load`] with the NAT port range `--nat-ports` sets.
+    pub fn load_with_nat_ports(ports: NatPorts) -> Result<Self> {
+        let (min, max) = (ports.min(), ports.max());
+        let mut loader = EbpfLoader::new();
+        loader.override_global(maps::NAT_PORT_MIN_GLOBAL, &min, true);
+        loader.override_global(maps::NAT_PORT_MAX_GLOBAL, &max, true);
+        Self::from_object(
+            loader
+                .load(elb_userspace::EBPF_OBJECT)
+                .context("loading the XDP object")?,
+        )
+    }
+
+    fn from_object(mut ebpf: Ebpf) -> Result<Self> {
         let program: &mut Xdp = ebpf
             .program_mut(maps::XDP_PROGRAM)
             .context("the object has no XDP program")?
@@ -90,6 +109,32 @@ impl XdpFixture {
             action: XdpAction::from_raw(result.return_value)?,
             output,
         })
+    }
+
+    /// Runs the program `repeat` times on `frame` (each run on the previous
+    /// run's output: repeat only frames the program leaves as they are,
+    /// like dropped ones); the last run and the kernel's mean time per run.
+    pub fn time(&mut self, frame: &[u8], repeat: u32) -> Result<(XdpRun, Duration)> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(maps::XDP_PROGRAM)
+            .context("the object has no XDP program")?
+            .try_into()?;
+        let mut output = vec![0u8; frame.len() + 256];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut output),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .with_context(|| format!("BPF_PROG_TEST_RUN x{repeat}"))?;
+        output.truncate(result.data_size_out as usize);
+        let run = XdpRun {
+            action: XdpAction::from_raw(result.return_value)?,
+            output,
+        };
+        Ok((run, result.duration))
     }
 
     /// Per-protocol counters, summed over CPUs.

@@ -110,6 +110,9 @@ pub struct DataplaneConfig {
     pub bpffs_root: PathBuf,
     pub interfaces: Vec<String>,
     pub mode: AttachMode,
+    /// `--nat-ports`; None: the default range for this host
+    /// ([`crate::l4::port_range`]).
+    pub nat_ports: Option<elb_common::nat::NatPorts>,
 }
 
 /// The directory holding the pinned maps of the elb named `name`.
@@ -172,7 +175,9 @@ impl XdpDataplane {
             .map(|name| if_index(name).map(|index| (name.clone(), index)))
             .collect::<Result<Vec<_>, _>>()?;
 
-        crate::l4::port_range::check_host()?;
+        let nat_ports = crate::l4::port_range::check_host(config.nat_ports)?;
+        // Load-time constants the verifier knows (elb-ebpf/src/ports.rs).
+        let (nat_min, nat_max) = (nat_ports.min(), nat_ports.max());
         bpffs::ensure_mounted(&config.bpffs_root)?;
         let pins = PinLayout::new(&config.bpffs_root, &config.name);
         pins.create()?;
@@ -188,6 +193,9 @@ impl XdpDataplane {
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
+        loader.override_global(maps::NAT_PORT_MIN_GLOBAL, &nat_min, true);
+        loader.override_global(maps::NAT_PORT_MAX_GLOBAL, &nat_max, true);
+        tracing::info!(nat_ports = %nat_ports, "XDP full NAT source ports");
         let mut ebpf = loader.load(crate::EBPF_OBJECT).map_err(|e| {
             if incompatible_pin(&e) {
                 DataplaneError::IncompatiblePins {
