@@ -33,15 +33,14 @@ pub const MAX_ACL_ENTRIES: u32 = 65_536;
 pub const MAX_INTERFACES: u32 = 256;
 pub const MAX_L7_PORTS: u32 = 64;
 
-/// Source ports full NAT allocates from, inclusive. Below Linux's default
-/// ephemeral range (32768-60999) so that NAT'd flows never take a port the
-/// node's own connections could pick; userspace checks
-/// `ip_local_port_range` against it at start.
-pub const NAT_PORT_MIN: u16 = 20_000;
+/// Source ports full NAT allocates from, inclusive, unless userspace loads
+/// the program with others (`--nat-ports`; see [`crate::nat::NatPorts`]):
+/// every unprivileged port below Linux's default ephemeral range
+/// (32768-60999), so NAT'd flows never take a port the node's own
+/// connections could pick. Userspace checks `ip_local_port_range` against
+/// the range in use at start.
+pub const NAT_PORT_MIN: u16 = 1_024;
 pub const NAT_PORT_MAX: u16 = 32_767;
-/// Ports tried for a new flow before it is dropped as a port-allocation
-/// failure (bounded so the verifier can unroll the loop).
-pub const NAT_PORT_TRIES: u32 = 8;
 
 /// Idle lifetimes of connection-table entries, in nanoseconds.
 pub const TCP_IDLE_NS: u64 = 3_600 * 1_000_000_000;
@@ -86,6 +85,9 @@ pub struct ServiceEntry {
 }
 
 pub const SERVICE_HAS_SNAT: u32 = 1;
+/// With `SERVICE_HAS_SNAT`: the service has a pool of SNAT addresses, in
+/// `elb_snat_pools` at its id (`snat` is the pool's first address).
+pub const SERVICE_SNAT_POOL: u32 = 2;
 
 /// `elb_servers` value, indexed by server id.
 #[repr(C)]
@@ -203,7 +205,8 @@ pub struct GlobalStats {
     /// NAT'd packets handed to the kernel because the FIB could not give a
     /// complete next hop (no neighbour entry yet, forwarding disabled, ...).
     pub fib_fallbacks: u64,
-    /// New flows dropped because `NAT_PORT_TRIES` ports were all taken.
+    /// New flows dropped because no NAT port was free on any of their
+    /// SNAT addresses (per server: `elb_srv_nat_fail`).
     pub port_alloc_failures: u64,
     /// Packets dropped by the deny-list.
     pub acl_drops: u64,
@@ -315,25 +318,12 @@ fn mix(h: u32, k: u32) -> u32 {
 }
 
 #[inline(always)]
-fn finalize(mut h: u32) -> u32 {
+pub(crate) fn finalize(mut h: u32) -> u32 {
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
     h ^= h >> 13;
     h = h.wrapping_mul(0xc2b2_ae35);
     h ^ (h >> 16)
-}
-
-/// The `attempt`-th NAT source port candidate for a flow with `hash`.
-///
-/// Every attempt is an independent hash, not a fixed stride from the first:
-/// with a stride, flows whose first candidates are close share their later
-/// ones too, taken ports cluster like linear probing, and allocation fails
-/// long before the range is full.
-#[inline(always)]
-pub fn nat_port_candidate(hash: u32, attempt: u32) -> u16 {
-    let range = u32::from(NAT_PORT_MAX - NAT_PORT_MIN) + 1;
-    let offset = finalize(hash ^ attempt.wrapping_mul(0x9e37_79b9)) % range;
-    NAT_PORT_MIN + offset as u16
 }
 
 #[cfg(test)]
@@ -398,51 +388,5 @@ mod tests {
         assert_ne!(h, flow_hash(&b, &a, [0, 80], [0x30, 0x39], 6));
         assert_ne!(h, flow_hash(&a, &b, [0x30, 0x3a], [0, 80], 6));
         assert_ne!(h, flow_hash(&a, &b, [0x30, 0x39], [0, 80], 17));
-    }
-
-    #[test]
-    fn nat_ports_stay_in_range_and_differ_per_attempt() {
-        for hash in [0, 1, 12_345, u32::MAX] {
-            let ports: Vec<u16> = (0..NAT_PORT_TRIES)
-                .map(|attempt| nat_port_candidate(hash, attempt))
-                .collect();
-            assert!(
-                ports
-                    .iter()
-                    .all(|p| (NAT_PORT_MIN..=NAT_PORT_MAX).contains(p))
-            );
-            let mut distinct = ports.clone();
-            distinct.sort_unstable();
-            distinct.dedup();
-            assert_eq!(distinct.len(), ports.len(), "{hash}: {ports:?}");
-        }
-    }
-
-    /// Filling the range to 75%: with independent candidates a flow fails
-    /// when its 8 ports are all taken (0.75^8 ≈ 10% at the very end, far
-    /// less before). A fixed stride clusters like linear probing and fails
-    /// about four times as often (476 failures in the same fill).
-    #[test]
-    fn nat_port_allocation_fails_rarely_until_the_range_is_full() {
-        let range = usize::from(NAT_PORT_MAX - NAT_PORT_MIN) + 1;
-        let mut taken = vec![false; range];
-        let (mut placed, mut failures, mut seed) = (0, 0, 1u32);
-        while placed < range * 3 / 4 {
-            seed = finalize(seed.wrapping_add(0x9e37_79b9));
-            let free = (0..NAT_PORT_TRIES)
-                .map(|a| usize::from(nat_port_candidate(seed, a) - NAT_PORT_MIN))
-                .find(|&slot| !taken[slot]);
-            match free {
-                Some(slot) => {
-                    taken[slot] = true;
-                    placed += 1;
-                }
-                None => failures += 1,
-            }
-        }
-        assert!(
-            failures < 200,
-            "{failures} failures filling 75% of the range"
-        );
     }
 }

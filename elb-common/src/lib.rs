@@ -13,6 +13,7 @@ pub mod l4;
 #[cfg(any(test, feature = "user"))]
 pub mod maglev;
 pub mod maps;
+pub mod nat;
 pub mod tcp;
 
 #[cfg(feature = "user")]

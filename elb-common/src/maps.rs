@@ -34,6 +34,16 @@ pub const SERVER_STATS: &str = "elb_srv_stats";
 /// Per-CPU [`crate::l4::GlobalStats`], one slot.
 pub const GLOBAL_STATS: &str = "elb_glob_stats";
 
+/// Array of [`crate::nat::SnatPool`] by service id: the SNAT pools of
+/// services with `SERVICE_SNAT_POOL`.
+pub const SNAT_POOLS: &str = "elb_snat_pools";
+/// Array of [`crate::nat::NatCursor`] by
+/// [`crate::nat::NatCursor::slot`]`(server id, pool index)`.
+pub const NAT_CURSORS: &str = "elb_nat_cursor";
+/// Per-CPU `u64` by server id: new flows to the server dropped because no
+/// NAT port was free.
+pub const NAT_FAILURES: &str = "elb_nat_fail";
+
 /// Every map the program declares, in the order userspace pins them.
 pub const ALL: &[&str] = &[
     PROTO_STATS,
@@ -49,7 +59,15 @@ pub const ALL: &[&str] = &[
     SERVICE_STATS,
     SERVER_STATS,
     GLOBAL_STATS,
+    SNAT_POOLS,
+    NAT_CURSORS,
+    NAT_FAILURES,
 ];
+
+/// The XDP program's load-time constants (`EbpfLoader::set_global`): the
+/// NAT port range, `u16` each.
+pub const NAT_PORT_MIN_GLOBAL: &str = "ELB_NAT_PORT_MIN";
+pub const NAT_PORT_MAX_GLOBAL: &str = "ELB_NAT_PORT_MAX";
 
 /// The XDP program's function name in the object file.
 pub const XDP_PROGRAM: &str = "elb_xdp";

@@ -11,3 +11,5 @@ unsafe impl aya::Pod for crate::l4::FlowEntry {}
 unsafe impl aya::Pod for crate::l4::IfaceAddrs {}
 unsafe impl aya::Pod for crate::l4::ServiceStats {}
 unsafe impl aya::Pod for crate::l4::GlobalStats {}
+unsafe impl aya::Pod for crate::nat::NatCursor {}
+unsafe impl aya::Pod for crate::nat::SnatPool {}

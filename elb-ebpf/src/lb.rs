@@ -12,7 +12,8 @@ use core::ptr::NonNull;
 use aya_ebpf::{
     bindings::xdp_action,
     btf_maps::lpm_trie::Key,
-    helpers::{bpf_ktime_get_coarse_ns, bpf_redirect},
+    cty::c_void,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_redirect, generated::bpf_loop},
     programs::XdpContext,
 };
 use elb_common::{
@@ -21,19 +22,23 @@ use elb_common::{
     l4::{
         EMBRYO_FLAGS, FAMILY_IPV4, FAMILY_IPV6, FLOW_CLOSING, FLOW_DRAINED, FLOW_EMBRYONIC,
         FLOW_REPLY, FlowEntry, FlowKey, IFACE_HAS_V4, IFACE_HAS_V6, LAST_SEEN_GRANULARITY_NS,
-        NAT_PORT_MAX, NAT_PORT_MIN, NAT_PORT_TRIES, NEXT_HOP_TTL_NS, SERVICE_HAS_SNAT,
-        ServerEntry, ServiceEntry, TCP_CLOSING_NS, TCP_EMBRYONIC_NS, TCP_IDLE_NS, UDP_IDLE_NS,
-        VipKey, flow_hash, nat_port_candidate,
+        NEXT_HOP_TTL_NS, SERVICE_HAS_SNAT, SERVICE_SNAT_POOL, ServerEntry, ServiceEntry,
+        TCP_CLOSING_NS, TCP_EMBRYONIC_NS, TCP_IDLE_NS, UDP_IDLE_NS, VipKey, flow_hash,
     },
+    nat::{MAX_SNAT_POOL, NatCursor, NatPorts, snat_pool_start},
     tcp::is_connection_start,
 };
 
 use crate::{
     fib::{self, FibParams, Lookup},
     headers::{EthHdr, Ipv4Hdr, Ipv6Hdr, TCP_FIN, TCP_RST, TcpHdr},
-    maps::{ACL_V4, ACL_V6, IFACE_ADDRS, L7_PORTS, MAGLEV, SCRATCH, SERVERS, SERVICES, Scratch},
+    maps::{
+        ACL_V4, ACL_V6, IFACE_ADDRS, L7_PORTS, MAGLEV, NAT_CURSORS, SCRATCH, SERVERS, SERVICES,
+        SNAT_POOLS, Scratch,
+    },
     nat,
     parse::{L4Packet, Portless, header_at},
+    ports::nat_ports,
     reset, stats,
     tables::{Embryonic, Established, FlowTable},
 };
@@ -76,7 +81,7 @@ pub fn handle(ctx: &XdpContext, packet: &L4Packet) -> u32 {
         return DROP;
     }
     // Replies come back to a NAT port; everything else is the node's own.
-    if !(NAT_PORT_MIN..=NAT_PORT_MAX).contains(&dst_port) {
+    if !nat_ports().contains(dst_port) {
         return PASS;
     }
     let now = now();
@@ -394,12 +399,14 @@ fn new_flow(
     reply_key.proto = key.proto;
     reply_key.family = key.family;
     reply_key._pad = [0; 2];
-    let Some(nat_port) = allocate_port(reply_key, &mut scratch.owner_key, entry, hash, now) else {
-        stats::global(|s| s.port_alloc_failures += 1);
+    let Some(nat_port) = allocate_port(scratch, service, hash, now) else {
+        stats::port_alloc_failure(server_id);
         return None;
     };
 
-    entry.new_src = snat;
+    let (key, entry) = (&scratch.key, &mut scratch.entry);
+    // The SNAT address the port was found on (a pool's may differ).
+    entry.new_src = scratch.reply_key.dst;
     entry.new_dst = server.addr;
     entry.new_src_port = nat_port;
     entry.new_dst_port = server.port;
@@ -584,59 +591,237 @@ fn forget<T: FlowTable>(scratch: &mut Scratch, flow: *const FlowEntry) {
     T::remove(key);
 }
 
-/// Inserts the reply entry at the first free NAT port
-/// ([`claim_reply_tuple`]).
+/// Claims a NAT port for a new flow: inserts its reply entry
+/// (`scratch.entry`) at the reply tuple `scratch.reply_key` with the first
+/// free port, trying the service's SNAT addresses (a pool's from the one
+/// the flow's hash picks; otherwise the one in `reply_key.dst`) until one
+/// has a port. The order of ports is `elb_common::nat`'s. On success
+/// `reply_key` is the claimed tuple.
 #[inline(never)]
 fn allocate_port(
-    reply_key: &mut FlowKey,
-    owner_key: &mut FlowKey,
-    reply: &FlowEntry,
+    scratch: &mut Scratch,
+    service: &ServiceEntry,
     hash: u32,
     now: u64,
 ) -> Option<[u8; 2]> {
-    for attempt in 0..NAT_PORT_TRIES {
-        let port = nat_port_candidate(hash, attempt).to_be_bytes();
-        reply_key.dst_port = port;
-        if claim_reply_tuple(reply_key, owner_key, reply, now) {
+    let pooled = service.flags & SERVICE_SNAT_POOL != 0;
+    let count = match pooled.then(|| SNAT_POOLS.get_ptr(service.id)).flatten() {
+        // SAFETY: array values stay valid for this run; read once.
+        Some(pool) => unsafe { (*pool).count }.clamp(1, MAX_SNAT_POOL),
+        None => 1,
+    };
+    let mut walk = PoolWalk {
+        service_id: service.id,
+        pooled: u32::from(pooled),
+        count,
+        start: snat_pool_start(hash, count),
+        server_id: u32::from(scratch.entry.server_id),
+        hash,
+        now,
+        found: 0,
+        port: [0; 2],
+        _pad: [0; 2],
+    };
+    // bpf_loop, not an unrolled loop over the pool: the verifier checks
+    // the step (and the scan and the claim inside it) once, where eight
+    // inlined copies, each with its own scan, are beyond its budget.
+    // SAFETY: the helper calls `pool_step` with a pointer to `walk`, which
+    // outlives the call.
+    unsafe {
+        bpf_loop(
+            count,
+            pool_step as *mut c_void,
+            &mut walk as *mut PoolWalk as *mut c_void,
+            0,
+        )
+    };
+    (walk.found != 0).then_some(walk.port)
+}
+
+/// The state of one walk over a service's SNAT addresses, shared with
+/// [`pool_step`].
+#[repr(C)]
+struct PoolWalk {
+    service_id: u32,
+    /// 1: the service has a pool (`elb_snat_pools`); 0: one address,
+    /// already in the reply key.
+    pooled: u32,
+    count: u32,
+    /// The pool index the flow's hash picks; the walk starts there.
+    start: u32,
+    server_id: u32,
+    hash: u32,
+    now: u64,
+    found: u32,
+    port: [u8; 2],
+    _pad: [u8; 2],
+}
+
+/// One SNAT address of a walk (a `bpf_loop` callback): sets it in the
+/// reply key and tries it ([`allocate_on`]). Returns 1 (stop) once a port
+/// is claimed, or when the pool cannot be read.
+extern "C" fn pool_step(step: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `PoolWalk` `allocate_port` passed to bpf_loop.
+    let walk = unsafe { &mut *(ctx as *mut PoolWalk) };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's scratch slot, the one `allocate_port`'s caller
+    // holds; it does not touch it while the helper runs.
+    let scratch = unsafe { &mut *scratch };
+    let turn = walk.start + step as u32;
+    let index = if turn >= walk.count { turn - walk.count } else { turn };
+    if walk.pooled != 0 {
+        let Some(pool) = SNAT_POOLS.get_ptr(walk.service_id) else {
+            return 1;
+        };
+        // SAFETY: array values stay valid for this run.
+        let Some(addr) = (unsafe { (*pool).addrs.get(index as usize) }) else {
+            return 1;
+        };
+        scratch.reply_key.dst = *addr;
+    }
+    let Some(cursor) = NAT_CURSORS.get_ptr_mut(NatCursor::slot(walk.server_id, index)) else {
+        return 0;
+    };
+    // SAFETY: a shared array value; plain integers, so a concurrent
+    // writer makes it stale, never invalid (it is only a hint).
+    let cursor = unsafe { &mut *cursor };
+    match allocate_on(scratch, cursor, nat_ports(), walk.hash, walk.now) {
+        Some(port) => {
+            walk.found = 1;
+            walk.port = port;
+            1
+        }
+        None => 0,
+    }
+}
+
+/// One SNAT address's turn: the flow's hashed port (unless the cursor
+/// says it is mostly taken), then the ports from the cursor on.
+#[inline(always)]
+fn allocate_on(
+    scratch: &mut Scratch,
+    cursor: &mut NatCursor,
+    ports: NatPorts,
+    hash: u32,
+    now: u64,
+) -> Option<[u8; 2]> {
+    if cursor.try_hashed() {
+        let port = ports.hashed(hash).to_be_bytes();
+        let won = claim_reply_tuple(scratch, port, now);
+        cursor.hashed_result(won);
+        if won {
             return Some(port);
         }
     }
+    let mut scan = Scan {
+        ports,
+        offset: cursor.next,
+        found: 0,
+        port: [0; 2],
+        _pad: [0; 2],
+        now,
+    };
+    // bpf_loop: the verifier checks the step once, where an open-coded
+    // loop of NAT_SCAN_PROBES claims per pool address is beyond its
+    // budget.
+    // SAFETY: the helper calls `scan_step` with a pointer to `scan`, which
+    // outlives the call.
+    unsafe {
+        bpf_loop(
+            cursor.scan_len(now),
+            scan_step as *mut c_void,
+            &mut scan as *mut Scan as *mut c_void,
+            0,
+        )
+    };
+    if scan.found != 0 {
+        cursor.found(scan.offset);
+        return Some(scan.port);
+    }
+    cursor.missed(scan.offset, now);
     None
 }
 
-/// Claims the reply tuple `reply_key` for a new (embryonic) flow, so that
-/// two flows never share one: the embryonic entry is inserted with
-/// `BPF_NOEXIST`, then the main table is checked, and the claim undone if
-/// a flow there still holds the tuple. In that order, a flow promoted
-/// meanwhile (main table first, then the embryonic entry deleted) is always
-/// seen. An entry in the way, in either table, yields only when its flow
-/// is over ([`abandoned`]).
-#[inline(always)]
-fn claim_reply_tuple(
-    reply_key: &FlowKey,
-    owner_key: &mut FlowKey,
-    reply: &FlowEntry,
+/// The state of one scan from a cursor, shared with [`scan_step`].
+#[repr(C)]
+struct Scan {
+    ports: NatPorts,
+    offset: u32,
+    found: u32,
+    port: [u8; 2],
+    _pad: [u8; 2],
     now: u64,
-) -> bool {
-    if !Embryonic::claim(reply_key, reply) {
-        let Some(existing) = Embryonic::get(reply_key) else {
-            return false;
-        };
-        // SAFETY: see `reply_entry`.
-        if !unsafe { abandoned::<Embryonic>(&*existing, reply_key, owner_key, now) }
-            || !Embryonic::put(reply_key, reply)
-        {
-            return false;
-        }
+}
+
+/// One probe of a scan (a `bpf_loop` callback): claims the port at the
+/// scan's offset, moving the offset on. Returns 1 (stop) once claimed.
+extern "C" fn scan_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Scan` `allocate_on` passed to bpf_loop.
+    let scan = unsafe { &mut *(ctx as *mut Scan) };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's scratch slot, the one `allocate_on`'s caller
+    // holds; it does not touch it while the helper runs.
+    let scratch = unsafe { &mut *scratch };
+    let port = scan.ports.at(scan.offset).to_be_bytes();
+    scan.offset = scan.ports.next_offset(scan.offset);
+    if claim_reply_tuple(scratch, port, scan.now) {
+        scan.found = 1;
+        scan.port = port;
+        return 1;
     }
-    if let Some(existing) = Established::get(reply_key) {
+    0
+}
+
+/// Claims the reply tuple `scratch.reply_key` with NAT port `port` for the
+/// new flow's reply entry (`scratch.entry`, embryonic): true if it was
+/// free, or held by a flow that is over ([`abandoned`]) and now taken over.
+/// The one place that decides whether a reply tuple is taken, in either
+/// table, so two flows never share one:
+/// - a live flow in the main table holds it: taken (a lookup first, so a
+///   taken port is cheap; a failed insert into an LRU map costs far more);
+/// - the embryonic entry is inserted with `BPF_NOEXIST`, the arbiter
+///   between new flows;
+/// - then the main table is checked again and the claim undone if a flow
+///   there holds the tuple: in that order, a flow promoted meanwhile (main
+///   table first, then its embryonic entries deleted) is always seen.
+#[inline(never)]
+fn claim_reply_tuple(scratch: &mut Scratch, port: [u8; 2], now: u64) -> bool {
+    let reply_key = &mut scratch.reply_key;
+    reply_key.dst_port = port;
+    let owner_key = &mut scratch.owner_key;
+    if held::<Established>(reply_key, owner_key, now) {
+        return false;
+    }
+    let claimed = match Embryonic::get(reply_key) {
+        None => Embryonic::claim(reply_key, &scratch.entry),
         // SAFETY: see `reply_entry`.
-        if !unsafe { abandoned::<Established>(&*existing, reply_key, owner_key, now) } {
-            Embryonic::remove(reply_key);
-            return false;
+        Some(existing) => {
+            let over = unsafe { abandoned::<Embryonic>(&*existing, reply_key, owner_key, now) };
+            over && Embryonic::put(reply_key, &scratch.entry)
         }
+    };
+    if !claimed {
+        return false;
+    }
+    if held::<Established>(reply_key, owner_key, now) {
+        Embryonic::remove(reply_key);
+        return false;
     }
     true
+}
+
+/// Whether a flow that is not over holds `reply_key` in table `T`.
+#[inline(always)]
+fn held<T: FlowTable>(reply_key: &FlowKey, owner_key: &mut FlowKey, now: u64) -> bool {
+    match T::get(reply_key) {
+        // SAFETY: see `reply_entry`.
+        Some(existing) => !unsafe { abandoned::<T>(&*existing, reply_key, owner_key, now) },
+        None => false,
+    }
 }
 
 /// Whether the flow of the reply entry `existing` (at `reply_key`) is

@@ -12,6 +12,7 @@ mod lb;
 mod maps;
 mod nat;
 mod parse;
+mod ports;
 mod reset;
 mod stats;
 mod tables;

@@ -5,6 +5,7 @@ use aya_ebpf::btf_maps::{Array, ArrayOfMaps, HashMap, LpmTrie, LruHashMap, PerCp
 use aya_ebpf::macros::btf_map;
 use elb_common::{
     counters::{PacketCounter, ProtoCounter},
+    nat::{MAX_SNAT_POOL, NatCursor, SnatPool},
     l4::{
         EMBRYO_ENTRIES, FlowEntry, FlowKey, GlobalStats, IfaceAddrs, MAGLEV_CAPACITY, MAX_ACL_ENTRIES,
         MAX_FLOW_ENTRIES, MAX_INTERFACES, MAX_L7_PORTS, MAX_SERVERS, MAX_SERVICES, ServerEntry,
@@ -65,6 +66,20 @@ pub static SERVER_STATS: PerCpuArray<PacketCounter, { MAX_SERVERS as usize }> = 
 #[btf_map(name = "elb_glob_stats")]
 pub static GLOBAL_STATS: PerCpuArray<GlobalStats, 1> = PerCpuArray::new();
 
+/// SNAT pools of services with `SERVICE_SNAT_POOL`, by service id.
+#[btf_map(name = "elb_snat_pools")]
+pub static SNAT_POOLS: Array<SnatPool, { MAX_SERVICES as usize }> = Array::new();
+
+/// Port-allocation cursors by (server id, SNAT pool index); shared by all
+/// CPUs, as the port space is (see `elb_common::nat`).
+#[btf_map(name = "elb_nat_cursor")]
+pub static NAT_CURSORS: Array<NatCursor, { (MAX_SERVERS * MAX_SNAT_POOL) as usize }> =
+    Array::new();
+
+/// New flows dropped for want of a NAT port, per server id.
+#[btf_map(name = "elb_nat_fail")]
+pub static NAT_FAILURES: PerCpuArray<u64, { MAX_SERVERS as usize }> = PerCpuArray::new();
+
 /// Working memory for one packet: flow keys, a flow entry and FIB
 /// parameters do not fit on the 512-byte BPF stack together.
 #[repr(C)]
@@ -72,7 +87,7 @@ pub struct Scratch {
     pub key: FlowKey,
     pub reply_key: FlowKey,
     /// The client-side key of the flow holding a NAT port a new flow
-    /// wants (`lb::allocate_port`).
+    /// wants (`lb::claim_reply_tuple`).
     pub owner_key: FlowKey,
     pub entry: FlowEntry,
     pub fib: FibParams,

@@ -2,7 +2,7 @@
 //! race-free; userspace sums the copies.
 use elb_common::l4::GlobalStats;
 
-use crate::maps::{GLOBAL_STATS, SERVER_STATS, SERVICE_STATS};
+use crate::maps::{GLOBAL_STATS, NAT_FAILURES, SERVER_STATS, SERVICE_STATS};
 
 #[inline(always)]
 pub fn global(bump: impl FnOnce(&mut GlobalStats)) {
@@ -26,5 +26,15 @@ pub fn flow_packet(service_id: u16, server_id: u16, bytes: u64, new_flow: bool) 
     if let Some(stats) = SERVER_STATS.get_ptr_mut(u32::from(server_id)) {
         // SAFETY: this CPU's own slot.
         unsafe { (*stats).add(1, bytes) };
+    }
+}
+
+/// A new flow to `server_id` found no NAT port.
+#[inline(always)]
+pub fn port_alloc_failure(server_id: u32) {
+    global(|s| s.port_alloc_failures += 1);
+    if let Some(count) = NAT_FAILURES.get_ptr_mut(server_id) {
+        // SAFETY: this CPU's own slot.
+        unsafe { *count = (*count).wrapping_add(1) };
     }
 }

@@ -287,6 +287,15 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = L4Dataplane::Auto)]
     pub l4_dataplane: L4Dataplane,
 
+    /// Source ports XDP's full NAT allocates from, `LO-HI`, per (server,
+    /// SNAT address). Must be clear of the host's ephemeral ports
+    /// (net.ipv4.ip_local_port_range) unless reserved
+    /// (net.ipv4.ip_local_reserved_ports). Default: the largest run of
+    /// ports from 1024 up that the host never hands out (1024-32767 with
+    /// Linux's default ephemeral range).
+    #[arg(long, value_name = "LO-HI", value_parser = crate::l4::port_range::parse_nat_ports)]
+    pub nat_ports: Option<elb_common::nat::NatPorts>,
+
     /// Where the BPF filesystem is (mounted there if it is not).
     #[arg(long, default_value = "/sys/fs/bpf", value_name = "DIR")]
     pub bpffs: PathBuf,

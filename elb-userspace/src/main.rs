@@ -620,6 +620,7 @@ fn start_xdp(args: &RunArgs, l4_start: L4Start) -> anyhow::Result<Option<(XdpDat
                     flows: args.conn_table_size,
                     embryos: args.embryonic_table_size,
                 },
+                nat_ports: args.nat_ports,
             });
             match started {
                 Ok(started) => Ok(Some(started)),
@@ -666,6 +667,11 @@ fn start_l4_sync(
         interfaces,
     );
     admin.set_l4_stats(Arc::new(stats));
+    tokio::spawn(elb_userspace::l4::exhaustion::watch(
+        StatsMaps::open_pinned(dataplane.pins())?,
+        sync.stats_index(),
+        shutdown.clone(),
+    ));
     tracing::info!("L4 data plane: xdp");
     let (task, applied) = spawn_sync_loop(
         sync,

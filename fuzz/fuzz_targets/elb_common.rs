@@ -16,7 +16,8 @@ use arbitrary::Arbitrary;
 use elb_common::{
     counters::ProtoCounter,
     csum::{Delta, Sum},
-    l4::{NAT_PORT_MAX, NAT_PORT_MIN, flow_hash, nat_port_candidate},
+    l4::{NAT_PORT_MAX, NAT_PORT_MIN, flow_hash},
+    nat::NatPorts,
     tcp::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, reset_for},
 };
 use libfuzzer_sys::fuzz_target;
@@ -85,8 +86,10 @@ fuzz_target!(|input: Input| {
             input.proto
         )
     );
-    let port = nat_port_candidate(hash, input.attempt);
+    let ports = NatPorts::DEFAULT;
+    let port = ports.hashed(hash);
     assert!((NAT_PORT_MIN..=NAT_PORT_MAX).contains(&port), "{port}");
+    assert!(ports.contains(ports.at(input.attempt)));
     assert!((ProtoCounter::for_l4(input.ipv6, input.proto).index() as usize) < ProtoCounter::COUNT);
 });
 

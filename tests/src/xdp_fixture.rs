@@ -1,8 +1,10 @@
 //! `BPF_PROG_TEST_RUN` harness: loads the real XDP object (the one embedded
 //! in `elb`), runs it on a packet, and returns the action and output bytes.
 use anyhow::{Context, Result, bail};
+use std::time::Duration;
+
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Map, MapData, PerCpuArray},
     programs::{TestRun, TestRunOptions, Xdp},
 };
@@ -10,6 +12,7 @@ use elb_common::{
     counters::{PacketCounter, ProtoCounter},
     l4::{FlowEntry, FlowKey},
     maps,
+    nat::NatPorts,
 };
 use elb_userspace::dataplane::{TableSizes, sum_proto_stats};
 
@@ -56,14 +59,32 @@ pub struct XdpFixture {
 
 impl XdpFixture {
     pub fn load() -> Result<Self> {
-        Self::load_with(TableSizes::default())
+        Self::load_configured(TableSizes::default(), None)
     }
 
     /// [`XdpFixture::load`] with connection tables of the given sizes.
     pub fn load_with(tables: TableSizes) -> Result<Self> {
-        let mut ebpf = aya::EbpfLoader::new()
+        Self::load_configured(tables, None)
+    }
+
+    /// [`XdpFixture::load`] with the NAT port range `--nat-ports` sets.
+    pub fn load_with_nat_ports(ports: NatPorts) -> Result<Self> {
+        Self::load_configured(TableSizes::default(), Some(ports))
+    }
+
+    /// Loads the program as the daemon would with these settings.
+    pub fn load_configured(tables: TableSizes, nat_ports: Option<NatPorts>) -> Result<Self> {
+        // The globals must outlive the loader, which borrows them.
+        let range = nat_ports.map(|ports| (ports.min(), ports.max()));
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(maps::FLOWS, tables.flows)
-            .map_max_entries(maps::EMBRYOS, tables.embryos)
+            .map_max_entries(maps::EMBRYOS, tables.embryos);
+        if let Some((min, max)) = &range {
+            loader.override_global(maps::NAT_PORT_MIN_GLOBAL, min, true);
+            loader.override_global(maps::NAT_PORT_MAX_GLOBAL, max, true);
+        }
+        let mut ebpf = loader
             .load(elb_userspace::EBPF_OBJECT)
             .context("loading the XDP object")?;
         let program: &mut Xdp = ebpf
@@ -103,6 +124,32 @@ impl XdpFixture {
             action: XdpAction::from_raw(result.return_value)?,
             output,
         })
+    }
+
+    /// Runs the program `repeat` times on `frame` (each run on the previous
+    /// run's output: repeat only frames the program leaves as they are,
+    /// like dropped ones); the last run and the kernel's mean time per run.
+    pub fn time(&mut self, frame: &[u8], repeat: u32) -> Result<(XdpRun, Duration)> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(maps::XDP_PROGRAM)
+            .context("the object has no XDP program")?
+            .try_into()?;
+        let mut output = vec![0u8; frame.len() + 256];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut output),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .with_context(|| format!("BPF_PROG_TEST_RUN x{repeat}"))?;
+        output.truncate(result.data_size_out as usize);
+        let run = XdpRun {
+            action: XdpAction::from_raw(result.return_value)?,
+            output,
+        };
+        Ok((run, result.duration))
     }
 
     /// Per-protocol counters, summed over CPUs.

@@ -592,3 +592,40 @@ fn a_store_failure_is_500_and_changes_nothing() {
         assert_eq!(state(&elb), before, "{method} {endpoint}");
     }
 }
+
+/// SNAT pools: a list stays a list on GET (a string stays a string, as
+/// `web()` shows); a bad pool is refused naming the field and the index,
+/// and changes nothing.
+#[test]
+fn snat_pools_round_trip_and_bad_ones_name_the_index() {
+    let (elb, _c) = start();
+    let pool = json!({"vip": "10.0.0.2:80", "proto": "tcp", "upstream": "web4",
+                      "snat": ["10.0.0.100", "10.0.0.101"], "table_size": 251});
+    elb.admin_ok("PUT", "service", Some(json!({"pool": pool, "web": web()})));
+    assert_eq!(
+        elb.admin_ok("GET", "service", None),
+        json!({"pool": pool, "web": web()})
+    );
+    let before = state(&elb);
+    let twice = json!({"p2": {"vip": "10.0.0.3:80", "proto": "tcp", "upstream": "u",
+                              "snat": ["10.0.0.100", "10.0.0.100"]}});
+    refused(
+        &elb,
+        "PUT",
+        "service",
+        twice.to_string().as_bytes(),
+        400,
+        "[1]",
+    );
+    let mixed = json!({"p3": {"vip": "10.0.0.4:80", "proto": "tcp", "upstream": "u",
+                              "snat": ["10.0.0.100", "2001:db8::1"]}});
+    refused(
+        &elb,
+        "PUT",
+        "service",
+        mixed.to_string().as_bytes(),
+        400,
+        "\"snat\"",
+    );
+    assert_eq!(state(&elb), before);
+}

@@ -9,7 +9,8 @@ use std::{net::SocketAddr, time::Duration};
 use aya::maps::{HashMap, Map, MapData};
 use elb_common::{
     counters::IPPROTO_TCP,
-    l4::{FAMILY_IPV4, FlowEntry, FlowKey, flow_hash, nat_port_candidate},
+    l4::{FAMILY_IPV4, FlowEntry, FlowKey, flow_hash},
+    nat::NatPorts,
 };
 use elb_tests::{
     l4_e2e::{
@@ -211,7 +212,7 @@ fn lost_entries_are_recreated_step(e2e: &E2e) {
         let key = web_key(client);
         let forward = flows.get(&key, 0).expect("the connection's entry");
         let hash = flow_hash(&key.src, &key.dst, key.src_port, key.dst_port, key.proto);
-        if forward.new_src_port != nat_port_candidate(hash, 0).to_be_bytes() {
+        if forward.new_src_port != NatPorts::DEFAULT.hashed(hash).to_be_bytes() {
             continue;
         }
         let reply = FlowKey {

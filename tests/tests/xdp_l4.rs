@@ -10,9 +10,10 @@ use std::net::{IpAddr, SocketAddr};
 use elb_common::{
     counters::{IPPROTO_TCP, IPPROTO_UDP},
     l4::{
-        EMBRYO_FLAGS, FLOW_CLOSING, FLOW_DRAINED, FLOW_REPLY, FlowEntry, FlowKey, NAT_PORT_TRIES,
-        TCP_CLOSING_NS, UDP_IDLE_NS, flow_hash, nat_port_candidate,
+        EMBRYO_FLAGS, FLOW_CLOSING, FLOW_DRAINED, FLOW_REPLY, FlowEntry, FlowKey, NAT_PORT_MIN,
+        TCP_CLOSING_NS, UDP_IDLE_NS, flow_hash,
     },
+    nat::{NAT_SCAN_PROBES, NatPorts},
 };
 use elb_tests::{
     l4_fixture::*,
@@ -82,9 +83,9 @@ fn udp_from(src_mac: [u8; 6], dst_mac: [u8; 6], src: SocketAddr, dst: SocketAddr
     frame
 }
 
-/// The NAT port the program picks first for a flow.
+/// The NAT port the program picks first for a flow (its hashed port).
 fn first_port(client: SocketAddr, vip: SocketAddr, proto: u8) -> u16 {
-    nat_port_candidate(flow_hash_of(client, vip, proto), 0)
+    NatPorts::DEFAULT.hashed(flow_hash_of(client, vip, proto))
 }
 
 fn flow_hash_of(client: SocketAddr, vip: SocketAddr, proto: u8) -> u32 {
@@ -507,41 +508,44 @@ fn plant_reply(fixture: &mut XdpFixture, nat_port: u16, live: bool) {
 fn taken_nat_ports_are_skipped_and_exhaustion_drops() {
     require_root_and_bpf!();
     with_service(IPPROTO_TCP, vip4(), ONE_SERVER, |fixture, maps| {
-        // The first candidate is held by a live flow: the second is used.
+        // The hashed port is held by a live flow: the cursor's first port
+        // (a fresh cursor's: the range's first) is used.
         let client = client4(40008);
-        let hash = flow_hash_of(client, vip4(), IPPROTO_TCP);
-        plant_reply(fixture, nat_port_candidate(hash, 0), true);
+        let hashed = first_port(client, vip4(), IPPROTO_TCP);
+        assert_ne!(hashed, NAT_PORT_MIN);
+        plant_reply(fixture, hashed, true);
         let syn = tcp(client, vip4(), true, false, false);
         let run = fixture.run(&syn).expect("syn");
         let want = rewritten(
             &syn,
             LB_SERVER_SIDE_MAC,
             server_mac(0),
-            sa(SNAT_V4, nat_port_candidate(hash, 1)),
+            sa(SNAT_V4, NAT_PORT_MIN),
             sa(server_v4(0), 8080),
         );
         assert_eq!((run.action, run.output), (XdpAction::Redirect, want));
 
         // An expired holder is taken over.
         let client = client4(40009);
-        let hash = flow_hash_of(client, vip4(), IPPROTO_TCP);
-        plant_reply(fixture, nat_port_candidate(hash, 0), false);
+        let hashed = first_port(client, vip4(), IPPROTO_TCP);
+        plant_reply(fixture, hashed, false);
         let syn = tcp(client, vip4(), true, false, false);
         let run = fixture.run(&syn).expect("syn");
         let want = rewritten(
             &syn,
             LB_SERVER_SIDE_MAC,
             server_mac(0),
-            sa(SNAT_V4, nat_port_candidate(hash, 0)),
+            sa(SNAT_V4, hashed),
             sa(server_v4(0), 8080),
         );
         assert_eq!((run.action, run.output), (XdpAction::Redirect, want));
 
-        // Every candidate taken: dropped and counted.
+        // The hashed port and every port of the cursor's scan taken:
+        // dropped and counted.
         let client = client4(40010);
-        let hash = flow_hash_of(client, vip4(), IPPROTO_TCP);
-        for attempt in 0..NAT_PORT_TRIES {
-            plant_reply(fixture, nat_port_candidate(hash, attempt), true);
+        plant_reply(fixture, first_port(client, vip4(), IPPROTO_TCP), true);
+        for port in NAT_PORT_MIN + 1..=NAT_PORT_MIN + NAT_SCAN_PROBES as u16 {
+            plant_reply(fixture, port, true);
         }
         let run = fixture
             .run(&tcp(client, vip4(), true, false, false))
@@ -1377,11 +1381,11 @@ fn a_live_flow_keeps_its_nat_port_when_its_reply_entry_idles_out() {
         let datagram = udp_from(CLIENT_MAC, LB_CLIENT_SIDE_MAC, new, vip);
         let run = fixture.run(&datagram).expect("new client's datagram");
         assert_eq!(run.action, XdpAction::Redirect);
-        let hash = flow_hash_of(new, vip, IPPROTO_UDP);
+        assert_ne!(port, NAT_PORT_MIN);
         assert_eq!(
             run.output,
-            nat_to(&datagram, nat_port_candidate(hash, 1), server),
-            "the new flow takes the next candidate, not the live flow's port"
+            nat_to(&datagram, NAT_PORT_MIN, server),
+            "the new flow takes the cursor's port, not the live flow's"
         );
 
         let answer = udp_from(server_mac(0), LB_SERVER_SIDE_MAC, server, sa(SNAT_V4, port));

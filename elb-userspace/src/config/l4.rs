@@ -2,14 +2,18 @@
 //! over an upstream's servers with Maglev. One key per service,
 //! `/$ELBNAME/services/$name`, holding
 //! `{"vip": "IP:PORT", "proto": "tcp"|"udp", "upstream": NAME}` plus the
-//! optional `"snat": IP` and `"table_size": PRIME`.
+//! optional `"snat"` (an IP, or a pool: a list of up to
+//! [`MAX_SNAT_POOL`] distinct IPs) and `"table_size": PRIME`.
 use std::{
     collections::HashMap,
     fmt,
     net::{IpAddr, SocketAddr},
 };
 
-use elb_common::maglev::{DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, is_prime};
+use elb_common::{
+    maglev::{DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, is_prime},
+    nat::MAX_SNAT_POOL,
+};
 use serde_json::{Map, Value};
 
 use super::keys::validate_key_segment;
@@ -45,9 +49,46 @@ pub struct L4Service {
     pub vip: SocketAddr,
     pub proto: L4Proto,
     pub upstream: String,
-    pub snat: Option<IpAddr>,
+    pub snat: Option<SnatAddrs>,
     /// Maglev lookup-table size (a prime).
     pub table_size: u32,
+}
+
+/// A service's SNAT addresses: one, or a pool whose NAT ports add up (a
+/// new flow tries the next address when one has no free port).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnatAddrs {
+    /// Never empty, no duplicates, at most [`MAX_SNAT_POOL`].
+    addrs: Vec<IpAddr>,
+    /// Written as a list (kept so GET returns the document's shape).
+    list: bool,
+}
+
+impl SnatAddrs {
+    /// One address, written as a string.
+    pub fn one(addr: IpAddr) -> Self {
+        Self {
+            addrs: vec![addr],
+            list: false,
+        }
+    }
+
+    /// The first address: the one the userspace data plane binds.
+    pub fn first(&self) -> IpAddr {
+        self.addrs[0]
+    }
+
+    pub fn addrs(&self) -> &[IpAddr] {
+        &self.addrs
+    }
+
+    fn to_json(&self) -> Value {
+        if self.list {
+            Value::Array(self.addrs.iter().map(|a| a.to_string().into()).collect())
+        } else {
+            self.addrs[0].to_string().into()
+        }
+    }
 }
 
 /// Why a service definition was refused; every message names the service.
@@ -143,10 +184,12 @@ impl L4Service {
         };
         let upstream = required("upstream")?;
         validate_key_segment("upstream", upstream).map_err(|reason| bad("upstream", reason))?;
-        let snat = string("snat")?
-            .map(|text| parse_snat(text, vip))
-            .transpose()
-            .map_err(|reason| bad("snat", reason))?;
+        let snat = match object.get("snat") {
+            None | Some(Value::Null) => None,
+            Some(value) => {
+                Some(parse_snat_field(value, vip).map_err(|reason| bad("snat", reason))?)
+            }
+        };
         let table_size = match object.get("table_size") {
             None | Some(Value::Null) => DEFAULT_TABLE_SIZE,
             Some(value) => parse_table_size(value).map_err(|reason| bad("table_size", reason))?,
@@ -167,8 +210,8 @@ impl L4Service {
         object.insert("vip".into(), self.vip.to_string().into());
         object.insert("proto".into(), self.proto.as_str().into());
         object.insert("upstream".into(), self.upstream.clone().into());
-        if let Some(snat) = self.snat {
-            object.insert("snat".into(), snat.to_string().into());
+        if let Some(snat) = &self.snat {
+            object.insert("snat".into(), snat.to_json());
         }
         object.insert("table_size".into(), self.table_size.into());
         Value::Object(object)
@@ -279,6 +322,39 @@ fn parse_snat(text: &str, vip: SocketAddr) -> Result<IpAddr, String> {
         return Err(format!("{text:?} is {what}"));
     }
     Ok(snat)
+}
+
+/// `"IP"` or `["IP", ...]`: every address as [`parse_snat`] wants it,
+/// none twice, 1..=MAX_SNAT_POOL of them; errors name the list index.
+fn parse_snat_field(value: &Value, vip: SocketAddr) -> Result<SnatAddrs, String> {
+    let items = match value {
+        Value::String(text) => return parse_snat(text, vip).map(SnatAddrs::one),
+        Value::Array(items) => items,
+        other => {
+            return Err(format!(
+                "must be an IP address or a list of them, got {other}"
+            ));
+        }
+    };
+    if items.is_empty() || items.len() > MAX_SNAT_POOL as usize {
+        return Err(format!(
+            "a pool has 1 to {MAX_SNAT_POOL} addresses, got {}",
+            items.len()
+        ));
+    }
+    let mut addrs: Vec<IpAddr> = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let addr = match item {
+            Value::String(text) => parse_snat(text, vip),
+            other => Err(format!("must be a string, got {other}")),
+        }
+        .map_err(|reason| format!("[{index}]: {reason}"))?;
+        if let Some(first) = addrs.iter().position(|a| *a == addr) {
+            return Err(format!("[{index}]: {addr} is already [{first}]"));
+        }
+        addrs.push(addr);
+    }
+    Ok(SnatAddrs { addrs, list: true })
 }
 
 fn parse_table_size(value: &Value) -> Result<u32, String> {

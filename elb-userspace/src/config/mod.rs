@@ -18,7 +18,7 @@ pub mod snapshot;
 pub mod zones;
 
 pub use keys::{KeyLayout, StoreKey};
-pub use l4::{L4Proto, L4Service, L4ServiceError};
+pub use l4::{L4Proto, L4Service, L4ServiceError, SnatAddrs};
 pub use listener::{Listener, ListenerError, ListenerProtocol};
 pub use manager::ConfigManager;
 pub use own_addrs::OwnAddrs;

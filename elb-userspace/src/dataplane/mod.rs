@@ -114,6 +114,9 @@ pub struct DataplaneConfig {
     /// Entries of the connection table (`elb_flows`) and of the embryonic
     /// table (`elb_embryos`): `--conn-table-size`, `--embryonic-table-size`.
     pub tables: TableSizes,
+    /// `--nat-ports`; None: the default range for this host
+    /// ([`crate::l4::port_range`]).
+    pub nat_ports: Option<elb_common::nat::NatPorts>,
 }
 
 /// Sizes of the two connection tables, in entries (two per flow).
@@ -192,7 +195,9 @@ impl XdpDataplane {
             .map(|name| if_index(name).map(|index| (name.clone(), index)))
             .collect::<Result<Vec<_>, _>>()?;
 
-        crate::l4::port_range::check_host()?;
+        let nat_ports = crate::l4::port_range::check_host(config.nat_ports)?;
+        // Load-time constants the verifier knows (elb-ebpf/src/ports.rs).
+        let (nat_min, nat_max) = (nat_ports.min(), nat_ports.max());
         bpffs::ensure_mounted(&config.bpffs_root)?;
         let pins = PinLayout::new(&config.bpffs_root, &config.name);
         pins.create()?;
@@ -211,6 +216,9 @@ impl XdpDataplane {
         loader
             .map_max_entries(maps::FLOWS, config.tables.flows)
             .map_max_entries(maps::EMBRYOS, config.tables.embryos);
+        loader.override_global(maps::NAT_PORT_MIN_GLOBAL, &nat_min, true);
+        loader.override_global(maps::NAT_PORT_MAX_GLOBAL, &nat_max, true);
+        tracing::info!(nat_ports = %nat_ports, "XDP full NAT source ports");
         let mut ebpf = loader.load(crate::EBPF_OBJECT).map_err(|e| {
             if incompatible_pin(&e) {
                 DataplaneError::IncompatiblePins {

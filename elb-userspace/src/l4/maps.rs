@@ -14,6 +14,7 @@ use elb_common::{
         ServiceStats, VipKey,
     },
     maps,
+    nat::{MAX_SNAT_POOL, NatCursor, SnatPool},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,8 @@ pub struct L4Maps {
     l7_ports: HashMap<MapData, u32, u32>,
     flows: HashMap<MapData, FlowKey, FlowEntry>,
     embryos: HashMap<MapData, FlowKey, FlowEntry>,
+    snat_pools: Array<MapData, SnatPool>,
+    nat_cursors: Array<MapData, NatCursor>,
     stats: StatsMaps,
     /// Each service's installed table and its inner map, so a change
     /// writes only the slots that differ.
@@ -55,6 +58,7 @@ pub struct StatsMaps {
     service_stats: PerCpuArray<MapData, ServiceStats>,
     server_stats: PerCpuArray<MapData, PacketCounter>,
     global_stats: PerCpuArray<MapData, GlobalStats>,
+    nat_failures: PerCpuArray<MapData, u64>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, L4MapError> {
@@ -81,10 +85,13 @@ impl L4Maps {
             l7_ports: typed!(ebpf, maps::L7_PORTS),
             flows: typed!(ebpf, maps::FLOWS),
             embryos: typed!(ebpf, maps::EMBRYOS),
+            snat_pools: typed!(ebpf, maps::SNAT_POOLS),
+            nat_cursors: typed!(ebpf, maps::NAT_CURSORS),
             stats: StatsMaps {
                 service_stats: typed!(ebpf, maps::SERVICE_STATS),
                 server_stats: typed!(ebpf, maps::SERVER_STATS),
                 global_stats: typed!(ebpf, maps::GLOBAL_STATS),
+                nat_failures: typed!(ebpf, maps::NAT_FAILURES),
             },
             tables: std::collections::HashMap::new(),
         })
@@ -109,6 +116,21 @@ impl L4Maps {
             .iter()
             .collect::<Result<Vec<_>, _>>()
             .map_err(map_err(maps::SERVICES))
+    }
+
+    /// The SNAT pool of the service `id` (read when its entry has
+    /// `SERVICE_SNAT_POOL`; write it first).
+    pub fn set_snat_pool(&mut self, id: u32, pool: &SnatPool) -> Result<(), L4MapError> {
+        self.snat_pools
+            .set(id, pool, 0)
+            .map_err(map_err(maps::SNAT_POOLS))
+    }
+
+    /// The port-allocation cursor of (server id, SNAT pool index).
+    pub fn nat_cursor(&self, server_id: u32, pool_index: u32) -> Result<NatCursor, L4MapError> {
+        self.nat_cursors
+            .get(&NatCursor::slot(server_id, pool_index), 0)
+            .map_err(map_err(maps::NAT_CURSORS))
     }
 
     pub fn set_server(&mut self, id: u32, server: &ServerEntry) -> Result<(), L4MapError> {
@@ -222,8 +244,32 @@ impl L4Maps {
         self.stats.global()
     }
 
-    /// Zeroes a server's counters when its id is given to another server.
+    pub fn nat_failures(&self, server_id: u32) -> Result<u64, L4MapError> {
+        self.stats.nat_failures(server_id)
+    }
+
+    /// Zeroes a server's counters, NAT failure count and port-allocation
+    /// cursors when its id is given to another server (a stale cursor is
+    /// only a hint, but a stale full mark would hold back the new server's
+    /// first flows for a moment).
     pub fn reset_server_stats(&mut self, id: u32) -> Result<(), L4MapError> {
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| map_err(maps::NAT_FAILURES)(MapError::IoError(e)))?;
+        let zeros = aya::maps::PerCpuValues::try_from(vec![0u64; cpus.get() as usize])
+            .map_err(|e| map_err(maps::NAT_FAILURES)(MapError::IoError(e)))?;
+        self.stats
+            .nat_failures
+            .set(id, zeros, 0)
+            .map_err(map_err(maps::NAT_FAILURES))?;
+        for index in 0..MAX_SNAT_POOL {
+            self.nat_cursors
+                .set(NatCursor::slot(id, index), &NatCursor::default(), 0)
+                .map_err(map_err(maps::NAT_CURSORS))?;
+        }
+        self.reset_packet_counters(id)
+    }
+
+    fn reset_packet_counters(&mut self, id: u32) -> Result<(), L4MapError> {
         let cpus = aya::util::nr_cpus()
             .map_err(|(_, e)| map_err(maps::SERVER_STATS)(MapError::IoError(e)))?;
         let zeros =
@@ -252,6 +298,7 @@ impl StatsMaps {
             service_stats: open(pins, maps::SERVICE_STATS)?,
             server_stats: open(pins, maps::SERVER_STATS)?,
             global_stats: open(pins, maps::GLOBAL_STATS)?,
+            nat_failures: open(pins, maps::NAT_FAILURES)?,
         })
     }
 
@@ -277,6 +324,15 @@ impl StatsMaps {
             sum.add(cpu.packets, cpu.bytes);
         }
         Ok(sum)
+    }
+
+    /// New flows to the server `id` dropped for want of a NAT port.
+    pub fn nat_failures(&self, id: u32) -> Result<u64, L4MapError> {
+        let per_cpu = self
+            .nat_failures
+            .get(&id, 0)
+            .map_err(map_err(maps::NAT_FAILURES))?;
+        Ok(per_cpu.iter().fold(0u64, |sum, n| sum.wrapping_add(*n)))
     }
 
     pub fn global(&self) -> Result<GlobalStats, L4MapError> {

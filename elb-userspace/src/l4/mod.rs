@@ -2,6 +2,7 @@
 //! the XDP program's maps, and the userspace fallback ([`fallback`]) that
 //! serves the same services with the same choices when XDP cannot run.
 pub mod drain;
+pub mod exhaustion;
 pub mod fallback;
 pub mod ids;
 pub mod ifaddrs;

@@ -77,9 +77,15 @@ impl L4StatsSource for XdpStats {
                 let mut servers = Map::new();
                 for (addr, server_id) in &service.servers {
                     let counter = self.maps.server(*server_id)?;
+                    let nat_failures = self.maps.nat_failures(*server_id)?;
                     servers.insert(
                         addr.to_string(),
-                        json!({ "packets": counter.packets, "bytes": counter.bytes }),
+                        json!({
+                            "packets": counter.packets,
+                            "bytes": counter.bytes,
+                            // Per server, whichever service's flows.
+                            "nat_port_failures": nat_failures,
+                        }),
                     );
                 }
                 entry["packets"] = json!(stats.packets);

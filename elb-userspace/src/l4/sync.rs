@@ -14,7 +14,11 @@ use arc_swap::ArcSwap;
 
 use elb_common::{
     counters::{IPPROTO_TCP, IPPROTO_UDP},
-    l4::{MAX_SERVERS, MAX_SERVICES, SERVICE_HAS_SNAT, ServerEntry, ServiceEntry, VipKey},
+    l4::{
+        MAX_SERVERS, MAX_SERVICES, SERVICE_HAS_SNAT, SERVICE_SNAT_POOL, ServerEntry, ServiceEntry,
+        VipKey,
+    },
+    nat::SnatPool,
 };
 
 use elb_common::maglev::MaglevError;
@@ -30,6 +34,16 @@ use crate::{
     config::{L4Proto, L4Service, Snapshot},
     targets::TargetRegistry,
 };
+
+/// The `elb_snat_pools` value for `addrs` (validated: 1..=MAX_SNAT_POOL).
+pub fn snat_pool(addrs: &[IpAddr]) -> SnatPool {
+    let mut pool = SnatPool::default();
+    for (slot, addr) in pool.addrs.iter_mut().zip(addrs) {
+        *slot = addr16(*addr);
+        pool.count += 1;
+    }
+    pool
+}
 
 pub struct L4Sync {
     maps: L4Maps,
@@ -169,18 +183,23 @@ impl L4Sync {
                 }
                 None => 0,
             };
+            let (flags, snat) = match &service.snat {
+                None => (0, [0; 16]),
+                Some(snat) if snat.addrs().len() == 1 => (SERVICE_HAS_SNAT, addr16(snat.first())),
+                Some(snat) => {
+                    // The pool before the entry that points to it.
+                    self.maps.set_snat_pool(id, &snat_pool(snat.addrs()))?;
+                    (SERVICE_HAS_SNAT | SERVICE_SNAT_POOL, addr16(snat.first()))
+                }
+            };
             self.maps.set_service(
                 &vip,
                 &ServiceEntry {
                     id,
                     table_size,
-                    flags: if service.snat.is_some() {
-                        SERVICE_HAS_SNAT
-                    } else {
-                        0
-                    },
+                    flags,
                     _pad: 0,
-                    snat: service.snat.map(addr16).unwrap_or_default(),
+                    snat,
                 },
             )?;
         }

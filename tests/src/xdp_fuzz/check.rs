@@ -27,7 +27,7 @@
 //!   checksums.
 use elb_common::{
     counters::{IPPROTO_TCP, IPPROTO_UDP},
-    l4::{NAT_PORT_MAX, NAT_PORT_MIN, NAT_PORT_TRIES, flow_hash, nat_port_candidate},
+    l4::{NAT_PORT_MAX, NAT_PORT_MIN, flow_hash},
 };
 use elb_userspace::l4::plan::addr16;
 use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
@@ -188,9 +188,11 @@ fn to_server(
             service.snat_address()
         ));
     }
-    if !(0..NAT_PORT_TRIES).any(|i| nat_port_candidate(hash, i) == new_src.port()) {
+    // The hashed port or any from a cursor: in the range, and never
+    // another live flow's (the model's reply table checks that).
+    if !(NAT_PORT_MIN..=NAT_PORT_MAX).contains(&new_src.port()) {
         return Err(format!(
-            "NAT port {} is none of the flow's {NAT_PORT_TRIES} candidates",
+            "NAT port {} is outside {NAT_PORT_MIN}-{NAT_PORT_MAX}",
             new_src.port()
         ));
     }

@@ -293,3 +293,96 @@ fn upstream_servers_must_be_literals_of_the_vip_family() {
         );
     }
 }
+
+#[test]
+fn snat_pools_parse_and_keep_their_shape() {
+    for doc in [
+        json!({"vip": "10.0.0.1:80", "proto": "tcp", "upstream": "up", "snat": ["10.0.0.10", "10.0.0.11"], "table_size": 251}),
+        json!({"vip": "10.0.0.1:80", "proto": "tcp", "upstream": "up", "snat": ["10.0.0.10"], "table_size": 251}),
+        json!({"vip": "[2001:db8::1]:53", "proto": "udp", "upstream": "up", "snat": ["2001:db8::a", "2001:db8::b", "2001:db8::c"], "table_size": 251}),
+        json!({"vip": "10.0.0.1:80", "proto": "tcp", "upstream": "up", "snat": "10.0.0.10", "table_size": 251}),
+    ] {
+        let parsed = parse("s", doc.clone()).expect("valid");
+        assert_eq!(parsed.to_json(), doc, "GET returns the stored shape");
+        assert_eq!(
+            L4Service::parse("s", &parsed.to_json().to_string()).expect("reparse"),
+            parsed
+        );
+    }
+    let pool = parse(
+        "s",
+        json!({"vip": "10.0.0.1:80", "proto": "tcp", "upstream": "up", "snat": ["10.0.0.10", "10.0.0.11"]}),
+    )
+    .expect("pool");
+    let snat = pool.snat.expect("snat");
+    let want: Vec<IpAddr> = vec![
+        "10.0.0.10".parse().expect("ip"),
+        "10.0.0.11".parse().expect("ip"),
+    ];
+    assert_eq!(snat.addrs(), want.as_slice());
+    assert_eq!(snat.first(), want[0]);
+    let eight: Vec<String> = (1..=8).map(|i| format!("10.0.0.{i}")).collect();
+    let doc = json!({"vip": "10.0.0.1:80", "proto": "tcp", "upstream": "up", "snat": eight});
+    assert_eq!(
+        parse("s", doc)
+            .expect("eight")
+            .snat
+            .expect("snat")
+            .addrs()
+            .len(),
+        8
+    );
+}
+
+#[test]
+fn bad_snat_pools_name_the_field_and_the_index() {
+    let with = |vip: &str, snat: Value| json!({"vip": vip, "proto": "tcp", "upstream": "up", "snat": snat});
+    let nine: Vec<String> = (1..=9).map(|i| format!("10.0.0.{i}")).collect();
+    let cases: Vec<(Value, &[&str])> = vec![
+        (with("10.0.0.1:80", json!([])), &["1 to 8", "got 0"]),
+        (with("10.0.0.1:80", json!(nine)), &["1 to 8", "got 9"]),
+        (
+            with(
+                "10.0.0.1:80",
+                json!(["10.0.0.10", "10.0.0.11", "10.0.0.10"]),
+            ),
+            &["[2]", "10.0.0.10", "already [0]"],
+        ),
+        (
+            with("10.0.0.1:80", json!(["10.0.0.10", "x"])),
+            &["[1]", "\"x\"", "not an IP address"],
+        ),
+        (
+            with("10.0.0.1:80", json!(["10.0.0.10", "2001:db8::1"])),
+            &["[1]", "IPv6", "IPv4"],
+        ),
+        (
+            with("10.0.0.1:80", json!(["0.0.0.0"])),
+            &["[0]", "unspecified"],
+        ),
+        (
+            with("10.0.0.1:80", json!(["10.0.0.10", 7])),
+            &["[1]", "must be a string"],
+        ),
+        (with("10.0.0.1:80", json!(7)), &["IP address or a list"]),
+        (
+            with("10.0.0.1:80", json!({"a": "10.0.0.10"})),
+            &["IP address or a list"],
+        ),
+    ];
+    for (doc, needles) in cases {
+        let message = parse("svc1", doc.clone())
+            .expect_err(&doc.to_string())
+            .to_string();
+        assert!(
+            message.contains("\"svc1\"") && message.contains("\"snat\""),
+            "{doc}: {message}"
+        );
+        for needle in needles {
+            assert!(
+                message.contains(needle),
+                "{doc}: {message:?} should mention {needle:?}"
+            );
+        }
+    }
+}

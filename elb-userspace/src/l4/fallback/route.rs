@@ -140,7 +140,7 @@ pub fn build_route(
         plan,
         servers: stats,
         gates,
-        snat: service.snat,
+        snat: service.snat.as_ref().map(|snat| snat.first()),
     }
 }
 
