@@ -18,7 +18,18 @@
 //! Every timed run's action is counted by the wrapper and checked here,
 //! together with the data plane's own counters.
 //!
+//! The lookups floor (parse, VIP lookup, 5-tuple lookup, insert on a miss)
+//! is timed on several connection-table layouts: elb's shared
+//! `elb_flows`, Katran's per-CPU LRUs (an ARRAY_OF_MAPS by CPU id, whose
+//! inner maps this runner creates) at two sizes, and a small shared LRU;
+//! for a hit, and for one or two inserts per new flow. The report ends
+//! with issue 16's targets against Katran's fixed reference multiples.
+//!
 //! Usage: `bench-xdp --object target/ebpf/elb-bench.bpf.o [--rounds N] [--repeat N]`
+//!
+//! `--profile established|new-flow [--seconds N]` instead runs only elb's
+//! path for that case, again and again for N seconds (checked as in the
+//! bench), so a profiler (`perf record -e cpu-clock`) can sample it.
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     os::fd::{FromRawFd, OwnedFd},
@@ -120,6 +131,9 @@ struct Args {
     object: PathBuf,
     rounds: usize,
     repeat: u32,
+    /// `--profile`: only this case's elb path, for `seconds`.
+    profile: Option<Case>,
+    seconds: u64,
 }
 
 fn parse_args() -> Result<Args> {
@@ -127,6 +141,8 @@ fn parse_args() -> Result<Args> {
         object: PathBuf::from("target/ebpf/elb-bench.bpf.o"),
         rounds: 5,
         repeat: 1_000_000,
+        profile: None,
+        seconds: 20,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -135,6 +151,14 @@ fn parse_args() -> Result<Args> {
             "--object" => args.object = value.into(),
             "--rounds" => args.rounds = value.parse().context("--rounds")?,
             "--repeat" => args.repeat = value.parse().context("--repeat")?,
+            "--profile" => {
+                args.profile = Some(match value.as_str() {
+                    "established" => Case::Established,
+                    "new-flow" => Case::NewFlow,
+                    other => bail!("--profile {other}: expected established or new-flow"),
+                })
+            }
+            "--seconds" => args.seconds = value.parse().context("--seconds")?,
             other => bail!("unknown flag {other}"),
         }
     }
@@ -378,6 +402,10 @@ fn bench(args: &Args, client_ifindex: u32, server_ifindex: u32) -> Result<String
         repeat: args.repeat,
     };
 
+    if let Some(case) = args.profile {
+        return bench.profile(case, args.seconds);
+    }
+
     // Warm-up: one round, not reported. It also fills the connection table
     // with new flows, so the new-flow runs measure the steady state of a
     // busy balancer (every insert evicts the least recently used entry).
@@ -504,6 +532,36 @@ impl Bench {
             samples,
             floors,
         })
+    }
+
+    /// `--profile`: elb's path for `case` only, timed and checked run after
+    /// run for `seconds`; returns a line with the median ns per packet of
+    /// the wrapper around it.
+    fn profile(&mut self, case: Case, seconds: u64) -> Result<String> {
+        let client = SocketAddr::new(CLIENT_V4.into(), 40_000);
+        let syn = tcp_frame(CLIENT_MAC, LB_CLIENT_SIDE_MAC, client, vip(), true);
+        self.open_flow(&syn)?;
+        let (frame, vary) = match case {
+            Case::NewFlow => (syn, true),
+            _ => (
+                tcp_frame(CLIENT_MAC, LB_CLIENT_SIDE_MAC, client, vip(), false),
+                false,
+            ),
+        };
+        eprintln!("bench xdp: profiling {} for {seconds} s", case.name());
+        let start = std::time::Instant::now();
+        let mut runs = Vec::new();
+        while start.elapsed().as_secs() < seconds {
+            runs.push(self.time_wrapped(case, &frame, vary, Mode::Elb)?);
+        }
+        Ok(format!(
+            "{}: wrapper with elb's path {:.1} ns per packet (median of {} runs of {}; fastest run {:.1})\n",
+            case.name(),
+            median(&runs),
+            runs.len(),
+            self.repeat,
+            runs.iter().copied().fold(f64::INFINITY, f64::min)
+        ))
     }
 
     /// Sends a flow's SYN through elb once and checks the NAT'd result;
