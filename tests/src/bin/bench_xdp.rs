@@ -32,8 +32,9 @@
 //! bench), so a profiler (`perf record -e cpu-clock`) can sample it.
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    os::fd::{FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     path::PathBuf,
+    sync::{Arc, Barrier},
 };
 
 use anyhow::{Context, Result, bail, ensure};
@@ -281,6 +282,17 @@ enum FloorRun {
 impl FloorRun {
     const ALL: [FloorRun; 3] = [FloorRun::Hit, FloorRun::Insert(1), FloorRun::Insert(2)];
 
+    /// The floor runs timed on two CPUs at once, on today's table and on
+    /// the per-CPU layout of the same total size.
+    const CONTENDED: [(Table, FloorRun); 6] = [
+        (Table::Shared, FloorRun::Hit),
+        (Table::PerCpu, FloorRun::Hit),
+        (Table::Shared, FloorRun::Insert(1)),
+        (Table::PerCpu, FloorRun::Insert(1)),
+        (Table::Shared, FloorRun::Insert(2)),
+        (Table::PerCpu, FloorRun::Insert(2)),
+    ];
+
     fn case(self) -> Case {
         match self {
             FloorRun::Hit => Case::Established,
@@ -323,6 +335,9 @@ struct Round {
     direct_non_vip: f64,
     samples: Vec<Sample>,
     floors: Vec<Vec<f64>>,
+    /// `FloorRun::CONTENDED`, ns per run (the two CPUs' mean); empty with
+    /// one CPU.
+    contended: Vec<f64>,
 }
 
 /// What the wrapper runs after its copy (`BenchConfig::run_elb`, the
@@ -428,6 +443,51 @@ fn bench(args: &Args, client_ifindex: u32, server_ifindex: u32) -> Result<String
     Ok(report(args, bench.cpus, &rounds, &global))
 }
 
+/// `BPF_PROG_TEST_RUN` of the program `fd` on `frame`, `repeat` times,
+/// from any thread (aya's `test_run` needs the program object, which stays
+/// with the bench's thread); returns the last run's action and the
+/// kernel's ns per run.
+fn test_run_fd(fd: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> Result<(u32, u32)> {
+    /// The `BPF_PROG_TEST_RUN` fields of `union bpf_attr` up to
+    /// `duration`; the kernel takes the rest as zero.
+    #[repr(C)]
+    struct TestRunAttr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+    }
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    let mut attr = TestRunAttr {
+        prog_fd: fd.as_raw_fd() as u32,
+        retval: 0,
+        data_size_in: frame.len() as u32,
+        data_size_out: 0,
+        data_in: frame.as_ptr() as u64,
+        data_out: 0,
+        repeat,
+        duration: 0,
+    };
+    // SAFETY: attr is a valid prefix of bpf_attr; data_in points at
+    // `frame`, alive for the call; no output buffer is given.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            size_of::<TestRunAttr>(),
+        )
+    };
+    if rc < 0 {
+        bail!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
+    }
+    Ok((attr.retval, attr.duration))
+}
+
 /// A `BPF_MAP_TYPE_LRU_HASH` of `FlowKey` → `FlowEntry` with the common
 /// LRU (no flags), as Katran's inner tables. aya can only create plain
 /// hash maps standalone, so this is the `BPF_MAP_CREATE` call itself.
@@ -520,17 +580,25 @@ impl Bench {
             for (t, table) in Table::ALL.into_iter().enumerate() {
                 for (r, run) in FloorRun::ALL.into_iter().enumerate() {
                     if run.case() == case {
-                        floors[t][r] = self.time_floor(table, run, frame)?;
+                        floors[t][r] = self.time_floor_on(table, run, frame, false)?;
                     }
                 }
             }
         }
         let direct_non_vip = self.time_direct_non_vip(&non_vip)?;
+        let mut contended = Vec::new();
+        if self.cpus >= 2 {
+            for (table, run) in FloorRun::CONTENDED {
+                let frame = if run == FloorRun::Hit { &ack } else { &syn };
+                contended.push(self.time_floor_on(table, run, frame, true)?);
+            }
+        }
         Ok(Round {
             trivial,
             direct_non_vip,
             samples,
             floors,
+            contended,
         })
     }
 
@@ -761,7 +829,17 @@ impl Bench {
     /// `repeat` misses and `repeat × inserts` inserted entries (with no
     /// failed insert); elb's counters do not move. Before a hit run, one
     /// run puts the established flow's 5-tuple into the table.
-    fn time_floor(&mut self, table: Table, run: FloorRun, frame: &[u8]) -> Result<f64> {
+    ///
+    /// `both_cpus`: a second thread, on another CPU, runs the same floor
+    /// at the same time (the counts then double; both threads' runs must
+    /// take the path); the figure is the two CPUs' mean ns per run.
+    fn time_floor_on(
+        &mut self,
+        table: Table,
+        run: FloorRun,
+        frame: &[u8],
+        both_cpus: bool,
+    ) -> Result<f64> {
         let (vary, inserts) = match run {
             FloorRun::Hit => (false, 1),
             FloorRun::Insert(n) => (true, n),
@@ -784,15 +862,27 @@ impl Bench {
                 action == XDP_REDIRECT,
                 "{what}: the priming run returned {action}"
             );
+            if both_cpus {
+                // The other CPU's own table needs the 5-tuple too.
+                let (action, _) = self.on_other_cpu(frame, 1)?;
+                ensure!(
+                    action == XDP_REDIRECT,
+                    "{what}: the other CPU's priming run returned {action}"
+                );
+            }
         }
         let actions_before = self.action_counts()?;
         let floor_before = self.floor_counts()?;
         let stats_before = self.maps.global_stats()?;
-        let (last, ns) = self.time("elb_bench", frame)?;
+        let (last, ns) = if both_cpus {
+            self.time_on_both_cpus(frame, &what)?
+        } else {
+            self.time("elb_bench", frame)?
+        };
         let actions = diff_counts(&self.action_counts()?, &actions_before);
         let floor = diff_counts(&self.floor_counts()?, &floor_before);
         let stats = stats_delta(&self.maps.global_stats()?, &stats_before);
-        let repeat = u64::from(self.repeat);
+        let repeat = u64::from(self.repeat) * if both_cpus { 2 } else { 1 };
         let mut want = [0u64; ACTION_SLOTS as usize];
         want[XDP_REDIRECT as usize] = repeat;
         ensure!(
@@ -814,6 +904,59 @@ impl Bench {
             "{what}: the data plane's counters moved by {stats:?}; the floor must not run elb"
         );
         Ok(ns)
+    }
+
+    /// Starts a thread on another CPU than this one (the runner sits on
+    /// the last CPU; this takes the one before it) that runs `elb_bench`
+    /// `repeat` times on `frame` once `start` lets it; it returns the
+    /// action of its last run and ns per run.
+    fn spawn_on_other_cpu(
+        &self,
+        frame: &[u8],
+        repeat: u32,
+        start: Option<Arc<Barrier>>,
+    ) -> Result<std::thread::JoinHandle<Result<(u32, u32)>>> {
+        let program: &Xdp = self
+            .ebpf
+            .program("elb_bench")
+            .context("program")?
+            .try_into()?;
+        let fd = program.fd()?.try_clone()?;
+        let cpu = self.cpus as usize - 2;
+        let frame = frame.to_vec();
+        Ok(std::thread::spawn(move || -> Result<(u32, u32)> {
+            let pinned = pin_to_cpu(cpu);
+            // Waits even if pinning failed, so the other side never hangs.
+            if let Some(start) = start {
+                start.wait();
+            }
+            pinned?;
+            test_run_fd(fd.as_fd(), &frame, repeat)
+        }))
+    }
+
+    fn on_other_cpu(&self, frame: &[u8], repeat: u32) -> Result<(u32, u32)> {
+        self.spawn_on_other_cpu(frame, repeat, None)?
+            .join()
+            .map_err(|_| anyhow::anyhow!("the other CPU's thread panicked"))?
+    }
+
+    /// `repeat` runs on this CPU and, at the same time, on another one;
+    /// returns this CPU's last action and the two CPUs' mean ns per run.
+    fn time_on_both_cpus(&mut self, frame: &[u8], what: &str) -> Result<(u32, f64)> {
+        let start = Arc::new(Barrier::new(2));
+        let other = self.spawn_on_other_cpu(frame, self.repeat, Some(start.clone()))?;
+        start.wait();
+        let mine = self.time("elb_bench", frame);
+        let (their_action, their_ns) = other
+            .join()
+            .map_err(|_| anyhow::anyhow!("the other CPU's thread panicked"))??;
+        let (action, ns) = mine?;
+        ensure!(
+            their_action == XDP_REDIRECT,
+            "{what}: the other CPU's last run returned {their_action}"
+        );
+        Ok((action, (ns + f64::from(their_ns)) / 2.0))
     }
 
     /// Points every CPU's slot of the per-CPU layout at `table`'s set of
@@ -935,10 +1078,15 @@ fn tcp_frame(
 fn pin_to_one_cpu() -> Result<()> {
     // SAFETY: sysconf has no memory effects.
     let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
+    pin_to_cpu(cpus - 1)
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to_cpu(cpu: usize) -> Result<()> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: CPU_SET writes inside the set.
-    unsafe { libc::CPU_SET(cpus - 1, &mut set) };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
     // SAFETY: the set is valid for its size; 0 is this thread.
     if unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) } != 0 {
         bail!("sched_setaffinity: {}", std::io::Error::last_os_error());
@@ -1092,6 +1240,55 @@ fn report(args: &Args, cpus: u32, rounds: &[Round], global: &GlobalStats) -> Str
         );
     }
 
+    if rounds
+        .iter()
+        .all(|r| r.contended.len() == FloorRun::CONTENDED.len())
+    {
+        let _ = writeln!(
+            out,
+            "\n**The same floor on two CPUs at once** (a second thread on another CPU runs it at the same time; its own per-CPU table for each CPU in the per-CPU layout; ns per run of the whole wrapper, the two CPUs' mean, medians of rounds: not corrected for the wrapper, so compare the rows with each other, not with the table above):\n"
+        );
+        let _ = writeln!(
+            out,
+            "| table layout | established (hit) | new flow, 1 insert | new flow, 2 inserts |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|");
+        let cell = |i: usize| median(&rounds.iter().map(|r| r.contended[i]).collect::<Vec<_>>());
+        for table in [Table::Shared, Table::PerCpu] {
+            let cells: Vec<String> = FloorRun::ALL
+                .iter()
+                .map(|run| {
+                    FloorRun::CONTENDED
+                        .iter()
+                        .position(|c| *c == (table, *run))
+                        .map_or("–".to_string(), |i| format!("{:.0} ns", cell(i)))
+                })
+                .collect();
+            let _ = writeln!(out, "| {} | {} |", table.name(cpus), cells.join(" | "));
+        }
+        let ratios: Vec<String> = FloorRun::ALL
+            .iter()
+            .map(|run| {
+                let at = |table| FloorRun::CONTENDED.iter().position(|c| *c == (table, *run));
+                match (at(Table::PerCpu), at(Table::Shared)) {
+                    (Some(p), Some(sh)) => {
+                        let per_round: Vec<f64> = rounds
+                            .iter()
+                            .map(|r| r.contended[p] / r.contended[sh])
+                            .collect();
+                        format!("{:.2}", median(&per_round))
+                    }
+                    _ => "–".to_string(),
+                }
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "- per-CPU against shared, both CPUs busy: hit {}, 1 insert {}, 2 inserts {} (below 1: faster)",
+            ratios[0], ratios[1], ratios[2]
+        );
+    }
+
     let direct: Vec<f64> = rounds.iter().map(|r| r.direct_non_vip).collect();
     let _ = writeln!(
         out,
@@ -1101,7 +1298,7 @@ fn report(args: &Args, cpus: u32, rounds: &[Round], global: &GlobalStats) -> Str
     );
     let _ = writeln!(
         out,
-        "\nEvery timed run returned the expected action (XDP_REDIRECT for the NAT'd paths, XDP_PASS for the non-VIP packet) and moved elb's flow counters by exactly one hit or miss (the floor runs: its own counts, one hit, or one miss and its inserts, and none of elb's); over the whole bench: {} flow hits, {} misses (new flows), {} port-allocation failures, {} no-server drops. Service of {SERVERS} servers, Maglev table {MAGLEV_SLOTS} slots. One CPU runs the bench: a per-CPU layout's gain from CPUs not sharing one table's LRU lock and cache lines is not in these figures.",
+        "\nEvery timed run returned the expected action (XDP_REDIRECT for the NAT'd paths, XDP_PASS for the non-VIP packet) and moved elb's flow counters by exactly one hit or miss (the floor runs: its own counts, one hit, or one miss and its inserts, and none of elb's); over the whole bench: {} flow hits, {} misses (new flows), {} port-allocation failures, {} no-server drops. Service of {SERVERS} servers, Maglev table {MAGLEV_SLOTS} slots. One CPU runs the bench, except the two-CPU floor runs: only those show what CPUs sharing one table's LRU lists and cache lines cost.",
         global.flow_hits, global.flow_misses, global.port_alloc_failures, global.no_server_drops
     );
     out
