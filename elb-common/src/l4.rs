@@ -58,8 +58,9 @@ pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
 /// of a busy flow do not all write to the shared entry.
 pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
 
-/// `elb_services` key: a VIP.
-#[repr(C)]
+/// `elb_services` key: a VIP. Aligned (no padding: 20 bytes either way) so
+/// that the XDP program copies its address in words, not byte by byte.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct VipKey {
     pub addr: [u8; 16],
@@ -99,8 +100,11 @@ pub struct ServerEntry {
     pub _pad: u8,
 }
 
-/// `elb_flows` key: a packet's 5-tuple as it arrives.
-#[repr(C)]
+/// `elb_flows` key: a packet's 5-tuple as it arrives. Aligned (no
+/// padding: 40 bytes either way) so that the XDP program fills and copies
+/// keys in words, not byte by byte or through the byte-loop `memset` /
+/// `memmove` subprograms.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub src: [u8; 16],

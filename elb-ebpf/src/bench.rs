@@ -12,18 +12,18 @@
 //! Every run's action is counted per CPU, so the bench can check that all
 //! timed runs took the expected path.
 use aya_ebpf::{
-    bindings::xdp_action,
-    btf_maps::{Array, PerCpuArray},
+    bindings::{BPF_ANY, BPF_NOEXIST, xdp_action},
+    btf_maps::{Array, ArrayOfMaps, LruHashMap, PerCpuArray},
     helpers::{bpf_get_smp_processor_id, generated::bpf_xdp_store_bytes},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
 
-use elb_common::l4::VipKey;
+use elb_common::l4::{FlowEntry, FlowKey, VipKey};
 
 use crate::{
     headers::{EthHdr, Ipv4Hdr},
-    maps::{FLOWS, SCRATCH, SERVICES},
+    maps::{FLOWS, SCRATCH, SERVICES, Scratch},
     parse::{Parsed, header_at},
 };
 
@@ -45,6 +45,12 @@ pub struct BenchConfig {
     /// 1: a fresh IPv4 source address and TCP/UDP source port every run.
     pub vary: u32,
     pub empty_action: u32,
+    /// [`RUN_FLOOR`] only: the connection table it uses, one of the
+    /// `TABLE_*` constants.
+    pub table: u32,
+    /// [`RUN_FLOOR`] only: entries inserted on a miss, 1 or 2 (full NAT
+    /// inserts the forward entry and the reply entry).
+    pub inserts: u32,
 }
 
 /// Return `empty_action`, running nothing.
@@ -56,6 +62,26 @@ pub const RUN_ELB: u32 = 1;
 /// XDP_ABORTED) and its 5-tuple, insert an entry if there was none (one
 /// insert; full NAT needs two), then return `empty_action`.
 pub const RUN_FLOOR: u32 = 2;
+
+/// elb's own shared connection table, `elb_flows` (524,288 entries).
+pub const TABLE_SHARED: u32 = 0;
+/// [`SMALL`]: a shared LRU of [`SMALL_ENTRIES`], the size of an
+/// "embryonic" table for flows that have not completed their handshake.
+pub const TABLE_SMALL: u32 = 1;
+/// [`PER_CPU`]: one LRU per CPU, chosen by CPU id (Katran's layout).
+pub const TABLE_PER_CPU: u32 = 2;
+
+pub const SMALL_ENTRIES: usize = 65_536;
+/// Outer slots of the per-CPU layouts: CPU ids the runner may fill.
+pub const MAX_CPUS: usize = 64;
+/// Slots of [`FLOOR_COUNTS`].
+pub const FLOOR_SLOTS: u32 = 4;
+/// [`FLOOR_COUNTS`] slots: lookups that found the 5-tuple, lookups that
+/// did not, entries inserted, inserts that failed.
+pub const FLOOR_HITS: u32 = 0;
+pub const FLOOR_MISSES: u32 = 1;
+pub const FLOOR_INSERTED: u32 = 2;
+pub const FLOOR_INSERT_FAILURES: u32 = 3;
 
 #[repr(C)]
 pub struct Template {
@@ -71,6 +97,25 @@ static TEMPLATE: Array<Template, 1> = Array::new();
 /// Per-CPU run counts by returned action.
 #[btf_map(name = "elb_bench_act")]
 static ACTIONS: PerCpuArray<u64, { ACTION_SLOTS as usize }> = PerCpuArray::new();
+
+#[btf_map(name = "elb_bench_small")]
+static SMALL: LruHashMap<FlowKey, FlowEntry, SMALL_ENTRIES> = LruHashMap::new();
+
+/// Per-CPU connection tables, as Katran keeps them: plain LRU hashes (not
+/// `BPF_F_NO_COMMON_LRU`) in an array indexed by CPU id. The runner
+/// creates the inner maps (a hash map's size is not part of the inner
+/// map's type; the declared one is only the template's) and swaps sets of
+/// them in to time each size. One outer map only: a lookup whose inner
+/// map may come from two outer maps is not inlined by the verifier (it
+/// becomes the generic `bpf_map_lookup_elem`, an indirect call), which
+/// would time the bench's construction, not the layout.
+#[btf_map(name = "elb_bench_pcpu")]
+static PER_CPU: ArrayOfMaps<LruHashMap<FlowKey, FlowEntry, 1024>, MAX_CPUS> = ArrayOfMaps::new();
+
+/// Per-CPU counts of what the lookups floor did (`FLOOR_*` slots), so the
+/// runner can check every timed run took the path it times.
+#[btf_map(name = "elb_bench_floor")]
+static FLOOR_COUNTS: PerCpuArray<u64, { FLOOR_SLOTS as usize }> = PerCpuArray::new();
 
 /// Per-CPU sequence number for `vary`.
 #[btf_map(name = "elb_bench_seq")]
@@ -118,7 +163,7 @@ fn wrapped(ctx: &XdpContext) -> u32 {
     match config.run_elb {
         RUN_ELB => crate::process(ctx),
         RUN_FLOOR => {
-            if lookups_floor(ctx) {
+            if lookups_floor(ctx, config) {
                 config.empty_action
             } else {
                 xdp_action::XDP_ABORTED
@@ -130,9 +175,10 @@ fn wrapped(ctx: &XdpContext) -> u32 {
     }
 }
 
-/// See [`RUN_FLOOR`]: false if the VIP was not found or the insert failed.
+/// See [`RUN_FLOOR`]: false if the VIP or the table was not found or an
+/// insert failed.
 #[inline(always)]
-fn lookups_floor(ctx: &XdpContext) -> bool {
+fn lookups_floor(ctx: &XdpContext, config: &BenchConfig) -> bool {
     let Parsed::L4(packet) = crate::parse::parse(ctx) else {
         return false;
     };
@@ -141,10 +187,10 @@ fn lookups_floor(ctx: &XdpContext) -> bool {
     };
     // SAFETY: this CPU's own scratch slot.
     let scratch = unsafe { &mut *scratch };
-    let key = &mut scratch.key;
-    if !crate::lb::fill_flow_key(ctx, &packet, key) {
+    if !crate::lb::fill_flow_key(ctx, &packet, &mut scratch.key) {
         return false;
     }
+    let key = &scratch.key;
     let vip = VipKey {
         addr: key.dst,
         port: key.dst_port,
@@ -154,7 +200,70 @@ fn lookups_floor(ctx: &XdpContext) -> bool {
     if SERVICES.get_ptr(&vip).is_none() {
         return false;
     }
-    FLOWS.get_ptr(key).is_some() || FLOWS.insert(key, &scratch.entry, 0).is_ok()
+    let two = config.inserts == 2;
+    match config.table {
+        TABLE_SHARED => in_table(&FLOWS, scratch, two),
+        TABLE_SMALL => in_table(&SMALL, scratch, two),
+        TABLE_PER_CPU => {
+            // SAFETY: plain helper call.
+            let cpu = unsafe { bpf_get_smp_processor_id() };
+            match PER_CPU.get(cpu) {
+                Some(table) => in_table(table, scratch, two),
+                None => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+/// The floor's table work: look up the 5-tuple; on a miss insert it, and
+/// with `two` first a reply entry (the 5-tuple reversed, `BPF_NOEXIST` as
+/// elb claims a NAT port), then the forward entry, as elb's new flows do.
+#[inline(always)]
+fn in_table<const N: usize>(
+    table: &LruHashMap<FlowKey, FlowEntry, N>,
+    scratch: &mut Scratch,
+    two: bool,
+) -> bool {
+    if table.get_ptr(&scratch.key).is_some() {
+        floor_count(FLOOR_HITS, 1);
+        return true;
+    }
+    floor_count(FLOOR_MISSES, 1);
+    if two {
+        let (key, reply) = (&scratch.key, &mut scratch.reply_key);
+        reply.src = key.dst;
+        reply.dst = key.src;
+        reply.src_port = key.dst_port;
+        reply.dst_port = key.src_port;
+        reply.proto = key.proto;
+        reply.family = key.family;
+        reply._pad = [0; 2];
+        if table
+            .insert(&scratch.reply_key, &scratch.entry, BPF_NOEXIST as u64)
+            .is_err()
+        {
+            floor_count(FLOOR_INSERT_FAILURES, 1);
+            return false;
+        }
+    }
+    if table
+        .insert(&scratch.key, &scratch.entry, BPF_ANY as u64)
+        .is_err()
+    {
+        floor_count(FLOOR_INSERT_FAILURES, 1);
+        return false;
+    }
+    floor_count(FLOOR_INSERTED, if two { 2 } else { 1 });
+    true
+}
+
+#[inline(always)]
+fn floor_count(slot: u32, n: u64) {
+    if let Some(count) = FLOOR_COUNTS.get_ptr_mut(slot) {
+        // SAFETY: this CPU's own slot.
+        unsafe { *count += n };
+    }
 }
 
 /// Gives the (untagged IPv4, TCP or UDP) frame a source address and port

@@ -1,6 +1,9 @@
 //! `cargo xtask bench xdp`: ns per packet of elb's XDP paths (established
 //! flow, new flow, reply, non-VIP) through `BPF_PROG_TEST_RUN`, against a
-//! trivial XDP_PASS program timed in the same run.
+//! trivial XDP_PASS program timed in the same run; issue 16's two targets
+//! against Katran's fixed reference multiples; and the lookups floor per
+//! connection-table layout (today's shared LRU, Katran's per-CPU LRUs at
+//! two sizes, a small shared LRU), for a hit and for one or two inserts.
 //!
 //! xtask only builds and starts the runner: the runner needs aya and elb's
 //! own map and fixture code (the tests crate), which xtask cannot depend on
