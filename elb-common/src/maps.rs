@@ -31,6 +31,12 @@ pub const SERVER_STATS: &str = "elb_srv_stats";
 /// Per-CPU [`crate::l4::GlobalStats`], one slot.
 pub const GLOBAL_STATS: &str = "elb_glob_stats";
 
+/// Array of u32 generations, indexed by [`crate::l4::GEN_ACL`] and
+/// [`crate::l4::GEN_ROUTE`]: userspace bumps one when the deny-list, or the
+/// routes and neighbours, change; flow entries that cached a check or a
+/// next hop at an older generation do it again.
+pub const GENERATIONS: &str = "elb_l4_gen";
+
 /// Every map the program declares, in the order userspace pins them.
 pub const ALL: &[&str] = &[
     PROTO_STATS,
@@ -45,6 +51,7 @@ pub const ALL: &[&str] = &[
     SERVICE_STATS,
     SERVER_STATS,
     GLOBAL_STATS,
+    GENERATIONS,
 ];
 
 /// The XDP program's function name in the object file.

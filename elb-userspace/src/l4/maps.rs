@@ -16,6 +16,10 @@ use elb_common::{
     maps,
 };
 
+use std::collections::HashSet;
+
+use super::generations::Generations;
+
 #[derive(Debug, thiserror::Error)]
 pub enum L4MapError {
     #[error("the XDP object has no map {0}")]
@@ -28,6 +32,11 @@ pub enum L4MapError {
     },
     #[error("a Maglev table has {slots} slots; the maps hold at most {MAGLEV_CAPACITY}")]
     TableTooBig { slots: usize },
+    #[error("map {name} is not of the expected type ({want})")]
+    WrongType {
+        name: &'static str,
+        want: &'static str,
+    },
 }
 
 pub(crate) fn map_err(name: &'static str) -> impl Fn(MapError) -> L4MapError {
@@ -43,6 +52,7 @@ pub struct L4Maps {
     acl_v6: LpmTrie<MapData, [u8; 16], u32>,
     l7_ports: HashMap<MapData, u32, u32>,
     flows: HashMap<MapData, FlowKey, FlowEntry>,
+    generations: Generations,
     stats: StatsMaps,
     /// Each service's installed table and its inner map, so a change
     /// writes only the slots that differ.
@@ -79,6 +89,7 @@ impl L4Maps {
             acl_v6: typed!(ebpf, maps::ACL_V6),
             l7_ports: typed!(ebpf, maps::L7_PORTS),
             flows: typed!(ebpf, maps::FLOWS),
+            generations: Generations::new(take(ebpf, maps::GENERATIONS)?)?,
             stats: StatsMaps {
                 service_stats: typed!(ebpf, maps::SERVICE_STATS),
                 server_stats: typed!(ebpf, maps::SERVER_STATS),
@@ -168,13 +179,28 @@ impl L4Maps {
     }
 
     /// Replaces the deny-list with `entries` (prefix length, address).
+    /// When anything changed, the ACL generation is bumped, after the
+    /// writes: established flows check their source again at their next
+    /// packet (they skip the lookup while it stays). Bumped on a failed
+    /// write too, which may have changed part of the list.
     pub fn set_acl(
         &mut self,
         v4: &[(u32, [u8; 4])],
         v6: &[(u32, [u8; 16])],
     ) -> Result<(), L4MapError> {
-        replace_trie(&mut self.acl_v4, v4, maps::ACL_V4)?;
-        replace_trie(&mut self.acl_v6, v6, maps::ACL_V6)
+        let mut changed = 0;
+        let written = replace_trie(&mut self.acl_v4, v4, maps::ACL_V4, &mut changed)
+            .and_then(|()| replace_trie(&mut self.acl_v6, v6, maps::ACL_V6, &mut changed));
+        if changed > 0 || written.is_err() {
+            self.generations.bump_acl()?;
+        }
+        written
+    }
+
+    /// The generation numbers (a handle of its own, for the route watcher
+    /// and tests).
+    pub fn generations(&self) -> Result<Generations, L4MapError> {
+        self.generations.duplicate()
     }
 
     pub fn set_l7_ports(&mut self, ports: &[u16]) -> Result<(), L4MapError> {
@@ -297,26 +323,29 @@ pub(crate) fn not_found(error: &MapError) -> bool {
     }
 }
 
+/// Makes `trie` hold exactly `entries`: the missing ones added first, then
+/// the unwanted ones removed. Counts the writes in `changed` (also when it
+/// fails half-way).
 fn replace_trie<const N: usize>(
     trie: &mut LpmTrie<MapData, [u8; N], u32>,
     entries: &[(u32, [u8; N])],
     name: &'static str,
+    changed: &mut usize,
 ) -> Result<(), L4MapError> {
-    for (prefix_len, addr) in entries {
+    let old: HashSet<(u32, [u8; N])> = trie
+        .keys()
+        .map(|key| key.map(|key| (key.prefix_len(), key.data())))
+        .collect::<Result<_, _>>()
+        .map_err(map_err(name))?;
+    let wanted: HashSet<(u32, [u8; N])> = entries.iter().copied().collect();
+    for (prefix_len, addr) in wanted.difference(&old) {
+        *changed += 1;
         trie.insert(&Key::new(*prefix_len, *addr), &1, 0)
             .map_err(map_err(name))?;
     }
-    let old = trie
-        .keys()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(map_err(name))?;
-    for key in old {
-        let wanted = entries
-            .iter()
-            .any(|(len, addr)| *len == key.prefix_len() && *addr == key.data());
-        if !wanted {
-            let _ = trie.remove(&key);
-        }
+    for (prefix_len, addr) in old.difference(&wanted) {
+        *changed += 1;
+        let _ = trie.remove(&Key::new(*prefix_len, *addr));
     }
     Ok(())
 }
