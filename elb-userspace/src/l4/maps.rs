@@ -53,6 +53,9 @@ pub struct L4Maps {
     l7_ports: HashMap<MapData, u32, u32>,
     flows: HashMap<MapData, FlowKey, FlowEntry>,
     generations: Generations,
+    /// The deny-list changed but its generation is not bumped yet (the
+    /// bump failed): the next `set_acl` bumps, even with nothing to write.
+    acl_bump_pending: bool,
     stats: StatsMaps,
     /// Each service's installed table and its inner map, so a change
     /// writes only the slots that differ.
@@ -90,6 +93,7 @@ impl L4Maps {
             l7_ports: typed!(ebpf, maps::L7_PORTS),
             flows: typed!(ebpf, maps::FLOWS),
             generations: Generations::new(take(ebpf, maps::GENERATIONS)?)?,
+            acl_bump_pending: false,
             stats: StatsMaps {
                 service_stats: typed!(ebpf, maps::SERVICE_STATS),
                 server_stats: typed!(ebpf, maps::SERVER_STATS),
@@ -191,8 +195,10 @@ impl L4Maps {
         let mut changed = 0;
         let written = replace_trie(&mut self.acl_v4, v4, maps::ACL_V4, &mut changed)
             .and_then(|()| replace_trie(&mut self.acl_v6, v6, maps::ACL_V6, &mut changed));
-        if changed > 0 || written.is_err() {
+        self.acl_bump_pending |= changed > 0 || written.is_err();
+        if self.acl_bump_pending {
             self.generations.bump_acl()?;
+            self.acl_bump_pending = false;
         }
         written
     }

@@ -14,6 +14,9 @@ const GROUPS: u32 =
 /// Room for bursts (a link going down withdraws many routes at once); an
 /// overflow is not lost either, it reads as a change (`ENOBUFS`).
 const RECEIVE_BUFFER: libc::c_int = 1 << 20;
+/// Datagrams one `drain` reads at most: a steady stream of notifications
+/// must not keep it from returning (the rest stay queued for the next).
+const DRAIN_AT_MOST: usize = 1024;
 
 /// A non-blocking `NETLINK_ROUTE` socket bound to [`GROUPS`], in the
 /// network namespace of the thread that opened it.
@@ -65,13 +68,14 @@ impl RouteEvents {
         Ok(Self { fd })
     }
 
-    /// Reads every queued notification without blocking; returns how many
-    /// datagrams there were. A receive-queue overflow (`ENOBUFS`: the
-    /// kernel dropped notifications) counts as one: something changed.
+    /// Reads the queued notifications (up to [`DRAIN_AT_MOST`]) without
+    /// blocking; returns how many datagrams there were. A receive-queue
+    /// overflow (`ENOBUFS`: the kernel dropped notifications) counts as
+    /// one: something changed.
     pub fn drain(&self) -> io::Result<usize> {
         let mut buf = [0u8; 16 * 1024];
         let mut count = 0;
-        loop {
+        while count < DRAIN_AT_MOST {
             // SAFETY: buf is writable for its length.
             let n = unsafe {
                 libc::recv(
@@ -96,6 +100,7 @@ impl RouteEvents {
                 _ => return Err(error),
             }
         }
+        Ok(count)
     }
 }
 
