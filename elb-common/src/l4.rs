@@ -51,9 +51,27 @@ pub const UDP_IDLE_NS: u64 = 30 * 1_000_000_000;
 /// `nf_conntrack_tcp_timeout_syn_sent`. Embryonic UDP flows use
 /// `UDP_IDLE_NS`.
 pub const TCP_EMBRYONIC_NS: u64 = 120 * 1_000_000_000;
-/// A flow's cached next hop (egress interface, MACs) is looked up again in
-/// the FIB after this long, so route and neighbour changes are picked up.
-pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+/// Slots of `elb_l4_gen`, the generation numbers userspace bumps when what
+/// a flow entry caches may have gone stale. One slot each, not one struct:
+/// the deny-list writer and the route watcher bump theirs independently,
+/// and a read-modify-write of a shared value could undo the other's bump.
+///
+/// The deny-list: bumped after every change of `elb_acl_v4`/`elb_acl_v6`.
+pub const GEN_ACL: u32 = 0;
+/// Routes, neighbours and links: bumped on every rtnetlink notification, so
+/// cached next hops are looked up again in the FIB.
+pub const GEN_ROUTE: u32 = 1;
+pub const GEN_SLOTS: u32 = 2;
+
+/// The generation after `generation`. Never 0: a flow entry's 0 means
+/// "never checked", and must not match a current generation.
+#[inline(always)]
+pub fn next_generation(generation: u32) -> u32 {
+    match generation.wrapping_add(1) {
+        0 => 1,
+        next => next,
+    }
+}
 /// `last_seen` is only rewritten when it is older than this, so the packets
 /// of a busy flow do not all write to the shared entry.
 pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
@@ -128,18 +146,24 @@ pub struct FlowEntry {
     pub server_id: u16,
     /// `FLOW_*` bits.
     pub flags: u32,
-    /// Cached next hop: valid when `next_hop_at` is recent.
+    /// Cached next hop: valid while `route_gen` is the current
+    /// [`GEN_ROUTE`] generation.
     pub ifindex: u32,
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
+    /// The [`GEN_ACL`] generation at which the flow's source last passed
+    /// the deny-list; 0 = never. (Was padding: entries of an older elb,
+    /// adopted, hold 0 here and are checked again.)
+    pub acl_gen: u32,
+    /// `bpf_ktime_get_coarse_ns` of the last packet (coarsened).
+    pub last_seen: u64,
+    /// The [`GEN_ROUTE`] generation the next hop was looked up at; 0 =
+    /// never (or the lookup gave no complete next hop).
+    pub route_gen: u32,
     /// Embryonic reply entries under `FLOW_CHECK_ACK`: the sequence number
     /// of the server's SYN-ACK (network order), which the client must
     /// acknowledge for the flow to be promoted.
     pub server_isn: [u8; 4],
-    /// `bpf_ktime_get_coarse_ns` of the last packet (coarsened).
-    pub last_seen: u64,
-    /// When the next hop was last looked up; 0 = never.
-    pub next_hop_at: u64,
 }
 
 /// The entry translates replies (server → node) back to the client.
@@ -349,6 +373,17 @@ mod tests {
             size_of::<GlobalStats>(),
             8 * GlobalStats::default().fields().len()
         );
+    }
+
+    #[test]
+    fn generations_skip_zero_and_always_change() {
+        assert_eq!(next_generation(0), 1);
+        assert_eq!(next_generation(1), 2);
+        assert_eq!(next_generation(u32::MAX), 1, "0 means never checked");
+        for g in [0, 1, 7, u32::MAX - 1, u32::MAX] {
+            assert_ne!(next_generation(g), g);
+            assert_ne!(next_generation(g), 0);
+        }
     }
 
     #[test]

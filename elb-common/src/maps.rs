@@ -43,6 +43,11 @@ pub const NAT_CURSORS: &str = "elb_nat_cursor";
 /// Per-CPU `u64` by server id: new flows to the server dropped because no
 /// NAT port was free.
 pub const NAT_FAILURES: &str = "elb_nat_fail";
+/// Array of u32 generations, indexed by [`crate::l4::GEN_ACL`] and
+/// [`crate::l4::GEN_ROUTE`]: userspace bumps one when the deny-list, or the
+/// routes and neighbours, change; flow entries that cached a check or a
+/// next hop at an older generation do it again.
+pub const GENERATIONS: &str = "elb_l4_gen";
 
 /// Every map the program declares, in the order userspace pins them.
 pub const ALL: &[&str] = &[
@@ -62,6 +67,7 @@ pub const ALL: &[&str] = &[
     SNAT_POOLS,
     NAT_CURSORS,
     NAT_FAILURES,
+    GENERATIONS,
 ];
 
 /// The XDP program's load-time constants (`EbpfLoader::set_global`): the

@@ -22,7 +22,7 @@ use elb_common::{
     l4::{
         EMBRYO_FLAGS, FAMILY_IPV4, FAMILY_IPV6, FLOW_CLOSING, FLOW_DRAINED, FLOW_EMBRYONIC,
         FLOW_REPLY, FlowEntry, FlowKey, IFACE_HAS_V4, IFACE_HAS_V6, LAST_SEEN_GRANULARITY_NS,
-        NEXT_HOP_TTL_NS, SERVICE_HAS_SNAT, SERVICE_SNAT_POOL, ServerEntry, ServiceEntry,
+        GEN_ACL, GEN_ROUTE, SERVICE_HAS_SNAT, SERVICE_SNAT_POOL, ServerEntry, ServiceEntry,
         TCP_CLOSING_NS, TCP_EMBRYONIC_NS, TCP_IDLE_NS, UDP_IDLE_NS, VipKey, flow_hash,
     },
     nat::{MAX_SNAT_POOL, NatCursor, NatPorts, snat_pool_start},
@@ -33,8 +33,8 @@ use crate::{
     fib::{self, FibParams, Lookup},
     headers::{EthHdr, Ipv4Hdr, Ipv6Hdr, TCP_FIN, TCP_RST, TcpHdr},
     maps::{
-        ACL_V4, ACL_V6, IFACE_ADDRS, L7_PORTS, MAGLEV, NAT_CURSORS, SCRATCH, SERVERS, SERVICES,
-        SNAT_POOLS, Scratch,
+        ACL_V4, ACL_V6, GENERATIONS, IFACE_ADDRS, L7_PORTS, MAGLEV, NAT_CURSORS, SCRATCH, SERVERS,
+        SERVICES, SNAT_POOLS, Scratch,
     },
     nat,
     parse::{L4Packet, Portless, header_at},
@@ -64,10 +64,8 @@ pub fn handle(ctx: &XdpContext, packet: &L4Packet) -> u32 {
         family: key.family,
     };
     if let Some(service) = SERVICES.get_ptr(&vip) {
-        if denied(key.family, &key.src) {
-            stats::global(|s| s.acl_drops += 1);
-            return DROP;
-        }
+        // The deny-list is checked in `to_service`, where the flow entry
+        // tells whether this source passed it since its last change.
         // SAFETY: a hash map value; copied out before use.
         let service = unsafe { *service };
         return to_service(ctx, packet, scratch, &service);
@@ -211,7 +209,12 @@ fn to_service(
 ) -> u32 {
     let now = now();
     let key = &scratch.key;
-    if let Some(flow) = Established::get(key) {
+    let flow = Established::get(key);
+    if acl_denies(key, flow, &mut scratch.entry.acl_gen) {
+        stats::global(|s| s.acl_drops += 1);
+        return DROP;
+    }
+    if let Some(flow) = flow {
         // SAFETY: see `reply_entry`.
         let flags = unsafe { (*flow).flags };
         if flags & FLOW_DRAINED != 0 {
@@ -321,17 +324,22 @@ fn follow(
     if !nat::rewrite(ctx, packet, entry) {
         return DROP;
     }
-    if entry.next_hop_at == 0 || now.wrapping_sub(entry.next_hop_at) > NEXT_HOP_TTL_NS {
+    // The cached next hop serves until userspace reports a route,
+    // neighbour or link change (a new route generation).
+    let route_gen = generation(GEN_ROUTE);
+    if entry.route_gen == 0 || entry.route_gen != route_gen {
         match fib::lookup(ctx, fib_params, packet.ipv6, &entry.new_src, &entry.new_dst) {
             Lookup::Found => {
                 entry.ifindex = fib_params.ifindex;
                 entry.src_mac = fib_params.smac;
                 entry.dst_mac = fib_params.dmac;
-                entry.next_hop_at = now;
+                entry.route_gen = route_gen;
             }
             // The rewritten packet goes up; the kernel routes it and
-            // resolves the neighbour, so the next packet finds it.
+            // resolves the neighbour, so the next packet finds it (the
+            // cache stays invalid until then).
             Lookup::NoNeighbour | Lookup::Unroutable => {
+                entry.route_gen = 0;
                 stats::global(|s| s.fib_fallbacks += 1);
                 return PASS;
             }
@@ -363,20 +371,22 @@ fn new_flow(
         return None;
     }
 
+    // Read before the lookup: a change after it bumps past this value.
+    let route_gen = generation(GEN_ROUTE);
     let egress = match fib::lookup(ctx, &mut scratch.fib, packet.ipv6, &key.dst, &server.addr) {
         Lookup::Found => {
             scratch.entry.ifindex = scratch.fib.ifindex;
             scratch.entry.src_mac = scratch.fib.smac;
             scratch.entry.dst_mac = scratch.fib.dmac;
-            scratch.entry.next_hop_at = now;
+            scratch.entry.route_gen = route_gen;
             scratch.fib.ifindex
         }
         Lookup::NoNeighbour => {
-            scratch.entry.next_hop_at = 0;
+            scratch.entry.route_gen = 0;
             scratch.fib.ifindex
         }
         Lookup::Unroutable => {
-            scratch.entry.next_hop_at = 0;
+            scratch.entry.route_gen = 0;
             0
         }
     };
@@ -396,9 +406,9 @@ fn new_flow(
     entry.flags = FLOW_REPLY | FLOW_EMBRYONIC;
     entry.server_isn = [0; 4];
     entry.last_seen = now;
-    let hop_at = entry.next_hop_at;
+    let hop_gen = entry.route_gen;
     // Replies need their own next hop (towards the client).
-    entry.next_hop_at = 0;
+    entry.route_gen = 0;
     let reply_key = &mut scratch.reply_key;
     reply_key.src = server.addr;
     reply_key.dst = snat;
@@ -418,7 +428,7 @@ fn new_flow(
     entry.new_src_port = nat_port;
     entry.new_dst_port = server.port;
     entry.flags = FLOW_EMBRYONIC;
-    entry.next_hop_at = hop_at;
+    entry.route_gen = hop_gen;
     if !Embryonic::put(key, entry) {
         return None;
     }
@@ -922,6 +932,38 @@ fn expired(flow: &FlowEntry, proto: u8, now: u64) -> bool {
         UDP_IDLE_NS
     };
     now.wrapping_sub(flow.last_seen) > idle
+}
+
+/// Whether the deny-list drops a packet to a VIP from `key.src`. A flow
+/// entry remembers the [`GEN_ACL`] generation its source last passed at;
+/// while that is current, its packets skip the LPM lookup, and the first
+/// packet after a change is checked again (a newly denied source is cut at
+/// its next packet). `stamp` gets the generation a new flow's entries
+/// carry: read before the lookup, so a change after it is never missed.
+#[inline(always)]
+fn acl_denies(key: &FlowKey, flow: Option<*mut FlowEntry>, stamp: &mut u32) -> bool {
+    let acl_gen = generation(GEN_ACL);
+    *stamp = acl_gen;
+    if let Some(flow) = flow {
+        // SAFETY: see `reply_entry`.
+        let entry = unsafe { &mut *flow };
+        if entry.acl_gen != 0 && entry.acl_gen == acl_gen {
+            return false;
+        }
+        if denied(key.family, &key.src) {
+            return true;
+        }
+        entry.acl_gen = acl_gen;
+        return false;
+    }
+    denied(key.family, &key.src)
+}
+
+/// The current generation in `slot` of `elb_l4_gen`; 0 (never bumped)
+/// matches no entry, so nothing is cached then.
+#[inline(always)]
+fn generation(slot: u32) -> u32 {
+    GENERATIONS.get(slot).copied().unwrap_or(0)
 }
 
 #[inline(always)]

@@ -7,7 +7,7 @@ use elb_common::{
     counters::{PacketCounter, ProtoCounter},
     nat::{MAX_SNAT_POOL, NatCursor, SnatPool},
     l4::{
-        EMBRYO_ENTRIES, FlowEntry, FlowKey, GlobalStats, IfaceAddrs, MAGLEV_CAPACITY, MAX_ACL_ENTRIES,
+        EMBRYO_ENTRIES, FlowEntry, FlowKey, GEN_SLOTS, GlobalStats, IfaceAddrs, MAGLEV_CAPACITY, MAX_ACL_ENTRIES,
         MAX_FLOW_ENTRIES, MAX_INTERFACES, MAX_L7_PORTS, MAX_SERVERS, MAX_SERVICES, ServerEntry,
         ServiceEntry, ServiceStats, VipKey,
     },
@@ -56,6 +56,11 @@ pub static ACL_V6: LpmTrie<[u8; 16], u32, { MAX_ACL_ENTRIES as usize }> = LpmTri
 
 #[btf_map(name = "elb_l7_ports")]
 pub static L7_PORTS: HashMap<u32, u32, { MAX_L7_PORTS as usize }> = HashMap::new();
+
+/// Generations userspace bumps (`elb_common::l4::GEN_*`): a flow entry's
+/// deny-list check and next hop stay valid while theirs is current.
+#[btf_map(name = "elb_l4_gen")]
+pub static GENERATIONS: Array<u32, { GEN_SLOTS as usize }> = Array::new();
 
 #[btf_map(name = "elb_svc_stats")]
 pub static SERVICE_STATS: PerCpuArray<ServiceStats, { MAX_SERVICES as usize }> = PerCpuArray::new();

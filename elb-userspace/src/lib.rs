@@ -27,6 +27,7 @@ pub mod statsd;
 pub mod status;
 pub mod store;
 pub mod sync;
+pub mod sys;
 pub mod takeover;
 pub mod targets;
 pub mod tls;

@@ -395,7 +395,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let map_writer = Arc::new(tokio::sync::Mutex::new(()));
     let l4 = match (xdp, userspace_l4) {
-        (Some((dataplane, maps)), _) => {
+        (Some((mut dataplane, maps)), _) => {
+            let routes = dataplane.spawn_route_watch(maps.generations()?, shutdown_rx.clone())?;
             let ports: Vec<u16> = listen_addrs.iter().map(SocketAddr::port).collect();
             let sync = start_l4_sync(
                 maps,
@@ -407,7 +408,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 &shutdown_rx,
                 Arc::clone(&map_writer),
             )?;
-            L4Running::Xdp { dataplane, sync }
+            L4Running::Xdp {
+                dataplane,
+                sync,
+                routes,
+            }
         }
         (None, Some(l4)) => L4Running::Userspace(l4),
         (None, None) => anyhow::bail!("no L4 data plane started"),
@@ -481,8 +486,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         })
         .await;
         match l4 {
-            L4Running::Xdp { dataplane, sync } => {
+            L4Running::Xdp {
+                dataplane,
+                sync,
+                routes,
+            } => {
                 let _ = sync.await;
+                let _ = routes.await;
                 dataplane.release(&args.name);
             }
             L4Running::Userspace(l4) => l4.wait().await,
@@ -593,6 +603,7 @@ enum L4Running {
     Xdp {
         dataplane: XdpDataplane,
         sync: tokio::task::JoinHandle<()>,
+        routes: tokio::task::JoinHandle<()>,
     },
     Userspace(L4Userspace),
 }

@@ -201,6 +201,25 @@ impl XdpFixture {
         Ok(self.flows()?.keys().count() + self.embryos()?.keys().count())
     }
 
+    /// A handle of its own on the program's map `name`, found through the
+    /// program's map ids (so it works after [`XdpFixture::l4_maps`] took
+    /// the maps, and never finds another program's map of that name): for
+    /// writing behind the userspace API's back.
+    pub fn map_named(&self, name: &str) -> Result<Map> {
+        let program = self
+            .ebpf
+            .program(maps::XDP_PROGRAM)
+            .context("the object has no XDP program")?;
+        let ids = program.info()?.map_ids()?.context("map ids not reported")?;
+        for id in ids {
+            let data = MapData::from_id(id)?;
+            if data.info()?.name_as_str() == Some(name) {
+                return Ok(Map::from_map_data(data)?);
+            }
+        }
+        bail!("the program uses no map {name}")
+    }
+
     /// The counter of one slot.
     pub fn counter(&self, slot: ProtoCounter) -> Result<PacketCounter> {
         self.proto_stats()?

@@ -318,6 +318,7 @@ fn ephemeral_ports_overlapping_the_nat_ports_are_refused() {
     .expect("sysctl");
     let run_dir = temp_dir();
     let run_dir = run_dir.path();
+    // No default range is left: every unprivileged port is ephemeral.
     let log = failed_start(
         &strs(&run_args(
             &unique_name("T"),
@@ -329,7 +330,23 @@ fn ephemeral_ports_overlapping_the_nat_ports_are_refused() {
         Some(&t.lb),
     );
     assert!(
+        log.contains("no unprivileged port is outside the host's ephemeral ports 1024-65535"),
+        "{log}"
+    );
+    // A range given with --nat-ports that the host may hand out.
+    let log = failed_start(
+        &strs(&run_args(
+            &unique_name("T"),
+            &t.lb_iface,
+            run_dir,
+            "127.0.0.1:0",
+            &["--nat-ports", "20000-32767"],
+        )),
+        Some(&t.lb),
+    );
+    assert!(
         log.contains("ephemeral ports 1024-65535")
+            && log.contains("(--nat-ports)")
             && log.contains("ip_local_reserved_ports=20000-32767"),
         "{log}"
     );

@@ -20,7 +20,9 @@ use elb_common::{
 };
 use thiserror::Error;
 
-use crate::{bpffs, os_error::errno_in_chain};
+use crate::{
+    bpffs, l4::generations::Generations, os_error::errno_in_chain, sys::rtnetlink::RouteEvents,
+};
 pub use links::pinned_link_ifindex;
 pub use pins::{PinError, PinLayout, TeardownReport, teardown};
 
@@ -60,6 +62,11 @@ pub enum DataplaneError {
     #[error(transparent)]
     PortRange(#[from] crate::l4::port_range::PortRangeError),
     #[error(
+        "opening an rtnetlink socket for route, neighbour and link changes: XDP caches each \
+         flow's next hop and must learn when they change"
+    )]
+    RouteEvents(#[source] std::io::Error),
+    #[error(
         "the maps pinned for elb {name:?} do not fit this elb: made by an incompatible elb \
          version, or with another --conn-table-size or --embryonic-table-size; \
          `elb teardown --name {name}` removes them (established L4 flows are then dropped)"
@@ -77,7 +84,10 @@ impl DataplaneError {
     /// mistakes (an unknown interface, clashing pins or ports) stay fatal.
     pub fn allows_fallback(&self) -> bool {
         match self {
-            Self::NotPermitted { .. } | Self::NoKernelBpf { .. } | Self::Bpf { .. } => true,
+            Self::NotPermitted { .. }
+            | Self::NoKernelBpf { .. }
+            | Self::Bpf { .. }
+            | Self::RouteEvents(_) => true,
             Self::Pins(PinError::NotPermitted { .. }) => true,
             Self::Bpffs(bpffs::BpffsError::MountNotPermitted { .. }) => true,
             Self::UnknownInterface(_)
@@ -182,6 +192,9 @@ pub struct XdpDataplane {
     pins: PinLayout,
     interfaces: Vec<(String, Attachment)>,
     adopted: bool,
+    /// Subscribed at start, so no change is missed before the watcher
+    /// runs; taken by [`XdpDataplane::spawn_route_watch`].
+    route_events: Option<RouteEvents>,
 }
 
 impl XdpDataplane {
@@ -196,6 +209,8 @@ impl XdpDataplane {
             .collect::<Result<Vec<_>, _>>()?;
 
         let nat_ports = crate::l4::port_range::check_host(config.nat_ports)?;
+        // First, so that a failure leaves nothing behind.
+        let route_events = RouteEvents::open().map_err(DataplaneError::RouteEvents)?;
         // Load-time constants the verifier knows (elb-ebpf/src/ports.rs).
         let (nat_min, nat_max) = (nat_ports.min(), nat_ports.max());
         bpffs::ensure_mounted(&config.bpffs_root)?;
@@ -267,12 +282,30 @@ impl XdpDataplane {
             pins,
             interfaces,
             adopted,
+            route_events: Some(route_events),
         };
         Ok((dataplane, l4_maps))
     }
 
     pub fn pins(&self) -> &PinLayout {
         &self.pins
+    }
+
+    /// Starts bumping the route generation on every route, neighbour and
+    /// link change ([`crate::l4::routes`]), until `shutdown`. Once.
+    pub fn spawn_route_watch(
+        &mut self,
+        generations: Generations,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<tokio::task::JoinHandle<()>, DataplaneError> {
+        let events = self
+            .route_events
+            .take()
+            .ok_or_else(|| DataplaneError::Bpf {
+                action: "starting the route watcher".into(),
+                source: "it was started already".into(),
+            })?;
+        crate::l4::routes::spawn(events, generations, shutdown).map_err(DataplaneError::RouteEvents)
     }
 
     /// Whether the maps came from a previous elb.

@@ -17,6 +17,10 @@ use elb_common::{
     nat::{MAX_SNAT_POOL, NatCursor, SnatPool},
 };
 
+use std::collections::HashSet;
+
+use super::generations::Generations;
+
 #[derive(Debug, thiserror::Error)]
 pub enum L4MapError {
     #[error("the XDP object has no map {0}")]
@@ -29,6 +33,11 @@ pub enum L4MapError {
     },
     #[error("a Maglev table has {slots} slots; the maps hold at most {MAGLEV_CAPACITY}")]
     TableTooBig { slots: usize },
+    #[error("map {name} is not of the expected type ({want})")]
+    WrongType {
+        name: &'static str,
+        want: &'static str,
+    },
 }
 
 pub(crate) fn map_err(name: &'static str) -> impl Fn(MapError) -> L4MapError {
@@ -47,6 +56,10 @@ pub struct L4Maps {
     embryos: HashMap<MapData, FlowKey, FlowEntry>,
     snat_pools: Array<MapData, SnatPool>,
     nat_cursors: Array<MapData, NatCursor>,
+    generations: Generations,
+    /// The deny-list changed but its generation is not bumped yet (the
+    /// bump failed): the next `set_acl` bumps, even with nothing to write.
+    acl_bump_pending: bool,
     stats: StatsMaps,
     /// Each service's installed table and its inner map, so a change
     /// writes only the slots that differ.
@@ -87,6 +100,8 @@ impl L4Maps {
             embryos: typed!(ebpf, maps::EMBRYOS),
             snat_pools: typed!(ebpf, maps::SNAT_POOLS),
             nat_cursors: typed!(ebpf, maps::NAT_CURSORS),
+            generations: Generations::new(take(ebpf, maps::GENERATIONS)?)?,
+            acl_bump_pending: false,
             stats: StatsMaps {
                 service_stats: typed!(ebpf, maps::SERVICE_STATS),
                 server_stats: typed!(ebpf, maps::SERVER_STATS),
@@ -192,13 +207,30 @@ impl L4Maps {
     }
 
     /// Replaces the deny-list with `entries` (prefix length, address).
+    /// When anything changed, the ACL generation is bumped, after the
+    /// writes: established flows check their source again at their next
+    /// packet (they skip the lookup while it stays). Bumped on a failed
+    /// write too, which may have changed part of the list.
     pub fn set_acl(
         &mut self,
         v4: &[(u32, [u8; 4])],
         v6: &[(u32, [u8; 16])],
     ) -> Result<(), L4MapError> {
-        replace_trie(&mut self.acl_v4, v4, maps::ACL_V4)?;
-        replace_trie(&mut self.acl_v6, v6, maps::ACL_V6)
+        let mut changed = 0;
+        let written = replace_trie(&mut self.acl_v4, v4, maps::ACL_V4, &mut changed)
+            .and_then(|()| replace_trie(&mut self.acl_v6, v6, maps::ACL_V6, &mut changed));
+        self.acl_bump_pending |= changed > 0 || written.is_err();
+        if self.acl_bump_pending {
+            self.generations.bump_acl()?;
+            self.acl_bump_pending = false;
+        }
+        written
+    }
+
+    /// The generation numbers (a handle of its own, for the route watcher
+    /// and tests).
+    pub fn generations(&self) -> Result<Generations, L4MapError> {
+        self.generations.duplicate()
     }
 
     pub fn set_l7_ports(&mut self, ports: &[u16]) -> Result<(), L4MapError> {
@@ -358,26 +390,29 @@ pub(crate) fn not_found(error: &MapError) -> bool {
     }
 }
 
+/// Makes `trie` hold exactly `entries`: the missing ones added first, then
+/// the unwanted ones removed. Counts the writes in `changed` (also when it
+/// fails half-way).
 fn replace_trie<const N: usize>(
     trie: &mut LpmTrie<MapData, [u8; N], u32>,
     entries: &[(u32, [u8; N])],
     name: &'static str,
+    changed: &mut usize,
 ) -> Result<(), L4MapError> {
-    for (prefix_len, addr) in entries {
+    let old: HashSet<(u32, [u8; N])> = trie
+        .keys()
+        .map(|key| key.map(|key| (key.prefix_len(), key.data())))
+        .collect::<Result<_, _>>()
+        .map_err(map_err(name))?;
+    let wanted: HashSet<(u32, [u8; N])> = entries.iter().copied().collect();
+    for (prefix_len, addr) in wanted.difference(&old) {
+        *changed += 1;
         trie.insert(&Key::new(*prefix_len, *addr), &1, 0)
             .map_err(map_err(name))?;
     }
-    let old = trie
-        .keys()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(map_err(name))?;
-    for key in old {
-        let wanted = entries
-            .iter()
-            .any(|(len, addr)| *len == key.prefix_len() && *addr == key.data());
-        if !wanted {
-            let _ = trie.remove(&key);
-        }
+    for (prefix_len, addr) in old.difference(&wanted) {
+        *changed += 1;
+        let _ = trie.remove(&Key::new(*prefix_len, *addr));
     }
     Ok(())
 }

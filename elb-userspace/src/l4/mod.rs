@@ -4,10 +4,12 @@
 pub mod drain;
 pub mod exhaustion;
 pub mod fallback;
+pub mod generations;
 pub mod ids;
 pub mod ifaddrs;
 pub mod maps;
 pub mod plan;
 pub mod port_range;
+pub mod routes;
 pub mod stats;
 pub mod sync;

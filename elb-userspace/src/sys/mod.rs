@@ -1,0 +1,2 @@
+//! Thin wrappers over Linux interfaces that no crate in the tree covers.
+pub mod rtnetlink;
