@@ -432,8 +432,13 @@ fn new_flow(
     if !Embryonic::put(key, entry) {
         return None;
     }
-    // NonNull, so the Option is one register: a BPF function returns r0 only.
-    Embryonic::get(key).and_then(NonNull::new)
+    // The packet is forwarded with the copy in `scratch`, not the table's
+    // entry: a lookup would mark the new entry referenced in the LRU, and
+    // a table of entries all marked so makes every later insert's
+    // eviction walk far longer (what the first packet writes to its entry
+    // is what was just inserted). NonNull, so the Option is one register:
+    // a BPF function returns r0 only.
+    NonNull::new(entry as *mut FlowEntry)
 }
 
 /// Moves an embryonic flow (client-side entry `flow`, at `scratch.key`)
