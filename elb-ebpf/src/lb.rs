@@ -284,8 +284,8 @@ fn to_service(
     // No live entry (none, expired, evicted, lost with re-created maps, or
     // a drained one just removed): a new flow, whatever the packet. For a
     // mid-stream segment whose entry was lost, Maglev picks the same server
-    // and the first NAT port candidate is the same port, so the connection
-    // usually carries on.
+    // and, while the server's port space is lightly used, the flow's hashed
+    // NAT port is the same port, so the connection usually carries on.
     stats::global(|s| s.flow_misses += 1);
     // Called one after the other, not nested, so their stack frames do not
     // add up.
