@@ -21,8 +21,8 @@ use elb_common::{
     embryo,
     l4::{
         EMBRYO_FLAGS, FAMILY_IPV4, FAMILY_IPV6, FLOW_CLOSING, FLOW_DRAINED, FLOW_EMBRYONIC,
-        FLOW_REPLY, FlowEntry, FlowKey, IFACE_HAS_V4, IFACE_HAS_V6, LAST_SEEN_GRANULARITY_NS,
-        GEN_ACL, GEN_ROUTE, SERVICE_HAS_SNAT, SERVICE_SNAT_POOL, ServerEntry, ServiceEntry,
+        FLOW_REPLY, FlowEntry, FlowKey, GEN_ACL, GEN_ROUTE, IFACE_HAS_V4, IFACE_HAS_V6,
+        LAST_SEEN_GRANULARITY_NS, SERVICE_HAS_SNAT, SERVICE_SNAT_POOL, ServerEntry, ServiceEntry,
         TCP_CLOSING_NS, TCP_EMBRYONIC_NS, TCP_IDLE_NS, UDP_IDLE_NS, VipKey, flow_hash,
     },
     nat::{MAX_SNAT_POOL, NatCursor, NatPorts, snat_pool_start},
@@ -692,7 +692,11 @@ extern "C" fn pool_step(step: u64, ctx: *mut c_void) -> i64 {
     // holds; it does not touch it while the helper runs.
     let scratch = unsafe { &mut *scratch };
     let turn = walk.start + step as u32;
-    let index = if turn >= walk.count { turn - walk.count } else { turn };
+    let index = if turn >= walk.count {
+        turn - walk.count
+    } else {
+        turn
+    };
     if walk.pooled != 0 {
         let Some(pool) = SNAT_POOLS.get_ptr(walk.service_id) else {
             return 1;

@@ -5,12 +5,12 @@ use aya_ebpf::btf_maps::{Array, ArrayOfMaps, HashMap, LpmTrie, LruHashMap, PerCp
 use aya_ebpf::macros::btf_map;
 use elb_common::{
     counters::{PacketCounter, ProtoCounter},
-    nat::{MAX_SNAT_POOL, NatCursor, SnatPool},
     l4::{
-        EMBRYO_ENTRIES, FlowEntry, FlowKey, GEN_SLOTS, GlobalStats, IfaceAddrs, MAGLEV_CAPACITY, MAX_ACL_ENTRIES,
-        MAX_FLOW_ENTRIES, MAX_INTERFACES, MAX_L7_PORTS, MAX_SERVERS, MAX_SERVICES, ServerEntry,
-        ServiceEntry, ServiceStats, VipKey,
+        EMBRYO_ENTRIES, FlowEntry, FlowKey, GEN_SLOTS, GlobalStats, IfaceAddrs, MAGLEV_CAPACITY,
+        MAX_ACL_ENTRIES, MAX_FLOW_ENTRIES, MAX_INTERFACES, MAX_L7_PORTS, MAX_SERVERS, MAX_SERVICES,
+        ServerEntry, ServiceEntry, ServiceStats, VipKey,
     },
+    nat::{MAX_SNAT_POOL, NatCursor, SnatPool},
 };
 
 use crate::fib::FibParams;
@@ -42,8 +42,7 @@ pub static FLOWS: LruHashMap<FlowKey, FlowEntry, { MAX_FLOW_ENTRIES as usize }> 
 /// flood of SYNs churns this table, never `FLOWS`. Userspace sizes both
 /// (`--conn-table-size`, `--embryonic-table-size`).
 #[btf_map(name = "elb_embryos")]
-pub static EMBRYOS: LruHashMap<FlowKey, FlowEntry, { EMBRYO_ENTRIES as usize }> =
-    LruHashMap::new();
+pub static EMBRYOS: LruHashMap<FlowKey, FlowEntry, { EMBRYO_ENTRIES as usize }> = LruHashMap::new();
 
 #[btf_map(name = "elb_iface_addrs")]
 pub static IFACE_ADDRS: HashMap<u32, IfaceAddrs, { MAX_INTERFACES as usize }> = HashMap::new();
@@ -78,8 +77,7 @@ pub static SNAT_POOLS: Array<SnatPool, { MAX_SERVICES as usize }> = Array::new()
 /// Port-allocation cursors by (server id, SNAT pool index); shared by all
 /// CPUs, as the port space is (see `elb_common::nat`).
 #[btf_map(name = "elb_nat_cursor")]
-pub static NAT_CURSORS: Array<NatCursor, { (MAX_SERVERS * MAX_SNAT_POOL) as usize }> =
-    Array::new();
+pub static NAT_CURSORS: Array<NatCursor, { (MAX_SERVERS * MAX_SNAT_POOL) as usize }> = Array::new();
 
 /// New flows dropped for want of a NAT port, per server id.
 #[btf_map(name = "elb_nat_fail")]
