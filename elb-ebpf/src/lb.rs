@@ -435,9 +435,11 @@ fn new_flow(
     // The packet is forwarded with the copy in `scratch`, not the table's
     // entry: a lookup would mark the new entry referenced in the LRU, and
     // a table of entries all marked so makes every later insert's
-    // eviction walk far longer (what the first packet writes to its entry
-    // is what was just inserted). NonNull, so the Option is one register:
-    // a BPF function returns r0 only.
+    // eviction walk far longer. What `follow` writes then stays on the
+    // copy: nothing, but for a first packet with a FIN or RST, whose entry
+    // idles out on the embryonic timeout instead of the closing one.
+    // NonNull, so the Option is one register: a BPF function returns r0
+    // only.
     NonNull::new(entry as *mut FlowEntry)
 }
 
