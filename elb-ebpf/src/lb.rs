@@ -460,7 +460,10 @@ fn promote(
     let entry = unsafe { &*flow };
     let reply_key = &mut scratch.reply_key;
     fill_reply_key(reply_key, entry, key);
-    let reply = Embryonic::get(reply_key)?;
+    let Some(reply) = Embryonic::get(reply_key) else {
+        restore_reply(scratch, flow);
+        return None;
+    };
     // SAFETY: see `reply_entry`.
     let reply = unsafe { &*reply };
     if !maps_back(reply, key) {
@@ -500,6 +503,34 @@ fn promote(
     Embryonic::remove(key);
     stats::global(|s| s.promotions += 1);
     Established::get(key).and_then(NonNull::new)
+}
+
+/// Puts back the reply entry of an embryonic flow whose client-side entry
+/// (`flow`, at `scratch.key`; its reply key in `scratch.reply_key`) is
+/// still there but whose reply entry was evicted (a flood churns the
+/// embryonic table entry by entry): without it the server's answers would
+/// go to the kernel, which resets the connection. Its port is taken again
+/// only if no other flow holds it meanwhile. The server's answer then
+/// marks it as usual (without a SYN-ACK's ISN, which was lost with it).
+#[inline(never)]
+fn restore_reply(scratch: &mut Scratch, flow: *const FlowEntry) {
+    let now = now();
+    let key = &scratch.key;
+    // SAFETY: see `reply_entry`.
+    let reply = &mut scratch.entry;
+    *reply = unsafe { *flow };
+    reply.new_src = key.dst;
+    reply.new_dst = key.src;
+    reply.new_src_port = key.dst_port;
+    reply.new_dst_port = key.src_port;
+    reply.flags = FLOW_REPLY | FLOW_EMBRYONIC;
+    reply.server_isn = [0; 4];
+    reply.route_gen = 0;
+    reply.last_seen = now;
+    let (reply_key, owner_key) = (&scratch.reply_key, &mut scratch.owner_key);
+    if !held::<Established>(reply_key, owner_key, &scratch.entry, now) {
+        Embryonic::claim(reply_key, &scratch.entry);
+    }
 }
 
 /// Whether `reply` (the entry at a flow's reply key) translates back to
@@ -821,35 +852,62 @@ fn claim_reply_tuple(scratch: &mut Scratch, port: [u8; 2], now: u64) -> bool {
     let reply_key = &mut scratch.reply_key;
     reply_key.dst_port = port;
     let owner_key = &mut scratch.owner_key;
-    if held::<Established>(reply_key, owner_key, now) {
+    let reply = &scratch.entry;
+    if held::<Established>(reply_key, owner_key, reply, now) {
         return false;
     }
     let claimed = match Embryonic::get(reply_key) {
-        None => Embryonic::claim(reply_key, &scratch.entry),
-        // SAFETY: see `reply_entry`.
+        None => Embryonic::claim(reply_key, reply),
         Some(existing) => {
-            let over = unsafe { abandoned::<Embryonic>(&*existing, reply_key, owner_key, now) };
-            over && Embryonic::put(reply_key, &scratch.entry)
+            // SAFETY: see `reply_entry`.
+            let existing = unsafe { &*existing };
+            let free = same_client(existing, reply)
+                || abandoned::<Embryonic>(existing, reply_key, owner_key, now);
+            free && Embryonic::put(reply_key, reply)
         }
     };
     if !claimed {
         return false;
     }
-    if held::<Established>(reply_key, owner_key, now) {
+    if held::<Established>(reply_key, owner_key, reply, now) {
         Embryonic::remove(reply_key);
         return false;
     }
     true
 }
 
-/// Whether a flow that is not over holds `reply_key` in table `T`.
+/// Whether another flow that is not over holds `reply_key` in table `T`
+/// (`reply`: the reply entry of the flow asking).
 #[inline(always)]
-fn held<T: FlowTable>(reply_key: &FlowKey, owner_key: &mut FlowKey, now: u64) -> bool {
+fn held<T: FlowTable>(
+    reply_key: &FlowKey,
+    owner_key: &mut FlowKey,
+    reply: &FlowEntry,
+    now: u64,
+) -> bool {
     match T::get(reply_key) {
-        // SAFETY: see `reply_entry`.
-        Some(existing) => !unsafe { abandoned::<T>(&*existing, reply_key, owner_key, now) },
+        Some(existing) => {
+            // SAFETY: see `reply_entry`.
+            let existing = unsafe { &*existing };
+            !same_client(existing, reply) && !abandoned::<T>(existing, reply_key, owner_key, now)
+        }
         None => false,
     }
+}
+
+/// Whether `existing` is the reply entry of the very flow `reply` would
+/// be: the same server, translating back to the same client and VIP. A
+/// flow whose client-side entry was lost (evicted under a flood) finds its
+/// own reply entry at its hashed port and keeps that port, so the server's
+/// connection still matches.
+#[inline(always)]
+fn same_client(existing: &FlowEntry, reply: &FlowEntry) -> bool {
+    existing.flags & (FLOW_REPLY | FLOW_DRAINED) == FLOW_REPLY
+        && existing.server_id == reply.server_id
+        && existing.new_dst == reply.new_dst
+        && existing.new_dst_port == reply.new_dst_port
+        && existing.new_src == reply.new_src
+        && existing.new_src_port == reply.new_src_port
 }
 
 /// Whether the flow of the reply entry `existing` (at `reply_key`) is

@@ -32,6 +32,8 @@ pub struct SynFlood {
     pub count: u64,
     /// Stop here even if `count` frames were not sent.
     pub max_time: Duration,
+    /// Frames per second at most (the pace is kept per 1,024 frames).
+    pub rate: u64,
 }
 
 /// What a flood did.
@@ -76,9 +78,16 @@ impl SynFlood {
         let mut frame = Vec::with_capacity(64);
         let mut n = 0u64;
         while n < self.count {
-            // The clock is read once per 4,096 frames: cheap enough.
-            if n.is_multiple_of(4096) && started.elapsed() > self.max_time {
-                break;
+            // The clock is read once per 1,024 frames: cheap enough.
+            if n.is_multiple_of(1024) {
+                let elapsed = started.elapsed();
+                if elapsed > self.max_time {
+                    break;
+                }
+                let due = Duration::from_secs_f64(n as f64 / self.rate.max(1) as f64);
+                if let Some(ahead) = due.checked_sub(elapsed) {
+                    std::thread::sleep(ahead);
+                }
             }
             frame.clear();
             let source = self.source(n);
@@ -192,6 +201,7 @@ mod tests {
             target: SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 1), 80),
             count: 0,
             max_time: Duration::ZERO,
+            rate: 1,
         };
         assert_eq!(flood.source(0), "10.200.0.0:1024".parse().unwrap());
         assert_eq!(flood.source(65_535), "10.200.255.255:1024".parse().unwrap());

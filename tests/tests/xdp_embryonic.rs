@@ -537,3 +537,66 @@ fn new_flows_churn_only_the_embryonic_table() {
         assert!(fixture.embryos().expect("embryos").keys().count() <= 1_024);
     });
 }
+
+/// A flood evicts the embryonic table entry by entry, so a legitimate
+/// flow may lose one of its two entries. Lost client side: its next packet
+/// finds its own reply entry at its hashed port and keeps that port (the
+/// server's connection still matches). Lost reply side: the client's next
+/// packet puts it back, so the server's answers are translated, not handed
+/// to the kernel (which would reset the connection).
+#[test]
+fn a_flow_that_lost_one_embryonic_entry_keeps_its_port_and_its_answers() {
+    require_root_and_bpf!();
+    with_service_tables(
+        IPPROTO_TCP,
+        vip(),
+        SERVER,
+        TableSizes::default(),
+        |fixture, maps| {
+            // The client side lost.
+            let client = sa(CLIENT_V4, 41_010);
+            let (_, port) = first_syn(fixture, client, vip());
+            fixture
+                .embryos()
+                .expect("embryos")
+                .remove(&tcp_key(client, vip()))
+                .expect("evict the client side");
+            let ack = segment(false, client, vip(), 101, 1, Flags::Ack);
+            let run = fixture.run(&ack).expect("ack");
+            assert_eq!(
+                run.output,
+                to_server(&ack, port, server()),
+                "the same NAT port"
+            );
+            assert_eq!(maps.global_stats().expect("stats").port_alloc_failures, 0);
+
+            // The reply side lost.
+            let client = sa(CLIENT_V4, 41_011);
+            let (_, port) = first_syn(fixture, client, vip());
+            let nat = sa(SNAT_V4, port);
+            fixture
+                .embryos()
+                .expect("embryos")
+                .remove(&tcp_key(server(), nat))
+                .expect("evict the reply side");
+            let syn_ack = segment(true, server(), nat, 5_000, 101, Flags::SynAck);
+            assert_eq!(
+                fixture.run(&syn_ack).expect("syn-ack").action,
+                XdpAction::Pass,
+                "without the reply entry the answer goes to the kernel"
+            );
+            let ack = segment(false, client, vip(), 101, 1, Flags::Ack);
+            assert_eq!(fixture.run(&ack).expect("ack").action, XdpAction::Redirect);
+            let run = fixture.run(&syn_ack).expect("syn-ack again");
+            assert_eq!(
+                (run.action, run.output),
+                (XdpAction::Redirect, to_client(&syn_ack, vip(), client)),
+                "the reply entry is back"
+            );
+            // And the handshake completes as usual.
+            let good = segment(false, client, vip(), 101, 5_001, Flags::Ack);
+            assert_eq!(fixture.run(&good).expect("ack").action, XdpAction::Redirect);
+            assert_eq!(maps.global_stats().expect("stats").promotions, 1);
+        },
+    );
+}
