@@ -678,13 +678,13 @@ fn start_l4_sync(
         interfaces,
     );
     admin.set_l4_stats(Arc::new(stats));
-    tokio::spawn(elb_userspace::l4::exhaustion::watch(
+    let exhaustion = tokio::spawn(elb_userspace::l4::exhaustion::watch(
         StatsMaps::open_pinned(dataplane.pins())?,
         sync.stats_index(),
         shutdown.clone(),
     ));
     tracing::info!("L4 data plane: xdp");
-    let (task, applied) = spawn_sync_loop(
+    let (sync_task, applied) = spawn_sync_loop(
         sync,
         config.snapshot().clone(),
         config.subscribe(),
@@ -693,7 +693,11 @@ fn start_l4_sync(
         map_writer,
     );
     admin.set_l4_applied(applied);
-    Ok(task)
+    // One handle for both: each stops on `shutdown`.
+    Ok(tokio::spawn(async move {
+        let _ = sync_task.await;
+        let _ = exhaustion.await;
+    }))
 }
 
 /// Removes what a stopped elb left running in the kernel.
