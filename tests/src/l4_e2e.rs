@@ -846,13 +846,7 @@ pub fn server_index(answer: &str) -> usize {
 /// frame. A NIC's wire has no such peer. elb's own program serves: with
 /// maps of its own, all empty, it passes everything.
 pub fn client_xdp(client: &NetNs) -> aya::Ebpf {
-    let links = client.ip(&["-o", "link", "show"]).expect("client links");
-    let dev = String::from_utf8_lossy(&links.stdout)
-        .lines()
-        .filter_map(|line| line.split(':').nth(1))
-        .filter_map(|name| name.trim().split('@').next().map(str::to_owned))
-        .find(|name| name != "lo")
-        .expect("the client's link");
+    let dev = crate::flood::only_link(client).expect("the client's link");
     client
         .enter(move || -> anyhow::Result<aya::Ebpf> {
             let mut ebpf = aya::Ebpf::load(elb_userspace::EBPF_OBJECT)?;
