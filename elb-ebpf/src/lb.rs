@@ -397,18 +397,10 @@ fn new_flow(
 
     // The reply direction first: it claims the NAT port.
     let entry = &mut scratch.entry;
-    entry.new_src = key.dst;
-    entry.new_dst = key.src;
-    entry.new_src_port = key.dst_port;
-    entry.new_dst_port = key.src_port;
     entry.service_id = service.id as u16;
     entry.server_id = server_id as u16;
-    entry.flags = FLOW_REPLY | FLOW_EMBRYONIC;
-    entry.server_isn = [0; 4];
-    entry.last_seen = now;
     let hop_gen = entry.route_gen;
-    // Replies need their own next hop (towards the client).
-    entry.route_gen = 0;
+    embryonic_reply(entry, key, now);
     let reply_key = &mut scratch.reply_key;
     reply_key.src = server.addr;
     reply_key.dst = snat;
@@ -519,6 +511,19 @@ fn restore_reply(scratch: &mut Scratch, flow: *const FlowEntry) {
     // SAFETY: see `reply_entry`.
     let reply = &mut scratch.entry;
     *reply = unsafe { *flow };
+    embryonic_reply(reply, key, now);
+    let (reply_key, owner_key) = (&scratch.reply_key, &mut scratch.owner_key);
+    if !held::<Established>(reply_key, owner_key, &scratch.entry, now) {
+        Embryonic::claim(reply_key, &scratch.entry);
+    }
+}
+
+/// Makes `reply` the embryonic reply entry of the flow whose client-side
+/// key is `key`: it translates back to the client, from the VIP. Its next
+/// hop (towards the client) is its own, looked up at its first packet.
+/// Server and service ids are the caller's.
+#[inline(always)]
+fn embryonic_reply(reply: &mut FlowEntry, key: &FlowKey, now: u64) {
     reply.new_src = key.dst;
     reply.new_dst = key.src;
     reply.new_src_port = key.dst_port;
@@ -527,10 +532,6 @@ fn restore_reply(scratch: &mut Scratch, flow: *const FlowEntry) {
     reply.server_isn = [0; 4];
     reply.route_gen = 0;
     reply.last_seen = now;
-    let (reply_key, owner_key) = (&scratch.reply_key, &mut scratch.owner_key);
-    if !held::<Established>(reply_key, owner_key, &scratch.entry, now) {
-        Embryonic::claim(reply_key, &scratch.entry);
-    }
 }
 
 /// Whether `reply` (the entry at a flow's reply key) translates back to

@@ -105,25 +105,7 @@ impl XdpFixture {
 
     /// Runs the program once on `frame`.
     pub fn run(&mut self, frame: &[u8]) -> Result<XdpRun> {
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(maps::XDP_PROGRAM)
-            .context("the object has no XDP program")?
-            .try_into()?;
-        // Room for headers the program may push (encapsulation, VLAN).
-        let mut output = vec![0u8; frame.len() + 256];
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut output),
-                ..TestRunOptions::default()
-            })
-            .with_context(|| format!("BPF_PROG_TEST_RUN on a {}-byte frame", frame.len()))?;
-        output.truncate(result.data_size_out as usize);
-        Ok(XdpRun {
-            action: XdpAction::from_raw(result.return_value)?,
-            output,
-        })
+        Ok(self.time(frame, 1)?.0)
     }
 
     /// Runs the program `repeat` times on `frame` (each run on the previous
