@@ -27,9 +27,14 @@
 //!
 //! Usage: `bench-xdp --object target/ebpf/elb-bench.bpf.o [--rounds N] [--repeat N]`
 //!
+//! Last, its own phase (`exhaustion.rs`): the new-flow path of a 3-server
+//! service held near port exhaustion.
+//!
 //! `--profile established|new-flow [--seconds N]` instead runs only elb's
 //! path for that case, again and again for N seconds (checked as in the
 //! bench), so a profiler (`perf record -e cpu-clock`) can sample it.
+mod exhaustion;
+
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
@@ -39,14 +44,14 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use aya::{
-    Ebpf, Pod,
-    maps::{Array, ArrayOfMaps, MapData, PerCpuArray},
+    Ebpf, EbpfLoader, Pod,
+    maps::{Array, ArrayOfMaps, HashMap, MapData, PerCpuArray},
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use elb_common::{
     counters::{IPPROTO_TCP, PacketCounter, ProtoCounter},
     l4::{FlowEntry, FlowKey, GlobalStats, MAX_FLOW_ENTRIES, ServerEntry, ServiceEntry},
-    maps::{PROTO_STATS, XDP_PROGRAM},
+    maps::{EMBRYOS, FLOWS, NAT_PORT_MAX_GLOBAL, NAT_PORT_MIN_GLOBAL, PROTO_STATS, XDP_PROGRAM},
 };
 use elb_tests::{
     l4_fixture::{
@@ -90,6 +95,7 @@ unsafe impl Pod for BenchConfig {}
 // SAFETY: a byte array.
 unsafe impl Pod for Template {}
 
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
@@ -189,6 +195,14 @@ fn run() -> Result<()> {
     let net = L4Net::new().context("bench network namespace")?;
     net.lb
         .ip(&["route", "add", SERVER_NET, "via", &server_v4(0).to_string()])?;
+    // The near-exhaustion phase's held flows answer to these clients.
+    net.lb.ip(&[
+        "route",
+        "add",
+        exhaustion::HELD_CLIENTS,
+        "via",
+        &CLIENT_V4.to_string(),
+    ])?;
     let (client_ifindex, server_ifindex) = (net.client_ifindex, net.server_ifindex);
     // The FIB lookups resolve in the namespace of the thread that calls
     // BPF_PROG_TEST_RUN, so everything runs on a thread inside it.
@@ -207,6 +221,9 @@ enum Case {
     Established,
     Reply,
     NewFlow,
+    /// A new flow to the 3-server service held near port exhaustion
+    /// (`exhaustion.rs`): timed in its own phase, not in `ALL`.
+    NearExhaustion,
 }
 
 impl Case {
@@ -220,6 +237,9 @@ impl Case {
             Case::Established => "established flow (client → VIP, ACK)",
             Case::Reply => "reply (server → SNAT address, translated back)",
             Case::NewFlow => "new flow (SYN, fresh 5-tuple every run)",
+            Case::NearExhaustion => {
+                "new flow, 3-server service held near port exhaustion (SYN, fresh 5-tuple every run)"
+            }
         }
     }
 
@@ -361,7 +381,11 @@ impl Mode {
 
 fn bench(args: &Args, client_ifindex: u32, server_ifindex: u32) -> Result<String> {
     pin_to_one_cpu()?;
-    let mut ebpf = Ebpf::load_file(&args.object)
+    let (min, max) = (exhaustion::NAT_PORT_MIN, exhaustion::NAT_PORT_MAX);
+    let mut ebpf = EbpfLoader::new()
+        .override_global(NAT_PORT_MIN_GLOBAL, &min, true)
+        .override_global(NAT_PORT_MAX_GLOBAL, &max, true)
+        .load_file(&args.object)
         .with_context(|| format!("loading {}", args.object.display()))?;
     for name in ["elb_bench", "elb_bench_pass", XDP_PROGRAM] {
         let program: &mut Xdp = ebpf
@@ -372,6 +396,10 @@ fn bench(args: &Args, client_ifindex: u32, server_ifindex: u32) -> Result<String
             .load()
             .with_context(|| format!("loading {name} (verifier)"))?;
     }
+    let mut connection_tables = exhaustion::Tables {
+        flows: HashMap::try_from(own_handle(&ebpf, FLOWS)?)?,
+        embryos: HashMap::try_from(own_handle(&ebpf, EMBRYOS)?)?,
+    };
     let mut maps = L4Maps::take(&mut ebpf)?;
     write_iface_addrs(&mut maps, client_ifindex, server_ifindex)?;
     install_service(&mut maps)?;
@@ -440,7 +468,30 @@ fn bench(args: &Args, client_ifindex: u32, server_ifindex: u32) -> Result<String
         global.no_server_drops,
         global.no_snat_drops
     );
-    Ok(report(args, bench.cpus, &rounds, &global))
+    // Last: its held flows would not survive the floors' inserts into the
+    // main table, and it may refuse SYNs.
+    let near = exhaustion::run(
+        &mut bench,
+        &mut connection_tables,
+        args.rounds,
+        &exhaustion::HELD_LEVELS,
+    )?;
+    let mut out = report(args, bench.cpus, &rounds, &global);
+    out.push_str(&exhaustion_report(&near, &rounds));
+    Ok(out)
+}
+
+/// A second handle on the map `name` (before `L4Maps` takes the maps).
+fn own_handle(ebpf: &Ebpf, name: &str) -> Result<aya::maps::Map> {
+    let map = ebpf
+        .map(name)
+        .with_context(|| format!("the bench object has no map {name}"))?;
+    let aya::maps::Map::LruHashMap(data) = map else {
+        bail!("{name} is no LRU hash map")
+    };
+    Ok(aya::maps::Map::LruHashMap(MapData::from_id(
+        data.info()?.id(),
+    )?))
 }
 
 /// `BPF_PROG_TEST_RUN` of the program `fd` on `frame`, `repeat` times,
@@ -574,6 +625,7 @@ impl Bench {
                 Case::Reply => (&reply, false),
                 Case::NonVip => (&non_vip, false),
                 Case::NewFlow => (&syn, true),
+                Case::NearExhaustion => bail!("near exhaustion is timed in its own phase"),
             };
             let empty = self.time_wrapped(case, frame, vary, Mode::Empty)?;
             let path = self.time_wrapped(case, frame, vary, Mode::Elb)?;
@@ -644,25 +696,13 @@ impl Bench {
             action == XDP_REDIRECT || action == XDP_TX,
             "the flow's SYN returned action {action}"
         );
-        let headers = etherparse::SlicedPacket::from_ethernet(&out).context("NAT'd SYN")?;
-        let Some(etherparse::NetSlice::Ipv4(ip)) = headers.net else {
-            bail!("NAT'd SYN is not IPv4")
-        };
-        let Some(etherparse::TransportSlice::Tcp(tcp)) = headers.transport else {
-            bail!("NAT'd SYN is not TCP")
-        };
+        let (to, nat_port) = forwarded_syn(&out)?;
         ensure!(
-            ip.header().source_addr() == SNAT_V4,
-            "NAT'd SYN comes from {}",
-            ip.header().source_addr()
+            matches!(to.ip(), IpAddr::V4(ip) if ip.octets()[..2] == [10, 89])
+                && to.port() == SERVER_PORT,
+            "NAT'd SYN goes to {to}"
         );
-        let dst = ip.header().destination_addr();
-        ensure!(
-            dst.octets()[..2] == [10, 89] && tcp.destination_port() == SERVER_PORT,
-            "NAT'd SYN goes to {dst}:{}",
-            tcp.destination_port()
-        );
-        Ok(tcp.source_port())
+        Ok(nat_port)
     }
 
     /// The server's SYN-ACK (ISN 0) and the client's ACK of it (`ack`
@@ -780,6 +820,25 @@ impl Bench {
     /// expected path: the action counts and elb's counters must add up to
     /// exactly `repeat` runs of it.
     fn time_wrapped(&mut self, case: Case, frame: &[u8], vary: bool, mode: Mode) -> Result<f64> {
+        ensure!(
+            case != Case::NearExhaustion,
+            "{}: time it with time_wrapped_refusing",
+            case.name()
+        );
+        Ok(self.time_wrapped_refusing(case, frame, vary, mode)?.0)
+    }
+
+    /// [`Bench::time_wrapped`], except that near exhaustion a SYN may find
+    /// no port: it is dropped and counted as a port-allocation failure, and
+    /// the action counts and counters must say so run for run. Returns ns
+    /// per run and how many SYNs were refused.
+    fn time_wrapped_refusing(
+        &mut self,
+        case: Case,
+        frame: &[u8],
+        vary: bool,
+        mode: Mode,
+    ) -> Result<(f64, u64)> {
         let expected = match case {
             Case::NonVip => XDP_PASS,
             // The fixture runs arrive on loopback and leave by the server
@@ -794,30 +853,37 @@ impl Bench {
         let stats = stats_delta(&self.maps.global_stats()?, &stats_before);
         let what = format!("{} ({})", case.name(), mode.name());
         let repeat = u64::from(self.repeat);
+        let refused = match (mode, case) {
+            (Mode::Elb, Case::NearExhaustion) => actions[XDP_DROP as usize],
+            _ => 0,
+        };
         let mut want = [0u64; ACTION_SLOTS as usize];
-        want[expected as usize] = repeat;
+        want[expected as usize] = repeat - refused;
+        want[XDP_DROP as usize] = refused;
         ensure!(
-            actions == want && last == expected,
+            actions == want && (last == expected || (refused > 0 && last == XDP_DROP)),
             "{what}: actions per slot (aborted, drop, pass, tx, redirect, other) were {actions:?}, \
-             expected all {repeat} runs to return {expected}"
+             expected all {repeat} runs to return {expected}, except refused SYNs near exhaustion"
         );
         let (hits, misses) = match (mode, case) {
             (Mode::Empty | Mode::Floor, _) | (Mode::Elb, Case::NonVip) => (0, 0),
             (Mode::Elb, Case::Established | Case::Reply) => (repeat, 0),
-            (Mode::Elb, Case::NewFlow) => (0, repeat),
+            (Mode::Elb, Case::NewFlow | Case::NearExhaustion) => (0, repeat),
         };
         ensure!(
             stats.flow_hits == hits
                 && stats.flow_misses == misses
-                && stats.port_alloc_failures == 0
+                && stats.port_alloc_failures == refused
                 && stats.no_server_drops == 0
                 && stats.fib_fallbacks == 0
                 && stats.tcp_resets == 0
-                && stats.drained_drops == 0,
+                && stats.drained_drops == 0
+                && stats.promotions == 0,
             "{what}: the data plane's counters moved by {stats:?}, expected {hits} flow hits and \
-             {misses} misses and nothing else; the figure would not be valid"
+             {misses} misses, {refused} port-allocation failures (the dropped SYNs) and nothing \
+             else; the figure would not be valid"
         );
-        Ok(ns)
+        Ok((ns, refused))
     }
 
     /// A cross-check of the wrapper construction: the production program
@@ -1100,6 +1166,28 @@ fn tcp_frame(
     frame
 }
 
+/// A SYN as elb forwarded it: its destination (the server) and NAT source
+/// port; its source must be the SNAT address.
+fn forwarded_syn(out: &[u8]) -> Result<(SocketAddr, u16)> {
+    let headers = etherparse::SlicedPacket::from_ethernet(out).context("NAT'd SYN")?;
+    let Some(etherparse::NetSlice::Ipv4(ip)) = headers.net else {
+        bail!("NAT'd SYN is not IPv4")
+    };
+    let Some(etherparse::TransportSlice::Tcp(tcp)) = headers.transport else {
+        bail!("NAT'd SYN is not TCP")
+    };
+    ensure!(
+        ip.header().source_addr() == SNAT_V4,
+        "NAT'd SYN comes from {}",
+        ip.header().source_addr()
+    );
+    let to = SocketAddr::new(
+        ip.header().destination_addr().into(),
+        tcp.destination_port(),
+    );
+    Ok((to, tcp.source_port()))
+}
+
 /// The server's SYN-ACK with ISN 0 from `server` to the NAT address
 /// `nat`, as it arrives from the server side.
 fn syn_ack_frame(server: SocketAddr, nat: SocketAddr) -> Vec<u8> {
@@ -1220,6 +1308,12 @@ fn report(args: &Args, cpus: u32, rounds: &[Round], global: &GlobalStats) -> Str
         );
     }
 
+    if let Some((_, ratio, ns, _, _)) = targets.iter().find(|t| t.0 == Case::NewFlow) {
+        let _ = writeln!(
+            out,
+            "\n**Flood** (issue 16's flood row): a spoofed SYN from a fresh source takes exactly the new-flow path above, {ns:.0} ns per packet ({ratio:.2}× trivial): each run is a fresh 5-tuple into an embryonic table that the warm-up filled, so every insert evicts, as under a flood. It touches no main-table entry (the runs' counters: misses only, no promotion), which is what keeps established flows alive (`tests/tests/l4_flood.rs`)."
+        );
+    }
     let _ = writeln!(
         out,
         "\n**Lookups floor by connection-table layout**: parse, VIP lookup, 5-tuple lookup, and on a miss one insert (or two: a reply entry with `BPF_NOEXIST`, then the forward entry, as full NAT does); nothing else. ns = trivial + (floor − wrapper empty), × trivial per round, medians. Every table was full before its insert runs (the warm-up inserts 1,000,000 fresh 5-tuples or more into each).\n"
@@ -1350,4 +1444,78 @@ fn report(args: &Args, cpus: u32, rounds: &[Round], global: &GlobalStats) -> Str
 
 fn verdict(ratio: f64, limit: f64) -> &'static str {
     if ratio <= limit { "met" } else { "not met" }
+}
+
+/// The near-exhaustion phase's section: a row per level of held flows, as
+/// the main table's rows are made (trivial + difference, per round),
+/// against the main rounds' new flow, and the ports held at its end.
+fn exhaustion_report(near: &exhaustion::Phase, rounds: &[Round]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let new_flow = Case::ALL
+        .iter()
+        .position(|c| *c == Case::NewFlow)
+        .unwrap_or(0);
+    let normal: Vec<f64> = rounds
+        .iter()
+        .map(|r| r.trivial + (r.samples[new_flow].path - r.samples[new_flow].empty))
+        .collect();
+    let _ = writeln!(
+        out,
+        "\n**{}** (its own phase, after the rounds above: a service at {} over 3 servers, NAT ports {}–{} = {} per (server, SNAT address); each server first holds the given number of established flows, opened through elb's own path: SYN, the server's SYN-ACK, the client's ACK; then the timed SYNs' embryonic entries take their share on top; medians of {} rounds per level; a refused SYN (no port) is dropped and counted, run for run):\n",
+        Case::NearExhaustion.name(),
+        exhaustion::vip(),
+        exhaustion::NAT_PORT_MIN,
+        exhaustion::NAT_PORT_MAX,
+        near.ports,
+        near.levels.first().map_or(0, |l| l.rounds.len())
+    );
+    let _ = writeln!(
+        out,
+        "| established flows held per server | held flows' SYNs refused while filling | NAT ports in use per server at the end (main + embryonic) | timed SYNs refused | trivial ns | wrapper, empty path ns | wrapper, elb path ns | elb ns/packet | × trivial | against the new-flow row above |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    for level in &near.levels {
+        let elb: Vec<f64> = level
+            .rounds
+            .iter()
+            .map(|r| r.trivial + (r.path - r.empty))
+            .collect();
+        let ratios: Vec<f64> = elb
+            .iter()
+            .zip(&level.rounds)
+            .map(|(e, r)| e / r.trivial)
+            .collect();
+        let column = |f: fn(&exhaustion::Round) -> f64| {
+            median(&level.rounds.iter().map(f).collect::<Vec<_>>())
+        };
+        let in_use: Vec<String> = level
+            .ports_in_use
+            .iter()
+            .map(|(main, embryonic)| {
+                let total = main + embryonic;
+                format!(
+                    "{main} + {embryonic} = {total} ({:.1}%)",
+                    100.0 * f64::from(total) / f64::from(near.ports)
+                )
+            })
+            .collect();
+        let refused: u64 = level.rounds.iter().map(|r| r.refused).sum();
+        let runs = level.rounds.len() as u64 * u64::from(near.repeat);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {refused} of {runs} ({:.2}%) | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}× | {:.2} |",
+            level.held_per_server,
+            level.refused_in_fill,
+            in_use.join("; "),
+            100.0 * refused as f64 / runs as f64,
+            column(|r| r.trivial),
+            column(|r| r.empty),
+            column(|r| r.path),
+            median(&elb),
+            median(&ratios),
+            median(&elb) / median(&normal)
+        );
+    }
+    out
 }
