@@ -14,7 +14,8 @@ use elb_common::{
 };
 use elb_tests::{
     l4_e2e::{
-        CONNECTIONS, Dataplane, E2e, VIP, client_xdp, connect, ipv6_step, port_reuse_step, scenario,
+        CONNECTIONS, Dataplane, E2e, OK, VIP, client_xdp, connect, ipv6_step, port_reuse_step,
+        scenario, upstream_doc,
     },
     require_root_and_bpf,
 };
@@ -305,4 +306,81 @@ fn tcp_and_udp_through_the_userspace_fallback_make_the_same_choices() {
         log.contains("L4 userspace data plane stopped"),
         "no clean stop:\n{log}"
     );
+}
+
+/// Port exhaustion end to end (issue 16): with `--nat-ports` holding four
+/// ports, open connections to the one server take them all; the next
+/// SYNs find no port, are dropped (the connect times out), counted per
+/// server, and elb's log says once, rate-limited, which service, VIP and
+/// server ran out, however many SYNs it drops.
+#[test]
+fn port_exhaustion_is_counted_and_logged_once_naming_service_vip_and_server() {
+    require_root_and_bpf!();
+    let mut e2e = E2e::start_with(Dataplane::Xdp, &["--nat-ports", "20000-20003"]);
+    e2e.elb
+        .wait_for_log(Duration::from_secs(5), Dataplane::Xdp.log_line())
+        .expect("elb names its L4 data plane");
+    assert_eq!(e2e.admin("PUT", "upstream", &upstream_doc(&[(1, 1)])), OK);
+    let service = format!(r#"{{"web": {{"vip": "{VIP}:80", "proto": "tcp", "upstream": "web"}}}}"#);
+    assert_eq!(e2e.admin("PUT", "service", &service), OK);
+    e2e.wait_serving();
+
+    // The closed connections of `wait_serving` keep their ports for the
+    // closing timeout (10 s), so fewer than four open here.
+    let mut open = Vec::new();
+    let refused = loop {
+        match connect(&e2e.net.client).and_then(|mut c| c.ask().map(|_| c)) {
+            Ok(conn) => open.push(conn),
+            Err(err) => break err,
+        }
+        assert!(
+            open.len() <= 4,
+            "more connections than NAT ports\n{}",
+            e2e.elb.log()
+        );
+    };
+    assert!(!open.is_empty(), "no connection got a port: {refused}");
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::TimedOut,
+        "a SYN with no port is dropped, not answered: {refused}"
+    );
+
+    let server = "10.61.0.2:8080";
+    let failures = |e2e: &E2e| {
+        e2e.stats()["services"]["web"]["servers"][server]["nat_port_failures"]
+            .as_u64()
+            .unwrap_or_default()
+    };
+    assert!(failures(&e2e) >= 1, "{:#}", e2e.stats());
+    const LINE: &str = "no free NAT port";
+    e2e.elb
+        .wait_for_log(Duration::from_secs(5), LINE)
+        .unwrap_or_else(|_| panic!("no exhaustion line:\n{}", e2e.elb.log()));
+    let log = e2e.elb.plain_log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(LINE))
+        .expect("the line")
+        .to_owned();
+    for field in [
+        "WARN",
+        "web",
+        &format!("vip={VIP}:80"),
+        &format!("server={server}"),
+    ] {
+        assert!(line.contains(field), "{field:?} missing from: {line}");
+    }
+
+    // More refused SYNs within the rate limit's 10 s: counted, no new line.
+    let before = failures(&e2e);
+    assert!(connect(&e2e.net.client).is_err(), "still no port");
+    assert!(failures(&e2e) > before, "{:#}", e2e.stats());
+    std::thread::sleep(Duration::from_millis(1500));
+    let lines = e2e.elb.plain_log().matches(LINE).count();
+    assert_eq!(lines, 1, "one line per 10 s:\n{}", e2e.elb.log());
+    // The held connections still work.
+    for conn in &mut open {
+        conn.ask().expect("a held connection still answers");
+    }
 }
