@@ -430,6 +430,42 @@ mod tests {
         assert!(space.probes - before >= u64::from(NAT_SCAN_PROBES));
     }
 
+    /// Long-lived flows fill a stretch of the space through the cursor
+    /// (a contiguous run of held ports), then short-lived flows come and
+    /// go (59% of the space held for good, 90% in all). When the cursor
+    /// comes round to that run, its linear walk refuses new flows until it
+    /// gets through: 40,776 of these 262,000 (found by `bench xdp`'s
+    /// near-exhaustion row, where elb refused 97% of SYNs with 59% of
+    /// each server's ports held). OPEN: restarting the cursor elsewhere on
+    /// a miss fixes this case (30–54 failures) but loses next fit's
+    /// frontier under random churn (`churn_near_exhaustion_stays_cheap`:
+    /// 12 → ~300 failures); a second probe window for the failing flow
+    /// only, leaving the cursor's walk alone, is the next thing to try. A miss restarts
+    /// the cursor where the flow's hash points, so it leaves the run at
+    /// once.
+    #[test]
+    #[ignore = "open defect: the cursor's linear walk through a run of long-lived flows refuses flows (see above)"]
+    fn a_run_of_long_lived_flows_ahead_of_the_cursor_is_left_at_once() {
+        let mut space = Space::new(64_512);
+        for i in 0..38_000 {
+            space.allocate(hash_of(i), 1_000).expect("long-lived");
+        }
+        let mut live = std::collections::VecDeque::new();
+        let mut failures = 0;
+        for i in 38_000..300_000 {
+            if live.len() == 20_000 {
+                space.free(live.pop_front().expect("live"));
+            }
+            // A new flow every microsecond.
+            match space.allocate(hash_of(i), 1_000 + u64::from(i) * 1_000) {
+                Some(port) => live.push_back(port),
+                None => failures += 1,
+            }
+        }
+        eprintln!("a held run: {failures} failures in 262,000 new flows at 90% use");
+        assert!(failures < 100, "{failures} failures");
+    }
+
     /// Churn near exhaustion: 55,000 flows of 64,512 ports, then flows
     /// ending and starting at random (the worst case for any allocator
     /// that is not told of frees: 15% free, scattered). Next fit still
