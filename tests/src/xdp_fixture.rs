@@ -212,8 +212,9 @@ impl XdpFixture {
     }
 }
 
-/// A handle of the test's own on the map `name` of `ebpf`.
-fn own_handle(ebpf: &Ebpf, name: &str) -> Result<Map> {
+/// A handle of the test's own on the map `name` of `ebpf` (an LRU hash
+/// map), which stays usable after `L4Maps::take` takes the object's.
+pub fn own_handle(ebpf: &Ebpf, name: &str) -> Result<Map> {
     match ebpf.map(name).with_context(|| format!("no map {name}"))? {
         Map::LruHashMap(data) => Ok(Map::from_map_data(MapData::from_id(data.info()?.id())?)?),
         _ => bail!("{name} is no LRU hash map"),

@@ -1,6 +1,6 @@
 //! The new-flow path of a 3-server service held near port exhaustion
-//! (issue 16): each server first holds [`HELD_PER_SERVER`] established
-//! flows, opened through elb's own path (the client's SYN, the server's
+//! (issue 16): each server first holds established flows ([`HELD_LEVELS`],
+//! one level after the other), opened through elb's own path (the client's SYN, the server's
 //! SYN-ACK, the client's ACK: the flow is promoted into the main table and
 //! keeps the NAT port elb's allocator gave it). Then fresh SYNs to the
 //! service are timed as the main new-flow row is; their embryonic entries
@@ -20,7 +20,7 @@ use elb_common::{
     maps::XDP_PROGRAM,
     nat::NAT_FULL_RETRY_NS,
 };
-use elb_tests::l4_fixture::{CLIENT_MAC, LB_CLIENT_SIDE_MAC, SNAT_V4, VIP_V4, vip_key};
+use elb_tests::l4_fixture::{CLIENT_MAC, CLIENT_V4, LB_CLIENT_SIDE_MAC, SNAT_V4, VIP_V4, vip_key};
 use elb_userspace::{
     l4::{maps::L4Maps, plan},
     upstream::{Server, parse_params},
@@ -38,13 +38,13 @@ pub const NAT_PORT_MAX: u16 = 65535;
 const NAT_PORTS: u32 = (NAT_PORT_MAX - NAT_PORT_MIN) as u32 + 1;
 /// Established flows each server holds, one level after the other. The
 /// timed SYNs' embryonic reply entries come on top: up to a third of the
-/// embryonic table's 65,536 entries per server (the allocator's probes look
-/// reply entries up, so the LRU keeps them over client-side entries). At
-/// 30,000 the space stays short of full (near exhaustion). At 38,000 it
-/// runs out, on top of which the cursor may walk into the held flows' run
-/// of ports (the open defect of `elb_common::nat`'s ignored test
-/// `a_run_of_long_lived_flows_ahead_of_the_cursor_is_left_at_once`): this
-/// level shows what refusals cost with full-size tables.
+/// embryonic table's 65,536 entries per server (the LRU keeps reply
+/// entries over client-side ones, likely as the allocator's probes look
+/// them up). At 30,000 about three quarters of the ports are in use; SYNs
+/// refused there are the open defect of `elb_common::nat`'s ignored test
+/// `a_run_of_long_lived_flows_ahead_of_the_cursor_is_left_at_once` (the
+/// cursor walks the held flows' runs of ports). At 38,000 two servers
+/// run out: what refusals cost with full-size tables.
 pub const HELD_LEVELS: [u32; 2] = [30_000, 38_000];
 const SERVICE_ID: u32 = 1;
 const SERVICE_SERVERS: u32 = 3;
@@ -151,7 +151,7 @@ fn time_level(
     let syn = tcp_frame(
         CLIENT_MAC,
         LB_CLIENT_SIDE_MAC,
-        SocketAddr::new(Ipv4Addr::new(10, 77, 0, 2).into(), 40_000),
+        SocketAddr::new(CLIENT_V4.into(), 40_000),
         vip(),
         true,
     );

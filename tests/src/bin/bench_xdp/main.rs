@@ -59,6 +59,7 @@ use elb_tests::{
         server_v4, vip_key, write_iface_addrs,
     },
     privileges::root_and_bpf,
+    xdp_fixture,
 };
 use elb_userspace::{
     l4::{maps::L4Maps, plan},
@@ -397,8 +398,8 @@ fn bench(args: &Args, client_ifindex: u32, server_ifindex: u32) -> Result<String
             .with_context(|| format!("loading {name} (verifier)"))?;
     }
     let mut connection_tables = exhaustion::Tables {
-        flows: HashMap::try_from(own_handle(&ebpf, FLOWS)?)?,
-        embryos: HashMap::try_from(own_handle(&ebpf, EMBRYOS)?)?,
+        flows: HashMap::try_from(xdp_fixture::own_handle(&ebpf, FLOWS)?)?,
+        embryos: HashMap::try_from(xdp_fixture::own_handle(&ebpf, EMBRYOS)?)?,
     };
     let mut maps = L4Maps::take(&mut ebpf)?;
     write_iface_addrs(&mut maps, client_ifindex, server_ifindex)?;
@@ -479,19 +480,6 @@ fn bench(args: &Args, client_ifindex: u32, server_ifindex: u32) -> Result<String
     let mut out = report(args, bench.cpus, &rounds, &global);
     out.push_str(&exhaustion_report(&near, &rounds));
     Ok(out)
-}
-
-/// A second handle on the map `name` (before `L4Maps` takes the maps).
-fn own_handle(ebpf: &Ebpf, name: &str) -> Result<aya::maps::Map> {
-    let map = ebpf
-        .map(name)
-        .with_context(|| format!("the bench object has no map {name}"))?;
-    let aya::maps::Map::LruHashMap(data) = map else {
-        bail!("{name} is no LRU hash map")
-    };
-    Ok(aya::maps::Map::LruHashMap(MapData::from_id(
-        data.info()?.id(),
-    )?))
 }
 
 /// `BPF_PROG_TEST_RUN` of the program `fd` on `frame`, `repeat` times,
