@@ -16,20 +16,14 @@ use anyhow::{Context, Result, ensure};
 use aya::maps::{HashMap, MapData};
 use elb_common::{
     counters::IPPROTO_TCP,
-    l4::{FLOW_REPLY, FlowEntry, FlowKey, ServerEntry, ServiceEntry},
+    l4::{FLOW_REPLY, FlowEntry, FlowKey},
     maps::XDP_PROGRAM,
     nat::NAT_FULL_RETRY_NS,
 };
-use elb_tests::l4_fixture::{CLIENT_MAC, CLIENT_V4, LB_CLIENT_SIDE_MAC, SNAT_V4, VIP_V4, vip_key};
-use elb_userspace::{
-    l4::{maps::L4Maps, plan},
-    upstream::{Server, parse_params},
-};
+use elb_tests::l4_fixture::{CLIENT_MAC, CLIENT_V4, LB_CLIENT_SIDE_MAC, SNAT_V4, VIP_V4};
+use elb_userspace::l4::plan;
 
-use super::{
-    Bench, Case, MAGLEV_SLOTS, Mode, SERVERS, XDP_DROP, XDP_REDIRECT, XDP_TX, server_addr,
-    syn_ack_frame, tcp_frame,
-};
+use super::{Bench, Case, Mode, SERVERS, XDP_DROP, XDP_REDIRECT, XDP_TX, syn_ack_frame, tcp_frame};
 
 /// The NAT port range of the whole bench (`--nat-ports 1024-65535`): the
 /// fixtures' 55,000-flow test uses it too.
@@ -66,17 +60,6 @@ fn server_id(index: u32) -> u32 {
     SERVERS + index
 }
 
-fn servers() -> Vec<Server> {
-    (0..SERVICE_SERVERS)
-        .map(|i| {
-            Server::new(
-                server_addr(server_id(i)).to_string(),
-                parse_params("weight=1").expect("params"),
-            )
-        })
-        .collect()
-}
-
 /// One round: the trivial program, then the wrapper around an empty path
 /// and around elb's path on a fresh SYN to the service every run.
 #[derive(Clone, Copy)]
@@ -111,7 +94,13 @@ pub struct Phase {
 /// held flows per server, warms the embryonic table up with one untimed
 /// run, then times `rounds` rounds.
 pub fn run(bench: &mut Bench, tables: &mut Tables, rounds: usize, levels: &[u32]) -> Result<Phase> {
-    let planned = install(&mut bench.maps)?;
+    // Three servers, ids after the main service's.
+    let planned = super::install_service(
+        &mut bench.maps,
+        SERVICE_ID,
+        vip(),
+        server_id(0)..server_id(SERVICE_SERVERS),
+    )?;
     let mut filler = Filler {
         held: vec![0; planned.servers.len()],
         next_client: 0,
@@ -179,39 +168,6 @@ fn time_level(
         ports_in_use: tables.ports_held(&addrs)?,
         refused_in_fill: 0,
     })
-}
-
-/// Service [`SERVICE_ID`] at [`vip`] over three servers (ids after the
-/// main service's), through the daemon's planner.
-fn install(maps: &mut L4Maps) -> Result<plan::ServicePlan> {
-    let (planned, skipped) = plan::plan_service(vip(), &servers(), MAGLEV_SLOTS);
-    ensure!(skipped.is_empty(), "skipped servers: {skipped:?}");
-    let planned = planned?.context("no servers")?;
-    for (index, server) in planned.servers.iter().enumerate() {
-        maps.set_server(
-            server_id(index as u32),
-            &ServerEntry {
-                addr: plan::addr16(server.addr.ip()),
-                port: server.addr.port().to_be_bytes(),
-                family: plan::family(server.addr.ip()),
-                _pad: 0,
-            },
-        )?;
-    }
-    // The planner's slots index its servers; the map holds server ids.
-    let table: Vec<u32> = planned.table.iter().map(|i| server_id(*i)).collect();
-    maps.set_table(SERVICE_ID, &table)?;
-    maps.set_service(
-        &vip_key(vip(), IPPROTO_TCP),
-        &ServiceEntry {
-            id: SERVICE_ID,
-            table_size: table.len() as u32,
-            flags: 0,
-            _pad: 0,
-            snat: Default::default(),
-        },
-    )?;
-    Ok(planned)
 }
 
 /// The held flows so far: per server, and the next client to use.

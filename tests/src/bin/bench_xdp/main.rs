@@ -403,7 +403,8 @@ fn bench(args: &Args, client_ifindex: u32, server_ifindex: u32) -> Result<String
     };
     let mut maps = L4Maps::take(&mut ebpf)?;
     write_iface_addrs(&mut maps, client_ifindex, server_ifindex)?;
-    install_service(&mut maps)?;
+    // Service 0 over servers 0.. (id = index in the plan).
+    install_service(&mut maps, 0, vip(), 0..SERVERS)?;
     let take = |ebpf: &mut Ebpf, name: &str| {
         ebpf.take_map(name)
             .with_context(|| format!("the bench object has no map {name}"))
@@ -718,7 +719,7 @@ impl Bench {
     }
 
     fn server_of(&self, client: SocketAddr) -> Result<SocketAddr> {
-        let (planned, _) = plan::plan_service(vip(), &servers(), MAGLEV_SLOTS);
+        let (planned, _) = plan::plan_service(vip(), &servers(0..SERVERS), MAGLEV_SLOTS);
         let planned = planned?.context("no plan")?;
         Ok(planned
             .pick(client, vip(), IPPROTO_TCP)
@@ -1091,27 +1092,32 @@ fn stats_delta(after: &GlobalStats, before: &GlobalStats) -> GlobalStats {
     }
 }
 
-fn servers() -> Vec<Server> {
-    (0..SERVERS)
-        .map(|i| {
-            Server::new(
-                server_addr(i).to_string(),
-                parse_params("weight=1").expect("params"),
-            )
-        })
-        .collect()
+/// The servers with ids `ids`, weight 1 each, at [`server_addr`].
+fn servers(ids: std::ops::Range<u32>) -> Vec<Server> {
+    ids.map(|i| {
+        Server::new(
+            server_addr(i).to_string(),
+            parse_params("weight=1").expect("params"),
+        )
+    })
+    .collect()
 }
 
-/// Service id 0 at the VIP over [`SERVERS`] servers (ids 0..), with the
-/// production table size and the planner the daemon uses.
-fn install_service(maps: &mut L4Maps) -> Result<()> {
-    let (planned, skipped) = plan::plan_service(vip(), &servers(), MAGLEV_SLOTS);
+/// Service `id` at `vip` over the servers with ids `ids` (in plan order),
+/// with the production table size and the planner the daemon uses.
+fn install_service(
+    maps: &mut L4Maps,
+    id: u32,
+    vip: SocketAddr,
+    ids: std::ops::Range<u32>,
+) -> Result<plan::ServicePlan> {
+    let first = ids.start;
+    let (planned, skipped) = plan::plan_service(vip, &servers(ids), MAGLEV_SLOTS);
     ensure!(skipped.is_empty(), "skipped servers: {skipped:?}");
     let planned = planned?.context("no servers")?;
-    // Server id = index in the plan.
-    for (id, server) in planned.servers.iter().enumerate() {
+    for (index, server) in planned.servers.iter().enumerate() {
         maps.set_server(
-            id as u32,
+            first + index as u32,
             &ServerEntry {
                 addr: plan::addr16(server.addr.ip()),
                 port: server.addr.port().to_be_bytes(),
@@ -1120,18 +1126,20 @@ fn install_service(maps: &mut L4Maps) -> Result<()> {
             },
         )?;
     }
-    maps.set_table(0, &planned.table)?;
+    // The planner's slots index its servers; the map holds server ids.
+    let table: Vec<u32> = planned.table.iter().map(|i| first + i).collect();
+    maps.set_table(id, &table)?;
     maps.set_service(
-        &vip_key(vip(), IPPROTO_TCP),
+        &vip_key(vip, IPPROTO_TCP),
         &ServiceEntry {
-            id: 0,
-            table_size: planned.table.len() as u32,
+            id,
+            table_size: table.len() as u32,
             flags: 0,
             _pad: 0,
             snat: Default::default(),
         },
     )?;
-    Ok(())
+    Ok(planned)
 }
 
 /// A minimal TCP segment (no payload): a SYN, or an ACK.
