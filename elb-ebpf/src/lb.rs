@@ -800,7 +800,7 @@ fn allocate_on(
         cursor.found(scan.offset);
         return Some(scan.port);
     }
-    cursor.missed(scan.offset, now);
+    cursor.missed(ports, scan.offset, now);
     None
 }
 

@@ -326,7 +326,9 @@ fn exhaustion_fails_fast_is_counted_and_recovers() {
         );
 
         // A flow closes and idles out: its port is taken again, found by
-        // the cursor within one sweep of the range.
+        // the cursor within one sweep of the range. Each refused flow
+        // probes NAT_FULL_PROBES ports and leaps an eighth of the range
+        // (4 + 8 of 64 ports): 16 flows visit every port.
         let freed = sources[17];
         age_out(fixture, client(17), freed);
         let mut taken_by = None;
