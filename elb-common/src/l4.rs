@@ -51,6 +51,17 @@ pub const UDP_IDLE_NS: u64 = 30 * 1_000_000_000;
 /// `nf_conntrack_tcp_timeout_syn_sent`. Embryonic UDP flows use
 /// `UDP_IDLE_NS`.
 pub const TCP_EMBRYONIC_NS: u64 = 120 * 1_000_000_000;
+/// An embryonic reply entry whose client-side entry is gone (evicted by a
+/// flood) and whose server has been silent this long gives up its NAT port
+/// to a new flow that probes it. Without this the allocator's own lookups
+/// keep such entries recently used, so a flood leaves the embryonic table
+/// full of them, each holding a port for `TCP_EMBRYONIC_NS`. A handshake
+/// takes about a round trip, far less; a new flow's client side is
+/// inserted microseconds after its reply entry (`last_seen` is exact at
+/// creation). `bench xdp` near exhaustion: with 2 s, a fast flood's
+/// orphans were mostly younger, and up to 15% of SYNs were refused.
+pub const EMBRYO_ORPHAN_NS: u64 = 250_000_000;
+const _: () = assert!(EMBRYO_ORPHAN_NS < TCP_CLOSING_NS && EMBRYO_ORPHAN_NS < UDP_IDLE_NS);
 /// Slots of `elb_l4_gen`, the generation numbers userspace bumps when what
 /// a flow entry caches may have gone stale. One slot each, not one struct:
 /// the deny-list writer and the route watcher bump theirs independently,

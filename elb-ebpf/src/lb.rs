@@ -20,10 +20,11 @@ use elb_common::{
     counters::IPPROTO_TCP,
     embryo,
     l4::{
-        EMBRYO_FLAGS, FAMILY_IPV4, FAMILY_IPV6, FLOW_CLOSING, FLOW_DRAINED, FLOW_EMBRYONIC,
-        FLOW_REPLY, FlowEntry, FlowKey, GEN_ACL, GEN_ROUTE, IFACE_HAS_V4, IFACE_HAS_V6,
-        LAST_SEEN_GRANULARITY_NS, SERVICE_HAS_SNAT, SERVICE_SNAT_POOL, ServerEntry, ServiceEntry,
-        TCP_CLOSING_NS, TCP_EMBRYONIC_NS, TCP_IDLE_NS, UDP_IDLE_NS, VipKey, flow_hash,
+        EMBRYO_FLAGS, EMBRYO_ORPHAN_NS, FAMILY_IPV4, FAMILY_IPV6, FLOW_CLOSING, FLOW_DRAINED,
+        FLOW_EMBRYONIC, FLOW_REPLY, FlowEntry, FlowKey, GEN_ACL, GEN_ROUTE, IFACE_HAS_V4,
+        IFACE_HAS_V6, LAST_SEEN_GRANULARITY_NS, SERVICE_HAS_SNAT, SERVICE_SNAT_POOL, ServerEntry,
+        ServiceEntry, TCP_CLOSING_NS, TCP_EMBRYONIC_NS, TCP_IDLE_NS, UDP_IDLE_NS, VipKey,
+        flow_hash,
     },
     nat::{MAX_SNAT_POOL, NatCursor, NatPorts, snat_pool_start},
     tcp::is_connection_start,
@@ -838,8 +839,8 @@ extern "C" fn scan_step(_index: u64, ctx: *mut c_void) -> i64 {
 
 /// Claims the reply tuple `scratch.reply_key` with NAT port `port` for the
 /// new flow's reply entry (`scratch.entry`, embryonic): true if it was
-/// free, or held by a flow that is over ([`abandoned`]) and now taken over.
-/// The one place that decides whether a reply tuple is taken, in either
+/// free, or held by a flow that is over ([`abandoned`] in the main table,
+/// [`orphaned`] in the embryonic one) and now taken over. The one place that decides whether a reply tuple is taken, in either
 /// table, so two flows never share one:
 /// - a live flow in the main table holds it: taken (a lookup first, so a
 ///   taken port is cheap; a failed insert into an LRU map costs far more);
@@ -862,8 +863,8 @@ fn claim_reply_tuple(scratch: &mut Scratch, port: [u8; 2], now: u64) -> bool {
         Some(existing) => {
             // SAFETY: see `reply_entry`.
             let existing = unsafe { &*existing };
-            let free = same_client(existing, reply)
-                || abandoned::<Embryonic>(existing, reply_key, owner_key, now);
+            let free =
+                same_client(existing, reply) || orphaned(existing, reply_key, owner_key, now);
             free && Embryonic::put(reply_key, reply)
         }
     };
@@ -929,6 +930,20 @@ fn abandoned<T: FlowTable>(
 ) -> bool {
     expired(existing, reply_key.proto, now)
         && !client_side_alive::<T>(existing, reply_key, owner_key, now)
+}
+
+/// Whether the embryonic reply entry `existing` (at `reply_key`) no longer
+/// holds its NAT port against a new flow: its server has been silent for
+/// `EMBRYO_ORPHAN_NS` (250 ms) and its client side is gone or over
+/// ([`client_side_alive`]). This covers [`abandoned`] (every idle timeout
+/// is longer) and the flows a flood evicted the client side of, which a
+/// new flow could not take over for `TCP_EMBRYONIC_NS` otherwise. The
+/// reply path still serves such an entry ([`reply_entry`]): the client's
+/// next packet may bring its flow back at this port ([`same_client`]).
+#[inline(always)]
+fn orphaned(existing: &FlowEntry, reply_key: &FlowKey, owner_key: &mut FlowKey, now: u64) -> bool {
+    now.wrapping_sub(existing.last_seen) > EMBRYO_ORPHAN_NS
+        && !client_side_alive::<Embryonic>(existing, reply_key, owner_key, now)
 }
 
 /// Whether the client-side entry of the reply entry `existing`'s flow is

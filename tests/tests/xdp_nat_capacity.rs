@@ -1,7 +1,8 @@
 //! BPF_PROG_TEST_RUN fixtures for full NAT's capacity: 55,000 concurrent
 //! flows per (server, SNAT address), SNAT pools whose capacity adds up, and
 //! port exhaustion that fails fast, counted per server and globally, and
-//! recovers when a flow ends. The program is loaded with the NAT port range
+//! recovers when a flow ends, and embryonic reply entries a flood left
+//! without their client side give their ports back. The program is loaded with the NAT port range
 //! `--nat-ports` would give (`XdpFixture::load_with_nat_ports`).
 use std::{
     collections::HashSet,
@@ -12,7 +13,8 @@ use std::{
 use elb_common::{
     counters::IPPROTO_TCP,
     l4::{
-        FLOW_CLOSING, FlowKey, SERVICE_HAS_SNAT, SERVICE_SNAT_POOL, ServiceEntry, TCP_CLOSING_NS,
+        EMBRYO_ORPHAN_NS, FLOW_CLOSING, FlowKey, SERVICE_HAS_SNAT, SERVICE_SNAT_POOL, ServiceEntry,
+        TCP_CLOSING_NS,
     },
     nat::{NAT_FULL_PROBES, NatPorts},
 };
@@ -356,13 +358,100 @@ fn exhaustion_fails_fast_is_counted_and_recovers() {
     });
 }
 
-/// Makes the flow of `client` (NAT'd to `nat`) one that closed longer than
-/// `TCP_CLOSING_NS` ago, in both directions.
-fn age_out(fixture: &mut XdpFixture, client: SocketAddr, nat: SocketAddr) {
-    let old = monotonic_coarse_ns()
-        .checked_sub(TCP_CLOSING_NS + 1_000_000_000)
-        .expect("uptime above 11 s");
-    let key = |src: SocketAddr, dst: SocketAddr| FlowKey {
+/// A flood evicts embryonic client-side entries and leaves their reply
+/// entries, which hold NAT ports (and the allocator's lookups keep them
+/// recently used). Such an orphan gives its port to a new flow once its
+/// server has been silent for `EMBRYO_ORPHAN_NS` (250 ms), not
+/// `TCP_EMBRYONIC_NS` (120 s);
+/// one whose client side is there, or that is younger, keeps it.
+#[test]
+fn an_embryonic_reply_entry_without_its_client_side_gives_up_its_port() {
+    const PORTS: u32 = 8;
+    let ports = NatPorts::new(4000, 4000 + PORTS as u16 - 1).expect("range");
+    with_nat(ports, &[SNAT_V4], move |fixture, maps| {
+        let (sources, _) = open_flows(fixture, 0, PORTS);
+        let mut sweep = Sweep {
+            syns: PORTS,
+            next_client: PORTS,
+            refused: 0,
+        };
+        assert_eq!(sweep.run(fixture), None, "full");
+        let seen = |fixture: &mut XdpFixture, nat: SocketAddr, ago: u64| {
+            let mut embryos = fixture.embryos().expect("embryos");
+            let key = tcp_key(server_addr(), nat);
+            let mut entry = embryos.get(&key, 0).expect("reply entry");
+            entry.last_seen = monotonic_coarse_ns().checked_sub(ago).expect("uptime");
+            embryos.insert(&key, &entry, 0).expect("set last_seen");
+        };
+        let silent = EMBRYO_ORPHAN_NS + 1_000_000_000;
+
+        // Silent server, client side there: held.
+        seen(fixture, sources[5], silent);
+        assert_eq!(
+            sweep.run(fixture),
+            None,
+            "a live client side holds its port"
+        );
+        // Client side evicted, server heard from just now (a sweep takes
+        // far less than EMBRYO_ORPHAN_NS): held.
+        fixture
+            .embryos()
+            .expect("embryos")
+            .remove(&tcp_key(client(3), vip4()))
+            .expect("evict flow 3's client side");
+        seen(fixture, sources[3], 0);
+        assert_eq!(sweep.run(fixture), None, "a fresh orphan holds its port");
+        // Both: the port goes to a new flow.
+        seen(fixture, sources[3], silent);
+        let (taker, source) = sweep.run(fixture).expect("the orphan's port is taken");
+        assert_eq!(source, sources[3]);
+        let taken = fixture
+            .embryos()
+            .expect("embryos")
+            .get(&tcp_key(server_addr(), source), 0)
+            .expect("the new flow's reply entry");
+        assert_eq!(
+            (taken.new_dst, taken.new_dst_port),
+            (addr16(taker.ip()), taker.port().to_be_bytes()),
+            "it translates back to the new client"
+        );
+        assert_eq!(sweep.run(fixture), None, "full again");
+        assert_eq!(maps.nat_failures(0).expect("per server"), sweep.refused);
+    });
+}
+
+/// New SYNs from fresh clients, counting the refused ones.
+struct Sweep {
+    /// SYNs a sweep sends at most: one per port.
+    syns: u32,
+    next_client: u32,
+    refused: u64,
+}
+
+impl Sweep {
+    /// Up to `syns` SYNs (each probes at least NAT_FULL_PROBES ports, so
+    /// they visit every port): the client and NAT source of the first one
+    /// forwarded, if any.
+    fn run(&mut self, fixture: &mut XdpFixture) -> Option<(SocketAddr, SocketAddr)> {
+        for _ in 0..self.syns {
+            self.next_client += 1;
+            let run = fixture.run(&syn(self.next_client)).expect("syn");
+            if run.action == XdpAction::Redirect {
+                return Some((client(self.next_client), nat_source(&run.output)));
+            }
+            assert_eq!(run.action, XdpAction::Drop);
+            self.refused += 1;
+        }
+        None
+    }
+}
+
+fn server_addr() -> SocketAddr {
+    sa(server_v4(0), 8080)
+}
+
+fn tcp_key(src: SocketAddr, dst: SocketAddr) -> FlowKey {
+    FlowKey {
         src: addr16(src.ip()),
         dst: addr16(dst.ip()),
         src_port: src.port().to_be_bytes(),
@@ -370,8 +459,16 @@ fn age_out(fixture: &mut XdpFixture, client: SocketAddr, nat: SocketAddr) {
         proto: IPPROTO_TCP,
         family: 4,
         _pad: [0; 2],
-    };
-    for key in [key(client, vip4()), key(sa(server_v4(0), 8080), nat)] {
+    }
+}
+
+/// Makes the flow of `client` (NAT'd to `nat`) one that closed longer than
+/// `TCP_CLOSING_NS` ago, in both directions.
+fn age_out(fixture: &mut XdpFixture, client: SocketAddr, nat: SocketAddr) {
+    let old = monotonic_coarse_ns()
+        .checked_sub(TCP_CLOSING_NS + 1_000_000_000)
+        .expect("uptime above 11 s");
+    for key in [tcp_key(client, vip4()), tcp_key(server_addr(), nat)] {
         let (mut entry, _) = fixture.entry(&key).expect("tables").expect("flow entry");
         entry.flags |= FLOW_CLOSING;
         entry.last_seen = old;
