@@ -1,9 +1,10 @@
 //! BPF_PROG_TEST_RUN fixtures for full NAT's capacity: 55,000 concurrent
 //! flows per (server, SNAT address), SNAT pools whose capacity adds up, and
 //! port exhaustion that fails fast, counted per server and globally, and
-//! recovers when a flow ends, and embryonic reply entries a flood left
-//! without their client side give their ports back. The program is loaded with the NAT port range
-//! `--nat-ports` would give (`XdpFixture::load_with_nat_ports`).
+//! recovers when a flow ends. Embryonic reply entries a flood left without
+//! their client side give their ports back. The program is loaded
+//! with the NAT port range `--nat-ports` would give
+//! (`XdpFixture::load_with_nat_ports`).
 use std::{
     collections::HashSet,
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -362,8 +363,8 @@ fn exhaustion_fails_fast_is_counted_and_recovers() {
 /// entries, which hold NAT ports (and the allocator's lookups keep them
 /// recently used). Such an orphan gives its port to a new flow once its
 /// server has been silent for `EMBRYO_ORPHAN_NS` (250 ms), not
-/// `TCP_EMBRYONIC_NS` (120 s);
-/// one whose client side is there, or that is younger, keeps it.
+/// `TCP_EMBRYONIC_NS` (120 s); one whose client side is there, or that is
+/// younger, keeps it.
 #[test]
 fn an_embryonic_reply_entry_without_its_client_side_gives_up_its_port() {
     const PORTS: u32 = 8;
