@@ -247,16 +247,15 @@ impl NatCursor {
             self.full_at = if now == 0 { 1 } else { now };
         }
     }
-}
 
-impl NatCursor {
     /// How far past a missed scan's ports the next scan starts: doubling
     /// with each miss in a row (from 2 × [`NAT_SCAN_PROBES`]), up to an
-    /// eighth of the range. A run of R taken ports (long-lived flows the
-    /// cursor handed out in order) is crossed in about log2(R / 64) + 8
-    /// refused flows, not the R / [`NAT_FULL_PROBES`] of a linear walk; a
-    /// miss under random churn (rare, and followed by a win) costs one
-    /// short leap, so next fit keeps its frontier.
+    /// eighth of the range. A run of held ports (long-lived flows the
+    /// cursor handed out in order) is crossed in at most about
+    /// log2(range / 512) + 8 refused flows (15 for the default range), not
+    /// run length / [`NAT_FULL_PROBES`] as by a linear walk; a miss under
+    /// random churn (rare, and followed by a win) costs one short leap, so
+    /// next fit keeps its frontier.
     #[inline(always)]
     pub fn leap(&self, ports: NatPorts) -> u32 {
         let leap = NAT_SCAN_PROBES << self.missed_in_a_row;

@@ -840,8 +840,9 @@ extern "C" fn scan_step(_index: u64, ctx: *mut c_void) -> i64 {
 /// Claims the reply tuple `scratch.reply_key` with NAT port `port` for the
 /// new flow's reply entry (`scratch.entry`, embryonic): true if it was
 /// free, or held by a flow that is over ([`abandoned`] in the main table,
-/// [`orphaned`] in the embryonic one) and now taken over. The one place that decides whether a reply tuple is taken, in either
-/// table, so two flows never share one:
+/// [`orphaned`] in the embryonic one) and now taken over. The one place
+/// that decides whether a reply tuple is taken, in either table, so two
+/// flows never share one:
 /// - a live flow in the main table holds it: taken (a lookup first, so a
 ///   taken port is cheap; a failed insert into an LRU map costs far more);
 /// - the embryonic entry is inserted with `BPF_NOEXIST`, the arbiter
@@ -948,7 +949,8 @@ fn orphaned(existing: &FlowEntry, reply_key: &FlowKey, owner_key: &mut FlowKey, 
 
 /// Whether the client-side entry of the reply entry `existing`'s flow is
 /// there, still NATs to this port (not drained) and has not expired. Not
-/// inlined: it runs only for expired entries, off the hot paths.
+/// inlined: it runs only for expired or silent entries, off the hot
+/// paths.
 #[inline(never)]
 fn client_side_alive<T: FlowTable>(
     existing: &FlowEntry,
