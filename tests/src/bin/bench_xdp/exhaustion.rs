@@ -31,14 +31,13 @@ pub const NAT_PORT_MIN: u16 = 1024;
 pub const NAT_PORT_MAX: u16 = 65535;
 const NAT_PORTS: u32 = (NAT_PORT_MAX - NAT_PORT_MIN) as u32 + 1;
 /// Established flows each server holds, one level after the other. The
-/// timed SYNs' embryonic reply entries come on top: up to a third of the
-/// embryonic table's 65,536 entries per server (the LRU keeps reply
-/// entries over client-side ones, likely as the allocator's probes look
-/// them up). At 30,000 about three quarters of the ports are in use; SYNs
-/// refused there are the open defect of `elb_common::nat`'s ignored test
-/// `a_run_of_long_lived_flows_ahead_of_the_cursor_is_left_at_once` (the
-/// cursor walks the held flows' runs of ports). At 38,000 two servers
-/// run out: what refusals cost with full-size tables.
+/// timed SYNs' embryonic entries come on top (about 15,000 ports per
+/// server; before orphaned reply entries gave their ports up, the LRU kept
+/// reply entries over client-side ones, as the allocator's probes look
+/// them up, and two servers ran out at 38,000). At 30,000 about 72% of the
+/// ports are in use and at 38,000 about 83%: the held flows' runs of ports
+/// test the cursor's leaps (`elb_common::nat`'s test
+/// `a_run_of_long_lived_flows_ahead_of_the_cursor_is_crossed_in_a_few_refusals`).
 pub const HELD_LEVELS: [u32; 2] = [30_000, 38_000];
 const SERVICE_ID: u32 = 1;
 const SERVICE_SERVERS: u32 = 3;
