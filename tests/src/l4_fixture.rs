@@ -7,8 +7,12 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{Context, Result};
-use elb_common::l4::{
-    IFACE_HAS_V4, IFACE_HAS_V6, IfaceAddrs, SERVICE_HAS_SNAT, ServerEntry, ServiceEntry, VipKey,
+use elb_common::{
+    counters::IPPROTO_TCP,
+    l4::{
+        FlowKey, IFACE_HAS_V4, IFACE_HAS_V6, IfaceAddrs, SERVICE_HAS_SNAT, ServerEntry,
+        ServiceEntry, VipKey,
+    },
 };
 use elb_userspace::l4::{maps::L4Maps, plan};
 use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
@@ -275,6 +279,19 @@ pub fn vip_key(vip: SocketAddr, proto: u8) -> VipKey {
         port: vip.port().to_be_bytes(),
         proto,
         family: plan::family(vip.ip()),
+    }
+}
+
+/// The connection-table key of a TCP packet from `src` to `dst`.
+pub fn tcp_key(src: SocketAddr, dst: SocketAddr) -> FlowKey {
+    FlowKey {
+        src: plan::addr16(src.ip()),
+        dst: plan::addr16(dst.ip()),
+        src_port: src.port().to_be_bytes(),
+        dst_port: dst.port().to_be_bytes(),
+        proto: IPPROTO_TCP,
+        family: plan::family(src.ip()),
+        _pad: [0; 2],
     }
 }
 

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use elb_common::{
     counters::{IPPROTO_TCP, IPPROTO_UDP},
     embryo::ACK_WINDOW,
-    l4::{FlowKey, TCP_EMBRYONIC_NS},
+    l4::TCP_EMBRYONIC_NS,
 };
 use elb_tests::{
     l4_fixture::*,
@@ -17,10 +17,7 @@ use elb_tests::{
     require_root_and_bpf,
     xdp_fixture::{XdpAction, XdpFixture, monotonic_coarse_ns},
 };
-use elb_userspace::{
-    dataplane::TableSizes,
-    l4::{maps::L4Maps, plan::addr16},
-};
+use elb_userspace::{dataplane::TableSizes, l4::maps::L4Maps};
 use etherparse::{PacketBuilder, PacketHeaders, TransportHeader};
 
 const SERVER: &[(u32, u8, u16)] = &[(0, 0, 8080)];
@@ -394,18 +391,6 @@ fn udp_is_promoted_by_the_clients_datagram_after_an_answer() {
             run_steps(fixture, maps, steps);
         },
     );
-}
-
-fn tcp_key(src: SocketAddr, dst: SocketAddr) -> FlowKey {
-    FlowKey {
-        src: addr16(src.ip()),
-        dst: addr16(dst.ip()),
-        src_port: src.port().to_be_bytes(),
-        dst_port: dst.port().to_be_bytes(),
-        proto: IPPROTO_TCP,
-        family: 4,
-        _pad: [0; 2],
-    }
 }
 
 /// An embryonic flow idle for longer than `TCP_EMBRYONIC_NS` (conntrack's

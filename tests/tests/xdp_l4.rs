@@ -223,8 +223,8 @@ fn syn_on_a_closing_flow_reopens_it_while_its_server_is_still_chosen() {
             let entry = entry_at(fixture, key).expect("entry");
             entry.flags & FLOW_CLOSING == 0
         };
-        let forward_key = flow_key(client, vip4());
-        let reply_key = flow_key(sa(server_v4(0), 8080), sa(SNAT_V4, port));
+        let forward_key = tcp_key(client, vip4());
+        let reply_key = tcp_key(sa(server_v4(0), 8080), sa(SNAT_V4, port));
         assert!(reopened(fixture, &forward_key), "forward entry reopened");
         assert!(reopened(fixture, &reply_key), "reply entry reopened");
 
@@ -244,19 +244,6 @@ fn syn_on_a_closing_flow_reopens_it_while_its_server_is_still_chosen() {
         assert_eq!((run.action, run.output), (XdpAction::Redirect, want));
         assert_eq!(maps.global_stats().expect("stats").flow_misses, 2);
     });
-}
-
-/// The connection-table key of a TCP packet from `src` to `dst`.
-fn flow_key(src: SocketAddr, dst: SocketAddr) -> FlowKey {
-    FlowKey {
-        src: addr16(src.ip()),
-        dst: addr16(dst.ip()),
-        src_port: src.port().to_be_bytes(),
-        dst_port: dst.port().to_be_bytes(),
-        proto: IPPROTO_TCP,
-        family: if src.is_ipv4() { 4 } else { 6 },
-        _pad: [0; 2],
-    }
 }
 
 #[test]
@@ -491,7 +478,7 @@ fn plant_reply(fixture: &mut XdpFixture, nat_port: u16, live: bool) {
             closed_at.expect("uptime above 11 s"),
         )
     };
-    let key = flow_key(sa(server_v4(0), 8080), sa(SNAT_V4, nat_port));
+    let key = tcp_key(sa(server_v4(0), 8080), sa(SNAT_V4, nat_port));
     let entry = FlowEntry {
         flags,
         last_seen,
@@ -740,7 +727,7 @@ fn entry_at(fixture: &mut XdpFixture, key: &FlowKey) -> Option<FlowEntry> {
 fn udp_key(src: SocketAddr, dst: SocketAddr) -> FlowKey {
     FlowKey {
         proto: IPPROTO_UDP,
-        ..flow_key(src, dst)
+        ..tcp_key(src, dst)
     }
 }
 
@@ -849,7 +836,7 @@ fn drained_flow_mid_stream_ack_is_answered_with_a_rst() {
         assert_eq!((run.action, run.output), (XdpAction::Redirect, want));
         let global = maps.global_stats().expect("stats");
         assert_eq!((global.tcp_resets, global.flow_misses), (2, 3));
-        let forward = entry_at(fixture, &flow_key(client, vip4())).expect("new entry");
+        let forward = entry_at(fixture, &tcp_key(client, vip4())).expect("new entry");
         assert_eq!(forward.flags & FLOW_DRAINED, 0, "a fresh entry");
     });
 }
@@ -1057,8 +1044,8 @@ fn drained_flow_gets_a_rst_and_its_port_starts_afresh() {
         );
 
         // Another server's flow, both directions.
-        let other_forward = flow_key(client4(40027), vip4());
-        let other_reply = flow_key(sa(server_v4(1), 8080), sa(SNAT_V4, 21_000));
+        let other_forward = tcp_key(client4(40027), vip4());
+        let other_reply = tcp_key(sa(server_v4(1), 8080), sa(SNAT_V4, 21_000));
         for (key, flags) in [(other_forward, 0), (other_reply, FLOW_REPLY)] {
             let entry = FlowEntry {
                 server_id: 1,
@@ -1076,8 +1063,8 @@ fn drained_flow_gets_a_rst_and_its_port_starts_afresh() {
 
         assert_eq!(maps.drain_flows_of_server(0).expect("drain"), 2);
         assert_eq!(flow_count(fixture), 4, "marked, not deleted");
-        let forward_key = flow_key(client, vip4());
-        let reply_key = flow_key(sa(server_v4(0), 8080), sa(SNAT_V4, port));
+        let forward_key = tcp_key(client, vip4());
+        let reply_key = tcp_key(sa(server_v4(0), 8080), sa(SNAT_V4, port));
         for key in [forward_key, reply_key] {
             let entry = entry_at(fixture, &key).expect("entry");
             assert_ne!(entry.flags & FLOW_DRAINED, 0, "{key:?} marked");
@@ -1161,12 +1148,12 @@ fn syn_on_a_drained_flow_is_a_new_flow_on_a_live_server() {
             sa(server_v4(1), 8080),
         );
         assert_eq!((run.action, run.output), (XdpAction::Redirect, want));
-        let old_reply = flow_key(sa(server_v4(0), 8080), sa(SNAT_V4, port));
+        let old_reply = tcp_key(sa(server_v4(0), 8080), sa(SNAT_V4, port));
         assert!(
             entry_at(fixture, &old_reply).is_none(),
             "old reply entry gone"
         );
-        let forward = entry_at(fixture, &flow_key(client, vip4())).expect("forward");
+        let forward = entry_at(fixture, &tcp_key(client, vip4())).expect("forward");
         assert_eq!((forward.server_id, forward.flags & !EMBRYO_FLAGS), (1, 0));
         assert_eq!(flow_count(fixture), 2);
         assert_resets_misses_hits(maps, (0, 2, 0), "");
@@ -1212,8 +1199,8 @@ fn syn_on_a_drained_closing_flow_is_not_reopened() {
             "a new flow, not a reopen"
         );
         for key in [
-            flow_key(client, vip4()),
-            flow_key(sa(server_v4(0), 8080), sa(SNAT_V4, port)),
+            tcp_key(client, vip4()),
+            tcp_key(sa(server_v4(0), 8080), sa(SNAT_V4, port)),
         ] {
             let entry = entry_at(fixture, &key).expect("entry");
             assert_eq!(entry.flags & (FLOW_DRAINED | FLOW_CLOSING), 0, "{key:?}");
@@ -1471,7 +1458,7 @@ fn drain_of_a_large_table_marks_exactly_the_servers_entries() {
         let now = monotonic_coarse_ns();
         let key_of = |i: u32| {
             let src = std::net::Ipv4Addr::from(0x0A40_0000 + i);
-            flow_key(sa(src, (i % 50_000) as u16 + 1024), vip4())
+            tcp_key(sa(src, (i % 50_000) as u16 + 1024), vip4())
         };
         let entry_of = |i: u32| FlowEntry {
             server_id: (i % 4) as u16 + 5,

@@ -14,7 +14,7 @@ use std::{
 use elb_common::{
     counters::IPPROTO_TCP,
     l4::{
-        EMBRYO_ORPHAN_NS, FLOW_CLOSING, FlowKey, SERVICE_HAS_SNAT, SERVICE_SNAT_POOL, ServiceEntry,
+        EMBRYO_ORPHAN_NS, FLOW_CLOSING, SERVICE_HAS_SNAT, SERVICE_SNAT_POOL, ServiceEntry,
         TCP_CLOSING_NS,
     },
     nat::{NAT_FULL_PROBES, NatPorts},
@@ -449,18 +449,6 @@ impl Sweep {
 
 fn server_addr() -> SocketAddr {
     sa(server_v4(0), 8080)
-}
-
-fn tcp_key(src: SocketAddr, dst: SocketAddr) -> FlowKey {
-    FlowKey {
-        src: addr16(src.ip()),
-        dst: addr16(dst.ip()),
-        src_port: src.port().to_be_bytes(),
-        dst_port: dst.port().to_be_bytes(),
-        proto: IPPROTO_TCP,
-        family: 4,
-        _pad: [0; 2],
-    }
 }
 
 /// Makes the flow of `client` (NAT'd to `nat`) one that closed longer than
