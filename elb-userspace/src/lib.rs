@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod admin;
+#[cfg(feature = "aws")]
 pub mod aws;
 pub mod bpffs;
 pub mod cidr;

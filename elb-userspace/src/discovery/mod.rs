@@ -11,6 +11,7 @@
 //! - `leader`: which node runs the providers (etcd election; the
 //!   embedded store's single node always does), as the runner's gate.
 //! - `aws_asg`: the AWS Auto Scaling group provider (polls every interval).
+#[cfg(feature = "aws")]
 pub mod aws_asg;
 pub mod board;
 pub mod consul;
@@ -31,7 +32,12 @@ use crate::config::discovery::{Discovery, Source};
 pub fn build(document: &Discovery) -> Result<Box<dyn Provider>, ProviderError> {
     match &document.source {
         Source::Consul(consul) => Ok(Box::new(consul::ConsulProvider::new(consul.clone()))),
+        #[cfg(feature = "aws")]
         Source::AwsAsg(asg) => Ok(Box::new(aws_asg::AsgProvider::new(asg.clone()))),
+        #[cfg(not(feature = "aws"))]
+        Source::AwsAsg(_) => Err(ProviderError(
+            "provider aws_asg: this elb was built without the `aws` cargo feature".to_owned(),
+        )),
     }
 }
 
