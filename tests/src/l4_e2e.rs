@@ -210,6 +210,35 @@ impl Conn {
         Ok(line.trim().to_owned())
     }
 
+    /// How long `ask` waits for the answer.
+    pub fn set_answer_timeout(&self, timeout: Duration) -> std::io::Result<()> {
+        self.writer.set_read_timeout(Some(timeout))
+    }
+
+    /// Segments this end has retransmitted so far (`TCP_INFO`'s
+    /// `tcpi_total_retrans`): what TCP did to recover lost frames.
+    pub fn retransmissions(&self) -> std::io::Result<u32> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `tcp_info` is plain integers; all zeros is a valid value.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: the kernel writes at most `len` bytes into `info`, for
+        // the socket this descriptor names.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.writer.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&raw mut info).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(info.tcpi_total_retrans)
+    }
+
     /// Closes with a reset (linger 0) rather than a FIN.
     pub fn reset(self) -> std::io::Result<()> {
         socket2::SockRef::from(&self.writer).set_linger(Some(Duration::ZERO))
