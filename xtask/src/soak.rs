@@ -47,11 +47,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         .run("running the soak")
 }
 
-/// The short soak `cargo xtask test` ends with, on the debug elb it tested.
+/// The short soak `cargo xtask test` ends with, on the debug elb it tested;
+/// the runner and elb come from that suite's build of the workspace.
 pub fn run_debug(root: &Path, seconds: u64) -> Result<()> {
-    cmd::cargo(root)
-        .args(["build", "--package", "elb-tests", "--bin", "soak"])
-        .run("building the soak runner")?;
     cmd::Step::new(root.join("target/debug/soak"))
         .args(["--seconds", &seconds.to_string()])
         .env("ELB_BIN", root.join("target/debug/elb"))
