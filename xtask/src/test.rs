@@ -70,8 +70,8 @@ pub fn run(root: &Path, extra_args: &[String]) -> Result<()> {
     // start and the soak runner (cargo builds a package's binaries along
     // with its tests and benches). A build of one package resolves its
     // dependencies' features for that package alone, so it recompiled
-    // about 80 crates a second time (10.7 minutes in CI for `elb`, 7.5 for
-    // the soak runner).
+    // about 80 crates a second time (10.7 minutes in CI for `elb`; 7.5 for
+    // the soak runner after the tests' build).
     cmd::cargo(root)
         .args(["test", "--workspace", "--all-targets", "--no-run"])
         .run("building the tests, elb and the soak runner")?;
