@@ -1,5 +1,5 @@
-//! Running h2load over TLS (HTTP/1.1 keep-alive or multiplexed HTTP/2) and
-//! reading its report and its per-request log.
+//! Running h2load (HTTP/1.1 keep-alive or multiplexed HTTP/2 over TLS, or
+//! h2c by prior knowledge) and reading its report and its per-request log.
 use std::{path::Path, process::Command};
 
 use anyhow::{Context, Result, bail};
@@ -13,6 +13,8 @@ pub enum Protocol {
     Http1,
     /// HTTP/2, ALPN `h2`.
     Http2,
+    /// HTTP/2 in plaintext by prior knowledge (an `http://` URL).
+    H2c,
 }
 
 impl Protocol {
@@ -21,12 +23,22 @@ impl Protocol {
         match self {
             Self::Http1 => "http/1.1",
             Self::Http2 => "h2",
+            Self::H2c => "h2c",
+        }
+    }
+
+    /// The TLS version h2load must report: none for h2c.
+    fn tls(self) -> Option<&'static str> {
+        match self {
+            Self::Http1 | Self::Http2 => Some("TLSv1.3"),
+            Self::H2c => None,
         }
     }
 }
 
 pub struct H2loadRun<'a> {
-    /// `https://name/path`: SNI, `:authority` (Host) and path.
+    /// `https://name/path` (or `http://` for h2c): SNI, `:authority`
+    /// (Host) and path.
     pub url: &'a str,
     /// `127.0.0.1:PORT`, where the connections go instead of the URL's host.
     pub connect_to: &'a str,
@@ -40,6 +52,8 @@ pub struct H2loadRun<'a> {
     /// machine (status -1 in its log, clients that stop early), where the
     /// same load by count runs clean.
     pub requests: u64,
+    /// Extra request headers, `name: value` (`-H`).
+    pub headers: &'a [&'a str],
     /// Where h2load writes one line per request (for the percentiles).
     pub log: &'a Path,
 }
@@ -65,6 +79,7 @@ impl H2loadRun<'_> {
             .arg(format!("--max-concurrent-streams={}", self.streams))
             .arg(format!("--requests={}", self.requests))
             .arg(format!("--connect-to={}", self.connect_to))
+            .args(self.headers.iter().flat_map(|header| ["-H", header]))
             .arg("--log-file")
             .arg(self.log)
             .arg(self.url);
@@ -85,10 +100,11 @@ impl H2loadRun<'_> {
             );
         }
         let report = parse_report(&text, self.protocol)?;
-        if report.tls != "TLSv1.3" {
+        if report.tls.as_deref() != self.protocol.tls() {
             bail!(
-                "h2load negotiated {:?}, expected TLSv1.3:\n{text}",
-                report.tls
+                "h2load negotiated {:?}, expected {:?}:\n{text}",
+                report.tls,
+                self.protocol.tls()
             );
         }
         let log = std::fs::read_to_string(self.log)
@@ -114,8 +130,8 @@ impl H2loadRun<'_> {
 struct Report {
     requests_per_sec: f64,
     done: u64,
-    /// `TLS Protocol:`, e.g. `TLSv1.3`.
-    tls: String,
+    /// `TLS Protocol:`, e.g. `TLSv1.3`; none in plaintext.
+    tls: Option<String>,
 }
 
 /// h2load's summary: `finished in 8.00s, 31631.00 req/s, ...`,
@@ -167,7 +183,7 @@ fn parse_report(text: &str, protocol: Protocol) -> Result<Report> {
     Ok(Report {
         requests_per_sec,
         done,
-        tls: line("TLS Protocol:")?.trim().to_owned(),
+        tls: line("TLS Protocol:").ok().map(|tls| tls.trim().to_owned()),
     })
 }
 
@@ -244,7 +260,7 @@ time for request:       31us     15.04ms       246us       627us    95.38%
             Report {
                 requests_per_sec: 31631.0,
                 done: 63262,
-                tls: "TLSv1.3".to_owned(),
+                tls: Some("TLSv1.3".to_owned()),
             }
         );
     }

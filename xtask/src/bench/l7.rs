@@ -33,7 +33,7 @@ pub fn run(root: &Path, rounds: usize) -> Result<()> {
     let mut nginx_lb = nginx(
         dir.path(),
         "nginx-lb",
-        &nginx_lb_conf(dir.path(), nginx_port, b1, b2, 2),
+        &nginx_lb_conf(dir.path(), nginx_port, None, b1, b2, 2),
     )?;
     nginx_lb.wait_port(nginx_port)?;
 
@@ -198,14 +198,24 @@ fn print_headroom(nginx: &Measured, elb: &Measured) {
 }
 
 /// The rule document below, written as nginx configuration.
-pub(super) fn nginx_lb_conf(dir: &Path, port: u16, b1: u16, b2: u16, workers: u32) -> String {
+/// nginx as the balancer on `port`, and for HTTP/2 by prior knowledge on
+/// `h2c_port` if given.
+pub(super) fn nginx_lb_conf(
+    dir: &Path,
+    port: u16,
+    h2c_port: Option<u16>,
+    b1: u16,
+    b2: u16,
+    workers: u32,
+) -> String {
+    let h2c_listen = h2c_port.map_or(String::new(), |p| format!(" listen 127.0.0.1:{p} http2;"));
     format!(
         "{}http {{\n access_log off; {}\n keepalive_requests 100000;\n\
          map $http_user_agent $ua_match {{ \"~*bench-client\" 1; default 0; }}\n\
          map \"$ua_match:$uri\" $target {{ \"~^1:/api/(\\S+)$\" weighted; default fallback; }}\n\
          upstream weighted {{ server 127.0.0.1:{b1} weight=1; server 127.0.0.1:{b2} weight=2; keepalive 128; }}\n\
          upstream fallback {{ server 127.0.0.1:{b1}; keepalive 32; }}\n\
-         server {{ listen 127.0.0.1:{port}; location / {{\n\
+         server {{ listen 127.0.0.1:{port};{h2c_listen} location / {{\n\
            proxy_pass http://$target; {NGINX_PROXY}\
          }} }}\n}}\n",
         common_conf(dir, "nginx-lb", workers),

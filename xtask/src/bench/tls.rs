@@ -299,6 +299,7 @@ impl Row {
             clients,
             streams,
             requests,
+            headers: &[],
             log: &log,
         };
         let www = s_time_www();
