@@ -1,5 +1,7 @@
 //! BPF_PROG_TEST_RUN fixtures for the XDP parser: packet in, exact packet
 //! and return code out, and exactly the right counter moved.
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+
 use elb_common::counters::{PacketCounter, ProtoCounter};
 use elb_tests::{
     packet::{self, headers_len},
@@ -7,17 +9,52 @@ use elb_tests::{
     xdp_fixture::{XdpAction, XdpFixture},
 };
 
-/// Runs `frame` through a fresh program and checks that it passes
-/// untouched and lands in `expected` only.
+/// One loaded program for the whole file: the verifier takes seconds per
+/// load, and these tests touch only the protocol counters, which each
+/// test reads as what moved while it held the lock.
+fn shared_fixture() -> MutexGuard<'static, XdpFixture> {
+    static FIXTURE: OnceLock<Mutex<XdpFixture>> = OnceLock::new();
+    FIXTURE
+        .get_or_init(|| Mutex::new(XdpFixture::load().expect("load XDP fixture")))
+        .lock()
+        // A test that failed holding the lock leaves nothing the others
+        // rely on: each reads only what moved while it held it.
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What each protocol counter moved by since `before`.
+fn moved(
+    fixture: &XdpFixture,
+    before: &[(ProtoCounter, PacketCounter)],
+) -> Vec<(ProtoCounter, PacketCounter)> {
+    let after = fixture.proto_stats().expect("read counters");
+    assert_eq!(after.len(), before.len(), "counter slots");
+    after
+        .into_iter()
+        .zip(before)
+        .map(|((slot, now), (was_slot, was))| {
+            assert_eq!(slot, *was_slot, "counter slots in the same order");
+            let delta = PacketCounter {
+                packets: now.packets - was.packets,
+                bytes: now.bytes - was.bytes,
+            };
+            (slot, delta)
+        })
+        .collect()
+}
+
+/// Runs `frame` through the program and checks that it passes untouched
+/// and lands in `expected` only.
 fn assert_classified(frame: &[u8], expected: ProtoCounter) {
-    let mut fixture = XdpFixture::load().expect("load XDP fixture");
+    let mut fixture = shared_fixture();
+    let before = fixture.proto_stats().expect("read counters");
     let run = fixture.run(frame).expect("test run");
     assert_eq!(run.action, XdpAction::Pass, "{expected:?}");
     assert_eq!(
         run.output, frame,
         "{expected:?}: the frame must pass unmodified"
     );
-    for (slot, counter) in fixture.proto_stats().expect("read counters") {
+    for (slot, counter) in moved(&fixture, &before) {
         let want = if slot == expected {
             PacketCounter {
                 packets: 1,
@@ -121,7 +158,8 @@ fn truncated_headers_at_every_layer_are_malformed() {
             ProtoCounter::Ipv4Tcp,
         ),
     ];
-    let mut fixture = XdpFixture::load().expect("load XDP fixture");
+    let mut fixture = shared_fixture();
+    let before = fixture.proto_stats().expect("read counters");
     let mut expected_malformed = 0;
     let mut expected_complete = std::collections::HashMap::new();
     for (name, frame, complete) in &frames {
@@ -137,8 +175,7 @@ fn truncated_headers_at_every_layer_are_malformed() {
             }
         }
     }
-    let stats = fixture.proto_stats().expect("read counters");
-    for (slot, counter) in stats {
+    for (slot, counter) in moved(&fixture, &before) {
         let want = match slot {
             ProtoCounter::Malformed => expected_malformed,
             other => expected_complete.get(&other).copied().unwrap_or(0),
@@ -172,7 +209,8 @@ fn invalid_header_fields_are_malformed() {
 #[test]
 fn garbage_frames_pass_unmodified() {
     require_root_and_bpf!();
-    let mut fixture = XdpFixture::load().expect("load XDP fixture");
+    let mut fixture = shared_fixture();
+    let before = fixture.proto_stats().expect("read counters");
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut next = move || {
         // xorshift64*: deterministic, so a failure reproduces.
@@ -194,9 +232,7 @@ fn garbage_frames_pass_unmodified() {
         assert_eq!(run.action, XdpAction::Pass, "frame {i}: {frame:02x?}");
         assert_eq!(run.output, frame, "frame {i} must pass unmodified");
     }
-    let total: u64 = fixture
-        .proto_stats()
-        .expect("read counters")
+    let total: u64 = moved(&fixture, &before)
         .iter()
         .map(|(_, c)| c.packets)
         .sum();
