@@ -857,9 +857,18 @@ fn clone_parts(parts: &Parts) -> Parts {
 /// original query.
 fn upstream_uri(original: &Uri, rewritten_path: Option<&str>) -> Option<Uri> {
     let origin_form = original.scheme().is_none() && original.authority().is_none();
-    if rewritten_path.is_none() && origin_form {
-        // The usual case: the request line's target goes upstream as it is.
-        return Some(original.clone());
+    if rewritten_path.is_none() {
+        if origin_form {
+            // The usual case: the request line's target goes upstream as it is.
+            return Some(original.clone());
+        }
+        // Absolute-form, and every HTTP/2 request (:scheme and :authority):
+        // the path and query as they came, shared rather than re-parsed.
+        if let Some(path_and_query) = original.path_and_query()
+            && path_and_query.as_str().starts_with('/')
+        {
+            return Some(Uri::from(path_and_query.clone()));
+        }
     }
     let path = rewritten_path.unwrap_or_else(|| original.path());
     let path_and_query = match original.query() {
@@ -891,6 +900,20 @@ mod tests {
         assert_eq!(upstream_uri(&absolute, None).expect("uri"), "/p?q=1");
         let plain: Uri = "/p?q=1".parse().expect("uri");
         assert_eq!(upstream_uri(&plain, None).expect("uri"), "/p?q=1");
+        let no_path: Uri = "http://a.com".parse().expect("uri");
+        assert_eq!(upstream_uri(&no_path, None).expect("uri"), "/");
+        let rewritten: Uri = "http://a.com/blog/p?q=1".parse().expect("uri");
+        assert_eq!(upstream_uri(&rewritten, Some("/p")).expect("uri"), "/p?q=1");
+        // What an HTTP/2 request's target looks like to the proxy.
+        let h2 = Uri::builder()
+            .scheme("https")
+            .authority("a.com")
+            .path_and_query("/p?q=1")
+            .build()
+            .expect("uri");
+        let upstream = upstream_uri(&h2, None).expect("uri");
+        assert_eq!(upstream, "/p?q=1");
+        assert!(upstream.scheme().is_none() && upstream.authority().is_none());
     }
 
     #[test]
