@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod discovery;
+pub mod fast_map;
 pub mod health;
 pub mod http_util;
 pub mod instance_lock;

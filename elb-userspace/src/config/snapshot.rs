@@ -1,16 +1,14 @@
 //! The immutable configuration every request reads. A new one is built and
 //! swapped in whole on every change; in-flight requests keep the one they
 //! started with.
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use arc_swap::ArcSwap;
 
 use super::{l4::L4Service, listener::Listener};
 use crate::{
     cidr::Cidr,
+    fast_map::FastMap,
     metrics::cells::{DomainCells, UpstreamCells},
     rules::CompiledRules,
     targets::ServerGate,
@@ -84,8 +82,8 @@ impl Upstream {
 #[derive(Default)]
 pub struct Snapshot {
     /// Keyed by the lower-cased domain: Host matching is case-insensitive.
-    domains: HashMap<String, Arc<DomainEntry>>,
-    upstreams: HashMap<String, Arc<Upstream>>,
+    domains: FastMap<String, Arc<DomainEntry>>,
+    upstreams: FastMap<String, Arc<Upstream>>,
     /// Shared with the manager and between snapshots while unchanged, so
     /// publishing an L7 change does not copy the (possibly large) L4 state.
     services: Arc<BTreeMap<String, Arc<L4Service>>>,
@@ -199,8 +197,8 @@ impl Snapshot {
 /// one stored in canonical form, else to the last by name.
 fn by_host<'a>(
     domains: impl IntoIterator<Item = &'a Arc<DomainEntry>>,
-) -> HashMap<String, Arc<DomainEntry>> {
-    let mut map: HashMap<String, Arc<DomainEntry>> = HashMap::new();
+) -> FastMap<String, Arc<DomainEntry>> {
+    let mut map: FastMap<String, Arc<DomainEntry>> = FastMap::default();
     for entry in domains {
         match map.entry(entry.host.clone()) {
             std::collections::hash_map::Entry::Occupied(mut slot) => {

@@ -11,7 +11,6 @@
 //! worker, shared by every request; the first request opens it and the
 //! requests that arrive meanwhile wait for that one (see [`H2Slot`]).
 use std::{
-    collections::HashMap,
     future::Future,
     pin::Pin,
     sync::{Arc, Mutex},
@@ -30,6 +29,7 @@ use tokio::{net::TcpStream, sync::OnceCell};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::{
+    fast_map::FastMap,
     http_util::{Body, BoxError},
     limits::{UpstreamLimits, UpstreamPermit, upstream::AtLimit},
     targets::ServerGate,
@@ -131,8 +131,8 @@ struct Idle {
 pub struct Pool {
     /// Indexed by `tls as usize`: plaintext and TLS connections to one
     /// address are not interchangeable.
-    idle: Mutex<[HashMap<String, Vec<Idle>>; 2]>,
-    h2: Mutex<[HashMap<String, H2Slot>; 2]>,
+    idle: Mutex<[FastMap<String, Vec<Idle>>; 2]>,
+    h2: Mutex<[FastMap<String, H2Slot>; 2]>,
     tls: Arc<UpstreamTls>,
     max_idle_per_server: usize,
     idle_timeout: Duration,
