@@ -197,9 +197,9 @@ fn print_headroom(nginx: &Measured, elb: &Measured) {
     );
 }
 
-/// The rule document below, written as nginx configuration.
-/// nginx as the balancer on `port`, and for HTTP/2 by prior knowledge on
-/// `h2c_port` if given.
+/// The rule document below, written as nginx configuration: nginx as the
+/// balancer on `port`, and on `h2c_port` if given, HTTP/2 by prior
+/// knowledge.
 pub(super) fn nginx_lb_conf(
     dir: &Path,
     port: u16,

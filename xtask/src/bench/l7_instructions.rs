@@ -5,7 +5,6 @@
 //! shared 2-core machines, the counts repeat from run to run to within
 //! about 1%, so they show what a change to the proxy path costs or saves.
 use std::{
-    cell::Cell,
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
     path::{Path, PathBuf},
@@ -124,7 +123,7 @@ struct Counted {
     process: Background,
     out_file: PathBuf,
     /// Dumps written so far (callgrind numbers them from 1).
-    dumps: Cell<u32>,
+    dumps: u32,
     /// Where each dump is copied, as `<name>-<protocol>.callgrind`.
     kept: PathBuf,
 }
@@ -155,14 +154,14 @@ impl Counted {
             name,
             process,
             out_file,
-            dumps: Cell::new(0),
+            dumps: 0,
             kept: kept.to_owned(),
         })
     }
 
     /// Instructions per request over [`REQUESTS`] requests, HTTP/1.1 on
     /// `port`, then HTTP/2 on `h2c_port`.
-    fn count(self, port: u16, h2c_port: u16, dir: &Path) -> Result<Counts> {
+    fn count(mut self, port: u16, h2c_port: u16, dir: &Path) -> Result<Counts> {
         check_routing(self.name, port)?;
         keep_alive_gets(port, WARM_UP)?;
         let http1 = self.counted("http1", || keep_alive_gets(port, REQUESTS))?;
@@ -173,17 +172,17 @@ impl Counted {
     }
 
     /// Instructions per request while `requests` sends [`REQUESTS`].
-    fn counted(&self, protocol: &str, requests: impl FnOnce() -> Result<()>) -> Result<f64> {
+    fn counted(&mut self, protocol: &str, requests: impl FnOnce() -> Result<()>) -> Result<f64> {
         self.callgrind_control("on")?;
         requests()?;
         self.callgrind_control("off")?;
         // A dump now, rather than the report at exit: it does not depend on
         // how each balancer shuts down. A dump also zeroes the counts.
         self.callgrind_control("dump")?;
-        self.dumps.set(self.dumps.get() + 1);
+        self.dumps += 1;
         let dump = self
             .out_file
-            .with_extension(format!("callgrind.{}", self.dumps.get()));
+            .with_extension(format!("callgrind.{}", self.dumps));
         let text = std::fs::read_to_string(&dump)
             .with_context(|| format!("reading {}", dump.display()))?;
         let copy = self
