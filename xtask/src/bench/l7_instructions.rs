@@ -20,14 +20,14 @@ use super::{
     procs::{Background, free_port},
     servers::{admin, start_backends},
     temp_dir::TempDir,
+    // Streams in flight on the one h2c connection, as `bench tls` has.
+    tls::H2_STREAMS,
 };
 
 /// Requests counted; before them, `WARM_UP` uncounted ones fill the
 /// upstream connection pools and the allocators' caches.
 const REQUESTS: u32 = 4000;
 const WARM_UP: u32 = 400;
-/// HTTP/2 streams in flight on the one h2c connection (as `bench tls`).
-const H2_STREAMS: u32 = 16;
 
 /// Instructions per request, by client protocol.
 struct Counts {

@@ -233,7 +233,7 @@ enum Row {
 const THREADS: u32 = 2;
 const H1_CLIENTS: u32 = 64;
 const H2_CLIENTS: u32 = 16;
-const H2_STREAMS: u32 = 16;
+pub(super) const H2_STREAMS: u32 = 16;
 /// openssl s_time processes side by side (each one connection at a time).
 const S_TIME_PROCESSES: u32 = 2;
 
