@@ -15,6 +15,7 @@ pub mod maglev;
 pub mod maps;
 pub mod nat;
 pub mod tcp;
+pub mod vip_ports;
 
 #[cfg(feature = "user")]
 mod pod;

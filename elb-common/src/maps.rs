@@ -9,6 +9,13 @@ pub const PROTO_STATS: &str = "elb_proto_stats";
 
 /// Hash of [`crate::l4::VipKey`] → [`crate::l4::ServiceEntry`].
 pub const SERVICES: &str = "elb_services";
+/// Array of [`crate::l4::VipKey`] by service id: the VIP each service
+/// serves (zeroed: none), kept in step with [`SERVICES`]. An established
+/// flow's packet checks its service there instead of hashing the VIP.
+pub const SERVICE_VIPS: &str = "elb_svc_vips";
+/// One-slot array of [`crate::vip_ports::VipPorts`]: the ports services
+/// listen on; packets to other ports skip the early flow lookup.
+pub const VIP_PORTS: &str = "elb_vip_ports";
 /// Array of [`crate::l4::ServerEntry`], indexed by server id.
 pub const SERVERS: &str = "elb_servers";
 /// Array of maps, indexed by service id: each inner map is an array of
@@ -53,6 +60,8 @@ pub const GENERATIONS: &str = "elb_l4_gen";
 pub const ALL: &[&str] = &[
     PROTO_STATS,
     SERVICES,
+    SERVICE_VIPS,
+    VIP_PORTS,
     SERVERS,
     MAGLEV,
     FLOWS,

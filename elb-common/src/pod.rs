@@ -13,3 +13,4 @@ unsafe impl aya::Pod for crate::l4::ServiceStats {}
 unsafe impl aya::Pod for crate::l4::GlobalStats {}
 unsafe impl aya::Pod for crate::nat::NatCursor {}
 unsafe impl aya::Pod for crate::nat::SnatPool {}
+unsafe impl aya::Pod for crate::vip_ports::VipPorts {}

@@ -35,7 +35,7 @@ use crate::{
     headers::{EthHdr, Ipv4Hdr, Ipv6Hdr, TCP_FIN, TCP_RST, TcpHdr},
     maps::{
         ACL_V4, ACL_V6, GENERATIONS, IFACE_ADDRS, L7_PORTS, MAGLEV, NAT_CURSORS, SCRATCH, SERVERS,
-        SERVICES, SNAT_POOLS, Scratch,
+        SERVICE_VIPS, SERVICES, SNAT_POOLS, Scratch, VIP_PORTS,
     },
     nat,
     parse::{L4Packet, Portless, header_at},
@@ -58,6 +58,25 @@ pub fn handle(ctx: &XdpContext, packet: &L4Packet) -> u32 {
         return PASS;
     }
     let key = &scratch.key;
+    // One lookup of the 5-tuple serves every path below (an established
+    // flow's packet, a service's other packets, a reply), made first, but
+    // only to ports where it can find something: a service's or a NAT
+    // port. The node's own traffic to other ports never pays for it.
+    let dst_port = u16::from_be_bytes(key.dst_port);
+    let to_nat_port = nat_ports().contains(dst_port);
+    let looked_up = to_nat_port || vip_port(dst_port);
+    let flow = if looked_up {
+        Established::get(key)
+    } else {
+        None
+    };
+    if let Some(flow) = flow
+        && let Some(action) = established(ctx, packet, scratch, flow)
+    {
+        return action;
+    }
+    // Built only here: the established path above does without it.
+    let key = &scratch.key;
     let vip = VipKey {
         addr: key.dst,
         port: key.dst_port,
@@ -69,9 +88,15 @@ pub fn handle(ctx: &XdpContext, packet: &L4Packet) -> u32 {
         // tells whether this source passed it since its last change.
         // SAFETY: a hash map value; copied out before use.
         let service = unsafe { *service };
-        return to_service(ctx, packet, scratch, &service);
+        // A service port not (yet) in `VIP_PORTS` costs the lookup here.
+        let flow = if looked_up {
+            flow
+        } else {
+            Established::get(&scratch.key)
+        };
+        return to_service(ctx, packet, scratch, &service, flow);
     }
-    let dst_port = u16::from_be_bytes(key.dst_port);
+    let key = &scratch.key;
     if key.proto == IPPROTO_TCP
         && L7_PORTS.get_ptr(&u32::from(dst_port)).is_some()
         && denied(key.family, &key.src)
@@ -80,11 +105,11 @@ pub fn handle(ctx: &XdpContext, packet: &L4Packet) -> u32 {
         return DROP;
     }
     // Replies come back to a NAT port; everything else is the node's own.
-    if !nat_ports().contains(dst_port) {
+    if !to_nat_port {
         return PASS;
     }
     let now = now();
-    if let Some(flow) = Established::get(key) {
+    if let Some(flow) = flow {
         match reply_entry::<Established>(flow, key, &mut scratch.owner_key, now) {
             Reply::Live => {
                 stats::global(|s| s.flow_hits += 1);
@@ -201,16 +226,62 @@ pub fn handle_portless(ctx: &XdpContext, packet: &Portless) -> u32 {
     PASS
 }
 
+/// The common case, decided without the VIP's service entry: a packet of
+/// a live flow in the main table whose service still serves this VIP
+/// (`SERVICE_VIPS`, which userspace keeps in step with `SERVICES`).
+/// Forwarded or, if the deny-list now refuses its source, dropped. None:
+/// anything else (a reply entry, a drained, expired or closing flow, a
+/// removed or moved service), which `to_service` and the reply path
+/// handle as before.
+#[inline(always)]
+fn established(
+    ctx: &XdpContext,
+    packet: &L4Packet,
+    scratch: &mut Scratch,
+    flow: *mut FlowEntry,
+) -> Option<u32> {
+    // SAFETY: see `reply_entry`.
+    let entry = unsafe { &*flow };
+    let key = &scratch.key;
+    if entry.flags & (FLOW_REPLY | FLOW_DRAINED) != 0 {
+        return None;
+    }
+    if entry.flags & FLOW_CLOSING != 0 && is_connection_start(packet.tcp_flags) {
+        return None;
+    }
+    let serves = SERVICE_VIPS.get(u32::from(entry.service_id))?;
+    // The packet's VIP is its key's destination.
+    if serves.addr != key.dst
+        || serves.port != key.dst_port
+        || serves.proto != key.proto
+        || serves.family != key.family
+    {
+        return None;
+    }
+    let now = now();
+    if expired(entry, key.proto, now) {
+        return None;
+    }
+    if acl_denies(key, Some(flow), &mut scratch.entry.acl_gen) {
+        stats::global(|s| s.acl_drops += 1);
+        return Some(DROP);
+    }
+    stats::global(|s| s.flow_hits += 1);
+    Some(follow(ctx, packet, flow, &mut scratch.fib, now))
+}
+
+/// A packet to a VIP that [`established`] did not take; `flow` is its
+/// 5-tuple's main-table entry, if any.
 #[inline(always)]
 fn to_service(
     ctx: &XdpContext,
     packet: &L4Packet,
     scratch: &mut Scratch,
     service: &ServiceEntry,
+    flow: Option<*mut FlowEntry>,
 ) -> u32 {
     let now = now();
     let key = &scratch.key;
-    let flow = Established::get(key);
     if acl_denies(key, flow, &mut scratch.entry.acl_gen) {
         stats::global(|s| s.acl_drops += 1);
         return DROP;
@@ -1044,6 +1115,12 @@ fn acl_denies(key: &FlowKey, flow: Option<*mut FlowEntry>, stamp: &mut u32) -> b
         return false;
     }
     denied(key.family, &key.src)
+}
+
+/// Whether some service listens on `port` (`VIP_PORTS`).
+#[inline(always)]
+fn vip_port(port: u16) -> bool {
+    VIP_PORTS.get(0).is_some_and(|ports| ports.contains(port))
 }
 
 /// The current generation in `slot` of `elb_l4_gen`; 0 (never bumped)

@@ -11,6 +11,7 @@ use elb_common::{
         ServerEntry, ServiceEntry, ServiceStats, VipKey,
     },
     nat::{MAX_SNAT_POOL, NatCursor, SnatPool},
+    vip_ports::VipPorts,
 };
 
 use crate::fib::FibParams;
@@ -21,6 +22,16 @@ pub static PROTO_STATS: PerCpuArray<PacketCounter, { ProtoCounter::COUNT }> = Pe
 
 #[btf_map(name = "elb_services")]
 pub static SERVICES: HashMap<VipKey, ServiceEntry, { MAX_SERVICES as usize }> = HashMap::new();
+
+/// The VIP each service id serves, mirroring `SERVICES`: an established
+/// flow's packet checks its service here (an array read) instead of
+/// hashing the VIP; a zeroed slot (family 0) matches no packet.
+#[btf_map(name = "elb_svc_vips")]
+pub static SERVICE_VIPS: Array<VipKey, { MAX_SERVICES as usize }> = Array::new();
+
+/// One slot: the ports services listen on (`elb_common::vip_ports`).
+#[btf_map(name = "elb_vip_ports")]
+pub static VIP_PORTS: Array<VipPorts, 1> = Array::new();
 
 #[btf_map(name = "elb_servers")]
 pub static SERVERS: Array<ServerEntry, { MAX_SERVERS as usize }> = Array::new();

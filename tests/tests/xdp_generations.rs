@@ -5,16 +5,17 @@
 //! at its next packet once userspace bumps them; plus the real route
 //! watcher bumping on route and neighbour changes in a namespace.
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     time::{Duration, Instant},
 };
 
-use aya::maps::{LpmTrie, lpm_trie::Key};
+use aya::maps::{Array, LpmTrie, MapData, lpm_trie::Key};
 use elb_common::{
     counters::IPPROTO_TCP,
-    l4::{GEN_ACL, GEN_ROUTE, flow_hash},
+    l4::{GEN_ACL, GEN_ROUTE, VipKey, flow_hash},
     maps,
     nat::NatPorts,
+    vip_ports::VipPorts,
 };
 use elb_tests::{
     l4_fixture::*,
@@ -244,6 +245,91 @@ fn an_established_flow_skips_the_deny_list_until_it_changes_then_is_cut() {
         let run = fixture.run(&ack).expect("run");
         assert_eq!(run.action, XdpAction::Redirect);
         assert_eq!(run.output, to_server(&ack, flow, server_mac(0)));
+    });
+}
+
+/// An established flow's packet is checked against its service's VIP in
+/// `elb_svc_vips` instead of the VIP's `elb_services` entry: forwarded only
+/// while its service still serves that VIP. A service moved to another
+/// address or removed leaves its old VIP's flows to the kernel, as before
+/// the shortcut, even while another service keeps the port in
+/// `elb_vip_ports` (so the flow is looked up first); put back, the flow
+/// carries on. `elb_vip_ports` only saves lookups: emptied, the flow is
+/// still forwarded.
+#[test]
+fn an_established_flow_is_forwarded_only_while_its_service_serves_its_vip() {
+    require_root_and_bpf!();
+    with_service(|fixture, maps, _| {
+        let flow = client(40200);
+        let ack = tcp(flow, vip(), false);
+        assert_eq!(
+            action(fixture, &tcp(flow, vip(), true)),
+            XdpAction::Redirect
+        );
+        establish(fixture, maps, flow);
+        assert_eq!(
+            maps.service_vip(0).expect("service VIP"),
+            vip_key(vip(), IPPROTO_TCP)
+        );
+        let port_80: VipPorts = [80].into_iter().collect();
+        assert_eq!(maps.vip_ports().expect("VIP ports"), port_80);
+        let hits = |maps: &L4Maps| maps.global_stats().expect("stats").flow_hits;
+        let forwarded = |fixture: &mut XdpFixture, why: &str| {
+            let run = fixture.run(&ack).expect("run");
+            assert_eq!(run.action, XdpAction::Redirect, "{why}");
+            assert_eq!(run.output, to_server(&ack, flow, server_mac(0)), "{why}");
+        };
+        let passed = |fixture: &mut XdpFixture, maps: &L4Maps, why: &str| {
+            let before = hits(maps);
+            let run = fixture.run(&ack).expect("run");
+            assert_eq!(run.action, XdpAction::Pass, "{why}");
+            assert_eq!(run.output, ack, "{why}: untouched");
+            assert_eq!(hits(maps), before, "{why}: no flow hit");
+        };
+        let before = hits(maps);
+        forwarded(fixture, "established");
+        assert_eq!(hits(maps), before + 1);
+
+        let mut ports: Array<MapData, VipPorts> =
+            Array::try_from(fixture.map_named(maps::VIP_PORTS).expect("VIP ports map"))
+                .expect("an array");
+        ports.set(0, &VipPorts::EMPTY, 0).expect("emptied");
+        forwarded(fixture, "found after the service lookup");
+        ports.set(0, &port_80, 0).expect("restored");
+
+        // Moved to another address on the same port, as the sync moves a
+        // service: installed at its new VIP, then its old VIP removed.
+        let other = sa(Ipv4Addr::new(10, 77, 0, 101), 80);
+        install_service(maps, 0, other, IPPROTO_TCP, &[(0, server(), 1)], None)
+            .expect("service at its new VIP");
+        maps.remove_service(&vip_key(vip(), IPPROTO_TCP))
+            .expect("old VIP removed");
+        assert_eq!(
+            maps.service_vip(0).expect("service VIP"),
+            vip_key(other, IPPROTO_TCP)
+        );
+        assert_eq!(maps.vip_ports().expect("VIP ports"), port_80);
+        passed(fixture, maps, "the old VIP is served no more");
+
+        // Back at its old VIP: the flow's entry is still there.
+        install_service(maps, 0, vip(), IPPROTO_TCP, &[(0, server(), 1)], None)
+            .expect("service back");
+        maps.remove_service(&vip_key(other, IPPROTO_TCP))
+            .expect("the other VIP removed");
+        forwarded(fixture, "back at its VIP");
+
+        // Removed while another service keeps port 80 listed.
+        install_service(maps, 1, other, IPPROTO_TCP, &[(0, server(), 1)], None)
+            .expect("another service");
+        maps.remove_service(&vip_key(vip(), IPPROTO_TCP))
+            .expect("removed");
+        assert_eq!(maps.service_vip(0).expect("service VIP"), VipKey::default());
+        assert_eq!(maps.vip_ports().expect("VIP ports"), port_80);
+        passed(fixture, maps, "its service is gone");
+        maps.remove_service(&vip_key(other, IPPROTO_TCP))
+            .expect("the other service removed");
+        assert_eq!(maps.vip_ports().expect("VIP ports"), VipPorts::EMPTY);
+        passed(fixture, maps, "no service at all");
     });
 }
 

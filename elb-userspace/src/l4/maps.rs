@@ -15,6 +15,7 @@ use elb_common::{
     },
     maps,
     nat::{MAX_SNAT_POOL, NatCursor, SnatPool},
+    vip_ports::VipPorts,
 };
 
 use std::collections::HashSet;
@@ -46,6 +47,10 @@ pub(crate) fn map_err(name: &'static str) -> impl Fn(MapError) -> L4MapError {
 
 pub struct L4Maps {
     services: HashMap<MapData, VipKey, ServiceEntry>,
+    service_vips: Array<MapData, VipKey>,
+    vip_ports: Array<MapData, VipPorts>,
+    /// What `vip_ports` holds, so a change writes it only when it differs.
+    ports_written: VipPorts,
     servers: Array<MapData, ServerEntry>,
     maglev: ArrayOfMaps<MapData, Array<MapData, u32>>,
     iface_addrs: HashMap<MapData, u32, IfaceAddrs>,
@@ -88,8 +93,11 @@ impl L4Maps {
     /// Takes the L4 maps out of a loaded object (the program keeps its own
     /// references, so it goes on using them).
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, L4MapError> {
-        Ok(Self {
+        let mut maps = Self {
             services: typed!(ebpf, maps::SERVICES),
+            service_vips: typed!(ebpf, maps::SERVICE_VIPS),
+            vip_ports: typed!(ebpf, maps::VIP_PORTS),
+            ports_written: VipPorts::EMPTY,
             servers: typed!(ebpf, maps::SERVERS),
             maglev: typed!(ebpf, maps::MAGLEV),
             iface_addrs: typed!(ebpf, maps::IFACE_ADDRS),
@@ -109,21 +117,90 @@ impl L4Maps {
                 nat_failures: typed!(ebpf, maps::NAT_FAILURES),
             },
             tables: std::collections::HashMap::new(),
-        })
+        };
+        // Adopted services' ports (a previous elb may not have had the map).
+        maps.write_vip_ports(true)?;
+        Ok(maps)
     }
 
+    /// Makes `elb_vip_ports` hold the ports of the services in
+    /// `elb_services` (written if they differ from the last write, or if
+    /// `always`).
+    fn write_vip_ports(&mut self, always: bool) -> Result<(), L4MapError> {
+        let ports: VipPorts = self
+            .services()?
+            .iter()
+            .map(|(vip, _)| u16::from_be_bytes(vip.port))
+            .collect();
+        if always || ports != self.ports_written {
+            self.vip_ports
+                .set(0, &ports, 0)
+                .map_err(map_err(maps::VIP_PORTS))?;
+            self.ports_written = ports;
+        }
+        Ok(())
+    }
+
+    /// Installs the service at `vip`, then records that its id serves
+    /// `vip` (`elb_svc_vips`, which established flows are checked
+    /// against). A service that moved to another VIP stops matching its
+    /// old flows here, as its old VIP stops matching in `elb_services`.
     pub fn set_service(&mut self, vip: &VipKey, entry: &ServiceEntry) -> Result<(), L4MapError> {
         self.services
             .insert(vip, entry, 0)
-            .map_err(map_err(maps::SERVICES))
+            .map_err(map_err(maps::SERVICES))?;
+        self.service_vips
+            .set(entry.id, vip, 0)
+            .map_err(map_err(maps::SERVICE_VIPS))?;
+        let port = u16::from_be_bytes(vip.port);
+        if !self.ports_written.contains(port) {
+            let mut ports = self.ports_written;
+            ports.insert(port);
+            self.vip_ports
+                .set(0, &ports, 0)
+                .map_err(map_err(maps::VIP_PORTS))?;
+            self.ports_written = ports;
+        }
+        Ok(())
     }
 
+    /// Removes the service at `vip`: its id first stops serving `vip` (so
+    /// no established flow is forwarded past this point), then the entry
+    /// goes.
     pub fn remove_service(&mut self, vip: &VipKey) -> Result<(), L4MapError> {
-        match self.services.remove(vip) {
-            Ok(()) => Ok(()),
-            Err(error) if not_found(&error) => Ok(()),
-            Err(error) => Err(map_err(maps::SERVICES)(error)),
+        let id = match self.services.get(vip, 0) {
+            Ok(entry) => entry.id,
+            Err(error) if not_found(&error) => return Ok(()),
+            Err(error) => return Err(map_err(maps::SERVICES)(error)),
+        };
+        let serves = self
+            .service_vips
+            .get(&id, 0)
+            .map_err(map_err(maps::SERVICE_VIPS))?;
+        if serves == *vip {
+            self.service_vips
+                .set(id, &VipKey::default(), 0)
+                .map_err(map_err(maps::SERVICE_VIPS))?;
         }
+        match self.services.remove(vip) {
+            Ok(()) => {}
+            Err(error) if not_found(&error) => return Ok(()),
+            Err(error) => return Err(map_err(maps::SERVICES)(error)),
+        }
+        // Its port stays listed if another service still listens on it.
+        self.write_vip_ports(false)
+    }
+
+    /// The ports `elb_vip_ports` lists.
+    pub fn vip_ports(&self) -> Result<VipPorts, L4MapError> {
+        self.vip_ports.get(&0, 0).map_err(map_err(maps::VIP_PORTS))
+    }
+
+    /// The VIP the service `id` serves (`VipKey::default()`: none).
+    pub fn service_vip(&self, id: u32) -> Result<VipKey, L4MapError> {
+        self.service_vips
+            .get(&id, 0)
+            .map_err(map_err(maps::SERVICE_VIPS))
     }
 
     pub fn services(&self) -> Result<Vec<(VipKey, ServiceEntry)>, L4MapError> {

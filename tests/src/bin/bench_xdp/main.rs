@@ -30,7 +30,7 @@
 //! Last, its own phase (`exhaustion.rs`): the new-flow path of a 3-server
 //! service held near port exhaustion.
 //!
-//! `--profile established|new-flow [--seconds N]` instead runs only elb's
+//! `--profile established|reply|non-vip|new-flow [--seconds N]` instead runs only elb's
 //! path for that case, again and again for N seconds (checked as in the
 //! bench), so a profiler (`perf record -e cpu-clock`) can sample it.
 mod exhaustion;
@@ -162,8 +162,12 @@ fn parse_args() -> Result<Args> {
             "--profile" => {
                 args.profile = Some(match value.as_str() {
                     "established" => Case::Established,
+                    "reply" => Case::Reply,
+                    "non-vip" => Case::NonVip,
                     "new-flow" => Case::NewFlow,
-                    other => bail!("--profile {other}: expected established or new-flow"),
+                    other => {
+                        bail!("--profile {other}: expected established, reply, non-vip or new-flow")
+                    }
                 })
             }
             "--seconds" => args.seconds = value.parse().context("--seconds")?,
@@ -577,14 +581,99 @@ fn create_lru_table(entries: u32) -> Result<MapData> {
     Ok(MapData::from_fd(fd)?)
 }
 
+/// One established flow's frames: its SYN (sent with a fresh 5-tuple
+/// every run), its ACK, its server's reply, and a packet to the node's
+/// own port 22 from the same client.
+struct Frames {
+    syn: Vec<u8>,
+    ack: Vec<u8>,
+    reply: Vec<u8>,
+    non_vip: Vec<u8>,
+}
+
+impl Frames {
+    /// The frame a case times, and whether each run varies its 5-tuple.
+    fn of(&self, case: Case) -> Result<(&[u8], bool)> {
+        Ok(match case {
+            Case::Established => (&self.ack, false),
+            Case::Reply => (&self.reply, false),
+            Case::NonVip => (&self.non_vip, false),
+            Case::NewFlow => (&self.syn, true),
+            Case::NearExhaustion => bail!("near exhaustion is timed in its own phase"),
+        })
+    }
+}
+
 impl Bench {
     /// One round: the trivial program, then every case with the wrapper
     /// around an empty path and around elb's path, back to back.
     /// `client_port` names this round's established flow.
     fn round(&mut self, client_port: u16) -> Result<Round> {
+        let frames = self.frames(client_port)?;
+        let trivial = self.time_trivial(&frames.syn)?;
+        let mut samples = Vec::new();
+        let mut floors = vec![vec![0.0; FloorRun::ALL.len()]; Table::ALL.len()];
+        for case in Case::ALL {
+            let (frame, vary) = frames.of(case)?;
+            let empty = self.time_wrapped(case, frame, vary, Mode::Empty)?;
+            let path = self.time_wrapped(case, frame, vary, Mode::Elb)?;
+            samples.push(Sample { empty, path });
+            for (t, table) in Table::ALL.into_iter().enumerate() {
+                for (r, run) in FloorRun::ALL.into_iter().enumerate() {
+                    if run.case() == case {
+                        floors[t][r] = self.time_floor_on(table, run, frame, false)?;
+                    }
+                }
+            }
+        }
+        let direct_non_vip = self.time_direct_non_vip(&frames.non_vip)?;
+        let mut contended = Vec::new();
+        if self.cpus >= 2 {
+            for (table, run) in FloorRun::CONTENDED {
+                let frame = if run == FloorRun::Hit {
+                    &frames.ack
+                } else {
+                    &frames.syn
+                };
+                contended.push(self.time_floor_on(table, run, frame, true)?);
+            }
+        }
+        Ok(Round {
+            trivial,
+            direct_non_vip,
+            samples,
+            floors,
+            contended,
+        })
+    }
+
+    /// `--profile`: elb's path for `case` only, timed and checked run after
+    /// run for `seconds`; returns a line with the median ns per packet of
+    /// the wrapper around it.
+    fn profile(&mut self, case: Case, seconds: u64) -> Result<String> {
+        let frames = self.frames(40_000)?;
+        let (frame, vary) = frames.of(case)?;
+        eprintln!("bench xdp: profiling {} for {seconds} s", case.name());
+        let start = std::time::Instant::now();
+        let mut runs = Vec::new();
+        while start.elapsed().as_secs() < seconds {
+            runs.push(self.time_wrapped(case, frame, vary, Mode::Elb)?);
+        }
+        Ok(format!(
+            "{}: wrapper with elb's path {:.1} ns per packet (median of {} runs of {}; fastest run {:.1})\n",
+            case.name(),
+            median(&runs),
+            runs.len(),
+            self.repeat,
+            runs.iter().copied().fold(f64::INFINITY, f64::min)
+        ))
+    }
+
+    /// Opens and establishes the flow from `client_port` (its first packet,
+    /// checked, gives the NAT port) and returns the frames of every case.
+    fn frames(&mut self, client_port: u16) -> Result<Frames> {
         let client = SocketAddr::new(CLIENT_V4.into(), client_port);
         let syn = tcp_frame(CLIENT_MAC, LB_CLIENT_SIDE_MAC, client, vip(), true);
-        // This round's flow: its first packet, checked, gives the NAT port.
         let nat_port = self.open_flow(&syn)?;
         let ack = tcp_frame(CLIENT_MAC, LB_CLIENT_SIDE_MAC, client, vip(), false);
         let server = self.server_of(client)?;
@@ -604,76 +693,12 @@ impl Bench {
             SocketAddr::new(Ipv4Addr::new(10, 77, 0, 1).into(), 22),
             false,
         );
-
-        let trivial = self.time_trivial(&syn)?;
-        let mut samples = Vec::new();
-        let mut floors = vec![vec![0.0; FloorRun::ALL.len()]; Table::ALL.len()];
-        for case in Case::ALL {
-            let (frame, vary) = match case {
-                Case::Established => (&ack, false),
-                Case::Reply => (&reply, false),
-                Case::NonVip => (&non_vip, false),
-                Case::NewFlow => (&syn, true),
-                Case::NearExhaustion => bail!("near exhaustion is timed in its own phase"),
-            };
-            let empty = self.time_wrapped(case, frame, vary, Mode::Empty)?;
-            let path = self.time_wrapped(case, frame, vary, Mode::Elb)?;
-            samples.push(Sample { empty, path });
-            for (t, table) in Table::ALL.into_iter().enumerate() {
-                for (r, run) in FloorRun::ALL.into_iter().enumerate() {
-                    if run.case() == case {
-                        floors[t][r] = self.time_floor_on(table, run, frame, false)?;
-                    }
-                }
-            }
-        }
-        let direct_non_vip = self.time_direct_non_vip(&non_vip)?;
-        let mut contended = Vec::new();
-        if self.cpus >= 2 {
-            for (table, run) in FloorRun::CONTENDED {
-                let frame = if run == FloorRun::Hit { &ack } else { &syn };
-                contended.push(self.time_floor_on(table, run, frame, true)?);
-            }
-        }
-        Ok(Round {
-            trivial,
-            direct_non_vip,
-            samples,
-            floors,
-            contended,
+        Ok(Frames {
+            syn,
+            ack,
+            reply,
+            non_vip,
         })
-    }
-
-    /// `--profile`: elb's path for `case` only, timed and checked run after
-    /// run for `seconds`; returns a line with the median ns per packet of
-    /// the wrapper around it.
-    fn profile(&mut self, case: Case, seconds: u64) -> Result<String> {
-        let client = SocketAddr::new(CLIENT_V4.into(), 40_000);
-        let syn = tcp_frame(CLIENT_MAC, LB_CLIENT_SIDE_MAC, client, vip(), true);
-        let nat_port = self.open_flow(&syn)?;
-        let ack = tcp_frame(CLIENT_MAC, LB_CLIENT_SIDE_MAC, client, vip(), false);
-        self.establish(self.server_of(client)?, nat_port, &ack)?;
-        let (frame, vary) = match case {
-            Case::NewFlow => (syn, true),
-            _ => (
-                tcp_frame(CLIENT_MAC, LB_CLIENT_SIDE_MAC, client, vip(), false),
-                false,
-            ),
-        };
-        eprintln!("bench xdp: profiling {} for {seconds} s", case.name());
-        let start = std::time::Instant::now();
-        let mut runs = Vec::new();
-        while start.elapsed().as_secs() < seconds {
-            runs.push(self.time_wrapped(case, &frame, vary, Mode::Elb)?);
-        }
-        Ok(format!(
-            "{}: wrapper with elb's path {:.1} ns per packet (median of {} runs of {}; fastest run {:.1})\n",
-            case.name(),
-            median(&runs),
-            runs.len(),
-            self.repeat,
-            runs.iter().copied().fold(f64::INFINITY, f64::min)
-        ))
     }
 
     /// Sends a flow's SYN through elb once and checks the NAT'd result;
