@@ -64,7 +64,10 @@ mod tests {
         for port in 0..=u16::MAX {
             assert_eq!(set.contains(port), ports.contains(&port), "port {port}");
         }
-        assert_eq!(format!("{set:?}"), "{0, 1, 63, 64, 80, 443, 8080, 65472, 65535}");
+        assert_eq!(
+            format!("{set:?}"),
+            "{0, 1, 63, 64, 80, 443, 8080, 65472, 65535}"
+        );
     }
 
     #[test]

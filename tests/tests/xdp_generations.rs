@@ -98,6 +98,17 @@ fn establish(fixture: &mut XdpFixture, maps: &L4Maps, flow: SocketAddr) {
     );
 }
 
+/// `flow`'s SYN (forwarded), then [`establish`]: the flow is in the main
+/// table.
+fn open(fixture: &mut XdpFixture, maps: &L4Maps, flow: SocketAddr) {
+    assert_eq!(
+        action(fixture, &tcp(flow, vip(), true)),
+        XdpAction::Redirect,
+        "SYN"
+    );
+    establish(fixture, maps, flow);
+}
+
 /// `frame` as the program forwards it to server 0 with `dst_mac`.
 fn to_server(frame: &[u8], client: SocketAddr, dst_mac: [u8; 6]) -> Vec<u8> {
     rewritten(
@@ -200,11 +211,7 @@ fn an_established_flow_skips_the_deny_list_until_it_changes_then_is_cut() {
         let gens = maps.generations().expect("generations");
         let flow = client(40100);
         let ack = tcp(flow, vip(), false);
-        assert_eq!(
-            action(fixture, &tcp(flow, vip(), true)),
-            XdpAction::Redirect
-        );
-        establish(fixture, maps, flow);
+        open(fixture, maps, flow);
         assert_eq!(action(fixture, &ack), XdpAction::Redirect);
 
         // An unrelated deny-list change: the flow is checked again, passes.
@@ -260,13 +267,9 @@ fn an_established_flow_skips_the_deny_list_until_it_changes_then_is_cut() {
 fn an_established_flow_is_forwarded_only_while_its_service_serves_its_vip() {
     require_root_and_bpf!();
     with_service(|fixture, maps, _| {
-        let flow = client(40200);
+        let flow = client(40300);
         let ack = tcp(flow, vip(), false);
-        assert_eq!(
-            action(fixture, &tcp(flow, vip(), true)),
-            XdpAction::Redirect
-        );
-        establish(fixture, maps, flow);
+        open(fixture, maps, flow);
         assert_eq!(
             maps.service_vip(0).expect("service VIP"),
             vip_key(vip(), IPPROTO_TCP)
