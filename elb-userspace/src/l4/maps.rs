@@ -133,11 +133,16 @@ impl L4Maps {
             .map(|(vip, _)| u16::from_be_bytes(vip.port))
             .collect();
         if always || ports != self.ports_written {
-            self.vip_ports
-                .set(0, &ports, 0)
-                .map_err(map_err(maps::VIP_PORTS))?;
-            self.ports_written = ports;
+            self.put_vip_ports(ports)?;
         }
+        Ok(())
+    }
+
+    fn put_vip_ports(&mut self, ports: VipPorts) -> Result<(), L4MapError> {
+        self.vip_ports
+            .set(0, &ports, 0)
+            .map_err(map_err(maps::VIP_PORTS))?;
+        self.ports_written = ports;
         Ok(())
     }
 
@@ -156,10 +161,7 @@ impl L4Maps {
         if !self.ports_written.contains(port) {
             let mut ports = self.ports_written;
             ports.insert(port);
-            self.vip_ports
-                .set(0, &ports, 0)
-                .map_err(map_err(maps::VIP_PORTS))?;
-            self.ports_written = ports;
+            self.put_vip_ports(ports)?;
         }
         Ok(())
     }
