@@ -35,6 +35,9 @@ pub struct Options {
     /// to comparisons (rules), at the cost of weaker guidance; for long
     /// campaigns over a corpus grown with it.
     pub no_trace_compares: bool,
+    /// Builds without optimisation (cargo-fuzz's `--dev`): a much faster
+    /// build and slower executions, for CI's short runs from the seeds.
+    pub unoptimized: bool,
 }
 
 impl Options {
@@ -44,6 +47,9 @@ impl Options {
         let mut flags = vec!["--sanitizer", self.sanitizer.as_str()];
         if self.no_trace_compares {
             flags.push("--no-trace-compares");
+        }
+        if self.unoptimized {
+            flags.push("--dev");
         }
         flags
     }

@@ -83,6 +83,10 @@ enum Task {
         /// guidance (for long campaigns over a grown corpus).
         #[arg(long)]
         no_trace_compares: bool,
+        /// Build without optimisation: minutes faster to build, fewer
+        /// executions per second (what `cargo xtask test` runs).
+        #[arg(long)]
+        dev: bool,
     },
     /// Set up if needed, build, check formatting and lints, run every test.
     Test {
@@ -115,6 +119,7 @@ fn main() -> std::process::ExitCode {
             target,
             sanitizer,
             no_trace_compares,
+            dev,
         } => fuzz::run(
             &root,
             &fuzz::Options {
@@ -123,6 +128,7 @@ fn main() -> std::process::ExitCode {
                 with_xdp: true,
                 sanitizer,
                 no_trace_compares,
+                unoptimized: dev,
             },
         ),
     };
