@@ -39,8 +39,8 @@ pub struct BenchConfig {
     /// Template length in bytes, 1..=[`TEMPLATE_CAPACITY`]; the frame
     /// handed to `BPF_PROG_TEST_RUN` has exactly this length.
     pub len: u32,
-    /// What runs after the copy: [`RUN_EMPTY`], [`RUN_ELB`] or
-    /// [`RUN_FLOOR`].
+    /// What runs after the copy: [`RUN_EMPTY`], [`RUN_ELB`], [`RUN_FLOOR`]
+    /// or [`RUN_NAT_FLOOR`].
     pub run_elb: u32,
     /// 1: a fresh IPv4 source address and TCP/UDP source port every run.
     pub vary: u32,
@@ -62,6 +62,13 @@ pub const RUN_ELB: u32 = 1;
 /// XDP_ABORTED) and its 5-tuple, insert an entry if there was none (one
 /// insert; full NAT needs two), then return `empty_action`.
 pub const RUN_FLOOR: u32 = 2;
+/// The least a full-NAT forward of an established flow must do: parse the
+/// frame, look up its 5-tuple in `elb_flows` (which must be found, else
+/// XDP_ABORTED), rewrite addresses, ports and checksums from the entry and
+/// send it with the entry's cached next hop; nothing else (no VIP check,
+/// clock, idle timeout, ACL generation, route generation, flags or
+/// counters). elb's established path minus this is what those cost.
+pub const RUN_NAT_FLOOR: u32 = 3;
 
 /// elb's own shared connection table, `elb_flows` (524,288 entries).
 pub const TABLE_SHARED: u32 = 0;
@@ -169,6 +176,7 @@ fn wrapped(ctx: &XdpContext) -> u32 {
                 xdp_action::XDP_ABORTED
             }
         }
+        RUN_NAT_FLOOR => nat_floor(ctx),
         RUN_EMPTY => config.empty_action,
         // An unknown mode fails every run, and so the bench.
         _ => xdp_action::XDP_ABORTED,
@@ -214,6 +222,31 @@ fn lookups_floor(ctx: &XdpContext, config: &BenchConfig) -> bool {
         }
         _ => false,
     }
+}
+
+/// See [`RUN_NAT_FLOOR`].
+#[inline(always)]
+fn nat_floor(ctx: &XdpContext) -> u32 {
+    let Parsed::L4(packet) = crate::parse::parse(ctx) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: this CPU's own scratch slot.
+    let scratch = unsafe { &mut *scratch };
+    if !crate::lb::fill_flow_key(ctx, &packet, &mut scratch.key) {
+        return xdp_action::XDP_ABORTED;
+    }
+    let Some(flow) = FLOWS.get_ptr(&scratch.key) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: map values stay valid for this run.
+    let entry = unsafe { &*flow };
+    if !crate::nat::rewrite(ctx, &packet, entry) {
+        return xdp_action::XDP_ABORTED;
+    }
+    crate::lb::transmit(ctx, entry.ifindex, &entry.src_mac, &entry.dst_mac)
 }
 
 /// The floor's table work: look up the 5-tuple; on a miss insert it, and

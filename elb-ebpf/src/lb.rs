@@ -1060,7 +1060,12 @@ fn snat_address(service: &ServiceEntry, egress: u32, ipv6: bool) -> Option<[u8; 
 }
 
 #[inline(always)]
-fn transmit(ctx: &XdpContext, ifindex: u32, src_mac: &[u8; 6], dst_mac: &[u8; 6]) -> u32 {
+pub(crate) fn transmit(
+    ctx: &XdpContext,
+    ifindex: u32,
+    src_mac: &[u8; 6],
+    dst_mac: &[u8; 6],
+) -> u32 {
     let Some(eth) = header_at::<EthHdr>(ctx, 0) else {
         return DROP;
     };

@@ -359,6 +359,9 @@ struct Round {
     trivial: f64,
     direct_non_vip: f64,
     samples: Vec<Sample>,
+    /// The wrapper around the full-NAT forward floor ([`Mode::NatFloor`])
+    /// on the established flow's packet, ns per run.
+    nat_floor: f64,
     floors: Vec<Vec<f64>>,
     /// `FloorRun::CONTENDED`, ns per run (the two CPUs' mean); empty with
     /// one CPU.
@@ -372,6 +375,9 @@ enum Mode {
     Empty = 0,
     Elb = 1,
     Floor = 2,
+    /// `RUN_NAT_FLOOR`: parse, 5-tuple lookup, NAT rewrite, send; nothing
+    /// else.
+    NatFloor = 3,
 }
 
 impl Mode {
@@ -380,6 +386,7 @@ impl Mode {
             Mode::Empty => "empty path",
             Mode::Elb => "elb path",
             Mode::Floor => "lookups floor",
+            Mode::NatFloor => "full-NAT forward floor",
         }
     }
 }
@@ -613,11 +620,16 @@ impl Bench {
         let trivial = self.time_trivial(&frames.syn)?;
         let mut samples = Vec::new();
         let mut floors = vec![vec![0.0; FloorRun::ALL.len()]; Table::ALL.len()];
+        let mut nat_floor = 0.0;
         for case in Case::ALL {
             let (frame, vary) = frames.of(case)?;
             let empty = self.time_wrapped(case, frame, vary, Mode::Empty)?;
             let path = self.time_wrapped(case, frame, vary, Mode::Elb)?;
             samples.push(Sample { empty, path });
+            if case == Case::Established {
+                // Before the new flows, whose inserts may evict this entry.
+                nat_floor = self.time_wrapped(case, frame, vary, Mode::NatFloor)?;
+            }
             for (t, table) in Table::ALL.into_iter().enumerate() {
                 for (r, run) in FloorRun::ALL.into_iter().enumerate() {
                     if run.case() == case {
@@ -642,6 +654,7 @@ impl Bench {
             trivial,
             direct_non_vip,
             samples,
+            nat_floor,
             floors,
             contended,
         })
@@ -880,7 +893,7 @@ impl Bench {
              expected all {repeat} runs to return {expected}, except refused SYNs near exhaustion"
         );
         let (hits, misses) = match (mode, case) {
-            (Mode::Empty | Mode::Floor, _) | (Mode::Elb, Case::NonVip) => (0, 0),
+            (Mode::Empty | Mode::Floor | Mode::NatFloor, _) | (Mode::Elb, Case::NonVip) => (0, 0),
             (Mode::Elb, Case::Established | Case::Reply) => (repeat, 0),
             (Mode::Elb, Case::NewFlow | Case::NearExhaustion) => (0, repeat),
         };
@@ -1328,6 +1341,27 @@ fn report(args: &Args, cpus: u32, rounds: &[Round], global: &GlobalStats) -> Str
             verdict(*ratio, *limit)
         );
     }
+
+    let established = Case::ALL
+        .iter()
+        .position(|c| *c == Case::Established)
+        .unwrap_or_default();
+    let floor_ns: Vec<f64> = rounds
+        .iter()
+        .map(|r| r.trivial + (r.nat_floor - r.samples[established].empty))
+        .collect();
+    let floor_ratios: Vec<f64> = floor_ns.iter().zip(&trivial).map(|(n, t)| n / t).collect();
+    let path_ratios: Vec<f64> = rounds
+        .iter()
+        .map(|r| (r.samples[established].path - r.nat_floor) / r.trivial)
+        .collect();
+    let _ = writeln!(
+        out,
+        "\n**Full-NAT forward floor** (the established flow's packet): parse, 5-tuple lookup, rewrite of addresses, ports and checksums, MACs and send from the entry's cached next hop; nothing else. {:.0} ns, **{:.2}×** trivial (target for the whole path: ≤ {TARGET_ESTABLISHED}×). What elb's established path adds on top (VIP check, clock and idle timeout, ACL and route generations, flags, last-seen time, counters): {:.2}× trivial.",
+        median(&floor_ns),
+        median(&floor_ratios),
+        median(&path_ratios),
+    );
 
     if let Some((_, ratio, ns, _, _)) = targets.iter().find(|t| t.0 == Case::NewFlow) {
         let _ = writeln!(
