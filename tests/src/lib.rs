@@ -14,6 +14,7 @@ pub mod http;
 pub mod l4_e2e;
 pub mod l4_fixture;
 pub mod l7;
+pub mod map_reset;
 pub mod moto;
 pub mod netns;
 pub mod packet;

@@ -1,7 +1,11 @@
 //! `BPF_PROG_TEST_RUN` harness: loads the real XDP object (the one embedded
 //! in `elb`), runs it on a packet, and returns the action and output bytes.
 use anyhow::{Context, Result, bail};
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -14,7 +18,12 @@ use elb_common::{
     maps,
     nat::NatPorts,
 };
-use elb_userspace::dataplane::{TableSizes, sum_proto_stats};
+use elb_userspace::{
+    dataplane::{TableSizes, sum_proto_stats},
+    l4::maps::MapSource,
+};
+
+use crate::map_reset::MapSnapshot;
 
 /// XDP return codes (`enum xdp_action`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,15 +55,66 @@ pub struct XdpRun {
     pub output: Vec<u8>,
 }
 
-/// One loaded instance of the XDP program with its own, fresh maps.
+/// One loaded instance of the XDP program with its own maps, fresh or
+/// reset to how they were loaded (see [`XdpFixture::load_configured`]).
 pub struct XdpFixture {
-    ebpf: Ebpf,
+    /// Always `Some` until the fixture goes back to the pool on drop.
+    loaded: Option<Loaded>,
     /// A handle of its own on the connection table, so that tests can
     /// plant and inspect entries after [`XdpFixture::l4_maps`] has taken
     /// the maps (which include the table).
     flows: Map,
     /// The same for the embryonic table.
     embryos: Map,
+}
+
+/// A verified program and how its maps were when it was loaded.
+struct Loaded {
+    ebpf: Ebpf,
+    snapshot: MapSnapshot,
+    /// What it was loaded with; `None`: not to be reused.
+    reuse_as: Option<PoolKey>,
+}
+
+/// The settings a program was loaded with, for reuse.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct PoolKey {
+    nat_ports: Option<(u16, u16)>,
+}
+
+/// Programs given back by dropped fixtures, for the next fixture with the
+/// same settings in this test binary.
+static POOL: Mutex<Vec<Loaded>> = Mutex::new(Vec::new());
+
+impl Drop for XdpFixture {
+    fn drop(&mut self) {
+        if let Some(loaded) = self.loaded.take()
+            && loaded.reuse_as.is_some()
+        {
+            POOL.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(loaded);
+        }
+    }
+}
+
+/// Handles on every map of a loaded program, by name, opened through the
+/// program's map ids: what [`L4Maps::take`] takes from in a fixture.
+///
+/// [`L4Maps::take`]: elb_userspace::l4::maps::L4Maps::take
+struct ProgramMaps(HashMap<String, Map>);
+
+impl MapSource for ProgramMaps {
+    fn take_map(&mut self, name: &str) -> Option<Map> {
+        self.0.remove(name)
+    }
+}
+
+fn map_ids(ebpf: &Ebpf) -> Result<Vec<u32>> {
+    let program = ebpf
+        .program(maps::XDP_PROGRAM)
+        .context("the object has no XDP program")?;
+    program.info()?.map_ids()?.context("map ids not reported")
 }
 
 impl XdpFixture {
@@ -72,10 +132,41 @@ impl XdpFixture {
         Self::load_configured(TableSizes::default(), Some(ports))
     }
 
-    /// Loads the program as the daemon would with these settings.
+    /// Loads the program as the daemon would with these settings. With the
+    /// default table sizes, a program an earlier test of this binary
+    /// loaded with the same NAT ports is reused, its maps reset to how they
+    /// were loaded; smaller tables always get a fresh program, as their
+    /// tests fill them and an LRU's lists after deletes are not as loaded.
     pub fn load_configured(tables: TableSizes, nat_ports: Option<NatPorts>) -> Result<Self> {
         // The globals must outlive the loader, which borrows them.
         let range = nat_ports.map(|ports| (ports.min(), ports.max()));
+        let reuse_as = (tables == TableSizes::default()).then_some(PoolKey { nat_ports: range });
+        let pooled = reuse_as.and_then(|key| {
+            let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+            let at = pool.iter().position(|l| l.reuse_as == Some(key))?;
+            Some(pool.swap_remove(at))
+        });
+        let loaded = match pooled {
+            Some(loaded) => {
+                loaded.snapshot.restore()?;
+                loaded
+            }
+            None => Self::load_fresh(tables, range, reuse_as)?,
+        };
+        let flows = own_handle(&loaded.ebpf, maps::FLOWS)?;
+        let embryos = own_handle(&loaded.ebpf, maps::EMBRYOS)?;
+        Ok(Self {
+            loaded: Some(loaded),
+            flows,
+            embryos,
+        })
+    }
+
+    fn load_fresh(
+        tables: TableSizes,
+        range: Option<(u16, u16)>,
+        reuse_as: Option<PoolKey>,
+    ) -> Result<Loaded> {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(maps::FLOWS, tables.flows)
@@ -94,13 +185,37 @@ impl XdpFixture {
         program
             .load()
             .context("loading the XDP program (verifier)")?;
-        let flows = own_handle(&ebpf, maps::FLOWS)?;
-        let embryos = own_handle(&ebpf, maps::EMBRYOS)?;
-        Ok(Self {
+        let snapshot = MapSnapshot::take(&map_ids(&ebpf)?)?;
+        Ok(Loaded {
             ebpf,
-            flows,
-            embryos,
+            snapshot,
+            reuse_as,
         })
+    }
+
+    fn ebpf(&self) -> Result<&Ebpf> {
+        Ok(&self
+            .loaded
+            .as_ref()
+            .context("the fixture was given back")?
+            .ebpf)
+    }
+
+    fn ebpf_mut(&mut self) -> Result<&mut Ebpf> {
+        Ok(&mut self
+            .loaded
+            .as_mut()
+            .context("the fixture was given back")?
+            .ebpf)
+    }
+
+    /// The id of the loaded program (the same for a reused one).
+    pub fn program_id(&self) -> Result<u32> {
+        let program = self
+            .ebpf()?
+            .program(maps::XDP_PROGRAM)
+            .context("the object has no XDP program")?;
+        Ok(program.info()?.id())
     }
 
     /// Runs the program once on `frame`.
@@ -113,7 +228,7 @@ impl XdpFixture {
     /// like dropped ones); the last run and the kernel's mean time per run.
     pub fn time(&mut self, frame: &[u8], repeat: u32) -> Result<(XdpRun, Duration)> {
         let program: &mut Xdp = self
-            .ebpf
+            .ebpf_mut()?
             .program_mut(maps::XDP_PROGRAM)
             .context("the object has no XDP program")?
             .try_into()?;
@@ -136,15 +251,25 @@ impl XdpFixture {
 
     /// Per-protocol counters, summed over CPUs.
     pub fn proto_stats(&self) -> Result<Vec<(ProtoCounter, PacketCounter)>> {
-        let map = self.ebpf.map(maps::PROTO_STATS).context("no counter map")?;
+        let map = self
+            .ebpf()?
+            .map(maps::PROTO_STATS)
+            .context("no counter map")?;
         let stats = PerCpuArray::<_, PacketCounter>::try_from(map)?;
         Ok(sum_proto_stats(&stats)?)
     }
 
-    /// The L4 configuration maps (taken out of the object; the program
-    /// keeps using them).
+    /// The L4 configuration maps (handles of their own on the program's
+    /// maps, which the program goes on using).
     pub fn l4_maps(&mut self) -> Result<elb_userspace::l4::maps::L4Maps> {
-        Ok(elb_userspace::l4::maps::L4Maps::take(&mut self.ebpf)?)
+        let mut maps = ProgramMaps(HashMap::new());
+        for id in map_ids(self.ebpf()?)? {
+            let data = MapData::from_id(id)?;
+            if let Some(name) = data.info()?.name_as_str().map(str::to_owned) {
+                maps.0.insert(name, Map::from_map_data(data)?);
+            }
+        }
+        Ok(elb_userspace::l4::maps::L4Maps::take(&mut maps)?)
     }
 
     /// The connection table, for planting and inspecting entries.
@@ -188,12 +313,7 @@ impl XdpFixture {
     /// the maps, and never finds another program's map of that name): for
     /// writing behind the userspace API's back.
     pub fn map_named(&self, name: &str) -> Result<Map> {
-        let program = self
-            .ebpf
-            .program(maps::XDP_PROGRAM)
-            .context("the object has no XDP program")?;
-        let ids = program.info()?.map_ids()?.context("map ids not reported")?;
-        for id in ids {
+        for id in map_ids(self.ebpf()?)? {
             let data = MapData::from_id(id)?;
             if data.info()?.name_as_str() == Some(name) {
                 return Ok(Map::from_map_data(data)?);

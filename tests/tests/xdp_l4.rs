@@ -145,6 +145,65 @@ fn new_tcp_flow_becomes_a_natted_syn_to_its_server() {
     });
 }
 
+/// Fixtures reuse a verified program (the verifier takes seconds per
+/// load): one given back by a test must come out with its maps as loaded.
+/// NAT ports of this test's own keep other tests from taking it between.
+#[test]
+fn a_reused_program_starts_with_its_maps_as_loaded() {
+    require_root_and_bpf!();
+    let ports = NatPorts::new(20_000, 30_000).expect("ports");
+    let net = L4Net::new().expect("fixture network");
+    let (client_ifindex, server_ifindex) = (net.client_ifindex, net.server_ifindex);
+    let result = net.lb.enter(move || {
+        let syn = tcp(client4(40100), vip4(), true, false, false);
+        let first = {
+            let mut fixture = XdpFixture::load_with_nat_ports(ports).expect("load");
+            let mut maps = fixture.l4_maps().expect("L4 maps");
+            write_iface_addrs(&mut maps, client_ifindex, server_ifindex).expect("iface addrs");
+            let servers = [(0, sa(server_v4(0), 8080), 1)];
+            install_service(&mut maps, 0, vip4(), IPPROTO_TCP, &servers, None).expect("service");
+            assert_eq!(fixture.run(&syn).expect("syn").action, XdpAction::Redirect);
+            assert_eq!(
+                fixture.entry_count().expect("entries"),
+                2,
+                "forward and reply"
+            );
+            fixture.program_id().expect("program id")
+        };
+        let mut fixture = XdpFixture::load_with_nat_ports(ports).expect("load again");
+        assert_eq!(
+            fixture.program_id().expect("program id"),
+            first,
+            "not reused"
+        );
+        assert_eq!(
+            fixture.entry_count().expect("entries"),
+            0,
+            "connection tables"
+        );
+        let counters = fixture.proto_stats().expect("protocol counters");
+        assert!(
+            counters.iter().all(|(_, c)| *c == Default::default()),
+            "protocol counters: {counters:?}"
+        );
+        let maps = fixture.l4_maps().expect("L4 maps");
+        assert!(maps.services().expect("services").is_empty(), "services");
+        assert_eq!(
+            maps.global_stats().expect("global stats"),
+            Default::default()
+        );
+        assert_eq!(maps.service_stats(0).expect("service stats").packets, 0);
+        assert_eq!(maps.server_stats(0).expect("server stats").packets, 0);
+        // No service now: the same SYN is no VIP's, and goes to the kernel.
+        assert_eq!(
+            fixture.run(&syn).expect("syn again").action,
+            XdpAction::Pass
+        );
+    });
+    drop(net);
+    result.expect("fixture thread");
+}
+
 #[test]
 fn established_flow_stays_on_its_server_after_a_table_change() {
     require_root_and_bpf!();

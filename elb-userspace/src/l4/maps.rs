@@ -79,8 +79,21 @@ pub struct StatsMaps {
     nat_failures: PerCpuArray<MapData, u64>,
 }
 
-fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, L4MapError> {
-    ebpf.take_map(name).ok_or(L4MapError::Missing(name))
+/// Where [`L4Maps::take`] takes the program's maps from: the loaded
+/// object, or (in test fixtures that reuse a loaded program) handles
+/// opened by map id.
+pub trait MapSource {
+    fn take_map(&mut self, name: &str) -> Option<Map>;
+}
+
+impl MapSource for Ebpf {
+    fn take_map(&mut self, name: &str) -> Option<Map> {
+        Ebpf::take_map(self, name)
+    }
+}
+
+fn take(maps: &mut impl MapSource, name: &'static str) -> Result<Map, L4MapError> {
+    maps.take_map(name).ok_or(L4MapError::Missing(name))
 }
 
 macro_rules! typed {
@@ -92,7 +105,7 @@ macro_rules! typed {
 impl L4Maps {
     /// Takes the L4 maps out of a loaded object (the program keeps its own
     /// references, so it goes on using them).
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self, L4MapError> {
+    pub fn take(ebpf: &mut impl MapSource) -> Result<Self, L4MapError> {
         let mut maps = Self {
             services: typed!(ebpf, maps::SERVICES),
             service_vips: typed!(ebpf, maps::SERVICE_VIPS),
