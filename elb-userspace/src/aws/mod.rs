@@ -1,6 +1,6 @@
-//! The AWS side: the official SDK's EC2 and Auto Scaling clients, shared by
-//! the ASG discovery provider and the ELB API (`api`), which resolves
-//! instance IDs through EC2.
+//! The AWS side: the official SDK's Auto Scaling client and elb's own
+//! client for EC2's one call (`ec2`), shared by the ASG discovery provider
+//! and the ELB API (`api`), which resolves instance IDs through EC2.
 //!
 //! Credentials and the region come from the SDK's standard chain
 //! (environment, shared config/credentials files, instance metadata), and
@@ -12,12 +12,13 @@ mod asg;
 mod ec2;
 
 pub use asg::{AsgMember, asg_instances};
-pub use ec2::{Ec2Instance, describe_instances};
+pub use ec2::{Ec2CallError, Ec2Client, Ec2Instance, describe_instances};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
-/// Errors of the AWS look-ups. Each keeps the SDK's error as its source.
+/// Errors of the AWS look-ups. Each keeps the underlying error (the SDK's,
+/// or EC2's [`Ec2CallError`]) as its source.
 #[derive(Debug, thiserror::Error)]
 pub enum AwsError {
     /// EC2 does not know some of the instance IDs asked for (or one is
@@ -48,10 +49,10 @@ pub enum AwsError {
     },
 }
 
-/// The SDK clients elb uses, built once from one configuration.
+/// The clients elb uses, built once from one configuration.
 #[derive(Clone, Debug)]
 pub struct AwsClients {
-    pub ec2: aws_sdk_ec2::Client,
+    pub ec2: Ec2Client,
     pub autoscaling: aws_sdk_autoscaling::Client,
 }
 
@@ -65,7 +66,7 @@ impl AwsClients {
 
     pub fn from_config(config: &SdkConfig) -> Self {
         Self {
-            ec2: aws_sdk_ec2::Client::new(config),
+            ec2: Ec2Client::new(config),
             autoscaling: aws_sdk_autoscaling::Client::new(config),
         }
     }
@@ -86,5 +87,5 @@ pub async fn load_sdk_config(region: Option<&str>) -> SdkConfig {
 /// An SDK error as one line with its causes (`Display` of an `SdkError`
 /// alone says only "service error").
 fn describe_sdk_error(err: &(dyn std::error::Error + 'static)) -> String {
-    aws_sdk_ec2::error::DisplayErrorContext(err).to_string()
+    aws_sdk_autoscaling::error::DisplayErrorContext(err).to_string()
 }

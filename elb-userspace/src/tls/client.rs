@@ -57,7 +57,10 @@ impl UpstreamTls {
     pub fn load(ca: Option<&Path>) -> Result<Self, UpstreamCaError> {
         let roots = match ca {
             Some(path) => ca_file_roots(path)?,
-            None => system_roots(),
+            None => system_roots(
+                "upstream TLS",
+                "`tls` upstream servers (give --upstream-ca)",
+            ),
         };
         Ok(Self::with_roots(roots)?)
     }
@@ -173,9 +176,10 @@ fn ca_file_roots(path: &Path) -> Result<RootCertStore, UpstreamCaError> {
     Ok(roots)
 }
 
-/// The system's trusted CAs (the platform's store, e.g. /etc/ssl/certs);
-/// none found is not fatal: only `tls` servers need them.
-fn system_roots() -> RootCertStore {
+/// The system's trusted CAs (the platform's store, e.g. /etc/ssl/certs)
+/// for `user` (upstream TLS, the AWS clients); none found is not fatal:
+/// `unverifiable` is what fails verification then (logged).
+pub(crate) fn system_roots(user: &str, unverifiable: &str) -> RootCertStore {
     let found = rustls_native_certs::load_native_certs();
     for error in &found.errors {
         tracing::warn!(%error, "reading the system's CA certificates");
@@ -183,12 +187,9 @@ fn system_roots() -> RootCertStore {
     let mut roots = RootCertStore::empty();
     let (added, ignored) = roots.add_parsable_certificates(found.certs);
     if added == 0 {
-        tracing::warn!(
-            "no system CA certificates found: `tls` upstream servers will fail verification \
-             (give --upstream-ca)"
-        );
+        tracing::warn!("no system CA certificates found: {unverifiable} will fail verification");
     } else {
-        tracing::debug!(added, ignored, "upstream TLS trusts the system's CAs");
+        tracing::debug!(added, ignored, "{user} trusts the system's CAs");
     }
     roots
 }

@@ -24,7 +24,7 @@ use crate::{
 /// What the actions need.
 pub struct Context<'a> {
     pub config: &'a ConfigService,
-    pub ec2: &'a aws_sdk_ec2::Client,
+    pub ec2: &'a crate::aws::Ec2Client,
     /// The IP load balancers' listeners take.
     pub bind: IpAddr,
     /// The signature's region: DNS names are in it.

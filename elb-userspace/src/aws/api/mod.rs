@@ -44,7 +44,7 @@ const OPEN_WAIT: Duration = Duration::from_secs(5);
 pub struct AwsApi {
     config: Arc<ConfigService>,
     credentials: Credentials,
-    ec2: aws_sdk_ec2::Client,
+    ec2: crate::aws::Ec2Client,
     /// The IP load balancers' listeners and L4 services take: the
     /// `--aws-api` address's (its unspecified address stays so).
     bind: IpAddr,
@@ -66,7 +66,7 @@ impl AwsApi {
     pub fn new(
         config: Arc<ConfigService>,
         credentials: Credentials,
-        ec2: aws_sdk_ec2::Client,
+        ec2: crate::aws::Ec2Client,
         bind: IpAddr,
         board: Option<ListenerBoard>,
         admin: Arc<AdminApi>,
