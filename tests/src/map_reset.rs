@@ -184,19 +184,7 @@ fn bpf(cmd: libc::c_long, fd: RawFd, key: *const u8, value: *const u8) -> io::Re
     };
     // SAFETY: attr is a valid bpf_attr prefix for these commands; the key
     // and value buffers are the map's key and value sizes (callers' duty).
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            &mut attr as *mut ElemAttr,
-            size_of::<ElemAttr>(),
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    unsafe { elb_userspace::sys::bpf::bpf(cmd, &mut attr) }.map(drop)
 }
 
 fn lookup(fd: RawFd, key: &[u8], value: &mut [u8]) -> io::Result<()> {

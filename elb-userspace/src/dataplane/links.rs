@@ -41,17 +41,7 @@ pub fn pinned_link_ifindex(path: &Path) -> io::Result<u32> {
     };
     // SAFETY: attr and info outlive the call; the kernel writes at most
     // info_len bytes into info.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &mut attr as *mut InfoAttr,
-            std::mem::size_of::<InfoAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    unsafe { crate::sys::bpf::bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
     let bytes: [u8; 4] = info[LINK_INFO_IFINDEX_OFFSET..LINK_INFO_IFINDEX_OFFSET + 4]
         .try_into()
         .map_err(|_| io::Error::other("short bpf_link_info"))?;
@@ -72,7 +62,7 @@ fn obj_get(path: &Path) -> io::Result<OwnedFd> {
         path_fd: i32,
         zero: u32,
     }
-    let attr = ObjGetAttr {
+    let mut attr = ObjGetAttr {
         pathname: c_path.as_ptr() as u64,
         bpf_fd: 0,
         file_flags: 0,
@@ -80,17 +70,7 @@ fn obj_get(path: &Path) -> io::Result<OwnedFd> {
         zero: 0,
     };
     // SAFETY: attr and c_path outlive the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &attr as *const ObjGetAttr,
-            std::mem::size_of::<ObjGetAttr>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = unsafe { crate::sys::bpf::bpf(BPF_OBJ_GET, &mut attr) }?;
     // SAFETY: BPF_OBJ_GET returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

@@ -63,6 +63,7 @@ use elb_tests::{
 };
 use elb_userspace::{
     l4::{maps::L4Maps, plan},
+    sys::bpf::bpf,
     upstream::{Server, parse_params},
 };
 use etherparse::PacketBuilder;
@@ -525,17 +526,7 @@ fn test_run_fd(fd: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> Result<(u32, u3
     };
     // SAFETY: attr is a valid prefix of bpf_attr; data_in points at
     // `frame`, alive for the call; no output buffer is given.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            size_of::<TestRunAttr>(),
-        )
-    };
-    if rc < 0 {
-        bail!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
-    }
+    unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr) }.context("BPF_PROG_TEST_RUN")?;
     Ok((attr.retval, attr.duration))
 }
 
@@ -560,7 +551,7 @@ fn create_lru_table(entries: u32) -> Result<MapData> {
     const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
     let mut map_name = [0u8; 16];
     map_name[..14].copy_from_slice(b"elb_bench_cpu_");
-    let attr = MapCreate {
+    let mut attr = MapCreate {
         map_type: BPF_MAP_TYPE_LRU_HASH,
         key_size: size_of::<FlowKey>() as u32,
         value_size: size_of::<FlowEntry>() as u32,
@@ -570,19 +561,8 @@ fn create_lru_table(entries: u32) -> Result<MapData> {
         numa_node: 0,
         map_name,
     };
-    // SAFETY: attr is a valid, initialised prefix of bpf_attr and its size
-    // is passed along.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_CREATE,
-            &attr as *const MapCreate,
-            size_of::<MapCreate>(),
-        )
-    };
-    if fd < 0 {
-        bail!("BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
-    }
+    // SAFETY: attr is a valid, initialised prefix of bpf_attr.
+    let fd = unsafe { bpf(BPF_MAP_CREATE, &mut attr) }.context("BPF_MAP_CREATE")?;
     // SAFETY: a new file descriptor that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     Ok(MapData::from_fd(fd)?)
