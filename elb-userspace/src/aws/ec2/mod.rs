@@ -124,7 +124,8 @@ impl Ec2Client {
     }
 
     /// One signed call with the SDK's retries: throttling, the service's
-    /// own failures, timeouts and connection failures are tried again.
+    /// own failures, timeouts, and connections that failed or broke off
+    /// are tried again.
     async fn call(&self, body: String) -> Result<Bytes, Ec2CallError> {
         let attempts = async {
             let mut attempt = 1;
@@ -140,7 +141,11 @@ impl Ec2Client {
                         query::retryable(*status, Some(&answer.code))
                     }
                     Err(Ec2CallError::Status { status, .. }) => query::retryable(*status, None),
-                    Err(Ec2CallError::Send { .. } | Ec2CallError::Timeout(_)) => true,
+                    Err(
+                        Ec2CallError::Send { .. }
+                        | Ec2CallError::Read(_)
+                        | Ec2CallError::Timeout(_),
+                    ) => true,
                     _ => false,
                 };
                 if !again || attempt >= self.attempts {
