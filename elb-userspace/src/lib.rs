@@ -5,6 +5,7 @@ pub mod access_log;
 pub mod admin;
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod backoff;
 pub mod bpffs;
 pub mod cidr;
 pub mod cli;

@@ -209,11 +209,8 @@ fn request_timeout(wait: Duration) -> Duration {
 /// half to whole of it (`jitter` in 0..1), so many nodes do not retry in
 /// step.
 pub fn backoff(failures: u32, jitter: f64) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    let base = BACKOFF_FIRST
-        .saturating_mul(1 << doublings)
-        .min(BACKOFF_MAX);
-    base.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+    crate::backoff::doubling(BACKOFF_FIRST, BACKOFF_MAX, failures)
+        .mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
 }
 
 #[derive(Deserialize)]

@@ -166,14 +166,8 @@ impl Ec2Client {
     /// The SDK's exponential backoff with jitter: a random share of
     /// `initial × 2^(attempt − 1)`, at most `max_backoff`.
     fn backoff(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .initial_backoff
-            .saturating_mul(1 << (attempt - 1).min(16))
-            .min(self.max_backoff);
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        ceiling.mul_f64(f64::from(nanos % 1000) / 1000.0)
+        crate::backoff::doubling(self.initial_backoff, self.max_backoff, attempt)
+            .mul_f64(fastrand::f64())
     }
 
     async fn attempt(&self, body: &str) -> Result<Bytes, Ec2CallError> {
