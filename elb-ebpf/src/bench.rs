@@ -24,7 +24,7 @@ use elb_common::l4::{FlowEntry, FlowKey, VipKey};
 use crate::{
     headers::{EthHdr, Ipv4Hdr},
     maps::{FLOWS, SCRATCH, SERVICES, Scratch},
-    parse::{Parsed, header_at},
+    parse::{L4Packet, Parsed, header_at},
 };
 
 /// Largest template frame.
@@ -187,17 +187,9 @@ fn wrapped(ctx: &XdpContext) -> u32 {
 /// insert failed.
 #[inline(always)]
 fn lookups_floor(ctx: &XdpContext, config: &BenchConfig) -> bool {
-    let Parsed::L4(packet) = crate::parse::parse(ctx) else {
+    let Some((_, scratch)) = keyed(ctx) else {
         return false;
     };
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return false;
-    };
-    // SAFETY: this CPU's own scratch slot.
-    let scratch = unsafe { &mut *scratch };
-    if !crate::lb::fill_flow_key(ctx, &packet, &mut scratch.key) {
-        return false;
-    }
     let key = &scratch.key;
     let vip = VipKey {
         addr: key.dst,
@@ -224,20 +216,27 @@ fn lookups_floor(ctx: &XdpContext, config: &BenchConfig) -> bool {
     }
 }
 
+/// Parses the frame (TCP or UDP only) and writes its 5-tuple into this
+/// CPU's scratch key, as elb does first.
+#[inline(always)]
+fn keyed(ctx: &XdpContext) -> Option<(L4Packet, &'static mut Scratch)> {
+    let Parsed::L4(packet) = crate::parse::parse(ctx) else {
+        return None;
+    };
+    // SAFETY: this CPU's own scratch slot, used by one run at a time.
+    let scratch = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
+    if !crate::lb::fill_flow_key(ctx, &packet, &mut scratch.key) {
+        return None;
+    }
+    Some((packet, scratch))
+}
+
 /// See [`RUN_NAT_FLOOR`].
 #[inline(always)]
 fn nat_floor(ctx: &XdpContext) -> u32 {
-    let Parsed::L4(packet) = crate::parse::parse(ctx) else {
+    let Some((packet, scratch)) = keyed(ctx) else {
         return xdp_action::XDP_ABORTED;
     };
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return xdp_action::XDP_ABORTED;
-    };
-    // SAFETY: this CPU's own scratch slot.
-    let scratch = unsafe { &mut *scratch };
-    if !crate::lb::fill_flow_key(ctx, &packet, &mut scratch.key) {
-        return xdp_action::XDP_ABORTED;
-    }
     let Some(flow) = FLOWS.get_ptr(&scratch.key) else {
         return xdp_action::XDP_ABORTED;
     };
