@@ -151,9 +151,9 @@ impl L4Net {
 }
 
 /// Runs `test` in a fresh fixture network, on a loaded program whose maps
-/// are as loaded (connection tables of `tables` entries) serving one service (id 0) at
-/// `vip` over `servers` (id, server index for [`server_v4`] /
-/// [`server_v6`], port), weight 1 each.
+/// are as loaded (connection tables of `tables` entries), serving one
+/// service (id 0) at `vip` over `servers` (id, server index for
+/// [`server_v4`] / [`server_v6`], port), weight 1 each.
 pub fn with_service_tables(
     proto: u8,
     vip: SocketAddr,

@@ -262,6 +262,14 @@ impl XdpFixture {
     /// The L4 configuration maps (handles of their own on the program's
     /// maps, which the program goes on using).
     pub fn l4_maps(&mut self) -> Result<elb_userspace::l4::maps::L4Maps> {
+        Ok(elb_userspace::l4::maps::L4Maps::take(
+            &mut self.program_maps()?,
+        )?)
+    }
+
+    /// Handles of their own on every map of the program, by name, opened
+    /// through its map ids (never another program's map of that name).
+    fn program_maps(&self) -> Result<ProgramMaps> {
         let mut maps = ProgramMaps(HashMap::new());
         for id in map_ids(self.ebpf()?)? {
             let data = MapData::from_id(id)?;
@@ -269,7 +277,7 @@ impl XdpFixture {
                 maps.0.insert(name, Map::from_map_data(data)?);
             }
         }
-        Ok(elb_userspace::l4::maps::L4Maps::take(&mut maps)?)
+        Ok(maps)
     }
 
     /// The connection table, for planting and inspecting entries.
@@ -313,13 +321,9 @@ impl XdpFixture {
     /// the maps, and never finds another program's map of that name): for
     /// writing behind the userspace API's back.
     pub fn map_named(&self, name: &str) -> Result<Map> {
-        for id in map_ids(self.ebpf()?)? {
-            let data = MapData::from_id(id)?;
-            if data.info()?.name_as_str() == Some(name) {
-                return Ok(Map::from_map_data(data)?);
-            }
-        }
-        bail!("the program uses no map {name}")
+        self.program_maps()?
+            .take_map(name)
+            .with_context(|| format!("the program uses no map {name}"))
     }
 
     /// The counter of one slot.
